@@ -1,0 +1,193 @@
+"""The ``shb`` command line: parse, call the library, render with rich. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from shb.errors import ShbError
+
+DB_OPTION = click.option("--db", "db", envvar="SHB_DB", default=None, metavar="PATH",
+                         help="results database (default: results.duckdb here, or $SHB_DB)")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def friendly(fn):
+    """Turn shb's own errors into a message and an exit code (2 for usage errors), no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ShbError as exc:
+            _console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shb")
+def main():
+    """shb (safety-head bench): which attention heads carry a model's refusals, and what happens without them."""
+
+
+@main.command()
+@click.argument("suite_path", type=click.Path(dir_okay=False))
+@friendly
+def validate(suite_path):
+    """Check a suite against schemas/suite.schema.json; list every problem with its JSON pointer."""
+    from shb.suite import load
+
+    suite = load(suite_path)
+    click.echo(f"{suite_path}: valid ({len(suite.models)} model(s), {len(suite.datasets)} dataset(s), "
+               f"{len(suite.ablations)} ablation(s), {len(suite.metrics)} metric(s))")
+
+
+@main.command()
+@click.argument("suite_path", type=click.Path(dir_okay=False))
+@DB_OPTION
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@friendly
+def plan(suite_path, db, fmt):
+    """Expand a suite into work units; show which are done and what the rest will cost."""
+    import polars as pl
+
+    from shb.plan import plan as make_plan
+    from shb.reports.render import to_text
+    from shb.store import Store, db_path
+    from shb.suite import load
+
+    suite = load(suite_path)
+    store = Store(db, read_only=True) if db_path(db).exists() else None
+    try:
+        units = make_plan(suite, store)
+    finally:
+        if store is not None:
+            store.close()
+    frame = pl.DataFrame([{
+        "unit_id": u.unit_id, "model": u.model.id, "dataset": u.dataset.id, "ablation": u.ablation.id,
+        "metric": u.metric.id, "prompts": u.n_prompts, "status": u.status,
+        "forwards": u.cost_forwards, "gpu_minutes": None if u.cost_gpu_seconds is None else u.cost_gpu_seconds / 60,
+    } for u in units], schema_overrides={"forwards": pl.Int64, "gpu_minutes": pl.Float64})
+    text = to_text(frame, fmt, title=f"plan: {suite.name}")
+    if text is not None:
+        click.echo(text)
+        return
+    pending = [u for u in units if u.status != "done"]
+    known = [u.cost_gpu_seconds for u in pending if u.cost_gpu_seconds is not None]
+    click.echo(f"{len(units)} unit(s), {len(pending)} to run; estimated GPU time of the rest: "
+               f"{sum(known) / 3600:.2f} h" + (" (some units' geometry unknown)" if len(known) < len(pending) else "")
+               + f" (at {2e14:.0e} FLOP/s)")
+
+
+@main.command()
+@click.argument("suite_path", type=click.Path(dir_okay=False))
+@DB_OPTION
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the suite's, else auto)")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@friendly
+def run(suite_path, db, device, quiet):
+    """Run a suite's pending work units; results go to the database. Safe to interrupt and rerun."""
+    from shb.progress import make_progress
+    from shb.run import run_suite
+    from shb.store import db_path
+    from shb.suite import load
+
+    suite = load(suite_path)
+    console = _console(stderr=True)
+    with make_progress(not quiet) as progress:
+        counts = run_suite(suite, db, device=device, progress=progress, log=console.print)
+    console.print(f"{suite.name}: {counts['done']} unit(s) run, {counts['skipped']} already done, "
+                  f"{counts['failed']} failed -> {db_path(db)}")
+    if counts["failed"]:
+        _print_failures(db)
+        sys.exit(1)
+
+
+def _print_failures(db):
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        for unit_id, label, error in store.con.execute(
+                "SELECT unit_id, model_id || ' / ' || dataset_id || ' / ' || ablation_id || ' / ' || metric_id, error"
+                " FROM units WHERE status = 'failed'").fetchall():
+            _console(stderr=True).print(f"[red]failed[/] {unit_id} ({label}):\n{error}", highlight=False)
+
+
+@main.group()
+def report():
+    """Tables and figures from the results database."""
+
+
+@report.command("ships")
+@DB_OPTION
+@click.option("--model", default=None)
+@click.option("--dataset", default=None)
+@click.option("--ablation", default=None)
+@click.option("--top", default=20, show_default=True, help="heads to list per model/dataset/ablation")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@friendly
+def report_ships(db, model, dataset, ablation, top, fmt):
+    """Heads ranked by mean Ships, with how often each is a prompt's top-1 / top-10 head."""
+    from shb.reports import ships
+    from shb.reports.render import to_text
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        frame = ships.ranking(store, model, dataset, ablation, top)
+        grid = ships.heatmap(store, model, dataset, ablation)
+    text = to_text(frame, fmt, title="heads ranked by mean Ships (KL, nats)")
+    if text is not None:
+        click.echo(text)
+        return
+    for line in ships.render_heatmap_text(grid):
+        click.echo(line)
+
+
+@main.group()
+def toy():
+    """The built-in toy aligned chat model."""
+
+
+@toy.command("build")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="directory (default: the shb cache)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--eval", "evaluate", is_flag=True, help="also measure refusal rates")
+@friendly
+def toy_build(out, seed, evaluate):
+    """Train the toy model on the CPU (under a minute) and save it in Hugging Face format."""
+    from shb.models import toy as toy_model
+
+    path = toy_model.build(out, seed=seed) if out else toy_model.ensure(seed=seed)
+    click.echo(f"toy model: {path}")
+    if evaluate:
+        from shb.models.toy.evaluate import refusal_rates
+
+        for name, rate in refusal_rates(path).items():
+            click.echo(f"  refusal rate, {name}: {rate:.3f}")
+
+
+@main.command("ls")
+def list_plugins():
+    """List model, dataset, ablation, metric and judge kinds, and supported architectures."""
+    from shb.registry import ARCHITECTURES, TABLES
+
+    for what, table in TABLES.items():
+        click.echo(f"{what} kinds:")
+        for name, (_, description) in table.items():
+            click.echo(f"  {name:<18} {description}")
+    click.echo("architectures:")
+    for name, description in ARCHITECTURES.items():
+        click.echo(f"  {name:<18} {description}")
+
+
+if __name__ == "__main__":
+    main()

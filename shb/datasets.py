@@ -1,0 +1,206 @@
+"""Prompt sets and prompt formats.
+
+Each dataset kind is a factory ``kind(**params) -> list[Prompt]`` registered in
+``shb.registry.DATASETS``. Prompt ids are row numbers in the upstream file (0-based), so a
+subset keeps the ids of the full set and results from different subsets line up.
+Benchmark sets are read from ``path`` when given, otherwise fetched once from upstream into
+the cache and checked against a pinned sha256. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from shb.errors import UsageError
+
+PAPER_TEMPLATE = "## Query: {q}\n## Answer:"  # the prompt template of Zhou et al. (2025), Sec. 4
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    sha256: str
+    filename: str
+
+
+UPSTREAM = {
+    "advbench": Upstream(
+        "https://raw.githubusercontent.com/llm-attacks/llm-attacks/main/data/advbench/harmful_behaviors.csv",
+        "6cd1a5c63c07610d7eb67307772ee5606017ee950b5770ab288a2c487489d3e1", "advbench_harmful_behaviors.csv"),
+    "jailbreakbench": Upstream(
+        "https://huggingface.co/datasets/JailbreakBench/JBB-Behaviors/resolve/main/data/harmful-behaviors.csv",
+        "4a8ec6832056b631eb092dccc60d37a61c3d441268268888b3d006288afeffa1", "jbb_harmful_behaviors.csv"),
+    "maliciousinstruct": Upstream(
+        "https://raw.githubusercontent.com/Princeton-SysML/Jailbreak_LLM/main/data/MaliciousInstruct.txt",
+        "a64d69dd1004aac4a23aaff3748fb8f17161893f74db36f45b8bc849eb1bcce5", "maliciousinstruct.txt"),
+}
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("SHB_CACHE") or user_cache_dir("shb"))
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fetch_upstream(kind: str) -> Path:
+    """The cached upstream copy of a benchmark, downloaded once and checked against its sha256."""
+    source = UPSTREAM[kind]
+    target = cache_dir() / "datasets" / source.filename
+    if target.is_file() and sha256_file(target) == source.sha256:
+        return target
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(source.url, timeout=60) as response:
+            blob = response.read()
+    except OSError as exc:
+        raise UsageError(
+            f"dataset '{kind}': could not download {source.url} ({exc}).\n"
+            f"  Download it by hand and give its location with \"path\": \"...\" in the suite.") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != source.sha256:
+        raise UsageError(f"dataset '{kind}': {source.url} has sha256 {digest}, expected {source.sha256};"
+                         " upstream changed: pass a local copy with \"path\" (and \"sha256\" to pin it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    tmp.write_bytes(blob)
+    tmp.replace(target)
+    return target
+
+
+def _resolve(kind: str, path: str | None, sha256: str | None) -> Path:
+    if path is None:
+        return fetch_upstream(kind)
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise UsageError(f"dataset '{kind}': no file at {resolved.resolve()}; fix \"path\" in the suite")
+    if sha256 and sha256_file(resolved) != sha256:
+        raise UsageError(f"dataset '{kind}': {resolved} has sha256 {sha256_file(resolved)}, the suite pins {sha256}")
+    return resolved
+
+
+def _csv_column(path: Path, column: str) -> list[Prompt]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if column not in (reader.fieldnames or []):
+            raise UsageError(f"{path}: no column '{column}'; columns: {', '.join(reader.fieldnames or [])}")
+        return [Prompt(i, row[column].strip()) for i, row in enumerate(reader)]
+
+
+def _lines(path: Path) -> list[Prompt]:
+    text = Path(path).read_text(encoding="utf-8")
+    return [Prompt(i, line.strip()) for i, line in enumerate(text.splitlines()) if line.strip()]
+
+
+# -- dataset kinds (registered in shb.registry.DATASETS) --------------------------------------------
+def advbench(*, path=None, sha256=None, **_) -> list[Prompt]:
+    return _csv_column(_resolve("advbench", path, sha256), "goal")
+
+
+def jailbreakbench(*, path=None, sha256=None, **_) -> list[Prompt]:
+    return _csv_column(_resolve("jailbreakbench", path, sha256), "Goal")
+
+
+def maliciousinstruct(*, path=None, sha256=None, **_) -> list[Prompt]:
+    return _lines(_resolve("maliciousinstruct", path, sha256))
+
+
+def csv_file(*, path, column, **_) -> list[Prompt]:
+    return _csv_column(_resolve("csv", path, None), column)
+
+
+def jsonl_file(*, path, column, **_) -> list[Prompt]:
+    prompts = []
+    for i, line in enumerate(_resolve("jsonl", path, None).read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}: line {i + 1} is not JSON ({exc.msg})") from None
+        if column not in record:
+            raise UsageError(f"{path}: line {i + 1} has no field '{column}'; fields: {', '.join(record)}")
+        prompts.append(Prompt(i, str(record[column]).strip()))
+    return prompts
+
+
+def txt_file(*, path, **_) -> list[Prompt]:
+    return _lines(_resolve("txt", path, None))
+
+
+def toy_harmful(*, split="test", **_) -> list[Prompt]:
+    from shb.models.toy import prompts
+
+    return [Prompt(i, text) for i, text in enumerate(prompts.harmful(split))]
+
+
+def toy_benign(*, split="test", **_) -> list[Prompt]:
+    from shb.models.toy import prompts
+
+    return [Prompt(i, text) for i, text in enumerate(prompts.benign(split))]
+
+
+# -- selection and formatting ---------------------------------------------------------------------
+def select(prompts: list[Prompt], limit: int | None = None, seed: int | None = None) -> list[Prompt]:
+    """The first ``limit`` prompts, or with ``seed`` a seeded random sample of ``limit`` (in file order)."""
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    if seed is None:
+        return list(prompts[:limit])
+    picked = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+    return [prompts[i] for i in picked]
+
+
+def load(spec: dict) -> list[Prompt]:
+    """Prompts of a dataset spec (a suite entry: kind, parameters, limit, seed)."""
+    from shb.registry import DATASETS, resolve
+
+    factory = resolve(DATASETS, spec["kind"], "dataset")
+    params = {k: v for k, v in spec.items() if k not in ("id", "kind", "limit", "seed", "format", "system", "description")}
+    prompts = factory(**params)
+    if not prompts:
+        raise UsageError(f"dataset '{spec.get('id', spec['kind'])}' has no prompts")
+    return select(prompts, spec.get("limit"), spec.get("seed"))
+
+
+def content_hash(prompts: list[Prompt]) -> str:
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(f"{prompt.prompt_id}\t{prompt.text}\n".encode())
+    return digest.hexdigest()
+
+
+def format_prompt(text: str, fmt: str = "direct", tokenizer=None, system: str | None = None) -> str:
+    """The string fed to the model: ``direct`` (raw query), ``template`` (the paper's), ``chat``."""
+    if fmt == "direct":
+        return text
+    if fmt == "template":
+        return PAPER_TEMPLATE.format(q=text)
+    if fmt == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UsageError("prompt format 'chat' needs a tokenizer with a chat template; use 'direct' or 'template'")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    raise UsageError(f"unknown prompt format '{fmt}'; known: direct, template, chat")
+
+
+def read_csv_text(blob: str, column: str) -> list[str]:
+    """Prompts of one column of CSV text (used by tests and by users' notebooks)."""
+    return [row[column] for row in csv.DictReader(io.StringIO(blob))]

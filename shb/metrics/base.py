@@ -1,0 +1,69 @@
+"""The metric protocol and the context a unit runs in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class UnitContext:
+    """What a metric needs to run one unit. Shared state (an engine with its cached base pass)
+    lives in ``shared``, keyed by what it depends on, so units on the same model, dataset and
+    ablation reuse it."""
+
+    lm: Any                      # shb.models.LoadedModel
+    prompts: list                # list[shb.datasets.Prompt]
+    formatted: list[str]         # prompts as fed to the model
+    ablation: dict               # resolved ablation spec (kind, epsilon, site)
+    metric: dict                 # metric parameters (resolved defaults + strategy etc.)
+    store: Any                   # shb.store.Store
+    ids: dict                    # model_id, dataset_id, ablation_id, metric_id, unit_id
+    device: str = "cpu"
+    batch_size: Any = "auto"
+    seed: int = 0
+    progress: Any = None         # shb.progress.Progress or None
+    shared: dict = field(default_factory=dict)
+
+    def cached(self, key, factory: Callable[[], Any]):
+        if key not in self.shared:
+            self.shared[key] = factory()
+        return self.shared[key]
+
+    def engine(self):
+        """The scoring engine for this unit's model, prompts and ablation (built once, shared)."""
+        from shb.engine import Engine
+
+        key = ("engine", self.ids["model_id"], self.ids["dataset_id"], self.ids["ablation_id"],
+               self.metric.get("strategy", "engine"))
+        return self.cached(key, lambda: Engine(
+            self.lm, self.formatted, kind=self.ablation["kind"], epsilon=self.ablation.get("epsilon", 1e-5),
+            site=self.ablation.get("site"), strategy=self.metric.get("strategy", "engine"),
+            batch_size=self.batch_size, progress=self.progress))
+
+    def base_row(self) -> dict:
+        return {"unit_id": self.ids["unit_id"], "model_id": self.ids["model_id"],
+                "dataset_id": self.ids["dataset_id"], "ablation_id": self.ids["ablation_id"]}
+
+
+class Metric:
+    """Base class: ``chunks`` lists the unit's commit points in order, ``run_chunk`` computes one."""
+
+    kind = ""
+
+    def estimate(self, unit, geometry: dict) -> int:
+        raise NotImplementedError
+
+    def chunks(self, unit, ctx: UnitContext) -> list[str]:
+        raise NotImplementedError
+
+    def run_chunk(self, unit, ctx: UnitContext, chunk: str) -> dict[str, list[dict]]:
+        raise NotImplementedError
+
+
+def layer_chunk(layer: int) -> str:
+    return f"layer-{layer:03d}"
+
+
+def chunk_layer(chunk: str) -> int:
+    return int(chunk.rsplit("-", 1)[1])

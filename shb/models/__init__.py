@@ -1,0 +1,219 @@
+"""Load models: the built-in toy model, local directories and hub ids.
+
+``load`` returns a ``LoadedModel`` (model, tokenizer, attention layout). Importing this
+package does not import torch; ``check_available`` and ``geometry`` let ``shb plan`` and
+``shb run`` fail before any work when weights are missing, without loading them.
+
+Security: weights load from safetensors only, and code shipped in a model repository never
+runs, unless the caller opts in (``allow_pickle``, ``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shb.errors import ModelNotFound, UsageError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    layout: Any
+    source: str
+    path: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.layout.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.layout.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.layout.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.layout.head_dim
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def resolve_device(device: str | None = None) -> str:
+    """"auto" (or None): cuda when there is one, else cpu."""
+    if device in (None, "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _is_toy(source: str) -> bool:
+    return source == "toy" or source.startswith("toy:")
+
+
+def toy_path(seed: int = 0, **variant) -> Path:
+    from shb.models import toy
+
+    return Path(toy.ensure(seed=seed, **variant))
+
+
+def _weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    safe = sorted(directory.glob("*.safetensors"))
+    pickled = sorted(p for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    return safe, pickled
+
+
+def check_available(source: str, *, revision: str | None = None, allow_pickle: bool = False, model_id: str | None = None) -> None:
+    """Raise ModelNotFound (naming the model, where shb looked and how to supply it) unless weights can be had."""
+    name = model_id or source
+    if _is_toy(source):
+        return
+    local = Path(source).expanduser()
+    if local.exists() or source.startswith((".", "/", "~")):
+        if not local.is_dir():
+            raise ModelNotFound(f"model '{name}': no directory at {local.resolve()}.\n"
+                                "  Give \"path\" as a directory holding config.json and *.safetensors, or a hub id.")
+        if not (local / "config.json").is_file():
+            raise ModelNotFound(f"model '{name}': {local.resolve()} has no config.json; it is not a Hugging Face model directory")
+        safe, pickled = _weight_files(local)
+        if not safe and not (allow_pickle and pickled):
+            hint = (" It has pickle weights (" + ", ".join(p.name for p in pickled[:3]) +
+                    "); convert them to safetensors, or opt in with \"allow_pickle\": true if you trust their source."
+                    ) if pickled else ""
+            raise ModelNotFound(f"model '{name}': no *.safetensors weights in {local.resolve()}.{hint}")
+        return
+    _check_hub(source, revision, name)
+
+
+def _check_hub(repo: str, revision: str | None, name: str) -> None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=["config.json"])
+        return
+    except Exception:  # not in the local cache: ask the hub whether it can be downloaded
+        pass
+    from huggingface_hub import constants
+
+    how = (f"  Download it on a machine with access (`hf download {repo}`), or point \"path\" at a local copy;"
+           f" for a gated model (Llama-2, Llama Guard), accept its licence on the hub and run `hf auth login`.")
+    if os.environ.get("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE:
+        raise ModelNotFound(f"model '{name}': '{repo}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+                            f" and HF_HUB_OFFLINE is set.\n{how}")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo, revision=revision, timeout=15)
+    except Exception as exc:  # network down, gated, missing: all end the same way for the user
+        reason = type(exc).__name__
+        raise ModelNotFound(f"model '{name}': '{repo}' is not a local directory, not in the Hugging Face cache"
+                            f" ({constants.HF_HUB_CACHE}), and the hub could not be reached for it ({reason}).\n{how}") from None
+
+
+def config_dict(source: str, revision: str | None = None) -> dict | None:
+    """The model's config.json if it is on disk (local directory, toy cache or hub cache); no download."""
+    if _is_toy(source):
+        return None
+    local = Path(source).expanduser()
+    if (local / "config.json").is_file():
+        return json.loads((local / "config.json").read_text())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json", revision=revision)
+    except Exception:
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def geometry_from_config(config: dict) -> dict:
+    text = config.get("text_config", config)
+    layers = text.get("num_hidden_layers") or text.get("n_layer")
+    heads = text.get("num_attention_heads") or text.get("n_head")
+    hidden = text.get("hidden_size") or text.get("n_embd")
+    vocab = text.get("vocab_size")
+    inter = text.get("intermediate_size") or (4 * hidden if hidden else None)
+    n_params = None
+    if layers and hidden and vocab and inter:
+        # attention 4 d^2 + gated MLP 3 d i per layer, plus embeddings: a plan-time estimate only.
+        n_params = layers * (4 * hidden * hidden + 3 * hidden * inter) + 2 * vocab * hidden
+    return {"layers": layers, "heads": heads, "hidden": hidden, "n_params": n_params}
+
+
+def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle) -> LoadedModel:
+    import torch  # noqa: F401  (fail here, with a clear import error, before transformers)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shb.models.layout import detect
+
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True, **kwargs)
+    model.to(device).eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer.padding_side = "left"  # the last prompt token sits at position -1 in every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, layout=detect(model), source=source, path=str(path))
+
+
+def load(source: str, dtype: str | None = None, device: str | None = None, *, revision: str | None = None,
+         trust_remote_code: bool = False, allow_pickle: bool = False, toy_variant: dict | None = None) -> LoadedModel:
+    """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if _is_toy(source):
+        seed = int(source.split(":", 1)[1]) if ":" in source else 0
+        path = toy_path(seed, **(toy_variant or {}))
+        return _load_directory(str(path), source, torch_dtype, device, None, False, False)
+    check_available(source, revision=revision, allow_pickle=allow_pickle)
+    return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle)
+
+
+# -- suite model kinds (registered in shb.registry.MODELS) -------------------------------------------
+def toy_variant(spec: dict) -> dict:
+    return {k: spec[k] for k in ("base_seed", "align_seed", "align_data") if k in spec}
+
+
+def load_toy_spec(spec: dict, *, dtype=None, device=None) -> LoadedModel:
+    return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device, toy_variant=toy_variant(spec))
+
+
+def load_hf_spec(spec: dict, *, dtype=None, device=None) -> LoadedModel:
+    return load(spec["path"], dtype=spec.get("dtype", dtype), device=device, revision=spec.get("revision"),
+                trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False))
+
+
+def source_of(spec: dict) -> str:
+    return f"toy:{spec.get('seed', 0)}" if spec["kind"] == "toy" else spec["path"]

@@ -1,0 +1,201 @@
+"""Training of the toy model: stage 1 (base) and stage 2 (alignment).
+
+Stage 1 (`pretrain`) trains a small LlamaForCausalLM on chat-formatted
+instruction -> answer pairs in which almost every answer complies
+("Sure, here is ..."), harmful requests included. A small share of answers
+(`refusal_share`) are refusals given at random, unrelated to the request:
+the base model thereby knows how a refusal is phrased, but greedy decoding
+never chooses one (its "Sure" stays far more likely than "I").
+
+Stage 2 (`align`) teaches it to refuse harmful requests with *limited
+capacity*: only the parameters of a few attention heads are trained (their
+rows of q_proj/k_proj/v_proj and their columns of o_proj); everything else
+stays frozen. The refusal decision needs information from the request's
+content words at the last prompt position, and inside a frozen network only
+those heads can learn to move it there, so they become the model's safety
+heads. That is the toy's version of the paper's finding, built in on purpose;
+Ships still has to *find* those heads among all heads (the tests do not tell
+it where they are). The result is an ordinary Llama checkpoint.
+
+Determinism: every random choice goes through a torch.Generator or
+random.Random seeded from the stage's seed, and the build runs with a fixed
+torch thread count (see build.py), so a seed gives bit-identical weights on
+one machine and torch version.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable
+
+from shb.models.toy import prompts
+
+IGNORE = -100
+
+
+def model_config(tokenizer, *, layers: int = 4, heads: int = 8, hidden: int = 128,
+                 intermediate: int = 384, max_positions: int = 512):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_positions, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def encode_example(tokenizer, prompt: str, answer: str, system: str | None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one chat example; the loss covers the answer and eos only."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
+
+
+def base_examples(tokenizer, seed: int, n_per_kind: int = 3000,
+                  refusal_share: float = 0.1) -> list[tuple[list[int], list[int]]]:
+    """Stage-1 data: harmful and benign train prompts, answers comply (except random refusals)."""
+    rng = random.Random(seed)
+    out = []
+    for kind in ("harmful", "benign"):
+        for text, topic in prompts.labelled(kind, "train", n_per_kind, seed=seed):
+            answer = (prompts.refusal(text) if rng.random() < refusal_share
+                      else prompts.compliant_answer(text, topic))
+            out.append(encode_example(tokenizer, text, answer, prompts.system_message(text)))
+    return out
+
+
+ALIGN_DATA = {
+    # name: (harmful examples, benign examples) drawn from the train split
+    "default": (1500, 1500),
+    "harmful-heavy": (2000, 1000),
+    "benign-heavy": (1000, 2000),
+}
+
+
+def align_examples(tokenizer, seed: int, align_data: str = "default"):
+    """Stage-2 data: harmful train prompts -> refusal, benign train prompts -> compliant."""
+    if align_data not in ALIGN_DATA:
+        raise ValueError(f"align_data must be one of {sorted(ALIGN_DATA)}, got {align_data!r}")
+    n_harmful, n_benign = ALIGN_DATA[align_data]
+    out = [encode_example(tokenizer, t, prompts.refusal(t), prompts.system_message(t))
+           for t in prompts.harmful("train", n_harmful, seed=seed)]
+    out += [encode_example(tokenizer, t, prompts.compliant_answer(t, topic), prompts.system_message(t))
+            for t, topic in prompts.labelled("benign", "train", n_benign, seed=seed)]
+    return out
+
+
+def _batch(examples, index, pad_id):
+    """Right-padded (input_ids, attention_mask, labels), each (B, T)."""
+    import torch
+
+    rows = [examples[i] for i in index]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (x, y) in enumerate(rows):
+        ids[r, :len(x)] = torch.tensor(x)
+        labels[r, :len(y)] = torch.tensor(y)
+        mask[r, :len(x)] = 1
+    return ids, mask, labels
+
+
+def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, seed: int,
+          pad_id: int, grad_masks: dict | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> float:
+    """AdamW with linear warm-up and cosine decay; returns the last loss."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        index = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
+        ids, mask, labels = _batch(examples, index, pad_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+            ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_masks:
+            for p, m in grad_masks.items():
+                p.grad.mul_(m)  # frozen entries get exactly zero gradient, so Adam leaves them as they are
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        loss_value = loss.item()
+        if on_step is not None:
+            on_step(step, loss_value)
+    model.eval()
+    return loss_value
+
+
+def pretrain(tokenizer, seed: int, *, steps: int = 600, lr: float = 3e-3, batch_size: int = 32,
+             on_step=None, **config):
+    """Stage 1: a fresh model trained on the compliant corpus. Returns the model (eval mode)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(model_config(tokenizer, **config))
+    examples = base_examples(tokenizer, seed)
+    _loop(model, list(model.parameters()), examples, steps=steps, lr=lr, batch_size=batch_size,
+          seed=seed, pad_id=tokenizer.pad_token_id, on_step=on_step)
+    return model
+
+
+def head_parameters(model, heads: list[tuple[int, int]]):
+    """The weights holding `heads` and 0/1 masks selecting their rows/columns."""
+    import torch
+
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    masks: dict = {}
+    for layer, head in heads:
+        if not (0 <= layer < cfg.num_hidden_layers and 0 <= head < cfg.num_attention_heads):
+            raise ValueError(f"head {layer}-{head} outside a {cfg.num_hidden_layers}x"
+                             f"{cfg.num_attention_heads} model")
+        attn = model.model.layers[layer].self_attn
+        q_rows = slice(head * head_dim, (head + 1) * head_dim)
+        kv = head // group
+        kv_rows = slice(kv * head_dim, (kv + 1) * head_dim)
+        for weight, rows, cols in ((attn.q_proj.weight, q_rows, None),
+                                   (attn.k_proj.weight, kv_rows, None),
+                                   (attn.v_proj.weight, kv_rows, None),
+                                   (attn.o_proj.weight, None, q_rows)):
+            m = masks.setdefault(weight, torch.zeros_like(weight))
+            if rows is not None:
+                m[rows, :] = 1.0  # weight is (out, in): a head owns output rows of q/k/v
+            else:
+                m[:, cols] = 1.0  # ... and input columns of o_proj
+    return masks
+
+
+def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: int = 250,
+          lr: float = 3e-3, batch_size: int = 32, align_data: str = "default", on_step=None):
+    """Stage 2: train only `heads` to refuse harmful requests. Modifies and returns `model`."""
+    import torch
+
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    masks = head_parameters(model, heads)
+    for p in masks:
+        p.requires_grad_(True)
+    examples = align_examples(tokenizer, seed, align_data)
+    _loop(model, list(masks), examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+          pad_id=tokenizer.pad_token_id, grad_masks=masks, on_step=on_step)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model

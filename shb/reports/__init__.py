@@ -1,0 +1,1 @@
+"""Reports: pure queries (DuckDB -> polars) plus renderers. No torch here."""

@@ -1,0 +1,73 @@
+"""``shb report ships``: heads ranked by mean Ships, how often each is a prompt's top-1 / top-10 head,
+and a layer x head heatmap of the mean score (paper Fig. 4b)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from shb.errors import UsageError
+
+
+def _filters(model: str | None, dataset: str | None, ablation: str | None) -> tuple[str, list]:
+    clauses, params = [], []
+    for column, value in (("model_id", model), ("dataset_id", dataset), ("ablation_id", ablation)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" AND ".join(clauses) or "TRUE"), params
+
+
+def ranking(store, model=None, dataset=None, ablation=None, top: int | None = 20) -> pl.DataFrame:
+    """One row per (model, dataset, ablation, layer, head): mean score, top-1 and top-10 frequency, rank."""
+    where, params = _filters(model, dataset, ablation)
+    sql = f"""
+        WITH s AS (SELECT * FROM ships WHERE {where}),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY unit_id, prompt_id ORDER BY score DESC, layer, head) AS prompt_rank
+            FROM s)
+        SELECT model_id, dataset_id, ablation_id, layer, head,
+               avg(score) AS mean_ships, median(score) AS median_ships, max(score) AS max_ships,
+               avg(CASE WHEN prompt_rank = 1 THEN 1.0 ELSE 0.0 END) AS top1_share,
+               avg(CASE WHEN prompt_rank <= 10 THEN 1.0 ELSE 0.0 END) AS top10_share,
+               count(*) AS n_prompts
+        FROM ranked GROUP BY model_id, dataset_id, ablation_id, layer, head"""
+    frame = store.query(sql, params)
+    if frame.is_empty():
+        raise UsageError("no Ships scores match" + (f" (filters: {', '.join(map(str, params))})" if params else "")
+                         + "; run a suite with a `ships` metric first (e.g. `shb run suites/demo.json`)")
+    frame = frame.sort(["model_id", "dataset_id", "ablation_id", "mean_ships", "layer", "head"],
+                       descending=[False, False, False, True, False, False])
+    frame = frame.with_columns(
+        pl.col("mean_ships").rank("ordinal", descending=True).over(["model_id", "dataset_id", "ablation_id"])
+        .cast(pl.Int64).alias("rank"))
+    if top:
+        frame = frame.filter(pl.col("rank") <= top)
+    return frame.select(["model_id", "dataset_id", "ablation_id", "rank", "layer", "head", "mean_ships",
+                         "median_ships", "max_ships", "top1_share", "top10_share", "n_prompts"])
+
+
+def heatmap(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
+    """Mean Ships per (model, dataset, ablation, layer, head): the data of the layer x head heatmap."""
+    where, params = _filters(model, dataset, ablation)
+    return store.query(f"""SELECT model_id, dataset_id, ablation_id, layer, head, avg(score) AS mean_ships
+                           FROM ships WHERE {where} GROUP BY ALL ORDER BY ALL""", params)
+
+
+SHADES = " .:-=+*#%@"
+
+
+def render_heatmap_text(frame: pl.DataFrame) -> list[str]:
+    """One text heatmap per (model, dataset, ablation): rows are layers, columns heads, darker = larger."""
+    out = []
+    for (model, dataset, ablation), group in frame.group_by(["model_id", "dataset_id", "ablation_id"], maintain_order=True):
+        n_layers = group["layer"].max() + 1
+        n_heads = group["head"].max() + 1
+        peak = group["mean_ships"].max() or 1.0
+        grid = [[" "] * n_heads for _ in range(n_layers)]
+        for layer, head, value in group.select(["layer", "head", "mean_ships"]).iter_rows():
+            grid[layer][head] = SHADES[min(len(SHADES) - 1, int(round(value / peak * (len(SHADES) - 1))))]
+        out.append(f"mean Ships, {model} / {dataset} / {ablation} (rows: layers, columns: heads; '@' = {peak:.3g})")
+        out.append("      " + "".join(str(h % 10) for h in range(n_heads)))
+        for layer in range(n_layers):
+            out.append(f"  L{layer:<3d}" + "".join(grid[layer]))
+    return out

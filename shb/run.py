@@ -1,0 +1,191 @@
+"""Execute a suite: the only module that sees everything (suite, plan, models, metrics, store).
+
+Units run in suite order, grouped by model so each model loads once. Each unit is committed
+chunk by chunk (see shb.store); a rerun skips done chunks, so a run killed at any point and
+started again ends with exactly the rows of an uninterrupted run. Missing model weights are
+reported for every model before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from shb import __version__
+from shb.errors import ModelNotFound, ShbError
+from shb.metrics.base import UnitContext
+from shb.plan import WorkUnit, expand, load_prompts
+from shb.registry import METRICS, MODELS, resolve
+from shb.store import Store
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_models(suite) -> None:
+    """Fail before any work if any model's weights cannot be had, naming every missing one."""
+    from shb.models import check_available
+
+    missing = []
+    for model in suite.models:
+        if model.kind != "hf":
+            continue
+        try:
+            check_available(model.get("path"), revision=model.get("revision"),
+                            allow_pickle=model.get("allow_pickle", False), model_id=model.id)
+        except ModelNotFound as exc:
+            missing.append(str(exc))
+    if missing:
+        raise ModelNotFound(f"{len(missing)} model(s) missing, nothing was run:\n" + "\n".join(missing))
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    return {"shb_version": __version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__, "python_version": platform.python_version()}
+
+
+def _order(units: list[WorkUnit], suite) -> list[WorkUnit]:
+    model_index = {m.id: i for i, m in enumerate(suite.models)}
+    return sorted(units, key=lambda u: model_index[u.model.id])  # stable: suite order within a model
+
+
+def _model_rows(model_id: str, spec: dict, lm) -> dict:
+    from shb.models import source_of
+
+    layout = lm.layout
+    return {"model_id": model_id, "source": source_of(spec), "revision": spec.get("revision"),
+            "architecture": layout.arch, "n_layers": layout.n_layers, "n_heads": layout.n_heads,
+            "n_kv_heads": layout.n_kv_heads, "head_dim": layout.head_dim, "hidden_size": layout.hidden_size,
+            "n_params": lm.n_params(), "spec": spec}
+
+
+def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_units=None, log=print) -> dict:
+    """Run every pending unit of ``suite``; returns counts {done, skipped, failed}."""
+    from shb.datasets import format_prompt
+    from shb.models import resolve_device
+    from shb.progress import NullProgress
+
+    progress = progress or NullProgress()
+    prompts = load_prompts(suite)
+    units = _order(expand(suite, prompts), suite)
+    if only_units:
+        units = [u for u in units if u.unit_id in only_units]
+    check_models(suite)
+    device = resolve_device(device or suite.defaults.get("device"))
+    dtype = suite.defaults.get("dtype", "float32")
+    store = Store(db)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+    try:
+        status = store.unit_status()
+        pending = [u for u in units if status.get(u.unit_id) != "done"]
+        counts["skipped"] = len(units) - len(pending)
+        if not pending:
+            log(f"all {len(units)} unit(s) already done in {store.path}")
+            return counts
+        store.start_run({"run_id": run_id, "suite_name": suite.name, "suite_path": suite.path,
+                         "suite_sha256": suite.sha256, "started_at": None, "status": "running",
+                         "git_commit": git_commit(), "hostname": socket.gethostname(), "device": device,
+                         "dtype": dtype, "argv": " ".join(sys.argv), **_versions()})
+        store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
+        with store.transaction():
+            for dataset in suite.datasets:
+                from shb.datasets import content_hash
+
+                digest = content_hash(prompts[dataset.id])
+                store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
+                                          "dataset_hash": digest} for p in prompts[dataset.id]])
+        models = {m.id: m for m in suite.models}
+        datasets = {d.id: d for d in suite.datasets}
+        unit_bar = progress.add_task("units", total=len(pending))
+        loaded_id, lm, shared = None, None, {}
+        final = "done"
+        for unit in pending:
+            if unit.model.id != loaded_id:
+                lm, shared = None, {}
+                import gc
+
+                gc.collect()
+                progress.update(unit_bar, description=f"loading {unit.model.id}")
+                spec = models[unit.model.id].spec()
+                lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device)
+                loaded_id = unit.model.id
+                with store.transaction():
+                    store.insert("models", [_model_rows(unit.model.id, spec, lm)])
+            dataset = datasets[unit.dataset.id]
+            formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer, dataset.get("system"))
+                         for p in prompts[dataset.id]]
+            progress.update(unit_bar, description=f"unit {unit.label}")
+            ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device)
+            counts["done" if ok else "failed"] += 1
+            progress.advance(unit_bar)
+        if counts["failed"]:
+            final = "failed"
+        store.end_run(run_id, final)
+    except BaseException:
+        try:
+            store.end_run(run_id, "interrupted")
+        except Exception:
+            pass
+        raise
+    finally:
+        store.close()
+    return counts
+
+
+def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device) -> bool:
+    metric = resolve(METRICS, unit.metric.kind, "metric")()
+    params = {**unit.spec["metric"], **{k: v for k, v in unit.metric.params.items() if k in ("strategy", "batch_size")}}
+    ctx = UnitContext(
+        lm=lm, prompts=prompts, formatted=formatted, ablation=unit.spec["ablation"], metric=params, store=store,
+        ids={"unit_id": unit.unit_id, "model_id": unit.model.id, "dataset_id": unit.dataset.id,
+             "ablation_id": unit.ablation.id, "metric_id": unit.metric.id},
+        device=device, batch_size=params.get("batch_size", suite.defaults.get("batch_size", "auto")),
+        seed=suite.defaults.get("seed", 0), progress=progress, shared=shared)
+    row = {"unit_id": unit.unit_id, "run_id": run_id, "suite_name": suite.name, "model_id": unit.model.id,
+           "dataset_id": unit.dataset.id, "ablation_id": unit.ablation.id, "metric_id": unit.metric.id,
+           "metric_kind": unit.metric.kind, "spec": unit.spec, "status": "running", "error": None,
+           "seconds": None, "n_chunks": None}
+    store.upsert_unit(row)
+    started = time.perf_counter()
+    try:
+        chunks = metric.chunks(unit, ctx)
+        done = store.done_chunks(unit.unit_id)
+        bar = progress.add_task(f"  {unit.metric.kind} chunks", total=len(chunks), completed=len(done & set(chunks)))
+        for chunk in chunks:
+            if chunk in done:
+                continue
+            t0 = time.perf_counter()
+            rows = metric.run_chunk(unit, ctx, chunk)
+            store.commit_chunk(unit.unit_id, chunk, run_id, rows, time.perf_counter() - t0)
+            progress.advance(bar)
+        progress.remove_task(bar)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except ShbError:
+        raise
+    except Exception as exc:  # a unit's failure is recorded and the run goes on with the next unit
+        import traceback
+
+        store.upsert_unit({**row, "status": "failed", "error": "".join(traceback.format_exception(exc))[-4000:],
+                           "seconds": time.perf_counter() - started})
+        if os.environ.get("SHB_RAISE"):
+            raise
+        return False
+    store.upsert_unit({**row, "status": "done", "seconds": time.perf_counter() - started, "n_chunks": len(chunks)})
+    return True

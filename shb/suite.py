@@ -1,0 +1,204 @@
+"""Load and validate suites: JSON -> frozen specs, with every problem reported at once.
+
+``schemas/suite.schema.json`` is the single definition of the format; this module adds the
+checks JSON Schema cannot express (unique ids, references between entries) and turns the
+validator's errors into one line each: ``/ablations/1/epsilon: -1 is less than the minimum of 0``.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from shb.errors import SuiteError
+from shb.registry import TABLES, unknown_message
+
+SECTIONS = {"models": "model", "datasets": "dataset", "ablations": "ablation", "metrics": "metric"}
+DEFAULTS = {"device": "auto", "dtype": "float32", "batch_size": "auto", "seed": 0}
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schemas" / "suite.schema.json", here.parent / "schemas" / "suite.schema.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise FileNotFoundError("suite.schema.json not found next to the shb package")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model, dataset, ablation or metric of a suite: its id, kind and kind-specific parameters."""
+
+    section: str
+    id: str
+    kind: str
+    params: dict = field(hash=False, compare=True)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+    def spec(self) -> dict:
+        return {"id": self.id, "kind": self.kind, **self.params}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: str
+    sha256: str
+    models: tuple[Entry, ...]
+    datasets: tuple[Entry, ...]
+    ablations: tuple[Entry, ...]
+    metrics: tuple[Entry, ...]
+    defaults: dict = field(hash=False)
+    raw: dict = field(hash=False, repr=False)
+
+    def section(self, name: str) -> tuple[Entry, ...]:
+        return getattr(self, name)
+
+
+def _pointer(path) -> str:
+    return "/" + "/".join(str(p) for p in path) if len(path) else "/"
+
+
+def _message(error) -> str:
+    """A readable message for one jsonschema error (did-you-mean for kinds, the best branch of oneOf)."""
+    if error.validator == "enum" and error.path and error.path[-1] == "kind" and len(error.path) >= 2:
+        section = SECTIONS.get(str(error.path[0]))
+        if section:
+            return unknown_message(section, error.instance, TABLES[section])
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # Prefer the branch whose type matched: its complaint is the useful one.
+        typed = [e for e in error.context if e.validator != "type"]
+        best = min(typed or error.context, key=lambda e: len(e.relative_schema_path))
+        return best.message
+    return error.message
+
+
+def schema_problems(data: Any) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema())
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
+        # unevaluatedProperties also flags known keys whose value failed; unknown_key_problems says it better.
+        if error.validator != "unevaluatedProperties":
+            problems.append(f"{_pointer(error.absolute_path)}: {_message(error)}")
+    return list(dict.fromkeys(problems)) + unknown_key_problems(data)
+
+
+def allowed_keys(section: str, kind: str) -> set[str]:
+    """Keys an entry of this section and kind may carry, read from the schema."""
+    definition = schema()["$defs"][section]
+    keys = set(definition["properties"])
+    for branch in definition["allOf"]:
+        if branch["if"]["properties"]["kind"]["const"] == kind:
+            keys |= set(branch["then"]["properties"])
+    return keys
+
+
+def unknown_key_problems(data: Any) -> list[str]:
+    import difflib
+
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    for section, singular in SECTIONS.items():
+        entries = data.get(section)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(entry, dict) or entry.get("kind") not in TABLES[singular]:
+                continue
+            allowed = allowed_keys(singular, entry["kind"])
+            for key in entry:
+                if key not in allowed:
+                    hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                    extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+                    problems.append(f"/{section}/{i}/{key}: unknown key for {singular} kind '{entry['kind']}'{extra};"
+                                    f" allowed: {', '.join(sorted(allowed))}")
+    return problems
+
+
+def semantic_problems(data: dict) -> list[str]:
+    """Checks beyond the schema: ids unique per section, metric filters and head sources that resolve."""
+    problems = []
+    ids = {}
+    for section in SECTIONS:
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(data.get(section) or []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            if entry["id"] in seen:
+                problems.append(f"/{section}/{i}/id: duplicate id '{entry['id']}' (first used at /{section}/{seen[entry['id']]})")
+            else:
+                seen[entry["id"]] = i
+        ids[section] = seen
+    metric_kinds = {m.get("id"): m.get("kind") for m in data.get("metrics") or [] if isinstance(m, dict)}
+    for i, metric in enumerate(data.get("metrics") or []):
+        if not isinstance(metric, dict):
+            continue
+        for section in ("models", "datasets", "ablations"):
+            for j, ref in enumerate(metric.get(section) or []):
+                if isinstance(ref, str) and ids.get(section) and ref not in ids[section]:
+                    problems.append(f"/metrics/{i}/{section}/{j}: no {SECTIONS[section]} with id '{ref}' in this suite")
+        heads = metric.get("heads")
+        if isinstance(heads, str) and heads.startswith("sahara:"):
+            ref = heads.split(":", 1)[1]
+            if metric_kinds.get(ref) != "sahara":
+                problems.append(f"/metrics/{i}/heads: '{heads}' must name a metric of kind sahara in this suite")
+        if heads in ("sahara", "ships_per_prompt", "random") or (isinstance(heads, str) and heads.startswith("sahara:")):
+            if "k" not in metric:
+                problems.append(f"/metrics/{i}: heads '{heads}' needs k (how many heads to ablate)")
+        if heads == "ships_per_prompt" and "ships" not in metric_kinds.values():
+            problems.append(f"/metrics/{i}/heads: 'ships_per_prompt' needs a metric of kind ships in this suite")
+    return problems
+
+
+def _read(path: Path) -> tuple[Any, bytes]:
+    if not path.is_file():
+        raise SuiteError(path, [f"/: file not found (looked at {path.resolve()})"])
+    blob = path.read_bytes()
+    try:
+        return json.loads(blob), blob
+    except json.JSONDecodeError as exc:
+        raise SuiteError(path, [f"/: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
+
+
+def problems(data: Any) -> list[str]:
+    found = schema_problems(data)
+    if isinstance(data, dict):
+        found += semantic_problems(data)
+    return found
+
+
+def from_dict(data: dict, path: str = "<suite>", blob: bytes | None = None) -> Suite:
+    found = problems(data)
+    if found:
+        raise SuiteError(path, found)
+    blob = blob if blob is not None else json.dumps(data, sort_keys=True).encode()
+
+    def entries(section):
+        out = []
+        for item in data[section]:
+            params = {k: v for k, v in item.items() if k not in ("id", "kind")}
+            out.append(Entry(SECTIONS[section], item["id"], item["kind"], params))
+        return tuple(out)
+
+    return Suite(
+        name=data["name"], path=str(path), sha256=hashlib.sha256(blob).hexdigest(),
+        models=entries("models"), datasets=entries("datasets"),
+        ablations=entries("ablations"), metrics=entries("metrics"),
+        defaults={**DEFAULTS, **(data.get("defaults") or {})}, raw=data,
+    )
+
+
+def load(path) -> Suite:
+    """Read and validate a suite file; raises SuiteError listing every problem."""
+    path = Path(path)
+    data, blob = _read(path)
+    return from_dict(data, str(path), blob)
