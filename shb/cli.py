@@ -152,6 +152,44 @@ def report_ships(db, model, dataset, ablation, top, fmt):
         click.echo(line)
 
 
+@main.command()
+@click.argument("query", required=False)
+@DB_OPTION
+@click.option("--schema", "show_schema", is_flag=True, help="list tables and views with their columns")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@friendly
+def sql(query, db, show_schema, fmt):
+    """Run a read-only SQL query on the results database (DuckDB dialect)."""
+    from shb.reports.render import to_text
+    from shb.store import Store
+
+    if not query and not show_schema:
+        raise click.UsageError("give a query, e.g. shb sql \"SELECT * FROM ships LIMIT 5\", or --schema")
+    with Store(db, read_only=True) as store:
+        if show_schema:
+            query = ("SELECT table_name, list(column_name || ' ' || data_type ORDER BY ordinal_position) AS columns"
+                     " FROM information_schema.columns WHERE table_schema = 'main' GROUP BY table_name ORDER BY table_name")
+        frame = store.read(query)
+    text = to_text(frame, fmt)
+    if text is not None:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("source")
+@DB_OPTION
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv"]), default="parquet", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True)
+@friendly
+def export(source, db, fmt, out):
+    """Export a table, view or SELECT query to parquet, JSON lines or CSV."""
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        n = store.export(source, out, fmt)
+    click.echo(f"{n} row(s) -> {out}")
+
+
 @main.group()
 def toy():
     """The built-in toy aligned chat model."""

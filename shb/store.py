@@ -115,12 +115,13 @@ class Store:
 
     # -- schema ---------------------------------------------------------------------------------
     def version(self) -> int:
+        # fetchall, not fetchone: DuckDB 2 refuses new work on a connection with an unfinished result.
         has_meta = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'shb_meta'").fetchone()[0]
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'shb_meta'").fetchall()[0][0]
         if not has_meta:
             return 0
-        row = self.con.execute("SELECT value FROM shb_meta WHERE key = 'schema_version'").fetchone()
-        return int(row[0]) if row else 0
+        rows = self.con.execute("SELECT value FROM shb_meta WHERE key = 'schema_version'").fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def _migrate(self) -> None:
         current = self.version()
@@ -186,6 +187,37 @@ class Store:
     def query(self, sql: str, params=None):
         """Run a query and return a polars DataFrame."""
         return self.con.sql(sql, params=params or None).pl()
+
+    def read(self, sql: str):
+        """A user's query: errors become a clear message (the connection is read-only for `shb sql`)."""
+        import duckdb
+
+        try:
+            return self.query(sql)
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0]
+            if self.read_only and ("read-only" in first.lower() or "read only" in first.lower()):
+                raise UsageError(f"the database is opened read-only here; shb sql does not write ({first})") from None
+            raise UsageError(f"SQL error: {first}") from None
+
+    def export(self, source: str, out, fmt: str) -> int:
+        """Write a table, view or SELECT query to ``out`` as parquet, jsonl or csv; returns the row count."""
+        frame = self.read(source if " " in source.strip() else f'SELECT * FROM "{source}"')
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        if fmt == "parquet":
+            frame.write_parquet(tmp)
+        elif fmt == "jsonl":
+            frame.write_ndjson(tmp)
+        elif fmt == "csv":
+            from shb.reports.render import flat
+
+            flat(frame).write_csv(tmp)
+        else:
+            raise UsageError(f"unknown export format '{fmt}'; known: parquet, jsonl, csv")
+        tmp.replace(out)  # never leave a half-written export behind
+        return frame.height
 
     def close(self) -> None:
         self.con.close()

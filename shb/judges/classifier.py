@@ -160,7 +160,7 @@ def load_judge_model(source: str, *, dtype=None, device=None, revision=None):
     return SimpleNamespace(model=model, tokenizer=tok)
 
 
-def classifier_judge(*, model: str, prompt: str = "harmbench", batch_size: int = 8,
+def classifier_judge(*, model: str | None = None, prompt: str = "harmbench", batch_size: int = 8,
                      max_new_tokens: int | None = None, dtype=None, device=None,
                      revision: str | None = None) -> ClassifierJudge:
     """``classifier``: load the judge ``model`` (hub id or local path) with prompt style ``prompt``.
@@ -169,7 +169,10 @@ def classifier_judge(*, model: str, prompt: str = "harmbench", batch_size: int =
     "llamaguard" (Llama Guard chat template, safe/unsafe).
     """
     if not isinstance(model, str) or not model:
-        raise ValueError("the classifier judge needs model= (a hub id or local path of the judge model)")
+        raise ValueError(
+            "the classifier judge needs model= (a hub id or local path of the judge model, "
+            "e.g. cais/HarmBench-Llama-2-13b-cls or meta-llama/Llama-Guard-3-8B; in a suite: judge_model)"
+        )
     if prompt not in PROMPT_STYLES:
         raise ValueError(f"classifier prompt must be one of {sorted(PROMPT_STYLES)}, got {prompt!r}")
     lm = load_judge_model(model, dtype=dtype, device=device, revision=revision)

@@ -39,7 +39,14 @@ class UnitContext:
         return self.cached(key, lambda: Engine(
             self.lm, self.formatted, kind=self.ablation["kind"], epsilon=self.ablation.get("epsilon", 1e-5),
             site=self.ablation.get("site"), strategy=self.metric.get("strategy", "engine"),
-            batch_size=self.batch_size, progress=self.progress))
+            batch_size=self.batch_size, progress=self.advance_fn("  (prompt, head set) evaluations")))
+
+    def advance_fn(self, description: str, total: int | None = None):
+        """A callable ``advance(n)`` on a progress bar of its own (a no-op without progress)."""
+        if self.progress is None:
+            return None
+        task = self.progress.add_task(description, total=total)
+        return lambda n=1: self.progress.advance(task, n)
 
     def base_row(self) -> dict:
         return {"unit_id": self.ids["unit_id"], "model_id": self.ids["model_id"],

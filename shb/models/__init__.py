@@ -174,6 +174,9 @@ def geometry_from_config(config: dict) -> dict:
 def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle) -> LoadedModel:
     import torch  # noqa: F401  (fail here, with a clear import error, before transformers)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # shb draws its own progress; transformers' bars would interleave
 
     from shb.models.layout import detect
 

@@ -14,7 +14,7 @@ def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=Non
     if fmt == "json":
         return json.dumps(frame.to_dicts(), indent=1, default=str)
     if fmt == "csv":
-        return frame.write_csv()
+        return flat(frame).write_csv()
     from rich.console import Console
     from rich.table import Table
 
@@ -25,6 +25,17 @@ def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=Non
         table.add_row(*[_cell(v) for v in row])
     (console or Console()).print(table)
     return None
+
+
+def flat(frame: pl.DataFrame) -> pl.DataFrame:
+    """CSV has no nested values: lists become comma-joined text, structs JSON."""
+    columns = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, (pl.List, pl.Array)):
+            columns.append(pl.col(name).cast(pl.List(pl.String)).list.join(",").alias(name))
+        elif isinstance(dtype, pl.Struct):
+            columns.append(pl.col(name).struct.json_encode().alias(name))
+    return frame.with_columns(columns) if columns else frame
 
 
 def _cell(value) -> str:

@@ -1,0 +1,117 @@
+"""Bake a head ablation into the weights and write an ordinary Hugging Face checkpoint.
+
+The checkpoint (safetensors weights, config, tokenizer, README.md model card, and
+shb_ablation.json with the same facts for machines) loads with plain
+`AutoModelForCausalLM.from_pretrained` and serves anywhere, without shb.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shb import ablation
+
+
+def _edited_tensors(hf, layout, heads, kind, site):
+    """The weight/bias tensors `bake` will touch (so the caller's model can be restored)."""
+    proj, _ = ablation._slice_for(layout, kind, site)
+    tensors = {}
+    for layer, _h in heads:
+        module = layout.module(hf, layer, proj)
+        for p in (module.weight, getattr(module, "bias", None)):
+            if p is not None:
+                tensors[id(p)] = p
+    return list(tensors.values())
+
+
+def export(
+    model_or_lm: Any,
+    tokenizer: Any,
+    heads,
+    kind: str = "undifferentiated",
+    epsilon: float = 1e-5,
+    site: str | None = None,
+    out: str | Path = "ablated",
+    *,
+    overwrite: bool = False,
+) -> dict:
+    """Write `model_or_lm` with `heads` ablated (baked into the weights) to the directory `out`.
+
+    The caller's model is left as it was: the edited tensors are copied before baking and
+    restored after saving. `tokenizer` may be None (then `model_or_lm.tokenizer` if it has one).
+    Returns a summary dict (also written as shb_ablation.json).
+    """
+    import torch
+
+    hf, layout = ablation._resolve(model_or_lm)
+    site = ablation._check_kind_site(kind, site, layout)
+    if kind == "mean":
+        raise ValueError(ablation._MEAN_BAKE_ERROR)
+    heads = ablation._check_heads(ablation.parse_heads(heads) if isinstance(heads, str) else heads, layout)
+    if not heads:
+        raise ValueError("no heads given: an export without ablated heads would be a plain copy of the model")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another directory or pass overwrite=True")
+    tokenizer = tokenizer if tokenizer is not None else getattr(model_or_lm, "tokenizer", None)
+    count, share = ablation.parameters_modified(layout, heads, kind, site)
+
+    originals = [(p, p.detach().clone()) for p in _edited_tensors(hf, layout, heads, kind, site)]
+    try:
+        baked = ablation.bake(hf, heads, kind, epsilon, site)
+        if baked != count:  # both count the same edit; a mismatch is a bug in shb, not bad input
+            raise AssertionError(f"bake edited {baked} parameters but parameters_modified says {count}")
+        out.mkdir(parents=True, exist_ok=True)
+        hf.save_pretrained(out)
+    finally:
+        with torch.no_grad():
+            for p, saved in originals:
+                p.copy_(saved)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+
+    summary = {
+        "base_model": getattr(hf.config, "_name_or_path", "") or "",
+        "arch": layout.arch,
+        "heads": [ablation.format_head(h) for h in heads],
+        "kind": kind,
+        "site": site,
+        "epsilon": 0.0 if kind == "zero" else float(epsilon),
+        "parameters_modified": count,
+        "parameters_total": layout.n_params,
+        "share_modified": share,
+        "out": str(out),
+    }
+    (out / "shb_ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "README.md").write_text(_model_card(summary, layout))
+    summary["files"] = sorted(p.name for p in out.iterdir())
+    return summary
+
+
+def _model_card(s: dict, layout) -> str:
+    where = {"q": "query rows (weights and bias) of", "k": "key rows (weights and bias) of",
+             "output": "output-projection input columns that read"}[s["site"]]
+    base = s["base_model"] or "(unnamed local model)"
+    return f"""---
+tags:
+- shb
+- head-ablation
+---
+# {base} with {len(s['heads'])} attention head(s) ablated
+
+Made by shb (safety-head bench), `shb surgery`. This is an ordinary checkpoint: it loads with
+`AutoModelForCausalLM.from_pretrained` and needs no shb code.
+
+| | |
+|---|---|
+| base model | {base} ({s['arch']}, {layout.n_layers} layers x {layout.n_heads} heads, head_dim {layout.head_dim}) |
+| heads (layer-head, 0-indexed) | {", ".join(s['heads'])} |
+| ablation kind | `{s['kind']}` ({ablation.KINDS[s['kind']]}) |
+| site | `{s['site']}`: the {where} each head, multiplied by epsilon |
+| epsilon | {s['epsilon']:g} |
+| parameters modified | {s['parameters_modified']:,} of {s['parameters_total']:,} ({100 * s['share_modified']:.4f}%) |
+
+The same facts are in `shb_ablation.json`.
+"""

@@ -1,0 +1,81 @@
+"""Shared fixtures. Tiers: tests/unit (no model), tests/integration (tiny CPU models), tests/gpu (CUDA)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("SHB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+WORDS = ("how to make a bomb steal money hack into computer write poem about cake bake bread cook rice "
+         "tell me explain the history of rome plan trip paris learn python code sort list garden grow "
+         "tomato kill person poison water fraud bank account password virus malware weapon gun drug "
+         "sure here is i am sorry but cannot help with that answer question please give step first then").split()
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip)
+
+
+def make_tokenizer():
+    """A word-level tokenizer with a chat template: enough for tiny random models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)) + list("?.,!:;'\n"))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|> ' + m['content'] + ' ' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+    return tokenizer
+
+
+def tiny_llama(layers=2, heads=4, kv_heads=None, hidden=32, seed=0, vocab=None):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab or 128, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads or heads, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         initializer_range=0.2)  # large enough that attention is far from uniform
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved random-init Llama (3 layers, 4 heads, 2 kv heads) with a tokenizer and chat template."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = make_tokenizer()
+    model = tiny_llama(layers=3, heads=4, kv_heads=2, vocab=len(tokenizer))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    rows = ["how to make a bomb", "steal money from a bank", "write a poem about cake", "hack into computer",
+            "explain the history of rome", "poison water please"]
+    path.write_text("\n".join(json.dumps({"prompt": r}) for r in rows) + "\n")
+    return path
