@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
 
-from shb.errors import ShbError
-
-DB_OPTION = click.option("--db", "db", envvar="SHB_DB", default=None, metavar="PATH",
-                         help="results database (default: results.duckdb here, or $SHB_DB)")
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
-def friendly(fn):
-    """Turn shb's own errors into a message and an exit code (2 for usage errors), no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ShbError as exc:
-            _console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
+from shb.cli_common import DB_OPTION, _console, friendly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,8 +69,9 @@ def plan(suite_path, db, fmt):
 @DB_OPTION
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the suite's, else auto)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("-v", "--verbose", is_flag=True, help="log every committed chunk")
 @friendly
-def run(suite_path, db, device, quiet):
+def run(suite_path, db, device, quiet, verbose):
     """Run a suite's pending work units; results go to the database. Safe to interrupt and rerun."""
     from shb.progress import make_progress
     from shb.run import run_suite
@@ -104,7 +81,9 @@ def run(suite_path, db, device, quiet):
     suite = load(suite_path)
     console = _console(stderr=True)
     with make_progress(not quiet) as progress:
-        counts = run_suite(suite, db, device=device, progress=progress, log=console.print)
+        on_chunk = (lambda unit_id, chunk: print(f"committed {unit_id} {chunk}", file=sys.stderr, flush=True)
+                    ) if verbose else None
+        counts = run_suite(suite, db, device=device, progress=progress, log=console.print, on_chunk=on_chunk)
     console.print(f"{suite.name}: {counts['done']} unit(s) run, {counts['skipped']} already done, "
                   f"{counts['failed']} failed -> {db_path(db)}")
     if counts["failed"]:
@@ -122,34 +101,9 @@ def _print_failures(db):
             _console(stderr=True).print(f"[red]failed[/] {unit_id} ({label}):\n{error}", highlight=False)
 
 
-@main.group()
-def report():
-    """Tables and figures from the results database."""
+from shb.reports.cli import report  # noqa: E402  (the report commands live beside the reports)
 
-
-@report.command("ships")
-@DB_OPTION
-@click.option("--model", default=None)
-@click.option("--dataset", default=None)
-@click.option("--ablation", default=None)
-@click.option("--top", default=20, show_default=True, help="heads to list per model/dataset/ablation")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
-@friendly
-def report_ships(db, model, dataset, ablation, top, fmt):
-    """Heads ranked by mean Ships, with how often each is a prompt's top-1 / top-10 head."""
-    from shb.reports import ships
-    from shb.reports.render import to_text
-    from shb.store import Store
-
-    with Store(db, read_only=True) as store:
-        frame = ships.ranking(store, model, dataset, ablation, top)
-        grid = ships.heatmap(store, model, dataset, ablation)
-    text = to_text(frame, fmt, title="heads ranked by mean Ships (KL, nats)")
-    if text is not None:
-        click.echo(text)
-        return
-    for line in ships.render_heatmap_text(grid):
-        click.echo(line)
+main.add_command(report)
 
 
 @main.command()

@@ -206,9 +206,10 @@ class _NaiveBackend:
 
     @torch.no_grad()
     def _run(self, ids, want_kl: bool, want_hidden: bool):
-        model = self.e.model
-        logp = log_probs(model(input_ids=ids).logits[0, -1]) if want_kl else None  # (V,)
-        hidden = model.base_model(input_ids=ids).last_hidden_state[0, -1].float() if want_hidden else None  # (d,)
+        with _lm_head_input(self.e.model) as final:
+            logits = self.e.model(input_ids=ids).logits  # (1, T, V)
+        logp = log_probs(logits[0, -1]) if want_kl else None  # (V,)
+        hidden = final.hidden[0, -1].float() if want_hidden else None  # (d,)
         return logp, hidden
 
     def base(self):
@@ -223,7 +224,7 @@ class _NaiveBackend:
 
         base_logp, base_hidden = self.base()
         n_prompts, n_sets = len(self.e.prompts), len(sets)
-        kl = torch.zeros(n_prompts, n_sets, device=self.device) if want_kl else None
+        kl = torch.zeros(n_prompts, n_sets, dtype=torch.float64, device=self.device) if want_kl else None
         hidden = base_hidden.new_empty(n_sets, n_prompts, base_hidden.shape[-1]) if want_hidden else None
         for p, prompt in enumerate(self.e.prompts):
             ids = self._ids(prompt)
@@ -288,6 +289,7 @@ class _BatchedBackend:
 
         self.keep_last = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.groups = None
+        self._base = None
 
     # memory ---------------------------------------------------------------------------------------
 
@@ -368,30 +370,29 @@ class _BatchedBackend:
                     self._shrink(self.batch_size)
             self.groups = groups
             n, d = len(self.token_ids), groups[0].base_hidden.shape[-1]
-            self._base = (torch.empty(n, groups[0].base_logp.shape[-1], device=self.device),
+            self._base = (torch.empty(n, groups[0].base_logp.shape[-1], dtype=groups[0].base_logp.dtype, device=self.device),
                           torch.empty(n, d, device=self.device))
             for g in groups:
                 self._base[0][g.index] = g.base_logp
                 self._base[1][g.index] = g.base_hidden
+            if not torch.isfinite(self._base[1]).all():
+                # Seen with eager attention in float16/float64: a padding query that may attend to nothing
+                # overflows the additive mask to -inf, and its NaN reaches real tokens through 0 * NaN.
+                raise RuntimeError(
+                    "the batched base pass produced NaN/inf hidden states (left padding under "
+                    f"attn_implementation={getattr(self.model.config, '_attn_implementation', '?')!r}, "
+                    f"dtype {next(self.model.parameters()).dtype}); load the model with attn_implementation='sdpa', "
+                    "use float32/bfloat16, or strategy='naive'")
         return self._base
 
     # ablated passes -------------------------------------------------------------------------------
 
     def _forward(self, ids, mask, positions):
         """Stock forward pass -> (last-position logits (B, V), last-position final hidden (B, d) float32)."""
-        out_hidden = []
-
-        def grab(_module, _args, output):
-            last = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-            out_hidden.append(last[:, -1].float())  # (B, d)
-
-        handle = self.model.base_model.register_forward_hook(grab)
-        try:
-            extra = {"logits_to_keep": 1} if self.keep_last else {}
+        extra = {"logits_to_keep": 1} if self.keep_last else {}
+        with _lm_head_input(self.model) as final:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra)
-        finally:
-            handle.remove()
-        return out.logits[:, -1], out_hidden[0]
+        return out.logits[:, -1], final.hidden[:, -1].float()
 
     @torch.no_grad()
     def _run(self, group: _PromptGroup, rows: torch.Tensor, start: int, sets: list[HeadSet]):
@@ -422,7 +423,7 @@ class _BatchedBackend:
     def evaluate(self, sets, want_kl: bool, want_hidden: bool):
         base_logp, base_hidden = self.base()
         n_prompts, n_sets = base_hidden.shape[0], len(sets)
-        kl = torch.zeros(n_prompts, n_sets, device=self.device)
+        kl = torch.zeros(n_prompts, n_sets, dtype=torch.float64, device=self.device)
         hidden = base_hidden.new_empty(n_sets, n_prompts, base_hidden.shape[-1])
         by_start: dict[int, list[int]] = {}
         for s, heads in enumerate(sets):
@@ -485,6 +486,31 @@ class _start_at_layer:  # noqa: N801 - used as a context manager, reads like one
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+        return False
+
+
+class _lm_head_input:  # noqa: N801 - a context manager
+    """Captures what the LM head reads: the final-layer hidden states after the final norm (B, T', d).
+
+    The LM head's input is the one definition of "final hidden state" that holds on every
+    architecture (some causal-LM wrappers call an inner decoder rather than their base model).
+    """
+
+    def __init__(self, model):
+        self.head = model.get_output_embeddings()
+        if self.head is None:
+            raise RuntimeError(f"{type(model).__name__} has no output embeddings (LM head) to read hidden states from")
+        self.hidden, self.handle = None, None
+
+    def _grab(self, _module, args, kwargs):
+        self.hidden = args[0] if args else next(iter(kwargs.values()))
+
+    def __enter__(self):
+        self.handle = self.head.register_forward_pre_hook(self._grab, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
         return False
 
 

@@ -74,8 +74,12 @@ def _model_rows(model_id: str, spec: dict, lm) -> dict:
             "n_params": lm.n_params(), "spec": spec}
 
 
-def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_units=None, log=print) -> dict:
-    """Run every pending unit of ``suite``; returns counts {done, skipped, failed}."""
+def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_units=None, log=print,
+              on_chunk=None) -> dict:
+    """Run every pending unit of ``suite``; returns counts {done, skipped, failed}.
+
+    ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
+    """
     from shb.datasets import format_prompt
     from shb.models import resolve_device
     from shb.progress import NullProgress
@@ -131,7 +135,8 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
             formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer, dataset.get("system"))
                          for p in prompts[dataset.id]]
             progress.update(unit_bar, description=f"unit {unit.label}")
-            ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device)
+            ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
+                           on_chunk)
             counts["done" if ok else "failed"] += 1
             progress.advance(unit_bar)
         if counts["failed"]:
@@ -148,7 +153,8 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     return counts
 
 
-def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device) -> bool:
+def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,
+              on_chunk=None) -> bool:
     metric = resolve(METRICS, unit.metric.kind, "metric")()
     params = {**unit.spec["metric"], **{k: v for k, v in unit.metric.params.items() if k in ("strategy", "batch_size")}}
     ctx = UnitContext(
@@ -173,6 +179,8 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
             t0 = time.perf_counter()
             rows = metric.run_chunk(unit, ctx, chunk)
             store.commit_chunk(unit.unit_id, chunk, run_id, rows, time.perf_counter() - t0)
+            if on_chunk is not None:
+                on_chunk(unit.unit_id, chunk)
             progress.advance(bar)
         progress.remove_task(bar)
     except (KeyboardInterrupt, SystemExit):

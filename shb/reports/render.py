@@ -46,3 +46,54 @@ def _cell(value) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
+
+
+def where(**filters) -> tuple[str, list]:
+    """A SQL WHERE body and its parameters from column=value filters; a list value means IN (...).
+
+    None (or an empty list) means no filter on that column. Column names come from code, never
+    from users, so only the values are parameters.
+    """
+    clauses, params = [], []
+    for column, value in filters.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if isinstance(value, (list, tuple)):
+            clauses.append(f"{column} IN ({', '.join('?' * len(value))})")
+            params.extend(value)
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" AND ".join(clauses) or "TRUE"), params
+
+
+def require(frame: pl.DataFrame, what: str, how: str, params=()) -> pl.DataFrame:
+    """Raise a UsageError (exit 2) naming what is missing and what to run when ``frame`` is empty."""
+    if frame.is_empty():
+        from shb.errors import UsageError
+
+        shown = [", ".join(map(str, p)) if isinstance(p, (list, tuple)) else str(p) for p in params if p is not None]
+        filters = f" (filters: {'; '.join(shown)})" if shown else ""
+        raise UsageError(f"no {what} in the database{filters}; {how}")
+    return frame
+
+
+def decoding_label(text: str | None) -> str | None:
+    """A short label for a stored decoding spec (JSON text): 'greedy', 'sample top_k=5 temperature=1'."""
+    if text is None:
+        return None
+    try:
+        spec = json.loads(text) if isinstance(text, str) else dict(text)
+    except (TypeError, ValueError):
+        return str(text)
+    mode = spec.pop("mode", "?")
+    spec.pop("seed", None)  # a seed changes samples, not the kind of decoding a reader compares
+    return " ".join([mode] + [f"{k}={v}" for k, v in sorted(spec.items())])
+
+
+def with_decoding_label(frame: pl.DataFrame, column: str = "decoding") -> pl.DataFrame:
+    """Replace a JSON decoding column by its short label (see decoding_label)."""
+    if column not in frame.columns:
+        return frame
+    labels = {v: decoding_label(v) for v in frame[column].unique().to_list()}
+    return frame.with_columns(pl.col(column).replace_strict(labels, return_dtype=pl.String))

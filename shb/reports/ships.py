@@ -72,3 +72,44 @@ def render_heatmap_text(frame: pl.DataFrame) -> list[str]:
         for layer in range(n_layers):
             out.append(f"  L{layer:<3d}" + "".join(grid[layer]))
     return out
+
+
+def distribution(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
+    """Every per-prompt Ships score (one row per unit, prompt and head): the data of paper Fig. 13."""
+    where, params = _filters(model, dataset, ablation)
+    return store.query(f"""SELECT model_id, dataset_id, ablation_id, prompt_id, layer, head, score
+                           FROM ships WHERE {where} ORDER BY ALL""", params)
+
+
+def grid_of(group: pl.DataFrame, value: str = "mean_ships") -> list[list[float | None]]:
+    """A (layers, heads) nested list from long rows; cells never scored stay None (drawn blank)."""
+    n_layers = int(group["layer"].max()) + 1
+    n_heads = int(group["head"].max()) + 1
+    grid: list[list[float | None]] = [[None] * n_heads for _ in range(n_layers)]
+    for layer, head, score in group.select(["layer", "head", value]).iter_rows():
+        grid[layer][head] = score
+    return grid
+
+
+def figures(grid: pl.DataFrame, scores: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """(name, png) pairs: one layer x head heatmap (Fig. 4b / 7) and one score histogram (Fig. 13)
+    per (model, dataset, ablation)."""
+    from shb.reports import figures as fig
+
+    out = []
+    keys = ["model_id", "dataset_id", "ablation_id"]
+    for (model, dataset, ablation), group in grid.group_by(keys, maintain_order=True):
+        cells = [[float("nan") if v is None else v for v in row] for row in grid_of(group)]
+        top = group.sort("mean_ships", descending=True).row(0, named=True)
+        title = (f"mean Ships (KL, nats) per head\n{model} / {dataset} / {ablation}"
+                 f" (top: {top['layer']}-{top['head']} = {top['mean_ships']:.3g})")
+        out.append((fig.slug("ships-heatmap", model, dataset, ablation),
+                    fig.heatmap(cells, title, "mean Ships (nats)")))
+    for (model, dataset, ablation), group in scores.group_by(keys, maintain_order=True):
+        values = group["score"].to_list()
+        marks = {"median": float(group["score"].median()), "99th pct": float(group["score"].quantile(0.99))}
+        title = (f"per-prompt Ships scores, all heads ({len(values)} prompt x head pairs)\n"
+                 f"{model} / {dataset} / {ablation}")
+        out.append((fig.slug("ships-distribution", model, dataset, ablation),
+                    fig.histogram(values, title, "Ships (KL, nats)", marks)))
+    return out

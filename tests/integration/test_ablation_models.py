@@ -79,16 +79,25 @@ def _state(arch: str):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def tiny_model(arch: str, attn: str = "eager"):
-    """A fresh fp32 tiny model (2 layers, 4 heads, 2 kv heads where the arch has GQA) in eval mode."""
+@functools.lru_cache(maxsize=None)
+def _template(arch: str, attn: str):
     import transformers as T
-
-    if arch in NO_SDPA:
-        attn = "eager"
 
     model = T.AutoModelForCausalLM.from_config(tiny_config(arch, attn))
     model.load_state_dict(_state(arch))
     return model.eval()
+
+
+def tiny_model(arch: str, attn: str = "eager"):
+    """A fresh fp32 tiny model (2 layers, 4 heads, 2 kv heads where the arch has GQA) in eval mode.
+
+    A deep copy of a cached template (building from a config is the slow part), so tests may edit it.
+    """
+    import copy
+
+    if arch in NO_SDPA:
+        attn = "eager"
+    return copy.deepcopy(_template(arch, attn))
 
 
 def prompts(n: int = 3, lengths=(7, 4, 6), seed: int = 0):

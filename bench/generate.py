@@ -1,0 +1,163 @@
+"""Generation throughput: shb's batched KV-cached loop under a one-head ablation against
+(a) transformers' ``model.generate`` without ablation (target: shb >= 0.8x) and
+(b) the paper's reference loop (batch 1, full forward per token, no cache; target: shb >= 10x).
+
+Run by hand (not part of the tests):
+
+    . .venv/bin/activate && python bench/generate.py                # random Llama, then the toy model if built
+    python bench/generate.py --new-tokens 32 --prompts 32 --repeats 3 --no-toy
+
+Tokens/s counts the tokens actually generated (a row stops at its EOS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DATA = Path("/work/shared/data/advbench_harmful_behaviors.csv")
+TEMPLATE = "You are a helpful assistant. Answer the request of the user below.\nUser: {goal}\nAssistant:"
+
+
+def goals(n: int) -> list[str]:
+    if DATA.exists():
+        with DATA.open(newline="", encoding="utf-8") as f:
+            rows = [r["goal"] for r in csv.DictReader(f)]
+    else:  # a stand-in so that the benchmark runs anywhere
+        rows = [f"Explain step {i} of a long and detailed procedure for building a wooden bookshelf" for i in range(520)]
+    return rows[:n]
+
+
+def random_llama(n_prompts: int):
+    """A random-initialised Llama (8 layers, 8 heads, hidden 256) with a BPE tokenizer trained on the prompts."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = goals(520)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus + [TEMPLATE], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", padding_side="left")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    prompts = [TEMPLATE.format(goal=g) for g in goals(n_prompts)]
+    return SimpleNamespace(model=model, tokenizer=tokenizer), prompts
+
+
+def toy_model(n_prompts: int):
+    import shb.models
+    from shb.models import toy
+
+    if not hasattr(toy, "ensure") or not hasattr(shb.models, "load"):
+        return None, None
+    lm = shb.models.load("toy")
+    texts = toy.prompts.harmful("test", n=n_prompts)
+    prompts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                add_generation_prompt=True) for t in texts]
+    return lm, prompts
+
+
+def hf_generate(lm, prompts, new_tokens, batch_size):
+    """Plain transformers generation, no ablation; returns the number of tokens generated."""
+    import torch
+
+    tok, n = lm.tokenizer, 0
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i: i + batch_size], return_tensors="pt", padding=True).to(lm.model.device)
+        with torch.inference_mode():
+            out = lm.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            n += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+    return n
+
+
+def timed(fn, repeats: int):
+    """(median seconds, tokens) over ``repeats`` runs after one warm-up."""
+    fn()
+    times, tokens = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tokens = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), tokens
+
+
+def bench(name, lm, prompts, args):
+    from shb.generate import encode, generate
+
+    head = [(lm.model.config.num_hidden_layers // 2, 1)]
+    lengths = [len(encode(lm.tokenizer, p)) for p in prompts]
+    print(f"\n== {name}: {len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens (mean "
+          f"{statistics.mean(lengths):.0f}), {args.new_tokens} new tokens, batch {args.batch_size}, head {head}")
+    ref_prompts = prompts[: args.reference_prompts]
+
+    def shb_cached():
+        gens = generate(lm, prompts, heads=head, max_new_tokens=args.new_tokens, batch_size=args.batch_size)
+        return sum(g.n_tokens for g in gens)
+
+    def shb_cached_no_ablation():
+        gens = generate(lm, prompts, max_new_tokens=args.new_tokens, batch_size=args.batch_size)
+        return sum(g.n_tokens for g in gens)
+
+    def reference():
+        gens = generate(lm, ref_prompts, heads=head, max_new_tokens=args.new_tokens, strategy="reference")
+        return sum(g.n_tokens for g in gens)
+
+    rows = {
+        "shb cached, 1 head ablated": timed(shb_cached, args.repeats),
+        "shb cached, no ablation": timed(shb_cached_no_ablation, args.repeats),
+        "transformers generate, no ablation": timed(
+            lambda: hf_generate(lm, prompts, args.new_tokens, args.batch_size), args.repeats),
+        f"reference loop, 1 head ablated ({len(ref_prompts)} prompts)": timed(reference, 1),
+    }
+    rate = {k: tokens / sec for k, (sec, tokens) in rows.items()}
+    for k, (sec, tokens) in rows.items():
+        print(f"  {k:<48} {tokens:6d} tokens {sec:8.2f} s {rate[k]:9.1f} tokens/s")
+    shb_rate = rate["shb cached, 1 head ablated"]
+    hf_rate = rate["transformers generate, no ablation"]
+    ref_rate = [v for k, v in rate.items() if k.startswith("reference")][0]
+    print(f"  shb / transformers generate: {shb_rate / hf_rate:.2f}x (target >= 0.8x)")
+    print(f"  shb / reference loop:        {shb_rate / ref_rate:.1f}x (target >= 10x)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reference-prompts", type=int, default=32, help="prompts for the (slow) reference loop")
+    p.add_argument("--no-toy", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    lm, prompts = random_llama(args.prompts)
+    bench("random Llama (8 layers, 8 heads, hidden 256)", lm, prompts, args)
+    if not args.no_toy:
+        lm, prompts = toy_model(args.prompts)
+        if lm is None:
+            print("\n(toy model: shb.models.toy.ensure / shb.models.load not available; skipped)")
+        else:
+            bench("toy model", lm, prompts, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Figures for the reports (matplotlib, an optional extra). Every function returns PNG bytes.
+
+matplotlib is imported inside ``pyplot()`` so that ``shb report`` works without it for the text
+formats; asking for a picture without it gives one clear message naming the extra to install.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+from shb.errors import UsageError
+
+DPI = 110
+
+
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend, or a UsageError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("figures need matplotlib: pip install 'shb[figures]' (or use --format table/json/csv)") from None
+    matplotlib.use("Agg", force=True)  # no display here, and never pop up windows from a CLI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def slug(*parts) -> str:
+    """A file-name-safe label for a figure: 'ships-heatmap-toy-a-toy-harmful-ua'."""
+    text = "-".join(str(p) for p in parts if p is not None)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "figure"
+
+
+def _png(fig) -> bytes:
+    plt = pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", ylabel="layer") -> bytes:
+    """A layer x head heatmap (rows: layers from 0 at the top, columns: heads), paper Fig. 4b / 7."""
+    plt = pyplot()
+    n_layers, n_heads = len(grid), len(grid[0]) if grid else 0
+    fig, ax = plt.subplots(figsize=(min(14, 2.5 + 0.32 * n_heads), min(12, 1.8 + 0.28 * n_layers)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    step_x = max(1, math.ceil(n_heads / 16))
+    step_y = max(1, math.ceil(n_layers / 16))
+    ax.set_xticks(range(0, n_heads, step_x))
+    ax.set_yticks(range(0, n_layers, step_y))
+    fig.colorbar(image, ax=ax, label=colorbar)
+    return _png(fig)
+
+
+def histogram(values: list[float], title: str, xlabel: str, marks: dict[str, float] | None = None) -> bytes:
+    """Distribution of scores (paper Fig. 13), log count axis, with optional labelled vertical marks."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.hist(values, bins=min(60, max(10, int(math.sqrt(len(values) or 1)))), color="#4477aa", edgecolor="white")
+    ax.set_yscale("log")
+    for label, x in (marks or {}).items():
+        ax.axvline(x, color="#cc3311", linestyle="--", linewidth=1)
+        ax.annotate(label, (x, 1), xytext=(3, 6), textcoords="offset points", fontsize=8, color="#cc3311",
+                    rotation=90, va="bottom")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count (log)")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def lines(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str) -> bytes:
+    """One line per label: (x, y) points, e.g. ASR change against the number of ablated heads."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if series:
+        ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def matrix(values: list[list[float]], labels: list[str], title: str, colorbar: str,
+           annotations: list[list[str]] | None = None, vmin=0.0, vmax=1.0) -> bytes:
+    """A square pairwise matrix (e.g. top-k Jaccard between results), cells annotated."""
+    plt = pyplot()
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * n, 1.8 + 0.8 * n))
+    image = ax.imshow(values, cmap="magma", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=8)
+    ax.set_yticklabels(labels, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            text = annotations[i][j] if annotations else f"{values[i][j]:.2f}"
+            bright = values[i][j] is not None and values[i][j] > (vmin + vmax) / 2
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if bright else "white")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    return _png(fig)
+
+
+def scatter(points: list[dict], title: str, xlabel: str, ylabel: str) -> bytes:
+    """Points {x, y, label, group}; one marker style per group, log x axis (parameter shares span decades)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"measured": "o", "published": "s"}
+    groups = sorted({p["group"] for p in points})
+    for group in groups:
+        chosen = [p for p in points if p["group"] == group and p["x"] and p["x"] > 0 and p["y"] is not None]
+        ax.scatter([p["x"] for p in chosen], [p["y"] for p in chosen], marker=markers.get(group.split()[0], "^"),
+                   label=group, s=40, alpha=0.85)
+        for p in chosen:
+            ax.annotate(p["label"], (p["x"], p["y"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def write(figures: list[tuple[str, bytes]], out_dir) -> list[str]:
+    """Write (name, png) pairs as out_dir/name.png; returns the paths written."""
+    from pathlib import Path
+
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, blob in figures:
+        path = directory / f"{name}.png"
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(blob)
+        tmp.replace(path)  # never leave a half-written figure behind
+        paths.append(str(path))
+    return paths

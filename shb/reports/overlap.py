@@ -1,0 +1,123 @@
+"""``shb report overlap``: do different results name the same safety heads? (paper Fig. 5)
+
+A *result* is one (model, dataset, ablation) with a score per head: the mean per-prompt Ships
+(``--metric ships``) or the generalized Ships (``--metric ships_dataset``). For each pair of results:
+the size of the intersection of their top-k head sets, its Jaccard index, and the Spearman rank
+correlation of the full score vectors over the heads both scored. Heads are compared by
+(layer, head) position, which is meaningful across models of one geometry (fine-tunes of one base).
+No torch here.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import polars as pl
+
+from shb.errors import UsageError
+from shb.reports.render import require, where
+
+METRICS = {
+    "ships": ("ships", "avg(score)", "mean Ships (KL, nats)"),
+    "ships_dataset": ("ships_dataset", "avg(score)", "generalized Ships (degrees)"),
+}
+
+
+def scores(store, metric: str = "ships", models=None, datasets=None, ablations=None) -> pl.DataFrame:
+    """One row per (result, layer, head): result label, model, dataset, ablation, score."""
+    if metric not in METRICS:
+        raise UsageError(f"unknown overlap metric '{metric}'; known: {', '.join(METRICS)}")
+    table, aggregate, _ = METRICS[metric]
+    body, params = where(model_id=list(models or []), dataset_id=list(datasets or []),
+                         ablation_id=list(ablations or []))
+    # Several units of one (model, dataset, ablation) (reruns, other suites) are pooled.
+    frame = store.query(f"""
+        SELECT model_id || ' / ' || dataset_id || ' / ' || ablation_id AS result,
+               model_id, dataset_id, ablation_id, layer, head, {aggregate} AS score
+        FROM {table} WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
+    return require(frame, f"{metric} scores", f"run a suite with a `{metric}` metric (e.g. suites/paper-mini.json)",
+                   [models, datasets, ablations])
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho: the Pearson correlation of the average ranks (ties share their mean rank).
+
+    None when fewer than two pairs or when either vector is constant (rho is undefined there).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"spearman: vectors of different lengths ({len(x)} and {len(y)})")
+    if len(x) < 2:
+        return None
+    frame = pl.DataFrame({"x": x, "y": y}, schema={"x": pl.Float64, "y": pl.Float64})
+    ranks = frame.select(pl.col("x").rank("average"), pl.col("y").rank("average"))
+    if ranks["x"].n_unique() < 2 or ranks["y"].n_unique() < 2:
+        return None
+    return float(ranks.select(pl.corr("x", "y", method="pearson")).item())
+
+
+def top_heads(frame: pl.DataFrame, top: int) -> dict[str, set[tuple[int, int]]]:
+    """The top-``top`` heads of each result (ties broken by layer, then head, so the set is stable)."""
+    ranked = frame.sort(["result", "score", "layer", "head"], descending=[False, True, False, False])
+    return {result: {(r, h) for r, h in group.head(top).select(["layer", "head"]).iter_rows()}
+            for (result,), group in ranked.group_by(["result"], maintain_order=True)}
+
+
+def _name(head: tuple[int, int]) -> str:
+    return f"{head[0]}-{head[1]}"
+
+
+def pairwise(frame: pl.DataFrame, top: int = 10) -> pl.DataFrame:
+    """One row per pair of results: top-k intersection, Jaccard, Spearman over the common heads, shared heads."""
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    results = frame["result"].unique(maintain_order=True).to_list()
+    if len(results) < 2:
+        raise UsageError(f"overlap needs two or more results; only {results[0]!r} matches. Drop filters, or run"
+                         " the suite's other models, datasets or ablations first")
+    tops = top_heads(frame, top)
+    vectors = {result: dict(((r, h), s) for r, h, s in group.select(["layer", "head", "score"]).iter_rows())
+               for (result,), group in frame.group_by(["result"], maintain_order=True)}
+    rows = []
+    for a, b in combinations(results, 2):
+        common = sorted(set(vectors[a]) & set(vectors[b]))
+        shared = tops[a] & tops[b]
+        union = tops[a] | tops[b]
+        rows.append({
+            "result_a": a, "result_b": b, "top": top,
+            "intersection": len(shared), "jaccard": len(shared) / len(union) if union else None,
+            "spearman": spearman([vectors[a][h] for h in common], [vectors[b][h] for h in common]),
+            "heads_compared": len(common), "shared_heads": [_name(h) for h in sorted(shared)],
+        })
+    return pl.DataFrame(rows, schema_overrides={"jaccard": pl.Float64, "spearman": pl.Float64,
+                                                "shared_heads": pl.List(pl.String)})
+
+
+def shared_heads(frame: pl.DataFrame, top: int = 10) -> pl.DataFrame:
+    """Heads in the top-k of two or more results: how many and which, most shared first."""
+    tops = top_heads(frame, top)
+    counts: dict[tuple[int, int], list[str]] = {}
+    for result, heads in tops.items():
+        for head in heads:
+            counts.setdefault(head, []).append(result)
+    rows = [{"head": _name(h), "layer": h[0], "head_index": h[1], "n_results": len(rs), "of": len(tops),
+             "results": sorted(rs)} for h, rs in counts.items() if len(rs) >= 2]
+    schema = {"head": pl.String, "layer": pl.Int64, "head_index": pl.Int64, "n_results": pl.Int64, "of": pl.Int64,
+              "results": pl.List(pl.String)}
+    return pl.DataFrame(rows, schema=schema).sort(["n_results", "layer", "head_index"], descending=[True, False, False])
+
+
+def figure(pairs: pl.DataFrame, metric: str, top: int) -> list[tuple[str, bytes]]:
+    """The pairwise top-k overlap matrix: colour = Jaccard, text = intersection / k."""
+    from shb.reports import figures as fig
+
+    results = list(dict.fromkeys(pairs["result_a"].to_list() + pairs["result_b"].to_list()))
+    index = {r: i for i, r in enumerate(results)}
+    n = len(results)
+    values = [[1.0 if i == j else 0.0 for j in range(n)] for i in range(n)]
+    notes = [[f"{top}/{top}" if i == j else "" for j in range(n)] for i in range(n)]
+    for a, b, shared, jac in pairs.select(["result_a", "result_b", "intersection", "jaccard"]).iter_rows():
+        i, j = index[a], index[b]
+        values[i][j] = values[j][i] = jac or 0.0
+        notes[i][j] = notes[j][i] = f"{shared}/{top}\nJ={jac or 0:.2f}"
+    title = f"top-{top} head overlap ({METRICS[metric][2]})\ncolour: Jaccard index; text: shared heads / k"
+    return [(fig.slug("overlap", metric, f"top{top}"), fig.matrix(values, results, title, "Jaccard index", notes))]

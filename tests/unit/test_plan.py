@@ -1,0 +1,79 @@
+"""Plan: stable unit ids that hash what changes results and nothing else; no torch needed."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from shb import plan, suite
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+
+BASE = {
+    "name": "p",
+    "models": [{"id": "m", "kind": "hf", "path": "some/model", "geometry": {"layers": 4, "heads": 8}}],
+    "datasets": [{"id": "mi", "kind": "maliciousinstruct", "path": str(DATA / "maliciousinstruct.txt"), "limit": 10}],
+    "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
+    "metrics": [{"id": "ships", "kind": "ships"}],
+}
+
+
+def ids(data):
+    return [u.unit_id for u in plan.expand(suite.from_dict(data))]
+
+
+def changed(**edits):
+    data = copy.deepcopy(BASE)
+    for path, value in edits.items():
+        section, index, key = path.split("__")
+        data[section][int(index)][key] = value
+    return data
+
+
+def test_ids_are_stable_and_versioned():
+    first = ids(BASE)
+    assert first == ids(copy.deepcopy(BASE))
+    assert len(first) == 1 and first[0].startswith("u")
+
+
+def test_ids_change_with_what_changes_results():
+    base = ids(BASE)[0]
+    for edit in [{"ablations__0__epsilon": 1e-3}, {"datasets__0__limit": 11}, {"datasets__0__format": "template"},
+                 {"models__0__path": "other/model"}, {"models__0__dtype": "bfloat16"}, {"datasets__0__seed": 3}]:
+        assert ids(changed(**edit))[0] != base, edit
+
+
+def test_ids_ignore_device_batch_size_strategy_and_ids():
+    base = ids(BASE)[0]
+    data = copy.deepcopy(BASE)
+    data["defaults"] = {"device": "cuda", "batch_size": 7}
+    data["metrics"][0]["strategy"] = "naive"
+    data["metrics"][0]["description"] = "words"
+    assert ids(data)[0] == base
+
+
+def test_cross_product_and_filters():
+    data = copy.deepcopy(BASE)
+    data["ablations"].append({"id": "sc", "kind": "scaling"})
+    data["metrics"].append({"id": "sd", "kind": "ships_dataset", "ablations": ["sc"]})
+    units = plan.expand(suite.from_dict(data))
+    assert [(u.ablation.id, u.metric.id) for u in units] == [("ua", "ships"), ("sc", "ships"), ("sc", "sd")]
+    assert len({u.unit_id for u in units}) == 3
+
+
+def test_cost_estimate_from_geometry_hint():
+    (unit,) = plan.plan(suite.from_dict(BASE))
+    assert unit.cost_forwards == 10 * (4 * 8 + 1)
+
+
+def test_plan_runs_without_torch(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(BASE))
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+            "from shb.cli import main; sys.argv = ['shb', 'plan', %r, '--format', 'json']; main()" % str(path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[0]["status"] == "pending" and rows[0]["forwards"] == 330
