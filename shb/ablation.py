@@ -107,7 +107,7 @@ def _check_kind_site(kind: str, site: str | None, layout) -> str:
 def _check_heads(heads: Iterable, layout) -> list[tuple[int, int]]:
     checked = []
     n_index = layout.n_heads  # with site='k' this is also n_kv_heads (checked: no GQA)
-    for layer, head in parse_heads(heads) if isinstance(heads, str) else [tuple(h) for h in heads]:
+    for layer, head in parse_heads(heads):
         if not (0 <= layer < layout.n_layers) or not (0 <= head < n_index):
             raise ValueError(
                 f"head {format_head((layer, head))} is out of range for {layout.geometry()} "
@@ -229,13 +229,12 @@ def ablate(model, heads, kind: str = "undifferentiated", epsilon: float = 1e-5, 
 
     `heads`: [(layer, head), ...] or "l-h,l-h". An empty set attaches no hook.
     """
-    heads = parse_heads(heads) if isinstance(heads, str) else list(heads)
-    return _hooked(model, [heads], kind, epsilon, site)
+    return _hooked(model, [parse_heads(heads)], kind, epsilon, site)
 
 
 def ablate_rows(model, head_sets, kind: str = "undifferentiated", epsilon: float = 1e-5, site: str | None = None):
     """Context manager: row i of every batch has head_sets[i] ablated (batch size == len(head_sets))."""
-    head_sets = [parse_heads(hs) if isinstance(hs, str) else list(hs) for hs in head_sets]
+    head_sets = [parse_heads(hs) for hs in head_sets]
     if not head_sets:
         raise ValueError("ablate_rows needs one head set per batch row; got none")
     return _hooked(model, head_sets, kind, epsilon, site)
@@ -249,7 +248,7 @@ def parameters_modified(model_or_layout, heads, kind: str, site: str | None = No
     site = _check_kind_site(kind, site, layout)
     if kind == "mean":
         raise ValueError(_MEAN_BAKE_ERROR)
-    heads = _check_heads(parse_heads(heads) if isinstance(heads, str) else heads, layout)
+    heads = _check_heads(heads, layout)
     proj, on_proj_out = _slice_for(layout, kind, site)
     # Query/key rows: head_dim x hidden weights (+ head_dim bias). Output columns: hidden x head_dim;
     # the output projection's bias is shared by all heads and is not edited.
@@ -273,7 +272,7 @@ def bake(model, heads, kind: str, epsilon: float = 1e-5, site: str | None = None
     site = _check_kind_site(kind, site, layout)
     if kind == "mean":
         raise ValueError(_MEAN_BAKE_ERROR)
-    heads = _check_heads(parse_heads(heads) if isinstance(heads, str) else heads, layout)
+    heads = _check_heads(heads, layout)
     proj, on_proj_out = _slice_for(layout, kind, site)
     factor = 0.0 if kind == "zero" else float(epsilon)
     count = 0

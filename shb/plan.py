@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from shb import datasets as ds
+from shb.errors import UsageError
 from shb.suite import Entry, Suite
 
 UNIT_ID_VERSION = 1
@@ -99,11 +100,14 @@ def load_prompts(suite: Suite) -> dict[str, list]:
 
 
 def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUnit]:
-    """All units of the suite, in execution order (metrics in suite order, so upstream results come first)."""
+    """All units of the suite in execution order: suite order, except that a metric whose heads come
+    from another metric's result (asr on sahara or ships) runs after it."""
     prompts = prompts if prompts is not None else load_prompts(suite)
+    metrics = sorted(suite.metrics, key=lambda m: _upstream_metric(m, suite) is not None)  # stable
     units = []
     by_cell: dict[tuple, str] = {}
-    for metric in suite.metrics:
+    for metric in metrics:
+        upstream = _upstream_metric(metric, suite)
         for model in suite.models:
             if not _applies(metric, "models", model):
                 continue
@@ -120,20 +124,29 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                         "ablation": ablation_key(ablation),
                         "metric": metric_key(metric, suite.defaults),
                     }
-                    upstream = _upstream_metric(metric)
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
-                        spec["upstream"] = by_cell.get((model.id, dataset.id, ablation.id, upstream))
+                        source = by_cell.get((model.id, dataset.id, ablation.id, upstream))
+                        if source is None:
+                            raise UsageError(
+                                f"metric '{metric.id}' takes its heads from metric '{upstream}', which does not run on "
+                                f"model '{model.id}', dataset '{dataset.id}', ablation '{ablation.id}': "
+                                f"add that combination to '{upstream}' or restrict '{metric.id}' with its "
+                                "models/datasets/ablations lists")
+                        spec["upstream"] = source
                     unit_id = "u" + _hash(spec)[:15]
                     by_cell[(model.id, dataset.id, ablation.id, metric.id)] = unit_id
                     units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, len(prompts[dataset.id])))
     return units
 
 
-def _upstream_metric(metric: Entry) -> str | None:
+def _upstream_metric(metric: Entry, suite: Suite) -> str | None:
+    """The id of the metric whose results choose this metric's heads, if any."""
     heads = metric.get("heads")
     if isinstance(heads, str) and heads.startswith("sahara:"):
         return heads.split(":", 1)[1]
+    if heads == "ships_per_prompt":
+        return next(m.id for m in suite.metrics if m.kind == "ships")
     return None
 
 

@@ -49,7 +49,7 @@ def export(
     site = ablation._check_kind_site(kind, site, layout)
     if kind == "mean":
         raise ValueError(ablation._MEAN_BAKE_ERROR)
-    heads = ablation._check_heads(ablation.parse_heads(heads) if isinstance(heads, str) else heads, layout)
+    heads = ablation._check_heads(heads, layout)
     if not heads:
         raise ValueError("no heads given: an export without ablated heads would be a plain copy of the model")
     out = Path(out)

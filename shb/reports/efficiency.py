@@ -104,11 +104,14 @@ def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
 
     points = []
     for row in frame.iter_rows(named=True):
-        measured_row = row["source"] == "measured"
-        label = (f"{row['model_id']} {row['head_source']} k={row['k']}" if measured_row and row.get("k")
-                 else row["method"])
-        points.append({"x": row["share_pct"], "y": row["asr"], "label": label,
-                       "group": "measured" if measured_row else "published (Zhou et al. 2025)"})
+        is_measured = row["source"] == "measured"
+        if is_measured and row.get("k") is not None:
+            series = " / ".join(str(row[c]) for c in ("model_id", "head_source", "ablation_id", "decoding"))
+            label = f"k={row['k']}"
+        else:
+            series, label = row["method"], row["method"]
+        points.append({"x": row["share_pct"], "y": row["asr"], "label": label, "series": series,
+                       "published": not is_measured})
     return [("efficiency", fig.scatter(points, "ASR against share of parameters modified\n"
                                                 "(published rows: Llama-2-7b-chat, copied from the paper)",
                                        "parameters modified (% of model, log scale)", "ASR"))]

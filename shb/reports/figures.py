@@ -65,10 +65,10 @@ def histogram(values: list[float], title: str, xlabel: str, marks: dict[str, flo
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     ax.hist(values, bins=min(60, max(10, int(math.sqrt(len(values) or 1)))), color="#4477aa", edgecolor="white")
     ax.set_yscale("log")
-    for label, x in (marks or {}).items():
-        ax.axvline(x, color="#cc3311", linestyle="--", linewidth=1)
-        ax.annotate(label, (x, 1), xytext=(3, 6), textcoords="offset points", fontsize=8, color="#cc3311",
-                    rotation=90, va="bottom")
+    for (label, x), colour in zip((marks or {}).items(), ("#cc3311", "#ee7733", "#009988")):
+        ax.axvline(x, color=colour, linestyle="--", linewidth=1.2, label=f"{label} = {x:.3g}")
+    if marks:
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count (log)")
     ax.set_title(title, fontsize=10)
@@ -113,23 +113,29 @@ def matrix(values: list[list[float]], labels: list[str], title: str, colorbar: s
 
 
 def scatter(points: list[dict], title: str, xlabel: str, ylabel: str) -> bytes:
-    """Points {x, y, label, group}; one marker style per group, log x axis (parameter shares span decades)."""
+    """Points {x, y, label, series, published}: measured series are joined lines with each point's
+    label beside it (e.g. k); published points are squares labelled with their method. Log x axis
+    (parameter shares span decades)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"measured": "o", "published": "s"}
-    groups = sorted({p["group"] for p in points})
-    for group in groups:
-        chosen = [p for p in points if p["group"] == group and p["x"] and p["x"] > 0 and p["y"] is not None]
-        ax.scatter([p["x"] for p in chosen], [p["y"] for p in chosen], marker=markers.get(group.split()[0], "^"),
-                   label=group, s=40, alpha=0.85)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    usable = [p for p in points if p["x"] is not None and p["x"] > 0 and p["y"] is not None]
+    for series in dict.fromkeys(p["series"] for p in usable if not p["published"]):
+        chosen = sorted((p for p in usable if p["series"] == series and not p["published"]), key=lambda p: p["x"])
+        ax.plot([p["x"] for p in chosen], [p["y"] for p in chosen], marker="o", markersize=5, label=series)
         for p in chosen:
-            ax.annotate(p["label"], (p["x"], p["y"]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+            ax.annotate(p["label"], (p["x"], p["y"]), xytext=(3, -9), textcoords="offset points", fontsize=7)
+    published = [p for p in usable if p["published"]]
+    if published:
+        ax.scatter([p["x"] for p in published], [p["y"] for p in published], marker="s", s=45, color="black",
+                   label="published (not measured here)")
+        for p in published:
+            ax.annotate(p["label"], (p["x"], p["y"]), xytext=(5, 4), textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")
     return _png(fig)
 
 

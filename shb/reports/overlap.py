@@ -75,7 +75,7 @@ def pairwise(frame: pl.DataFrame, top: int = 10) -> pl.DataFrame:
         raise UsageError(f"overlap needs two or more results; only {results[0]!r} matches. Drop filters, or run"
                          " the suite's other models, datasets or ablations first")
     tops = top_heads(frame, top)
-    vectors = {result: dict(((r, h), s) for r, h, s in group.select(["layer", "head", "score"]).iter_rows())
+    vectors = {result: {(r, h): s for r, h, s in group.select(["layer", "head", "score"]).iter_rows()}
                for (result,), group in frame.group_by(["result"], maintain_order=True)}
     rows = []
     for a, b in combinations(results, 2):

@@ -23,7 +23,13 @@ def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=Non
         table.add_column(name, justify="right" if dtype.is_numeric() else "left")
     for row in frame.iter_rows():
         table.add_row(*[_cell(v) for v in row])
-    (console or Console()).print(table)
+    if console is None:
+        import os
+
+        console = Console()
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(width=220)  # piped output: wide tables stay readable instead of folding at 80
+    console.print(table)
     return None
 
 

@@ -65,7 +65,7 @@ def render_heatmap_text(frame: pl.DataFrame) -> list[str]:
         peak = group["mean_ships"].max() or 1.0
         grid = [[" "] * n_heads for _ in range(n_layers)]
         for layer, head, value in group.select(["layer", "head", "mean_ships"]).iter_rows():
-            level = int(round(max(value, 0.0) / peak * (len(SHADES) - 1)))  # KL can round to -1e-9
+            level = round(max(value, 0.0) / peak * (len(SHADES) - 1))  # KL can round to -1e-9
             grid[layer][head] = SHADES[min(len(SHADES) - 1, level)]
         out.append(f"mean Ships, {model} / {dataset} / {ablation} (rows: layers, columns: heads; '@' = {peak:.3g})")
         out.append("      " + "".join(str(h % 10) for h in range(n_heads)))

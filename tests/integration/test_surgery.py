@@ -12,7 +12,11 @@ from shb import ablation as A
 from shb import surgery
 from shb.models import layout as L
 
-from test_ablation_models import ARCHS, forward, left_pad, prompts, tiny_model
+# tests/integration may or may not be a package (an __init__.py); import the builders either way
+try:
+    from .test_ablation_models import ARCHS, forward, left_pad, prompts, tiny_model
+except ImportError:
+    from test_ablation_models import ARCHS, forward, left_pad, prompts, tiny_model
 
 TOL = dict(rtol=0, atol=1e-5)
 HEADS = [(0, 1), (1, 3), (1, 0)]

@@ -1,0 +1,152 @@
+"""``asr``: generate under a head set and judge every answer: the attack success rate.
+
+Head-set sources (the ``heads`` parameter):
+  ``sahara:<metric id>``  the first k heads chosen by that Sahara unit (k = 0: no ablation);
+  ``ships_per_prompt``    each prompt's own top-k Ships heads (the paper's per-query experiment);
+  ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
+  ``["2-26", ...]``       an explicit set (an empty list: no ablation).
+Chunks are (k, batch of prompts): a crash loses at most one batch of generations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from shb.errors import UsageError
+from shb.metrics.base import Metric
+
+CHUNK_PROMPTS = 32
+ASSUMED_PROMPT_TOKENS = 48
+
+
+def ks_of(params: dict) -> list[int]:
+    heads = params["heads"]
+    if isinstance(heads, list):
+        return [len(heads)]
+    k = params.get("k", 1)
+    return sorted(k) if isinstance(k, list) else [k]
+
+
+def source_of(params: dict) -> str:
+    return "explicit" if isinstance(params["heads"], list) else params["heads"]
+
+
+def judges_of(params: dict) -> list[str]:
+    judge = params.get("judge", "keyword-paper")
+    return judge if isinstance(judge, list) else [judge]
+
+
+class AsrMetric(Metric):
+    kind = "asr"
+
+    def estimate(self, unit, geometry: dict) -> int:
+        params = unit.spec["metric"]
+        n = (params.get("decoding") or {}).get("n", 1)
+        per_answer = 1 + params.get("max_new_tokens", 128) / ASSUMED_PROMPT_TOKENS  # decode steps as prompt-forwards
+        return int(unit.n_prompts * n * len(ks_of(params)) * per_answer)
+
+    def chunks(self, unit, ctx) -> list[str]:
+        n_batches = -(-len(ctx.prompts) // CHUNK_PROMPTS)
+        return [f"k{k:03d}-b{b:04d}" for k in ks_of(ctx.metric) for b in range(n_batches)]
+
+    # -- head sets ---------------------------------------------------------------------------------
+    def head_sets(self, unit, ctx, k: int, prompts) -> list[list[tuple[int, int]]]:
+        """One head set per prompt of this chunk."""
+        from shb.ablation import parse_heads
+
+        heads = ctx.metric["heads"]
+        if isinstance(heads, list):
+            return [parse_heads(heads)] * len(prompts)
+        if k == 0:
+            return [[] for _ in prompts]
+        if heads.startswith("sahara:"):
+            return [self._sahara_heads(unit, ctx, k)] * len(prompts)
+        if heads == "random":
+            return [self._random_heads(ctx, k)] * len(prompts)
+        if heads == "ships_per_prompt":
+            return self._ships_heads(unit, ctx, k, prompts)
+        raise UsageError(f"metric '{unit.metric.id}': unknown head source '{heads}'")
+
+    def _sahara_heads(self, unit, ctx, k):
+        upstream = unit.spec.get("upstream")
+        rows = ctx.store.con.execute(
+            "SELECT layer, head FROM sahara_steps WHERE unit_id = ? AND chosen ORDER BY step", [upstream]).fetchall()
+        if len(rows) < k:
+            raise UsageError(f"metric '{unit.metric.id}' needs {k} Sahara heads from unit {upstream} "
+                             f"({ctx.metric['heads']}, model {unit.model.id}, dataset {unit.dataset.id}), "
+                             f"which has {len(rows)}: run that Sahara metric with steps >= {k} first")
+        return [tuple(r) for r in rows[:k]]
+
+    def _random_heads(self, ctx, k):
+        everything = [(layer, head) for layer in range(ctx.lm.n_layers) for head in range(ctx.lm.n_heads)]
+        random.Random(ctx.metric.get("seed", 0)).shuffle(everything)
+        return everything[:k]
+
+    def _ships_heads(self, unit, ctx, k, prompts):
+        upstream = unit.spec.get("upstream")
+        ids = [p.prompt_id for p in prompts]
+        rows = ctx.store.con.execute(
+            """SELECT prompt_id, layer, head FROM (
+                 SELECT *, row_number() OVER (PARTITION BY prompt_id ORDER BY score DESC, layer, head) AS r
+                 FROM ships WHERE unit_id = ?) WHERE r <= ? ORDER BY prompt_id, r""", [upstream, k]).fetchall()
+        per_prompt: dict[int, list] = {}
+        for prompt_id, layer, head in rows:
+            per_prompt.setdefault(prompt_id, []).append((layer, head))
+        missing = [i for i in ids if len(per_prompt.get(i, [])) < k]
+        if missing:
+            raise UsageError(f"metric '{unit.metric.id}' needs per-prompt Ships scores (unit {upstream}) for prompts "
+                             f"{missing[:5]}: run the ships metric on model {unit.model.id}, dataset {unit.dataset.id} first")
+        return [per_prompt[i] for i in ids]
+
+    # -- judges ------------------------------------------------------------------------------------
+    def judges(self, ctx):
+        from shb import judges
+
+        built = []
+        for judge_id in judges_of(ctx.metric):
+            config = {}
+            if judge_id == "classifier":
+                config = {"model": ctx.metric.get("judge_model"), "prompt": ctx.metric.get("judge_prompt", "harmbench"),
+                          "device": ctx.device}
+            key = ("judge", judge_id, tuple(sorted((k, str(v)) for k, v in config.items())))
+            built.append(ctx.cached(key, lambda j=judge_id, c=config: judges.get(j, **c)))
+        return built
+
+    # -- one chunk ---------------------------------------------------------------------------------
+    def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
+        from shb.ablation import format_head
+        from shb.generate import generate, normalize_decoding
+
+        k = int(chunk[1:4])
+        batch = int(chunk.split("-b")[1])
+        lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
+        prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
+        sets = self.head_sets(unit, ctx, k, prompts)
+        decoding = normalize_decoding(ctx.metric.get("decoding"))
+        batch_size = ctx.batch_size if isinstance(ctx.batch_size, int) else (64 if ctx.device.startswith("cuda") else 16)
+        generations = generate(
+            ctx.lm, texts, head_sets=sets, kind=ctx.ablation["kind"], epsilon=ctx.ablation.get("epsilon", 1e-5),
+            site=ctx.ablation.get("site"), decoding=decoding, max_new_tokens=ctx.metric.get("max_new_tokens", 128),
+            batch_size=batch_size, answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
+            progress=ctx.advance_fn(f"  generating k={k}", total=len(texts) * decoding["n"]))
+        rows, answers, questions = [], [], []
+        for g in generations:
+            prompt = ctx.prompts[g.prompt_index]
+            heads = sets[g.prompt_index - lo]
+            key = f"{unit.unit_id}:{prompt.prompt_id}:{k}:{g.sample_index}"
+            rows.append({
+                "generation_id": "g" + hashlib.sha256(key.encode()).hexdigest()[:20], "unit_id": unit.unit_id,
+                "model_id": unit.model.id, "dataset_id": unit.dataset.id, "prompt_id": prompt.prompt_id,
+                "heads": [format_head(h) for h in heads], "head_source": source_of(ctx.metric), "k": k,
+                "ablation_id": unit.ablation.id, "decoding": decoding,
+                "max_new_tokens": ctx.metric.get("max_new_tokens", 128), "sample_index": g.sample_index,
+                "text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason})
+            answers.append(g.text)
+            questions.append(prompt.text)
+        verdicts = []
+        for judge in self.judges(ctx):
+            for row, verdict in zip(rows, judge.judge(questions, answers)):
+                verdicts.append({"generation_id": row["generation_id"], "unit_id": unit.unit_id, "judge_id": judge.id,
+                                 "judge_hash": judge.config_hash, "harmful": bool(verdict.harmful), "raw": verdict.raw})
+        return {"generations": rows, "judgments": verdicts}

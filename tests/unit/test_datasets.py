@@ -1,0 +1,79 @@
+"""Dataset kinds read the upstream formats; subsets keep upstream ids; formats are exact."""
+
+import json
+
+import pytest
+
+from shb import datasets as ds
+from shb.errors import UsageError
+
+from ..conftest import SHARED_DATA
+
+FILES = {"advbench": ("advbench_harmful_behaviors.csv", 520), "jailbreakbench": ("jbb_harmful_behaviors.csv", 100),
+         "maliciousinstruct": ("maliciousinstruct.txt", 100)}
+
+
+@pytest.mark.parametrize("kind", sorted(FILES))
+def test_benchmarks_read_upstream_format(kind):
+    name, rows = FILES[kind]
+    prompts = ds.load({"kind": kind, "path": str(SHARED_DATA / name)})
+    assert len(prompts) == rows
+    assert [p.prompt_id for p in prompts] == list(range(rows))
+    assert all(p.text and p.text == p.text.strip() for p in prompts)
+
+
+@pytest.mark.parametrize("kind", sorted(FILES))
+def test_pinned_sha256_matches_the_upstream_copies(kind):
+    name, _ = FILES[kind]
+    assert ds.sha256_file(SHARED_DATA / name) == ds.UPSTREAM[kind].sha256
+
+
+def test_fetch_uses_cached_copy_checked_by_sha256(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHB_CACHE", str(tmp_path))
+    target = tmp_path / "datasets" / "maliciousinstruct.txt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes((SHARED_DATA / "maliciousinstruct.txt").read_bytes())
+    assert len(ds.load({"kind": "maliciousinstruct"})) == 100
+
+
+def test_pinned_sha256_mismatch_is_an_error():
+    with pytest.raises(UsageError, match="sha256"):
+        ds.load({"kind": "advbench", "path": str(SHARED_DATA / FILES["advbench"][0]), "sha256": "0" * 64})
+
+
+def test_limit_and_seed_select_a_subset_with_upstream_ids():
+    spec = {"kind": "advbench", "path": str(SHARED_DATA / FILES["advbench"][0])}
+    full = ds.load(spec)
+    assert ds.load({**spec, "limit": 5}) == full[:5]
+    sample = ds.load({**spec, "limit": 5, "seed": 1})
+    assert sample == ds.load({**spec, "limit": 5, "seed": 1})
+    assert sample != ds.load({**spec, "limit": 5, "seed": 2})
+    assert all(full[p.prompt_id] == p for p in sample)
+
+
+def test_csv_jsonl_txt(tmp_path):
+    (tmp_path / "a.csv").write_text("q,x\nfirst,1\nsecond,2\n")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"q": "one"}) + "\n\n" + json.dumps({"q": "two"}) + "\n")
+    (tmp_path / "a.txt").write_text("alpha\n\nbeta\n")
+    assert [p.text for p in ds.load({"kind": "csv", "path": str(tmp_path / "a.csv"), "column": "q"})] == ["first", "second"]
+    assert [p.text for p in ds.load({"kind": "jsonl", "path": str(tmp_path / "a.jsonl"), "column": "q"})] == ["one", "two"]
+    assert [(p.prompt_id, p.text) for p in ds.load({"kind": "txt", "path": str(tmp_path / "a.txt")})] == [(0, "alpha"), (2, "beta")]
+    with pytest.raises(UsageError, match="no column 'prompt'; columns: q, x"):
+        ds.load({"kind": "csv", "path": str(tmp_path / "a.csv"), "column": "prompt"})
+    with pytest.raises(UsageError, match="no file at"):
+        ds.load({"kind": "txt", "path": str(tmp_path / "missing.txt")})
+
+
+def test_formats():
+    assert ds.format_prompt("How?", "direct") == "How?"
+    assert ds.format_prompt("How?", "template") == "## Query: How?\n## Answer:"
+    with pytest.raises(UsageError, match="chat template"):
+        ds.format_prompt("How?", "chat", tokenizer=None)
+
+
+def test_chat_format_uses_the_tokenizer_template():
+    from ..conftest import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    assert ds.format_prompt("hi", "chat", tokenizer) == "<|user|> hi <|assistant|>"
+    assert ds.format_prompt("hi", "chat", tokenizer, system="be safe") == "<|system|> be safe <|user|> hi <|assistant|>"

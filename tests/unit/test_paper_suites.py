@@ -1,0 +1,109 @@
+"""suites/paper.json and suites/paper-mini.json: valid, shaped like the paper's experiment, and
+`shb plan` works on them without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from shb.suite import load
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("SHB_SHARED_DATA", REPO.parent / "shared" / "data"))
+PAPER = REPO / "suites" / "paper.json"
+MINI = REPO / "suites" / "paper-mini.json"
+NO_TORCH = "import sys; sys.modules['torch'] = None; from shb.cli import main; main()"
+
+
+def _metrics(suite):
+    return {m.id: m for m in suite.metrics}
+
+
+def test_paper_suite_declares_the_papers_experiment():
+    suite = load(PAPER)
+    models = {m.id: m for m in suite.models}
+    assert {m.get("path") for m in models.values()} == {"meta-llama/Llama-2-7b-chat-hf", "lmsys/vicuna-7b-v1.5"}
+    assert all(m.get("geometry") == {"layers": 32, "heads": 32} for m in models.values())
+    kinds = {(d.kind, d.get("format")) for d in suite.datasets}
+    assert kinds == {(k, f) for k in ("advbench", "jailbreakbench", "maliciousinstruct") for f in ("direct", "template")}
+    assert all(d.get("path") is None for d in suite.datasets)  # fetched upstream, pinned by sha256
+    assert {(a.kind, a.get("epsilon")) for a in suite.ablations} == {("undifferentiated", 1e-5), ("scaling", 1e-5)}
+    metrics = _metrics(suite)
+    assert {m.kind for m in metrics.values()} == {"ships", "ships_dataset", "sahara", "asr"}
+    sahara = [m for m in metrics.values() if m.kind == "sahara"]
+    assert len(sahara) == 1 and sahara[0].get("steps") == 5
+    asr = [m for m in metrics.values() if m.kind == "asr"]
+    assert sorted(m.get("decoding")["mode"] for m in asr) == ["greedy", "sample"]
+    for m in asr:
+        assert m.get("heads") == f"sahara:{sahara[0].id}" and m.get("k") == [0, 1, 2, 3, 4, 5]
+        assert m.get("max_new_tokens") == 128 and m.get("judge") == "keyword-paper"
+        if m.get("decoding")["mode"] == "sample":
+            assert m.get("decoding")["top_k"] == 5
+
+
+def test_paper_mini_is_the_same_structure_on_toy_models():
+    suite = load(MINI)
+    assert all(m.kind == "toy" for m in suite.models)
+    bases = [m.get("base_seed") for m in suite.models]
+    assert len(suite.models) == 3 and len(set(bases)) == 2 and max(bases.count(b) for b in bases) == 2
+    assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr"}
+    by_kind = {m.kind: m for m in suite.metrics}
+    assert by_kind["sahara"].get("steps") == 3 and by_kind["asr"].get("max_new_tokens") == 32
+    toy = [d for d in suite.datasets if d.kind == "toy-harmful"]
+    assert toy and toy[0].get("limit") <= 32
+    shared = [d for d in suite.datasets if d.get("path")]
+    assert shared and all(d.get("path").startswith("../shared/data/") for d in shared)
+    # resolves from the repository root, as CI runs it
+    for d in shared:
+        assert (REPO / d.get("path")).resolve() == (SHARED_DATA / Path(d.get("path")).name).resolve()
+
+
+@pytest.mark.parametrize("path", [PAPER, MINI])
+def test_validate_cli(path):
+    out = subprocess.run([sys.executable, "-c", NO_TORCH, "validate", str(path.relative_to(REPO))], cwd=REPO,
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "valid" in out.stdout
+
+
+def _metric_modules_missing(path):
+    from shb.registry import METRICS
+
+    kinds = {m["kind"] for m in json.loads(path.read_text())["metrics"]}
+    return sorted(k for k in kinds if find_spec(METRICS[k][0].split(":")[0]) is None)
+
+
+@pytest.mark.parametrize("path", [PAPER, MINI])
+def test_plan_runs_without_torch(path, tmp_path):
+    suite = json.loads(path.read_text())
+    missing = _metric_modules_missing(path)
+    if missing:
+        # Until every metric plug-in exists, plan the metrics that do (the rest of the suite unchanged).
+        suite["metrics"] = [m for m in suite["metrics"] if m["kind"] not in missing]
+        if not suite["metrics"]:
+            pytest.skip(f"metric plug-ins not written yet: {', '.join(missing)}")
+        path = tmp_path / path.name
+        path.write_text(json.dumps(suite))
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"no benchmark copies at {SHARED_DATA}")
+    # No network here: seed shb's download cache with links to the shared read-only copies.
+    cache = tmp_path / "cache" / "datasets"
+    cache.mkdir(parents=True)
+    for name in ("advbench_harmful_behaviors.csv", "jbb_harmful_behaviors.csv", "maliciousinstruct.txt"):
+        (cache / name).symlink_to(SHARED_DATA / name)
+    env = {**os.environ, "SHB_CACHE": str(tmp_path / "cache"), "SHB_DB": str(tmp_path / "none.duckdb")}
+    # cwd is the repository root, as in CI: paper-mini's "../shared/data/..." resolves from there.
+    out = subprocess.run([sys.executable, "-c", NO_TORCH, "plan", str(path), "--format", "json"],
+                         cwd=REPO, capture_output=True, text=True, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    units = json.loads(out.stdout)
+    assert units and all(u["status"] == "pending" for u in units)
+    assert {u["model"] for u in units} == {m["id"] for m in suite["models"]}
+    if path.name == "paper.json":  # geometry hints alone give the cost
+        assert all(u["forwards"] for u in units)
