@@ -27,7 +27,10 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except ShbError as exc:
-            _console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            from rich.markup import escape
+
+            # escape: messages quote user text and pip extras such as 'shb[figures]', which are not markup.
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
 
     return wrapper

@@ -34,18 +34,19 @@ class Upstream:
     url: str
     sha256: str
     filename: str
+    rows: int
 
 
 UPSTREAM = {
     "advbench": Upstream(
         "https://raw.githubusercontent.com/llm-attacks/llm-attacks/main/data/advbench/harmful_behaviors.csv",
-        "6cd1a5c63c07610d7eb67307772ee5606017ee950b5770ab288a2c487489d3e1", "advbench_harmful_behaviors.csv"),
+        "6cd1a5c63c07610d7eb67307772ee5606017ee950b5770ab288a2c487489d3e1", "advbench_harmful_behaviors.csv", 520),
     "jailbreakbench": Upstream(
         "https://huggingface.co/datasets/JailbreakBench/JBB-Behaviors/resolve/main/data/harmful-behaviors.csv",
-        "4a8ec6832056b631eb092dccc60d37a61c3d441268268888b3d006288afeffa1", "jbb_harmful_behaviors.csv"),
+        "4a8ec6832056b631eb092dccc60d37a61c3d441268268888b3d006288afeffa1", "jbb_harmful_behaviors.csv", 100),
     "maliciousinstruct": Upstream(
         "https://raw.githubusercontent.com/Princeton-SysML/Jailbreak_LLM/main/data/MaliciousInstruct.txt",
-        "a64d69dd1004aac4a23aaff3748fb8f17161893f74db36f45b8bc849eb1bcce5", "maliciousinstruct.txt"),
+        "a64d69dd1004aac4a23aaff3748fb8f17161893f74db36f45b8bc849eb1bcce5", "maliciousinstruct.txt", 100),
 }
 
 
@@ -178,6 +179,20 @@ def load(spec: dict) -> list[Prompt]:
     if not prompts:
         raise UsageError(f"dataset '{spec.get('id', spec['kind'])}' has no prompts")
     return select(prompts, spec.get("limit"), spec.get("seed"))
+
+
+def identity(spec: dict, prompts: list[Prompt] | None = None) -> tuple[str, int]:
+    """(content hash, number of prompts) of a dataset spec.
+
+    A benchmark fetched from upstream is pinned by its sha256, so its identity is known without
+    downloading it (``shb plan`` works offline); anything else is hashed from its prompts."""
+    upstream = UPSTREAM.get(spec["kind"])
+    if upstream is not None and not spec.get("path"):
+        limit = spec.get("limit")
+        key = json.dumps({"upstream": upstream.sha256, "limit": limit, "seed": spec.get("seed")}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest(), min(limit or upstream.rows, upstream.rows)
+    prompts = prompts if prompts is not None else load(spec)
+    return content_hash(prompts), len(prompts)
 
 
 def content_hash(prompts: list[Prompt]) -> str:

@@ -95,7 +95,7 @@ class Engine:
 
     @property
     def base_log_probs(self) -> torch.Tensor:
-        """(P, V) float32 log-probabilities of the next token after each prompt, unablated."""
+        """(P, V) float64 log-probabilities of the next token after each prompt, unablated."""
         return self._backend.base()[0]
 
     @property
@@ -109,7 +109,7 @@ class Engine:
         return self.ships_head_sets([[(layer, h)] for h in range(self.n_heads)])
 
     def ships_head_sets(self, head_sets: Iterable[Iterable[Head]]) -> torch.Tensor:
-        """(P, S) KL(p_base || p_ablated) for each prompt and each head set (the empty set gives 0)."""
+        """(P, S) float64 KL(p_base || p_ablated) for each prompt and each head set (the empty set gives 0)."""
         return self.evaluate(head_sets, hidden=False)[0]
 
     def hidden_head_sets(self, head_sets: Iterable[Iterable[Head]]) -> torch.Tensor:
@@ -254,7 +254,7 @@ class _PromptGroup:
         self.index = index  # (g,) positions of these prompts in the engine's prompt list
         self.ids, self.mask, self.positions = ids, mask, positions  # (g, T) each
         self.layer_inputs = None  # list over layers of (g, T, d), filled by the base pass
-        self.base_logp = None  # (g, V) float32
+        self.base_logp = None  # (g, V) float64
         self.base_hidden = None  # (g, d) float32
 
 
@@ -301,8 +301,8 @@ class _BatchedBackend:
         vocab = getattr(cfg, "vocab_size", 32000)
         elem = next(self.model.parameters()).element_size()
         # Live activations of one row through one layer (residual, norms, q/k/v/o, MLP), the attention
-        # scores when the kernel materialises them, and the float32 log-softmax of the last position.
-        per_row = t * (12 * d + 4 * inter) * elem + self.e.n_heads * t * t * 4 + 4 * vocab * 4
+        # scores when the kernel materialises them, and the float64 log-softmax of the last position.
+        per_row = t * (12 * d + 4 * inter) * elem + self.e.n_heads * t * t * 4 + 4 * vocab * 8
         if self.device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(self.device)
             budget = int(free * CUDA_FREE_SHARE)

@@ -71,8 +71,8 @@ def _toy_version():
         return None
 
 
-def dataset_key(dataset: Entry, prompts: list) -> dict:
-    return {"kind": dataset.kind, "content": ds.content_hash(prompts),
+def dataset_key(dataset: Entry, content: str) -> dict:
+    return {"kind": dataset.kind, "content": content,
             "format": dataset.get("format", "direct"), "system": dataset.get("system")}
 
 
@@ -95,14 +95,20 @@ def _applies(metric: Entry, section: str, entry: Entry) -> bool:
 
 
 def load_prompts(suite: Suite) -> dict[str, list]:
-    """Prompts of every dataset of the suite (the seed defaults to the suite's for seeded subsets)."""
+    """Prompts of every dataset of the suite."""
     return {d.id: ds.load(d.spec()) for d in suite.datasets}
+
+
+def identities(suite: Suite, prompts: dict[str, list] | None = None) -> dict[str, tuple[str, int]]:
+    """(content hash, size) of every dataset; upstream benchmarks need no download (see datasets.identity)."""
+    prompts = prompts or {}
+    return {d.id: ds.identity(d.spec(), prompts.get(d.id)) for d in suite.datasets}
 
 
 def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUnit]:
     """All units of the suite in execution order: suite order, except that a metric whose heads come
     from another metric's result (asr on sahara or ships) runs after it."""
-    prompts = prompts if prompts is not None else load_prompts(suite)
+    datasets = identities(suite, prompts)
     metrics = sorted(suite.metrics, key=lambda m: _upstream_metric(m, suite) is not None)  # stable
     units = []
     by_cell: dict[tuple, str] = {}
@@ -120,7 +126,7 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                     spec = {
                         "version": UNIT_ID_VERSION,
                         "model": model_key(model, suite.defaults),
-                        "dataset": dataset_key(dataset, prompts[dataset.id]),
+                        "dataset": dataset_key(dataset, datasets[dataset.id][0]),
                         "ablation": ablation_key(ablation),
                         "metric": metric_key(metric, suite.defaults),
                     }
@@ -136,7 +142,7 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                         spec["upstream"] = source
                     unit_id = "u" + _hash(spec)[:15]
                     by_cell[(model.id, dataset.id, ablation.id, metric.id)] = unit_id
-                    units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, len(prompts[dataset.id])))
+                    units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, datasets[dataset.id][1]))
     return units
 
 

@@ -1,0 +1,97 @@
+"""Sahara (paper Algorithm 1): greedy forward selection of a safety head set.
+
+Every step scores G + {h} for every head h not yet in G against the *unablated* model and adds
+the best-scoring head to G. Orchestration only: the forward passes are the engine's
+(``shb.engine.Engine.evaluate``), the scores are ``shb.scorers``.
+
+Scores:
+- ``"ships_dataset"`` (default, as in the paper): generalized Ships, the sum of principal angles
+  (degrees) between the top-r left singular subspaces of the base and ablated last-token hidden
+  states of the dataset;
+- ``"ships_mean"``: Ships (per-prompt KL) averaged over the prompts.
+
+Ties are broken by the order (layer, head): the first best candidate wins, so a run is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+SCORES = ("ships_dataset", "ships_mean")
+
+Head = tuple[int, int]
+
+
+def candidates(engine, chosen: Iterable[Head], layers: Iterable[int] | None = None) -> list[Head]:
+    """Heads not in ``chosen``, in (layer, head) order, restricted to ``layers`` when given."""
+    taken = {(int(l), int(h)) for l, h in chosen}
+    if layers is None:
+        layers = range(engine.n_layers)
+    out = []
+    for layer in sorted(set(layers)):
+        if not isinstance(layer, int) or not 0 <= layer < engine.n_layers:
+            raise ValueError(f"layer {layer!r} is outside the model (0..{engine.n_layers - 1})")
+        out.extend((layer, h) for h in range(engine.n_heads) if (layer, h) not in taken)
+    return out
+
+
+def score_head_sets(engine, head_sets: Sequence[Sequence[Head]], score: str = "ships_dataset", r: int = 1) -> list[float]:
+    """One score per head set, each against the unablated model."""
+    if score not in SCORES:
+        raise ValueError(f"unknown Sahara score {score!r}; choose one of {', '.join(SCORES)}")
+    if not head_sets:
+        return []
+    if score == "ships_mean":
+        return engine.ships_head_sets(head_sets).mean(0).tolist()  # (P, S) -> (S,)
+    from shb.scorers.subspace import subspace_angle_scores
+
+    hidden = engine.hidden_head_sets(head_sets)  # (S, P, d)
+    return subspace_angle_scores(engine.base_hidden, hidden, r=r).tolist()
+
+
+def sahara_step(engine, chosen: Sequence[Head] = (), score: str = "ships_dataset", r: int = 1,
+                layers: Iterable[int] | None = None) -> list[tuple[Head, float]]:
+    """Score G + {h} for every candidate h (not in G = ``chosen``): [((layer, head), score)], in (layer, head) order."""
+    chosen = [tuple(map(int, h)) for h in chosen]
+    cands = candidates(engine, chosen, layers)
+    scores = score_head_sets(engine, [[*chosen, h] for h in cands], score=score, r=r)
+    return list(zip(cands, scores))
+
+
+def sahara_step_layer(engine, chosen: Sequence[Head], layer: int, score: str = "ships_dataset",
+                      r: int = 1) -> list[tuple[Head, float]]:
+    """The candidates of one layer of one Sahara step (what the runner commits as one chunk)."""
+    return sahara_step(engine, chosen, score=score, r=r, layers=[layer])
+
+
+def best(results: Iterable[tuple[Head, float]]) -> tuple[Head, float]:
+    """The highest-scoring candidate; on ties the first in (layer, head) order. NaN scores never win."""
+    top = None
+    for head, value in sorted(results, key=lambda hv: hv[0]):
+        if value != value:  # NaN
+            continue
+        if top is None or value > top[1]:
+            top = (head, value)
+    if top is None:
+        raise ValueError("no candidate with a finite score to choose from")
+    return top
+
+
+def sahara(engine, steps: int = 5, score: str = "ships_dataset", r: int = 1,
+           layers: Iterable[int] | None = None) -> list[dict]:
+    """Run ``steps`` greedy steps. Returns one dict per step:
+    ``{"step": i, "chosen": (layer, head), "score": s, "candidates": [((layer, head), score), ...]}``."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if layers is not None:
+        layers = list(layers)
+    if steps > len(candidates(engine, [], layers)):
+        raise ValueError(f"steps={steps} exceeds the number of candidate heads")
+    chosen: list[Head] = []
+    out = []
+    for i in range(steps):
+        results = sahara_step(engine, chosen, score=score, r=r, layers=layers)
+        head, value = best(results)
+        chosen.append(head)
+        out.append({"step": i, "chosen": head, "score": value, "candidates": results})
+    return out
