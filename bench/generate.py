@@ -31,7 +31,7 @@ def goals(n: int) -> list[str]:
         with DATA.open(newline="", encoding="utf-8") as f:
             rows = [r["goal"] for r in csv.DictReader(f)]
     else:  # a stand-in so that the benchmark runs anywhere
-        rows = [f"Explain step {i} of a long and detailed procedure for building a wooden bookshelf" for i in range(520)]
+        rows = [f"Explain step {i} of a long and detailed procedure for building a bookshelf" for i in range(520)]
     return rows[:n]
 
 
@@ -87,15 +87,22 @@ def hf_generate(lm, prompts, new_tokens, batch_size):
     return n
 
 
-def timed(fn, repeats: int):
-    """(median seconds, tokens) over ``repeats`` runs after one warm-up."""
-    fn()
-    times, tokens = [], 0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        tokens = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), tokens
+def timed_interleaved(fns: dict, repeats: dict):
+    """{name: (median seconds, tokens)}; one warm-up each (not for single runs), then the
+    strategies take turns, so that a burst of load from other processes on a shared machine
+    does not land on one strategy only."""
+    for k, fn in fns.items():
+        if repeats[k] > 1:  # the slow single-run strategy needs no warm-up of its own
+            fn()
+    times = {k: [] for k in fns}
+    tokens = {}
+    for r in range(max(repeats.values())):
+        for k, fn in fns.items():
+            if r < repeats[k]:
+                t0 = time.perf_counter()
+                tokens[k] = fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(times[k]), tokens[k]) for k in fns}
 
 
 def bench(name, lm, prompts, args):
@@ -119,13 +126,15 @@ def bench(name, lm, prompts, args):
         gens = generate(lm, ref_prompts, heads=head, max_new_tokens=args.new_tokens, strategy="reference")
         return sum(g.n_tokens for g in gens)
 
-    rows = {
-        "shb cached, 1 head ablated": timed(shb_cached, args.repeats),
-        "shb cached, no ablation": timed(shb_cached_no_ablation, args.repeats),
-        "transformers generate, no ablation": timed(
-            lambda: hf_generate(lm, prompts, args.new_tokens, args.batch_size), args.repeats),
-        f"reference loop, 1 head ablated ({len(ref_prompts)} prompts)": timed(reference, 1),
+    ref_name = f"reference loop, 1 head ablated ({len(ref_prompts)} prompts)"
+    fns = {
+        "shb cached, 1 head ablated": shb_cached,
+        "shb cached, no ablation": shb_cached_no_ablation,
+        "transformers generate, no ablation": lambda: hf_generate(lm, prompts, args.new_tokens, args.batch_size),
+        ref_name: reference,
     }
+    repeats = {k: (1 if k == ref_name else args.repeats) for k in fns}
+    rows = timed_interleaved(fns, repeats)
     rate = {k: tokens / sec for k, (sec, tokens) in rows.items()}
     for k, (sec, tokens) in rows.items():
         print(f"  {k:<48} {tokens:6d} tokens {sec:8.2f} s {rate[k]:9.1f} tokens/s")
@@ -143,10 +152,14 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-prompts", type=int, default=32, help="prompts for the (slow) reference loop")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-toy", action="store_true")
     args = p.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     lm, prompts = random_llama(args.prompts)

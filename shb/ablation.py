@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 KINDS: dict[str, str] = {
     "undifferentiated": "query (or key, site='k') of the head times epsilon: attention flattened (paper Eq. 7)",
@@ -126,31 +127,39 @@ def _slice_for(layout, kind: str, site: str):
     return layout.output, False
 
 
-def _edit(x, proj, scale, mean_mask):
-    """Edited copy of x (B, T, F): per-head features times scale (B, H), mean where mean_mask (B, H).
+def _head_view(t, proj):
+    """(B, T, H, D) view of the per-head features of t (B, T, F) that `proj` locates."""
+    b, n = t.shape[0], t.shape[1]
+    block = t[..., proj.start : proj.end]  # (B, T, H * stride)
+    heads = block.view(b, n, proj.n_heads, proj.head_stride)  # (B, T, H, stride)
+    return heads[..., proj.inner : proj.inner + proj.head_dim]  # (B, T, H, D)
 
-    Rows whose scale is 1 and mask False are bit-identical to the input (x * 1.0 == x).
+
+def _edit(x, proj, scale, mean_mask):
+    """Edited copy of x (B, T, F): per-head features times scale (R, H), mean where mean_mask (R, H).
+
+    R is 1 (the same heads in every row) or B (ablate_rows). Rows whose scale is 1 and mask
+    False are bit-identical to the input (x * 1.0 == x). The new values are computed from x
+    and written into a copy, so autograd through the hook stays valid.
     """
     import torch
 
     if x.dim() != 3:
         raise ValueError(f"expected a (batch, seq, features) activation, got shape {tuple(x.shape)}")
-    b = x.shape[0]
-    if scale.shape[0] not in (1, b):
+    if scale.shape[0] not in (1, x.shape[0]):
         raise ValueError(
-            f"ablate_rows was given {scale.shape[0]} head sets but the batch has {b} rows; "
+            f"ablate_rows was given {scale.shape[0]} head sets but the batch has {x.shape[0]} rows; "
             "the batch size must equal len(head_sets)"
         )
-    out = x.clone()
-    block = out[..., proj.start : proj.end]  # (B, T, H * stride), a view of out
-    heads = block.view(b, x.shape[1], proj.n_heads, proj.head_stride)  # (B, T, H, stride)
-    heads = heads[..., proj.inner : proj.inner + proj.head_dim]  # (B, T, H, D), still a view
-    s = scale.to(device=x.device, dtype=x.dtype)[:, None, :, None]  # (B, 1, H, 1)
-    new = heads * s
+    x = x.contiguous()  # view() in _head_view needs a dense last dim
+    src = _head_view(x, proj)  # (B, T, H, D)
+    s = scale.to(device=x.device, dtype=x.dtype)[:, None, :, None]  # (R, 1, H, 1)
+    new = src * s
     if mean_mask is not None:
-        mean = heads.mean(dim=2, keepdim=True)  # (B, T, 1, D) mean over the layer's heads
+        mean = src.mean(dim=2, keepdim=True)  # (B, T, 1, D) mean over the layer's heads
         new = torch.where(mean_mask.to(x.device)[:, None, :, None], mean, new)
-    heads.copy_(new)
+    out = x.clone()
+    _head_view(out, proj).copy_(new)
     return out
 
 

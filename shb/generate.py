@@ -8,10 +8,13 @@ token costs one forward of one position per row (decode), reading keys and
 values from a ``DynamicCache``. The ablation hooks are attached for the whole
 loop, so they act on the prefill and on every decode step.
 
-``strategy="reference"`` keeps the paper's plain loop beside it (one prompt at
-a time, a full forward over the whole sequence for each new token, no cache):
-the benchmark measures against it and the tests check that both give the same
-greedy text.
+``strategy="reference"`` keeps the paper's plain loop beside it (each prompt
+tokenized on its own, batch 1, a full forward over the whole sequence for each
+new token, no cache): the benchmark measures against it and the tests check
+that both give the same greedy text. The reference appends token ids between
+steps; it does not decode and re-tokenize the text, which can change the
+tokens and would make it disagree with any cached loop for reasons that have
+nothing to do with caching.
 
 Decoding::
 
@@ -160,6 +163,12 @@ def generate(
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if answer_prefix is not None and not isinstance(answer_prefix, str):
         raise ValueError(f"answer_prefix must be a string or None, got {answer_prefix!r}")
+    if not isinstance(first_index, int) or first_index < 0:
+        raise ValueError(f"first_index must be an int >= 0, got {first_index!r}")
+    from shb.ablation import KINDS
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown ablation kind {kind!r}; known: {', '.join(KINDS)}")
     spec = normalize_decoding(decoding)
     row_heads = _heads_per_prompt(prompts, heads, head_sets)
     if not prompts:

@@ -58,7 +58,7 @@ MIGRATIONS: list[list[str]] = [
             n_tokens INTEGER, finish_reason VARCHAR)""",
         """CREATE TABLE judgments (
             generation_id VARCHAR, unit_id VARCHAR, judge_id VARCHAR, judge_hash VARCHAR,
-            harmful BOOLEAN, raw VARCHAR,
+            harmful BOOLEAN, parsed BOOLEAN, raw VARCHAR,
             PRIMARY KEY (generation_id, judge_id))""",
         """CREATE VIEW asr AS
             SELECT g.model_id, g.dataset_id, g.ablation_id, g.head_source, g.k, j.judge_id, j.judge_hash,

@@ -138,14 +138,14 @@ def load_judge_model(source: str, *, dtype=None, device=None, revision=None):
     """
     try:
         from shb.models import load
-    except ImportError:
+        from shb.models.layout import UnsupportedArchitecture
+    except ImportError:  # shb.models not importable: load plainly below
         load = None
     if load is not None:
         try:
             return load(source, dtype=dtype, device=device, revision=revision)
-        except Exception as e:  # only an unsupported layout falls through; missing weights etc. propagate
-            if type(e).__name__ != "UnsupportedArchitecture":
-                raise
+        except UnsupportedArchitecture:
+            pass  # missing weights and other errors propagate with their own messages
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

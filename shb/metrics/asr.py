@@ -148,5 +148,6 @@ class AsrMetric(Metric):
         for judge in self.judges(ctx):
             for row, verdict in zip(rows, judge.judge(questions, answers)):
                 verdicts.append({"generation_id": row["generation_id"], "unit_id": unit.unit_id, "judge_id": judge.id,
-                                 "judge_hash": judge.config_hash, "harmful": bool(verdict.harmful), "raw": verdict.raw})
+                                 "judge_hash": judge.config_hash, "harmful": bool(verdict.harmful),
+                                 "parsed": bool(verdict.parsed), "raw": verdict.raw})
         return {"generations": rows, "judgments": verdicts}

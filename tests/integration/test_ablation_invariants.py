@@ -19,11 +19,25 @@ from shb.models import layout as L
 
 # tests/integration may or may not be a package (an __init__.py); import the builders either way
 try:
-    from .test_ablation_models import ARCHS, NO_SDPA, forward, left_pad, prompts, tiny_model
+    from .test_ablation_models import (
+        ARCHS,
+        NO_SDPA,
+        forward,
+        left_pad,
+        prompts,
+        tiny_model,
+    )
 except ImportError:
-    from test_ablation_models import ARCHS, NO_SDPA, forward, left_pad, prompts, tiny_model
+    from test_ablation_models import (
+        ARCHS,
+        NO_SDPA,
+        forward,
+        left_pad,
+        prompts,
+        tiny_model,
+    )
 
-TOL = dict(rtol=0, atol=1e-5)
+TOL = {"rtol": 0, "atol": 1e-5}
 MHA_ARCHS = [a for a in ARCHS if L.detect(tiny_model(a).config).n_kv_heads == 4]
 
 
@@ -55,9 +69,41 @@ def test_epsilon_zero_flattens_only_the_ablated_head(arch, layer):
     torch.testing.assert_close(got[real], expected[real], **TOL)
     # the other heads of the layer and every earlier layer are untouched
     others = [h for h in range(lay.n_heads) if h != head]
-    torch.testing.assert_close(abl[layer][:, others][real.nonzero(as_tuple=True)[0]], base[layer][:, others][real.nonzero(as_tuple=True)[0]], **TOL)
+    # (their queries are multiplied by exactly 1.0 and their keys are unchanged: bit-identical)
+    torch.testing.assert_close(abl[layer][:, others], base[layer][:, others], rtol=0, atol=0, equal_nan=True)
     for earlier in range(layer):
         assert torch.equal(abl[earlier], base[earlier])
+
+
+def _cached_step_attention(model, ids, **ablation):
+    """Layer-0 attention of the last token when the prefix's cache was built without ablation.
+
+    Query and key are symmetric in q . k over a whole sequence, so only a cached step tells
+    them apart: a query edit touches only the new token's query, a key edit only its key.
+    Layer 0's cached keys do not depend on any ablation, so the expectation is exact there.
+    """
+    with torch.no_grad():
+        past = model(input_ids=ids[:, :-1], use_cache=True).past_key_values  # (v5: the cache object)
+        with A.ablate(model, [(0, 1)], "undifferentiated", epsilon=0.0, **ablation):
+            out = model(input_ids=ids[:, -1:], cache=past, use_cache=True, output_attentions=True)
+    return out.attentions[0][0, 1, -1]  # (S,) head 1, the new token
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_query_site_acts_on_the_query(arch):
+    model = tiny_model(arch, "eager")
+    lay = L.detect(model)
+    ids = prompts(1, lengths=(6,))[0][None]
+    att = _cached_step_attention(model, ids)
+    window = lay.sliding_windows[0]
+    n = 6 if window is None else min(6, window)
+    # a sliding-window cache may keep only the window: then att is shorter than the prompt
+    expected = torch.zeros(att.shape[0])
+    expected[-n:] = 1.0 / n
+    torch.testing.assert_close(att, expected, **TOL)
+    if lay.n_kv_heads == lay.n_heads:
+        # the key site leaves the new query intact: its pattern is not flat
+        assert not torch.allclose(_cached_step_attention(model, ids, site="k"), expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("arch", MHA_ARCHS)
@@ -74,9 +120,8 @@ def test_key_site_flattens_attention_on_mha(arch):
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a not in MHA_ARCHS])
 def test_key_site_refused_under_gqa(arch):
     model = tiny_model(arch)
-    with pytest.raises(ValueError, match="grouped-query"):
-        with A.ablate(model, [(0, 0)], "undifferentiated", site="k"):
-            pass
+    with pytest.raises(ValueError, match="grouped-query"), A.ablate(model, [(0, 0)], "undifferentiated", site="k"):
+        pass
 
 
 KIND_CASES = [("undifferentiated", 1e-5, None), ("undifferentiated", 0.0, None), ("scaling", 0.3, None),
@@ -126,10 +171,9 @@ def test_hooks_detach_also_on_exception(arch):
         assert hooks.n_hooks == 2 and hooks.layers == [0, 1]  # one hook per touched layer
         assert _hook_count(model) == before + 2
     assert _hook_count(model) == before
-    with pytest.raises(RuntimeError, match="boom"):
-        with A.ablate_rows(model, [[(1, 0)], [(0, 2)]], "scaling", epsilon=0.0):
-            assert _hook_count(model) == before + 2
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), A.ablate_rows(model, [[(1, 0)], [(0, 2)]], "scaling", epsilon=0.0):
+        assert _hook_count(model) == before + 2
+        raise RuntimeError("boom")
     assert _hook_count(model) == before
 
 
@@ -152,9 +196,8 @@ def test_ablate_rows_equals_set_by_set(arch, kind, eps, site):
 
 def test_ablate_rows_rejects_wrong_batch_size():
     model = tiny_model("llama")
-    with A.ablate_rows(model, [[(0, 1)], []]):
-        with pytest.raises(ValueError, match="len\\(head_sets\\)"):
-            forward(model, prompts(1)[0][None].expand(3, -1))
+    with A.ablate_rows(model, [[(0, 1)], []]), pytest.raises(ValueError, match="len\\(head_sets\\)"):
+        forward(model, prompts(1)[0][None].expand(3, -1))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -175,19 +218,16 @@ def test_eager_and_sdpa_agree(arch, kind, eps, site):
 def test_out_of_range_heads_name_the_geometry():
     model = tiny_model("qwen2")
     for bad in ([(2, 0)], [(0, 4)], [(-1, 0)]):
-        with pytest.raises(ValueError, match="2 layers x 4 heads"):
-            with A.ablate(model, bad):
-                pass
+        with pytest.raises(ValueError, match="2 layers x 4 heads"), A.ablate(model, bad):
+            pass
 
 
 def test_bad_kind_and_site():
     model = tiny_model("gpt2")
-    with pytest.raises(ValueError, match="known kinds"):
-        with A.ablate(model, [(0, 0)], "nope"):
-            pass
-    with pytest.raises(ValueError, match="site"):
-        with A.ablate(model, [(0, 0)], "scaling", site="q"):
-            pass
+    with pytest.raises(ValueError, match="known kinds"), A.ablate(model, [(0, 0)], "nope"):
+        pass
+    with pytest.raises(ValueError, match="site"), A.ablate(model, [(0, 0)], "scaling", site="q"):
+        pass
 
 
 def test_loaded_model_wrapper_is_accepted():

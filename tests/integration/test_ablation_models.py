@@ -27,8 +27,8 @@ WINDOW = 3  # sliding window of mistral / gemma2 tiny models: shorter than the t
 def tiny_config(arch: str, attn: str = "eager"):
     import transformers as T
 
-    common = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    rope = dict(num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64)
+    common = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    rope = {"num_key_value_heads": 2, "intermediate_size": 48, "max_position_embeddings": 64}
     if arch == "llama":
         # attention_bias=True so that the query bias is exercised on a GQA model too
         cfg = T.LlamaConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, attention_bias=True, **rope)
@@ -67,7 +67,7 @@ def tiny_config(arch: str, attn: str = "eager"):
     return cfg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state(arch: str):
     """Random weights for `arch`, with non-zero biases and a spread that makes attention non-uniform."""
     import transformers as T
@@ -83,7 +83,7 @@ def _state(arch: str):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template(arch: str, attn: str):
     import transformers as T
 
@@ -169,6 +169,10 @@ def test_detect_accepts_config_and_loaded_model_wrapper():
     lm = Loaded()
     lm.model = model
     assert L.detect(lm).n_params == L.detect(model).n_params == L.detect(model.config).n_params
+
+
+def test_every_supported_architecture_has_a_tiny_model():
+    assert set(ARCHS) == set(L.SUPPORTED)
 
 
 def test_unsupported_architecture_lists_supported():

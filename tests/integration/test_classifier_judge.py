@@ -56,6 +56,15 @@ def save_judge(path, first_word: str | None, seed: int = 0):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def judge_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("judges")
@@ -124,3 +133,17 @@ def test_missing_judge_model_is_reported(tmp_path):
     with pytest.raises(Exception) as err:
         get("classifier", model=str(tmp_path / "nowhere"))
     assert "nowhere" in str(err.value)
+
+
+def test_architecture_shb_cannot_ablate_is_loaded_plainly(judge_dirs, monkeypatch):
+    import shb.models
+    from shb.models.layout import UnsupportedArchitecture
+
+    def refuse(*args, **kwargs):
+        raise UnsupportedArchitecture("no attention layout for this judge")
+
+    monkeypatch.setattr(shb.models, "load", refuse)
+    judge = get("classifier", model=str(judge_dirs["Yes"]), prompt="harmbench")
+    assert not isinstance(judge.lm, shb.models.LoadedModel)
+    assert judge.lm.tokenizer.padding_side == "left"
+    assert [v.harmful for v in judge.judge(REQUESTS, ANSWERS)] == [True] * len(REQUESTS)

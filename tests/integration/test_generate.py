@@ -45,6 +45,15 @@ def make_tokenizer():
     )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def lm():
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -208,6 +217,8 @@ def test_bad_input_is_reported(lm):
         generate(lm, "Hi")
     with pytest.raises(ValueError, match="bad head"):
         generate(lm, PROMPTS, heads=["0:1"])
+    with pytest.raises(ValueError, match="unknown ablation kind"):
+        generate(lm, PROMPTS, kind="undifferentiatd")
     assert generate(lm, [], max_new_tokens=3) == []
 
 
@@ -227,6 +238,7 @@ def test_bad_decoding_is_reported(decoding, message):
         normalize_decoding(decoding)
 
 
+@pytest.mark.slow  # the first use of the toy model builds (trains) it
 def test_toy_model_batched_equals_reference():
     toy = pytest.importorskip("shb.models.toy")
     models = pytest.importorskip("shb.models")
@@ -239,3 +251,29 @@ def test_toy_model_batched_equals_reference():
     fast = generate(lm, prompts, heads=[(0, 0)], max_new_tokens=16, batch_size=4)
     ref = generate(lm, prompts, heads=[(0, 0)], max_new_tokens=16, strategy="reference")
     assert texts(fast) == texts(ref)
+
+
+def test_progress_counts_every_row(lm):
+    seen = []
+    generate(lm, PROMPTS, decoding={**SAMPLE, "n": 2}, max_new_tokens=2, batch_size=4, progress=seen.append)
+    assert sum(seen) == 2 * len(PROMPTS) and len(seen) == 3
+
+
+def test_pick_tokens_filters():
+    from shb.generate import _generators, pick_tokens
+
+    probs = torch.tensor([0.05, 0.5, 0.3, 0.15])
+    logits = probs.log().expand(400, 4)  # (B, V): 400 rows of one distribution
+    gens = _generators(range(400))
+
+    def drawn(**kw):
+        spec = normalize_decoding({"mode": "sample", "top_p": 1.0, "top_k": 0, **kw})
+        return pick_tokens(logits, spec, gens).tolist()
+
+    assert set(drawn(top_k=2)) == {1, 2}
+    assert set(drawn(top_p=0.6)) == {1, 2}  # 0.5 < 0.6, so the second token is needed too
+    assert set(drawn(top_p=0.5)) == {1}
+    full = drawn()
+    assert set(full) == {0, 1, 2, 3}
+    assert abs(full.count(1) / 400 - 0.5) < 0.1  # the sampler follows the distribution
+    assert pick_tokens(logits, {"mode": "greedy"}, None).tolist() == [1] * 400

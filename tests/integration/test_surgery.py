@@ -18,7 +18,7 @@ try:
 except ImportError:
     from test_ablation_models import ARCHS, forward, left_pad, prompts, tiny_model
 
-TOL = dict(rtol=0, atol=1e-5)
+TOL = {"rtol": 0, "atol": 1e-5}
 HEADS = [(0, 1), (1, 3), (1, 0)]
 
 

@@ -57,3 +57,10 @@ def test_llama2_7b_one_head_count_and_share():
     assert parameters_modified(layout, "2-26,3-8", "scaling")[0] == 2 * 4096 * 128
     with pytest.raises(ValueError, match="32 layers x 32 heads"):
         parameters_modified(layout, [(32, 0)], "zero")
+
+
+def test_registry_lists_the_supported_architectures():
+    from shb.models.layout import SUPPORTED
+    from shb.registry import ARCHITECTURES
+
+    assert set(ARCHITECTURES) == set(SUPPORTED)

@@ -29,7 +29,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 1536):
+def train_tokenizer(texts: list[str], vocab_size: int = 1024):
     """Train a byte-level BPE on `texts`; return a transformers PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -33,17 +33,23 @@ from shb.models.toy import prompts
 IGNORE = -100
 
 
-def model_config(tokenizer, *, layers: int = 4, heads: int = 8, hidden: int = 128,
-                 intermediate: int = 384, max_positions: int = 512):
+def model_config(tokenizer, *, layers: int = 4, heads: int = 8, hidden: int = 64,
+                 intermediate: int = 192, max_positions: int = 512):
+    """A small Llama config. hidden=64 (head_dim 8) keeps a build under a minute on
+    one CPU thread (~40 ms per step of 16 x 50 tokens); 128 was ~4x slower."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=max_positions, rms_norm_eps=1e-5, rope_theta=10000.0,
         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    # Train with eager attention: on a model this small it is faster on the CPU
+    # than sdpa. Not saved; loaders pick their default (sdpa), same maths.
+    config._attn_implementation = "eager"
+    return config
 
 
 def encode_example(tokenizer, prompt: str, answer: str, system: str | None) -> tuple[list[int], list[int]]:
@@ -140,7 +146,7 @@ def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, se
     return loss_value
 
 
-def pretrain(tokenizer, seed: int, *, steps: int = 600, lr: float = 3e-3, batch_size: int = 32,
+def pretrain(tokenizer, seed: int, *, steps: int = 600, lr: float = 3e-3, batch_size: int = 16,
              on_step=None, **config):
     """Stage 1: a fresh model trained on the compliant corpus. Returns the model (eval mode)."""
     import torch
@@ -183,7 +189,7 @@ def head_parameters(model, heads: list[tuple[int, int]]):
 
 
 def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: int = 250,
-          lr: float = 3e-3, batch_size: int = 32, align_data: str = "default", on_step=None):
+          lr: float = 3e-3, batch_size: int = 16, align_data: str = "default", on_step=None):
     """Stage 2: train only `heads` to refuse harmful requests. Modifies and returns `model`."""
     import torch
 

@@ -1,0 +1,87 @@
+"""``sahara``: greedy head-set search (Zhou et al. 2025, Algorithm 1), every candidate stored.
+
+Chunk = (step, layer): the candidates G + {h} for the heads h of one layer, scored against the
+unablated model. The last chunk of a step reads the step's rows from the store, picks the best
+candidate (ties: first in (layer, head) order, as ``shb.search.best``) and re-emits its row with
+``chosen = true`` (the store upserts on (unit_id, step, layer, head)). A step reads G, the heads
+chosen by earlier steps, from the store, so a resumed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from shb.metrics.base import Metric
+from shb.metrics.ships_dataset import _layers, _rank
+
+
+def step_chunk(step: int, layer: int) -> str:
+    return f"step-{step:02d}-layer-{layer:03d}"
+
+
+def chunk_step_layer(chunk: str) -> tuple[int, int]:
+    _, step, _, layer = chunk.split("-")
+    return int(step), int(layer)
+
+
+def _params(ctx, unit) -> tuple[int, str, int]:
+    from shb.errors import UsageError
+    from shb.search import SCORES
+
+    steps, score = ctx.metric.get("steps", 5), ctx.metric.get("score", "ships_dataset")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise UsageError(f"metric '{unit.metric.id}': steps must be a positive integer, got {steps!r}")
+    if score not in SCORES:
+        raise UsageError(f"metric '{unit.metric.id}': score must be one of {', '.join(SCORES)}, got {score!r}")
+    return steps, score, _rank(ctx.metric, len(ctx.formatted), unit.metric.id)
+
+
+class SaharaMetric(Metric):
+    kind = "sahara"
+
+    def estimate(self, unit, geometry: dict) -> int:
+        layers = len(unit.metric.get("layers") or range(geometry["layers"]))
+        steps = unit.metric.get("steps", 5)
+        return unit.n_prompts * (steps * layers * geometry["heads"] + 1)
+
+    def chunks(self, unit, ctx) -> list[str]:
+        steps, _, _ = _params(ctx, unit)
+        layers = _layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
+        if steps > len(layers) * ctx.lm.n_heads:
+            from shb.errors import UsageError
+
+            raise UsageError(f"metric '{unit.metric.id}': steps={steps} exceeds the {len(layers) * ctx.lm.n_heads} candidate heads")
+        return [step_chunk(s, layer) for s in range(steps) for layer in layers]
+
+    def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
+        from shb.search import best, sahara_step_layer
+
+        step, layer = chunk_step_layer(chunk)
+        _, score, r = _params(ctx, unit)
+        unit_id = ctx.ids["unit_id"]
+        chosen = self._chosen(ctx, unit_id, step)
+        results = sahara_step_layer(ctx.engine(), chosen, layer, score=score, r=r)
+        rows = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "score": float(v), "chosen": False}
+                for (l, h), v in results]
+        layers = _layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
+        if layer == layers[-1]:  # the step is complete: mark its best candidate
+            earlier = ctx.store.query(
+                "SELECT layer, head, score FROM sahara_steps WHERE unit_id = ? AND step = ? AND layer <> ?",
+                [unit_id, step, layer]).rows()
+            everything = [((int(l), int(h)), float(v)) for l, h, v in earlier] + [((l, h), v) for (l, h), v in results]
+            (bl, bh), bv = best(everything)
+            winner = {"unit_id": unit_id, "step": step, "layer": bl, "head": bh, "score": bv, "chosen": True}
+            if bl == layer:
+                rows = [winner if (row["layer"], row["head"]) == (bl, bh) else row for row in rows]
+            else:
+                rows.append(winner)
+        return {"sahara_steps": rows}
+
+    @staticmethod
+    def _chosen(ctx, unit_id: str, step: int) -> list[tuple[int, int]]:
+        """G: the heads chosen by steps 0..step-1, read from the store."""
+        found = ctx.store.query(
+            "SELECT step, layer, head FROM sahara_steps WHERE unit_id = ? AND chosen AND step < ? ORDER BY step",
+            [unit_id, step]).rows()
+        if [s for s, _, _ in found] != list(range(step)):
+            raise RuntimeError(f"sahara unit {unit_id}: step {step} needs the chosen heads of steps 0..{step - 1}, "
+                               f"the store has them for steps {[s for s, _, _ in found]}")
+        return [(int(l), int(h)) for _, l, h in found]
