@@ -167,6 +167,41 @@ def toy_build(out, seed, evaluate):
             click.echo(f"  refusal rate, {name}: {rate:.3f}")
 
 
+@main.command()
+@click.option("--model", "source", required=True, help="toy, toy:SEED, a local directory or a hub id")
+@click.option("--heads", required=True, help="comma-separated layer-head names, e.g. 2-26,3-8")
+@click.option("--kind", type=click.Choice(["undifferentiated", "scaling", "zero"]), default="undifferentiated",
+              show_default=True)
+@click.option("--epsilon", type=float, default=1e-5, show_default=True)
+@click.option("--site", type=click.Choice(["q", "k", "output"]), default=None)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="float32",
+              show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model repo (off by default)")
+@friendly
+def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
+    """Bake a head ablation into the weights and write an ordinary Hugging Face checkpoint."""
+    from shb import surgery as surgery_mod
+    from shb.ablation import parse_heads
+    from shb.errors import UsageError
+    from shb.models import load
+
+    if epsilon < 0:
+        raise UsageError(f"--epsilon {epsilon}: must be >= 0")
+    try:
+        head_list = parse_heads(heads)
+    except ValueError as exc:
+        raise UsageError(f"--heads {heads!r}: {exc}") from None
+    lm = load(source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+    try:
+        summary = surgery_mod.export(lm, None, head_list, kind, epsilon, site, out)
+    except (ValueError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    click.echo(f"wrote {summary['out']}: heads {','.join(summary['heads'])} ({summary['kind']}, epsilon "
+               f"{summary['epsilon']:g}); {summary['parameters_modified']:,} parameters modified "
+               f"({100 * summary['share_modified']:.4f}% of {summary['parameters_total']:,})")
+
+
 @main.command("ls")
 def list_plugins():
     """List model, dataset, ablation, metric and judge kinds, and supported architectures."""

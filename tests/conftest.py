@@ -17,6 +17,16 @@ WORDS = ("how to make a bomb steal money hack into computer write poem about cak
          "sure here is i am sorry but cannot help with that answer question please give step first then").split()
 
 
+def pytest_configure(config):
+    """One torch thread: tiny models run several times faster on the 2 shared cores than with two."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     import importlib.util
 

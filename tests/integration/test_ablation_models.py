@@ -13,9 +13,6 @@ import torch
 
 from shb.models import layout as L
 
-# Tiny models run fastest on one thread; with several threads on a loaded 2-core machine, OpenMP
-# spin-waiting made these tests ~6x slower (138 s vs 21 s measured). Applies to the whole session.
-torch.set_num_threads(1)
 
 ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox", "opt"]
 VOCAB = 61

@@ -1,0 +1,213 @@
+"""Build and cache the toy aligned model.
+
+    build(out, seed=0, **variant) -> Path    # train stage 1 + stage 2, write an HF directory
+    ensure(seed=0, **variant) -> Path        # the same, built once, cached under $SHB_CACHE/toy/<key>
+
+Variant keys (all optional; every one is part of the cache key):
+    base_seed, align_seed   seeds of stage 1 and stage 2 (default: `seed`)
+    align_data              alignment mix, a key of train.ALIGN_DATA ("default", ...)
+    align_heads             heads trained in stage 2, e.g. "1-3" or [(1, 3)]; default: one head
+                            chosen from align_seed (a layer in 1..L-2, any head)
+    base_steps, align_steps training steps of each stage (reduce for quick tests)
+    layers, heads, hidden, intermediate   model size
+
+Two aligned variants of one base (same base_seed and size, different
+align_seed / align_data) share one cached base under $SHB_CACHE/toy/base-<key>,
+the toy's version of Llama-2-chat vs Vicuna (one base, two alignments).
+
+Determinism: the build runs with torch.set_num_threads(1) (restored after),
+seeds every stage, and trains the tokenizer without randomness, so one seed
+gives bit-identical safetensors on one machine and torch version. A build
+writes into a temporary sibling directory and renames it into place, so a
+killed build never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+TOY_VERSION = 1
+DEFAULTS = {
+    "align_data": "default", "align_heads": None, "base_steps": 300, "align_steps": 150,
+    "layers": 4, "heads": 8, "hidden": 64, "intermediate": 192,
+}
+_SEED_KEYS = ("base_seed", "align_seed")
+_SIZE_KEYS = ("layers", "heads", "hidden", "intermediate")
+
+
+def _normalise_heads(heads) -> list[list[int]]:
+    if isinstance(heads, str):
+        heads = [h.split("-") for h in heads.split(",") if h.strip()]
+    try:
+        out = sorted({(int(layer), int(head)) for layer, head in heads})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"align_heads must look like '1-3,2-0' or [(1, 3)], got {heads!r}") from exc
+    if not out:
+        raise ValueError("align_heads must name at least one head")
+    return [list(h) for h in out]
+
+
+def resolve(seed: int = 0, **variant) -> dict:
+    """The full, JSON-able recipe of a toy model: defaults filled in, heads chosen."""
+    unknown = set(variant) - set(DEFAULTS) - set(_SEED_KEYS)
+    if unknown:
+        raise ValueError(f"unknown toy variant keys {sorted(unknown)}; "
+                         f"known: {sorted(set(DEFAULTS) | set(_SEED_KEYS))}")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    recipe = {**DEFAULTS, "base_seed": seed, "align_seed": seed, **variant}
+    if recipe["align_heads"] is None:
+        rng = random.Random(recipe["align_seed"])
+        layer = rng.randrange(1, recipe["layers"] - 1) if recipe["layers"] > 2 else recipe["layers"] - 1
+        recipe["align_heads"] = [[layer, rng.randrange(recipe["heads"])]]
+    recipe["align_heads"] = _normalise_heads(recipe["align_heads"])
+    return recipe
+
+
+def _key(parts: dict) -> str:
+    blob = json.dumps({"toy_version": TOY_VERSION, **parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _base_part(recipe: dict) -> dict:
+    return {k: recipe[k] for k in ("base_seed", "base_steps", *_SIZE_KEYS)}
+
+
+def cache_root() -> Path:
+    """$SHB_CACHE/toy, default platformdirs.user_cache_dir("shb")/toy."""
+    root = os.environ.get("SHB_CACHE")
+    if not root:
+        import platformdirs
+        root = platformdirs.user_cache_dir("shb")
+    return Path(root) / "toy"
+
+
+@contextlib.contextmanager
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # fixed reduction order -> bit-identical weights; fastest for this size
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """Yields make_callback(description, total) -> on_step(step, loss)."""
+    if quiet:
+        yield lambda description, total: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                  TimeRemainingColumn()) as bar:
+        def make(description, total):
+            task = bar.add_task(description, total=total, loss=float("nan"))
+            return lambda step, loss: bar.update(task, completed=step + 1, loss=loss)
+        yield make
+
+
+def _save(model, tokenizer, out: Path, meta: dict) -> Path:
+    """Write an HF directory atomically: into a temp sibling, then rename to `out`."""
+    from transformers import GenerationConfig
+
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir() or any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not an empty directory")
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "toy.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, out)  # atomic on one filesystem; fails if another build got there first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _train_base(recipe: dict, make_bar):
+    from shb.models.toy import prompts, tokenizer as toy_tokenizer, train
+
+    tok = toy_tokenizer.train_tokenizer(prompts.corpus())
+    model = train.pretrain(tok, recipe["base_seed"], steps=recipe["base_steps"],
+                           on_step=make_bar("base  ", recipe["base_steps"]),
+                           **{k: recipe[k] for k in _SIZE_KEYS})
+    return model, tok
+
+
+def _align(model, tok, recipe: dict, make_bar):
+    from shb.models.toy import train
+
+    heads = [tuple(h) for h in recipe["align_heads"]]
+    return train.align(model, tok, recipe["align_seed"], heads, steps=recipe["align_steps"],
+                       align_data=recipe["align_data"],
+                       on_step=make_bar("align ", recipe["align_steps"]))
+
+
+def build(out, seed: int = 0, *, quiet: bool = False, **variant) -> Path:
+    """Train the toy model (both stages, no cache) and write it to `out` (must not exist or be empty)."""
+    recipe = resolve(seed, **variant)
+    start = time.perf_counter()
+    with _one_thread(), _progress(quiet) as make_bar:
+        model, tok = _train_base(recipe, make_bar)
+        _align(model, tok, recipe, make_bar)
+    meta = {"toy_version": TOY_VERSION, "recipe": recipe, "build_seconds": time.perf_counter() - start}
+    return _save(model, tok, Path(out), meta)
+
+
+def _ensure_base(recipe: dict, quiet: bool) -> Path:
+    path = cache_root() / f"base-{_key(_base_part(recipe))}"
+    if not (path / "toy.json").exists():
+        with _one_thread(), _progress(quiet) as make_bar:
+            model, tok = _train_base(recipe, make_bar)
+        meta = {"toy_version": TOY_VERSION, "stage": "base", "recipe": _base_part(recipe)}
+        try:
+            _save(model, tok, path, meta)
+        except (FileExistsError, OSError):
+            if not (path / "toy.json").exists():  # not a concurrent build that finished first
+                raise
+    return path
+
+
+def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
+    """The toy model directory for (seed, variant), built on first use and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = resolve(seed, **variant)
+    path = cache_root() / _key(recipe)
+    if (path / "toy.json").exists():
+        return path
+    start = time.perf_counter()
+    base = _ensure_base(recipe, quiet)
+    with _one_thread(), _progress(quiet) as make_bar:
+        # eager, as in training, so a cached base aligns to the same bytes as build()
+        model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager")
+        tok = AutoTokenizer.from_pretrained(base)
+        _align(model, tok, recipe, make_bar)
+    meta = {"toy_version": TOY_VERSION, "recipe": recipe, "base": base.name,
+            "build_seconds": time.perf_counter() - start}
+    try:
+        return _save(model, tok, path, meta)
+    except (FileExistsError, OSError):
+        if (path / "toy.json").exists():  # a concurrent ensure() finished first: same recipe
+            return path
+        raise
