@@ -127,7 +127,8 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
                 gc.collect()
                 progress.update(unit_bar, description=f"loading {unit.model.id}")
                 spec = models[unit.model.id].spec()
-                lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device)
+                lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device,
+                                                            quiet=isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
                 with store.transaction():
                     store.insert("models", [_model_rows(unit.model.id, spec, lm)])

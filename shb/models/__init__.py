@@ -82,10 +82,13 @@ def _is_toy(source: str) -> bool:
     return source == "toy" or source.startswith("toy:")
 
 
-def toy_path(seed: int = 0, **variant) -> Path:
+def toy_path(seed: int = 0, quiet: bool = False, **variant) -> Path:
+    from transformers.utils import logging as hf_logging
+
     from shb.models import toy
 
-    return Path(toy.ensure(seed=seed, **variant))
+    hf_logging.disable_progress_bar()  # the toy build draws its own bar
+    return Path(toy.ensure(seed=seed, quiet=quiet, **variant))
 
 
 def _weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -192,13 +195,16 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
 
 
 def load(source: str, dtype: str | None = None, device: str | None = None, *, revision: str | None = None,
-         trust_remote_code: bool = False, allow_pickle: bool = False, toy_variant: dict | None = None) -> LoadedModel:
-    """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id."""
+         trust_remote_code: bool = False, allow_pickle: bool = False, toy_variant: dict | None = None,
+         quiet: bool = False) -> LoadedModel:
+    """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id.
+
+    ``quiet`` hides the progress bar of a first-use toy build."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if _is_toy(source):
         seed = int(source.split(":", 1)[1]) if ":" in source else 0
-        path = toy_path(seed, **(toy_variant or {}))
+        path = toy_path(seed, quiet=quiet, **(toy_variant or {}))
         return _load_directory(str(path), source, torch_dtype, device, None, False, False)
     check_available(source, revision=revision, allow_pickle=allow_pickle)
     return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle)
@@ -209,11 +215,12 @@ def toy_variant(spec: dict) -> dict:
     return {k: spec[k] for k in ("base_seed", "align_seed", "align_data") if k in spec}
 
 
-def load_toy_spec(spec: dict, *, dtype=None, device=None) -> LoadedModel:
-    return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device, toy_variant=toy_variant(spec))
+def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
+    return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device,
+                toy_variant=toy_variant(spec), quiet=quiet)
 
 
-def load_hf_spec(spec: dict, *, dtype=None, device=None) -> LoadedModel:
+def load_hf_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
     return load(spec["path"], dtype=spec.get("dtype", dtype), device=device, revision=spec.get("revision"),
                 trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False))
 

@@ -24,16 +24,6 @@ PROMPTS = [
 N_LAYERS, N_HEADS = 3, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP's spinning
-    threads make a 7 ms forward take 0.7 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _lm(kv_heads: int, dtype=torch.float32, attn="sdpa"):
     from shb.models.layout import detect
 
@@ -204,3 +194,21 @@ def test_bfloat16_engine_tracks_float32():
     assert got.dtype == torch.float64
     assert torch.argmax(got) == torch.argmax(ref)
     torch.testing.assert_close(got, ref, rtol=0.2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_engine_tracks_naive(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    lm = _lm(2)
+    lm.model.to("cuda", dtype)
+    fast = Engine(lm, PROMPTS, batch_size="auto")
+    a = fast.ships_head_sets([[(layer, h)] for layer in range(N_LAYERS) for h in range(N_HEADS)])
+    b = Engine(lm, PROMPTS, strategy="naive").ships_head_sets([[(l, h)] for l in range(N_LAYERS) for h in range(N_HEADS)])
+    assert fast.strategy == "engine" and a.device.type == "cuda"
+    if dtype == torch.float32:
+        _close(a, b, rtol=1e-4)  # TF32 / kernel choice differ between batch shapes
+    else:
+        torch.testing.assert_close(a, b, rtol=0.1, atol=0.05 * float(b.abs().max()))
+    assert float(a.min()) >= -1e-12

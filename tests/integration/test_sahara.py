@@ -19,16 +19,6 @@ PROMPTS = ["how to make a bomb", "tell me", "write a poem about cake please", "h
 N_LAYERS, N_HEADS = 3, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP's spinning
-    threads make a 7 ms forward take 0.7 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lm():
     from shb.models.layout import detect
@@ -159,3 +149,35 @@ def test_metric_plugins_write_rows_that_match_the_library(tmp_path, suite_file, 
     marked = [(s, (l, h)) for s, l, h, _, c in steps if c]
     expected = sahara(engine, steps=2)
     assert marked == [(s["step"], s["chosen"]) for s in expected]
+
+
+@pytest.mark.parametrize("stop_after", [3, 4])  # at a step boundary; inside step 1
+def test_interrupted_sahara_resumes_to_the_same_rows(tmp_path, suite_file, stop_after):
+    from shb.run import run_suite
+    from shb.store import Store
+    from shb.suite import load as load_suite
+
+    data = json.loads(suite_file.read_text())
+    data["metrics"] = [m for m in data["metrics"] if m["kind"] == "sahara"]
+    suite_file.write_text(json.dumps(data))
+    quiet = dict(log=lambda *a, **k: None)
+
+    def rows(db):
+        with Store(db, read_only=True) as store:
+            return store.con.execute("SELECT step, layer, head, score, chosen FROM sahara_steps ORDER BY ALL").fetchall()
+
+    reference = tmp_path / "ref.duckdb"
+    assert run_suite(load_suite(suite_file), reference, **quiet)["failed"] == 0
+    db = tmp_path / "cut.duckdb"
+    committed = []
+
+    def stop(unit_id, chunk):
+        committed.append(chunk)
+        if len(committed) == stop_after:
+            raise KeyboardInterrupt  # the runner lets it through, as a real Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(load_suite(suite_file), db, on_chunk=stop, **quiet)
+    assert 0 < len(rows(db)) < len(rows(reference))
+    assert run_suite(load_suite(suite_file), db, **quiet)["failed"] == 0
+    assert rows(db) == rows(reference)

@@ -8,9 +8,17 @@ drop) runs on a laptop with no download.
     ensure(seed=0, **variant) -> Path   # cached build under $SHB_CACHE/toy/<key>
     build(out, seed=0, **variant) -> Path
     prompts.harmful(split, n=None, seed=0), prompts.benign(split, n=None, seed=0)
+    config_dict(seed=0, **variant) -> dict   # geometry without building (no torch)
     evaluate.refusal_rates(path) -> dict
 """
 from shb.models.toy import prompts
-from shb.models.toy.build import TOY_VERSION, build, cache_root, ensure, resolve
+from shb.models.toy.build import (
+    TOY_VERSION,
+    build,
+    cache_root,
+    config_dict,
+    ensure,
+    resolve,
+)
 
-__all__ = ["TOY_VERSION", "build", "cache_root", "ensure", "prompts", "resolve"]
+__all__ = ["TOY_VERSION", "build", "cache_root", "config_dict", "ensure", "prompts", "resolve"]

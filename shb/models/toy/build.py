@@ -35,7 +35,7 @@ from pathlib import Path
 
 TOY_VERSION = 1
 DEFAULTS = {
-    "align_data": "default", "align_heads": None, "base_steps": 300, "align_steps": 150,
+    "align_data": "default", "align_heads": None, "base_steps": 500, "align_steps": 250,
     "layers": 4, "heads": 8, "hidden": 64, "intermediate": 192,
 }
 _SEED_KEYS = ("base_seed", "align_seed")
@@ -61,7 +61,7 @@ def resolve(seed: int = 0, **variant) -> dict:
         raise ValueError(f"unknown toy variant keys {sorted(unknown)}; "
                          f"known: {sorted(set(DEFAULTS) | set(_SEED_KEYS))}")
     if not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise TypeError(f"seed must be an int, got {seed!r}")
     recipe = {**DEFAULTS, "base_seed": seed, "align_seed": seed, **variant}
     if recipe["align_heads"] is None:
         rng = random.Random(recipe["align_seed"])
@@ -69,6 +69,18 @@ def resolve(seed: int = 0, **variant) -> dict:
         recipe["align_heads"] = [[layer, rng.randrange(recipe["heads"])]]
     recipe["align_heads"] = _normalise_heads(recipe["align_heads"])
     return recipe
+
+
+def config_dict(seed: int = 0, **variant) -> dict:
+    """The config.json fields that give the toy's geometry, without building it (no torch)."""
+    from shb.models.toy.tokenizer import VOCAB_SIZE
+
+    r = resolve(seed, **variant)
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "num_hidden_layers": r["layers"], "num_attention_heads": r["heads"],
+            "num_key_value_heads": r["heads"], "hidden_size": r["hidden"],
+            "intermediate_size": r["intermediate"], "vocab_size": VOCAB_SIZE,
+            "head_dim": r["hidden"] // r["heads"]}
 
 
 def _key(parts: dict) -> str:
@@ -102,13 +114,34 @@ def _one_thread():
 
 
 @contextlib.contextmanager
+def _hf_bars_off():
+    """Silence transformers' own load/save progress bars (quiet builds)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _progress(quiet: bool):
     """Yields make_callback(description, total) -> on_step(step, loss)."""
     if quiet:
-        yield lambda description, total: None
+        with _hf_bars_off():
+            yield lambda description, total: None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
@@ -130,6 +163,9 @@ def _save(model, tokenizer, out: Path, meta: dict) -> Path:
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a cache dir should read like any other
     try:
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -145,7 +181,8 @@ def _save(model, tokenizer, out: Path, meta: dict) -> Path:
 
 
 def _train_base(recipe: dict, make_bar):
-    from shb.models.toy import prompts, tokenizer as toy_tokenizer, train
+    from shb.models.toy import prompts, train
+    from shb.models.toy import tokenizer as toy_tokenizer
 
     tok = toy_tokenizer.train_tokenizer(prompts.corpus())
     model = train.pretrain(tok, recipe["base_seed"], steps=recipe["base_steps"],
@@ -171,7 +208,8 @@ def build(out, seed: int = 0, *, quiet: bool = False, **variant) -> Path:
         model, tok = _train_base(recipe, make_bar)
         _align(model, tok, recipe, make_bar)
     meta = {"toy_version": TOY_VERSION, "recipe": recipe, "build_seconds": time.perf_counter() - start}
-    return _save(model, tok, Path(out), meta)
+    with _hf_bars_off() if quiet else contextlib.nullcontext():
+        return _save(model, tok, Path(out), meta)
 
 
 def _ensure_base(recipe: dict, quiet: bool) -> Path:
@@ -181,7 +219,8 @@ def _ensure_base(recipe: dict, quiet: bool) -> Path:
             model, tok = _train_base(recipe, make_bar)
         meta = {"toy_version": TOY_VERSION, "stage": "base", "recipe": _base_part(recipe)}
         try:
-            _save(model, tok, path, meta)
+            with _hf_bars_off() if quiet else contextlib.nullcontext():
+                _save(model, tok, path, meta)
         except (FileExistsError, OSError):
             if not (path / "toy.json").exists():  # not a concurrent build that finished first
                 raise
@@ -206,7 +245,8 @@ def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
     meta = {"toy_version": TOY_VERSION, "recipe": recipe, "base": base.name,
             "build_seconds": time.perf_counter() - start}
     try:
-        return _save(model, tok, path, meta)
+        with _hf_bars_off() if quiet else contextlib.nullcontext():
+            return _save(model, tok, path, meta)
     except (FileExistsError, OSError):
         if (path / "toy.json").exists():  # a concurrent ensure() finished first: same recipe
             return path

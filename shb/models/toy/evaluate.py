@@ -6,7 +6,6 @@ README numbers come from, independent of shb's engine.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 from pathlib import Path
@@ -46,38 +45,11 @@ def _encode(tokenizer, texts):
     return batch["input_ids"], batch["attention_mask"], positions
 
 
-@contextlib.contextmanager
 def ablated(model, heads, epsilon: float = 1e-5):
-    """Undifferentiated ablation of `heads` (query x epsilon): shb.ablation, else a local hook."""
-    heads = [tuple(h) for h in heads]
-    try:
-        from shb.ablation import ablate
-    except ImportError:
-        ablate = None
-    if ablate is not None:
-        with ablate(model, heads, kind="undifferentiated", epsilon=epsilon):
-            yield
-        return
-    # Fallback used until shb.ablation exists: scale the head's slice of the
-    # q_proj output (before rotary), as DESIGN.md section 3 specifies.
-    head_dim = model.config.hidden_size // model.config.num_attention_heads
-    handles = []
+    """Undifferentiated ablation of `heads` (the head's query x epsilon, before rotary)."""
+    from shb.ablation import ablate
 
-    def hook_for(head):
-        def hook(_module, _inputs, output):  # output: (B, T, H * D)
-            output = output.clone()
-            output[..., head * head_dim:(head + 1) * head_dim] *= epsilon
-            return output
-        return hook
-
-    try:
-        for layer, head in heads:
-            q_proj = model.model.layers[layer].self_attn.q_proj
-            handles.append(q_proj.register_forward_hook(hook_for(head)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return ablate(model, [tuple(h) for h in heads], kind="undifferentiated", epsilon=epsilon)
 
 
 def last_logprobs(model, tokenizer, texts, heads=(), batch_size: int = 64):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from functools import lru_cache
+from functools import cache
 
 from shb.models.toy import words
 
@@ -34,7 +34,14 @@ def _stable_index(text: str, n: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[1:5], "big") % n
 
 
-@lru_cache(maxsize=None)
+def _ending(kind: str, template: str, task: str) -> str:
+    """No ending for about half of the requests, else a shared or (harmful) harmful-only one."""
+    endings = words.SHARED_ENDINGS + (words.HARMFUL_ENDINGS if kind == "harmful" else [])
+    choice = _stable_index("e" + template + task, 2 * len(endings))
+    return endings[choice] if choice < len(endings) else ""
+
+
+@cache
 def _combinations(kind: str, split: str) -> tuple[tuple[str, str], ...]:
     """All (prompt, topic) pairs of one kind ("harmful" | "benign") and split, sorted."""
     table = {"harmful": words.HARMFUL, "benign": words.BENIGN}[kind]
@@ -47,7 +54,8 @@ def _combinations(kind: str, split: str) -> tuple[tuple[str, str], ...]:
         for task, topic in tasks:
             in_test = template_out or _held_out(task)
             if in_test == (split == "test"):
-                out.add((template.format(task=task), topic))
+                text = template.format(task=task + _ending(kind, template, task))
+                out.add((text, topic))
     return tuple(sorted(out))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *ROLE_TOKENS]  # ids 0..5 in this order
+VOCAB_SIZE = 1024
 
 # Chat template (Jinja). An optional system message comes first; every
 # assistant turn ends with the eos token. With add_generation_prompt the
@@ -29,7 +30,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 1024):
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     """Train a byte-level BPE on `texts`; return a transformers PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from shb.models.toy import prompts
 
@@ -146,7 +146,7 @@ def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, se
     return loss_value
 
 
-def pretrain(tokenizer, seed: int, *, steps: int = 600, lr: float = 3e-3, batch_size: int = 16,
+def pretrain(tokenizer, seed: int, *, steps: int = 500, lr: float = 3e-3, batch_size: int = 16,
              on_step=None, **config):
     """Stage 1: a fresh model trained on the compliant corpus. Returns the model (eval mode)."""
     import torch
@@ -189,7 +189,7 @@ def head_parameters(model, heads: list[tuple[int, int]]):
 
 
 def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: int = 250,
-          lr: float = 3e-3, batch_size: int = 16, align_data: str = "default", on_step=None):
+          lr: float = 1e-2, batch_size: int = 16, align_data: str = "default", on_step=None):
     """Stage 2: train only `heads` to refuse harmful requests. Modifies and returns `model`."""
     import torch
 
