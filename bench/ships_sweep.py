@@ -27,10 +27,10 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PRESETS = {
-    "cpu": dict(layers=8, heads=8, kv_heads=8, hidden=256, intermediate=688, prompts=32, tokens=40,
-                dtype="float32", device="cpu", naive_layers=None, repeats=3),
-    "7b": dict(layers=32, heads=32, kv_heads=32, hidden=4096, intermediate=11008, prompts=100, tokens=40,
-               dtype="bfloat16", device="cuda", naive_layers=1, repeats=3),
+    "cpu": {"layers": 8, "heads": 8, "kv_heads": 8, "hidden": 256, "intermediate": 688, "prompts": 32, "tokens": 40,
+            "dtype": "float32", "device": "cpu", "naive_layers": None, "repeats": 3},
+    "7b": {"layers": 32, "heads": 32, "kv_heads": 32, "hidden": 4096, "intermediate": 11008, "prompts": 100,
+           "tokens": 40, "dtype": "bfloat16", "device": "cuda", "naive_layers": 1, "repeats": 3},
 }
 VOCAB = 32000
 

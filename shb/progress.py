@@ -8,8 +8,16 @@ from contextlib import contextmanager
 def make_progress(enabled: bool = True):
     if not enabled:
         return NullProgress()
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class RateColumn(TextColumn):
         def render(self, task):

@@ -15,6 +15,7 @@ Ties are broken by the order (layer, head): the first best candidate wins, so a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 SCORES = ("ships_dataset", "ships_mean")
@@ -68,7 +69,7 @@ def best(results: Iterable[tuple[Head, float]]) -> tuple[Head, float]:
     """The highest-scoring candidate; on ties the first in (layer, head) order. NaN scores never win."""
     top = None
     for head, value in sorted(results, key=lambda hv: hv[0]):
-        if value != value:  # NaN
+        if math.isnan(value):
             continue
         if top is None or value > top[1]:
             top = (head, value)

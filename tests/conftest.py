@@ -82,6 +82,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+def run_and_sigkill(suite_file, db, kill_after: int, cwd, seed: int = 0, max_delay: float = 0.2) -> None:
+    """Start `shb run`, SIGKILL it soon after its `kill_after`-th committed chunk (up to `max_delay`
+    seconds later, at a random moment: between chunks or inside one)."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "shb.cli", "run", str(suite_file), "--db", str(db), "--quiet", "-v"],
+                            cwd=cwd, stderr=subprocess.PIPE, text=True)
+    committed = 0
+    for line in proc.stderr:
+        committed += line.startswith("committed")
+        if committed >= kill_after:
+            time.sleep(random.Random(seed + kill_after).uniform(0, max_delay))
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
 @pytest.fixture()
 def prompts_file(tmp_path) -> Path:
     path = tmp_path / "prompts.jsonl"

@@ -13,7 +13,6 @@ import torch
 
 from shb.models import layout as L
 
-
 ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox", "opt"]
 VOCAB = 61
 # transformers has no sdpa path for Gemma-2 (logit soft-capping): tiny_model(.., "sdpa") gives eager there

@@ -96,7 +96,7 @@ def test_multi_layer_head_sets_equal_naive(lm):
 
 @pytest.mark.parametrize("kind,epsilon,site", [("scaling", 0.0, None), ("mean", 1e-5, "q"), ("zero", 1e-5, None)])
 def test_other_ablation_kinds_equal_naive(lm, kind, epsilon, site):
-    kw = dict(kind=kind, epsilon=epsilon, site=site)
+    kw = {"kind": kind, "epsilon": epsilon, "site": site}
     a = Engine(lm, PROMPTS, **kw).ships_layer(1)
     b = Engine(lm, PROMPTS, strategy="naive", **kw).ships_layer(1)
     _close(a, b)

@@ -2,9 +2,6 @@
 and Ships recomputed in the most direct way (no code shared with the runner)."""
 
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +9,7 @@ import time
 import pytest
 
 from shb.store import Store
+from tests.conftest import run_and_sigkill
 
 N_PROMPTS, N_LAYERS, N_HEADS = 6, 3, 4
 
@@ -60,19 +58,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, suite_file):
     reference = tmp_path / "ref.duckdb"
     assert shb("run", str(suite_file), "--db", str(reference), "--quiet", cwd=tmp_path).returncode == 0
     db = tmp_path / "killed.duckdb"
-    rng = random.Random(0)
     for kill_after in (1, 4):
-        proc = subprocess.Popen([sys.executable, "-m", "shb.cli", "run", str(suite_file), "--db", str(db), "--quiet", "-v"],
-                                cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-        committed = 0
-        for line in proc.stderr:
-            committed += line.startswith("committed")
-            if committed >= kill_after:
-                time.sleep(rng.uniform(0, 0.2))  # land anywhere: between chunks or inside one
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL
+        run_and_sigkill(suite_file, db, kill_after, cwd=tmp_path)
     finish = shb("run", str(suite_file), "--db", str(db), "--quiet", cwd=tmp_path)
     assert finish.returncode == 0, finish.stderr
     assert ships_rows(db) == ships_rows(reference)

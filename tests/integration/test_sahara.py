@@ -160,7 +160,7 @@ def test_interrupted_sahara_resumes_to_the_same_rows(tmp_path, suite_file, stop_
     data = json.loads(suite_file.read_text())
     data["metrics"] = [m for m in data["metrics"] if m["kind"] == "sahara"]
     suite_file.write_text(json.dumps(data))
-    quiet = dict(log=lambda *a, **k: None)
+    quiet = {"log": lambda *a, **k: None}
 
     def rows(db):
         with Store(db, read_only=True) as store:
@@ -180,4 +180,36 @@ def test_interrupted_sahara_resumes_to_the_same_rows(tmp_path, suite_file, stop_
         run_suite(load_suite(suite_file), db, on_chunk=stop, **quiet)
     assert 0 < len(rows(db)) < len(rows(reference))
     assert run_suite(load_suite(suite_file), db, **quiet)["failed"] == 0
+    assert rows(db) == rows(reference)
+
+
+def test_sigkilled_sahara_resumes_mid_step_to_the_same_rows(tmp_path, suite_file):
+    """A real SIGKILL inside step 1 (chunks are (step, layer)); the rerun ends with identical rows."""
+    import subprocess
+    import sys
+
+    from shb.store import Store
+    from tests.conftest import run_and_sigkill
+
+    data = json.loads(suite_file.read_text())
+    data["metrics"] = [m for m in data["metrics"] if m["kind"] == "sahara"]
+    suite_file.write_text(json.dumps(data))
+
+    def run(db):
+        result = subprocess.run([sys.executable, "-m", "shb.cli", "run", str(suite_file), "--db", str(db), "--quiet"],
+                                cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    def rows(db):
+        with Store(db, read_only=True) as store:
+            return store.con.execute("SELECT step, layer, head, score, chosen FROM sahara_steps ORDER BY ALL").fetchall()
+
+    reference, db = tmp_path / "ref.duckdb", tmp_path / "killed.duckdb"
+    run(reference)
+    # At once after step 1's first chunk: step 0 is done, step 1 under way (its chunks take milliseconds).
+    run_and_sigkill(suite_file, db, kill_after=N_LAYERS + 1, cwd=tmp_path, max_delay=0)
+    partial = rows(db)
+    assert 0 < len(partial) < len(rows(reference))
+    assert {r[0] for r in partial} == {0, 1}
+    run(db)
     assert rows(db) == rows(reference)

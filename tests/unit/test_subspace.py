@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from shb.scorers.subspace import principal_angles, subspace_angle_score, subspace_angle_scores, top_left_singular
+from shb.scorers.subspace import (
+    principal_angles,
+    subspace_angle_score,
+    subspace_angle_scores,
+    top_left_singular,
+)
 
 
 def _random(p=12, d=7, seed=0):
