@@ -7,7 +7,11 @@ Variant keys (all optional; every one is part of the cache key):
     base_seed, align_seed   seeds of stage 1 and stage 2 (default: `seed`)
     align_data              alignment mix, a key of train.ALIGN_DATA ("default", ...)
     align_heads             heads trained in stage 2, e.g. "1-3" or [(1, 3)]; default: one head
-                            chosen from align_seed (a layer in 1..L-2, any head)
+                            chosen from base_seed (a layer in 1..L-2, any head), so that two
+                            alignments of one base share their safety head and another base has
+                            its own: the toy plants the paper's observation that safety heads are
+                            shaped by pre-training (Zhou et al. 2025, Sec. 5), and paper-mini's
+                            overlap report checks that shb recovers it
     base_steps, align_steps training steps of each stage (reduce for quick tests)
     layers, heads, hidden, intermediate   model size
 
@@ -64,7 +68,7 @@ def resolve(seed: int = 0, **variant) -> dict:
         raise TypeError(f"seed must be an int, got {seed!r}")
     recipe = {**DEFAULTS, "base_seed": seed, "align_seed": seed, **variant}
     if recipe["align_heads"] is None:
-        rng = random.Random(recipe["align_seed"])
+        rng = random.Random(recipe["base_seed"])
         layer = rng.randrange(1, recipe["layers"] - 1) if recipe["layers"] > 2 else recipe["layers"] - 1
         recipe["align_heads"] = [[layer, rng.randrange(recipe["heads"])]]
     recipe["align_heads"] = _normalise_heads(recipe["align_heads"])
