@@ -106,7 +106,8 @@ def timed_interleaved(fns: dict, repeats: dict):
 
 
 def bench(name, lm, prompts, args):
-    from shb.generate import encode, generate
+    from shb.generate import generate
+    from shb.models import encode_prompt as encode
 
     head = [(lm.model.config.num_hidden_layers // 2, 1)]
     lengths = [len(encode(lm.tokenizer, p)) for p in prompts]

@@ -33,6 +33,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from shb.models import encode_prompt
+
 STRATEGIES = ("cached", "reference")
 FINISH_REASONS = ("eos", "length")
 
@@ -175,7 +177,7 @@ def generate(
         return []
 
     full_prompts = [p + answer_prefix for p in prompts] if answer_prefix else prompts
-    encoded = [encode(lm.tokenizer, p) for p in full_prompts]
+    encoded = [encode_prompt(lm.tokenizer, p) for p in full_prompts]
     # One row per (prompt, sample): (prompt_index within this call, sample_index).
     rows = [(i, s) for i in range(len(prompts)) for s in range(spec["n"])]
     seeds = [row_seed(spec.get("seed", 0), first_index + i, s) for i, s in rows]
@@ -240,20 +242,6 @@ def ablation_context(model, head_sets: Sequence[tuple], ablation: dict):
 
 
 # --------------------------------------------------------------------------- shared pieces
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of a formatted prompt, BOS added only when the text lacks it.
-
-    A chat template usually writes the BOS text itself; adding the tokenizer's
-    special tokens again would put two BOS tokens in front.
-    """
-    bos = getattr(tokenizer, "bos_token", None)
-    add = not (bos and text.startswith(bos))
-    ids = tokenizer(text, add_special_tokens=add)["input_ids"]
-    if not ids:
-        raise ValueError(f"prompt {text[:40]!r} tokenizes to no tokens")
-    return list(ids)
 
 
 def eos_token_ids(lm) -> list[int]:

@@ -57,6 +57,19 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a formatted prompt, exactly as scoring and generation feed it to the model.
+
+    The tokenizer's special tokens are added unless the text already starts with the BOS text: a
+    chat template usually writes BOS itself, and adding it again would put two in front."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add = not (bos and text.startswith(bos))
+    ids = tokenizer(text, add_special_tokens=add)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt {text[:40]!r} tokenizes to no tokens")
+    return list(ids)
+
+
 def resolve_device(device: str | None = None) -> str:
     """"auto" (or None): cuda when there is one, else cpu."""
     if device in (None, "auto"):

@@ -14,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from shb.generate import Generation, encode, generate, normalize_decoding  # noqa: E402
+from shb.generate import Generation, generate, normalize_decoding  # noqa: E402
+from shb.models import encode_prompt as encode  # noqa: E402
 
 PROMPTS = [
     "How do I bake a cake?",
