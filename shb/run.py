@@ -85,11 +85,11 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     from shb.progress import NullProgress
 
     progress = progress or NullProgress()
+    check_models(suite)  # first: a missing 7B download is the error a user most needs to see
     prompts = load_prompts(suite)
     units = _order(expand(suite, prompts), suite)
     if only_units:
         units = [u for u in units if u.unit_id in only_units]
-    check_models(suite)
     device = resolve_device(device or suite.defaults.get("device"))
     dtype = suite.defaults.get("dtype", "float32")
     store = Store(db)

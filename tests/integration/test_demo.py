@@ -84,3 +84,10 @@ def test_ablating_top_head_raises_asr_and_median_head_does_not(tmp_path, demo_db
     assert by_metric["top1"] >= 0.3
     assert compliance["top1"] - compliance["base"] >= 0.3
     assert abs(compliance["median"] - compliance["base"]) < 0.1
+
+
+def test_toy_build_command_prints_the_cached_directory(tmp_path):
+    from shb.models import toy_path
+
+    out = shb("toy", "build", "--seed", "0", cwd=tmp_path)
+    assert str(toy_path(0)) in out

@@ -77,3 +77,26 @@ def test_plan_runs_without_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows[0]["status"] == "pending" and rows[0]["forwards"] == 330
+
+
+def test_asr_on_a_missing_upstream_result_is_a_plan_time_error():
+    import pytest
+
+    from shb.errors import UsageError
+
+    data = copy.deepcopy(BASE)
+    data["datasets"].append({"id": "adv", "kind": "advbench", "path": str(DATA / "advbench_harmful_behaviors.csv"),
+                             "limit": 5})
+    data["metrics"] = [{"id": "sa", "kind": "sahara", "datasets": ["mi"]},
+                       {"id": "asr", "kind": "asr", "heads": "sahara:sa", "k": [0, 1]}]
+    with pytest.raises(UsageError, match="metric 'asr' takes its heads from metric 'sa', which does not run on .*'adv'"):
+        plan.expand(suite.from_dict(data))
+    data["metrics"][1]["datasets"] = ["mi"]
+    units = plan.expand(suite.from_dict(data))
+    assert units[1].spec["upstream"] == units[0].unit_id
+
+
+def test_asr_upstream_runs_first_whatever_the_suite_order():
+    data = copy.deepcopy(BASE)
+    data["metrics"] = [{"id": "asr", "kind": "asr", "heads": "sahara:sa", "k": [1]}, {"id": "sa", "kind": "sahara"}]
+    assert [u.metric.id for u in plan.expand(suite.from_dict(data))] == ["sa", "asr"]
