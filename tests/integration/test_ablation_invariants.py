@@ -16,26 +16,7 @@ import torch
 
 from shb import ablation as A
 from shb.models import layout as L
-
-# tests/integration may or may not be a package (an __init__.py); import the builders either way
-try:
-    from .test_ablation_models import (
-        ARCHS,
-        NO_SDPA,
-        forward,
-        left_pad,
-        prompts,
-        tiny_model,
-    )
-except ImportError:
-    from test_ablation_models import (
-        ARCHS,
-        NO_SDPA,
-        forward,
-        left_pad,
-        prompts,
-        tiny_model,
-    )
+from tests.integration.test_ablation_models import ARCHS, NO_SDPA, forward, left_pad, prompts, tiny_model
 
 TOL = {"rtol": 0, "atol": 1e-5}
 MHA_ARCHS = [a for a in ARCHS if L.detect(tiny_model(a).config).n_kv_heads == 4]

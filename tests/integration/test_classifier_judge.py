@@ -56,15 +56,6 @@ def save_judge(path, first_word: str | None, seed: int = 0):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def judge_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("judges")
