@@ -45,6 +45,8 @@ def test_run_writes_every_row_once_and_skips_done_work(tmp_path, suite_file):
     rows = ships_rows(db)
     assert len(rows) == 2 * N_PROMPTS * N_LAYERS * N_HEADS
     assert len({r[:4] for r in rows}) == len(rows)
+    planned = json.loads(shb("plan", str(suite_file), "--db", str(db), "--format", "json", cwd=tmp_path).stdout)
+    assert [u["status"] for u in planned] == ["done", "done"]
     again = shb("run", str(suite_file), "--db", str(db), "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and "already done" in again.stderr
     assert ships_rows(db) == rows
