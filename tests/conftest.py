@@ -18,8 +18,11 @@ WORDS = ("how to make a bomb steal money hack into computer write poem about cak
 
 
 def pytest_configure(config):
-    """One torch thread: tiny models run several times faster on the 2 shared cores than with two."""
+    """One torch thread: tiny models run several times faster on the 2 shared cores than with two.
+    The benchmark prompt files come from ../shared/data (no network here)."""
     import importlib.util
+
+    os.environ.setdefault("SHB_DATA_DIR", str(SHARED_DATA))
 
     if importlib.util.find_spec("torch") is not None:
         import torch

@@ -6,7 +6,6 @@ README numbers come from, independent of shb's engine.
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -96,27 +95,27 @@ def refusal_rate(model, tokenizer, texts, heads=(), max_new_tokens: int = 32) ->
     return sum(map(is_refusal, answers)) / len(answers)
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("SHB_DATA_DIR", "/work/shared/data"))
+KINDS = {"advbench": "advbench", "jbb": "jailbreakbench", "maliciousinstruct": "maliciousinstruct"}
 
 
 def benchmark_prompts(name: str, directory: Path | None = None) -> list[str]:
-    """Prompts of a benchmark read from its upstream file format (never copied into shb)."""
-    d = Path(directory) if directory is not None else data_dir()
-    if name == "advbench":
-        with open(d / "advbench_harmful_behaviors.csv", newline="", encoding="utf-8") as f:
-            return [row["goal"] for row in csv.DictReader(f)]
-    if name == "jbb":
-        with open(d / "jbb_harmful_behaviors.csv", newline="", encoding="utf-8") as f:
-            return [row["Goal"] for row in csv.DictReader(f)]
-    if name == "maliciousinstruct":
-        return [ln.strip() for ln in (d / "maliciousinstruct.txt").read_text(encoding="utf-8").splitlines()
-                if ln.strip()]
-    raise ValueError(f"unknown benchmark {name!r}; known: {BENCHMARKS}")
+    """Prompts of a benchmark, through shb's own dataset loaders: from ``directory`` (default:
+    $SHB_DATA_DIR) holding the upstream files, or else the cached upstream copy (fetched once)."""
+    from shb import datasets
+
+    if name not in KINDS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {BENCHMARKS}")
+    kind = KINDS[name]
+    directory = directory or os.environ.get("SHB_DATA_DIR")
+    spec = {"kind": kind}
+    if directory:
+        spec["path"] = str(Path(directory) / datasets.UPSTREAM[kind].filename)
+    return [p.text for p in datasets.load(spec)]
 
 
 def refusal_rates(path, n: int = 200, max_new_tokens: int = 32, benchmarks: bool = True) -> dict[str, float]:
     """Refusal rates of the toy at `path`: held-out toy harmful and benign, and benchmarks found."""
+    from shb.errors import UsageError
     from shb.models.toy import prompts
 
     model, tok = load(path)
@@ -125,7 +124,7 @@ def refusal_rates(path, n: int = 200, max_new_tokens: int = 32, benchmarks: bool
         for name in BENCHMARKS:
             try:
                 sets[name] = benchmark_prompts(name)
-            except FileNotFoundError:
-                continue  # benchmark files are optional; report what is there
+            except UsageError:
+                continue  # not on disk and not downloadable here: report what is there
     return {name: refusal_rate(model, tok, texts, max_new_tokens=max_new_tokens)
             for name, texts in sets.items()}
