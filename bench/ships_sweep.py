@@ -40,7 +40,7 @@ class IdTokenizer:
 
     pad_token_id = 0
 
-    def __call__(self, text):
+    def __call__(self, text, add_special_tokens=True):  # no special tokens: the ids are the whole prompt
         return {"input_ids": [int(t) for t in text.split()]}
 
 
