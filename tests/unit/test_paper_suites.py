@@ -29,7 +29,7 @@ def test_paper_suite_declares_the_papers_experiment():
     suite = load(PAPER)
     models = {m.id: m for m in suite.models}
     assert {m.get("path") for m in models.values()} == {"meta-llama/Llama-2-7b-chat-hf", "lmsys/vicuna-7b-v1.5"}
-    assert all(m.get("geometry") == {"layers": 32, "heads": 32} for m in models.values())
+    assert all(m.get("geometry") == {"layers": 32, "heads": 32, "params": 6738415616} for m in models.values())
     kinds = {(d.kind, d.get("format")) for d in suite.datasets}
     assert kinds == {(k, f) for k in ("advbench", "jailbreakbench", "maliciousinstruct") for f in ("direct", "template")}
     assert all(d.get("path") is None for d in suite.datasets)  # fetched upstream, pinned by sha256
