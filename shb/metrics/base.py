@@ -68,6 +68,34 @@ class Metric:
         raise NotImplementedError
 
 
+def swept_layers(params: dict, n_layers: int, metric_id: str) -> list[int]:
+    """The layers a head sweep covers (``layers`` parameter, default all), checked against the model."""
+    layers = list(params.get("layers") or range(n_layers))
+    bad = [layer for layer in layers if not isinstance(layer, int) or not 0 <= layer < n_layers]
+    if bad:
+        from shb.errors import UsageError
+
+        raise UsageError(f"metric '{metric_id}': layers {bad} out of range; the model has {n_layers}")
+    return layers
+
+
+def sweep_forwards(unit, geometry: dict) -> int:
+    """Full-prompt forward passes of a one-head-at-a-time sweep (plus the base pass), as the paper's loop counts."""
+    layers = len(unit.metric.get("layers") or range(geometry["layers"]))
+    return unit.n_prompts * (layers * geometry["heads"] + 1)
+
+
+def subspace_rank(params: dict, n_prompts: int, metric_id: str) -> int:
+    """The rank r of generalized Ships' subspaces, checked against the number of prompts."""
+    r = params.get("r", 1)
+    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= n_prompts:
+        from shb.errors import UsageError
+
+        raise UsageError(f"metric '{metric_id}': r must be an integer in [1, {n_prompts}] (the number of prompts),"
+                         f" got {r!r}")
+    return r
+
+
 def layer_chunk(layer: int) -> str:
     return f"layer-{layer:03d}"
 

@@ -9,8 +9,7 @@ chosen by earlier steps, from the store, so a resumed run continues where it sto
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric
-from shb.metrics.ships_dataset import _layers, _rank
+from shb.metrics.base import Metric, subspace_rank, swept_layers
 
 
 def step_chunk(step: int, layer: int) -> str:
@@ -31,7 +30,7 @@ def _params(ctx, unit) -> tuple[int, str, int]:
         raise UsageError(f"metric '{unit.metric.id}': steps must be a positive integer, got {steps!r}")
     if score not in SCORES:
         raise UsageError(f"metric '{unit.metric.id}': score must be one of {', '.join(SCORES)}, got {score!r}")
-    return steps, score, _rank(ctx.metric, len(ctx.formatted), unit.metric.id)
+    return steps, score, subspace_rank(ctx.metric, len(ctx.formatted), unit.metric.id)
 
 
 class SaharaMetric(Metric):
@@ -44,7 +43,7 @@ class SaharaMetric(Metric):
 
     def chunks(self, unit, ctx) -> list[str]:
         steps, _, _ = _params(ctx, unit)
-        layers = _layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
+        layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
         if steps > len(layers) * ctx.lm.n_heads:
             from shb.errors import UsageError
 
@@ -61,7 +60,7 @@ class SaharaMetric(Metric):
         results = sahara_step_layer(ctx.engine(), chosen, layer, score=score, r=r)
         rows = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "score": float(v), "chosen": False}
                 for (l, h), v in results]
-        layers = _layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
+        layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
         if layer == layers[-1]:  # the step is complete: mark its best candidate
             earlier = ctx.store.query(
                 "SELECT layer, head, score FROM sahara_steps WHERE unit_id = ? AND step = ? AND layer <> ?",

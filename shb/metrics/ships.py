@@ -3,24 +3,17 @@ the last prompt position, over the full vocabulary (Zhou et al. 2025, Eq. 9). On
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric, chunk_layer, layer_chunk
+from shb.metrics.base import Metric, chunk_layer, layer_chunk, sweep_forwards, swept_layers
 
 
 class ShipsMetric(Metric):
     kind = "ships"
 
     def estimate(self, unit, geometry: dict) -> int:
-        layers = len(unit.metric.get("layers") or range(geometry["layers"]))
-        return unit.n_prompts * (layers * geometry["heads"] + 1)
+        return sweep_forwards(unit, geometry)
 
     def chunks(self, unit, ctx) -> list[str]:
-        layers = ctx.metric.get("layers") or range(ctx.lm.n_layers)
-        bad = [layer for layer in layers if not 0 <= layer < ctx.lm.n_layers]
-        if bad:
-            from shb.errors import UsageError
-
-            raise UsageError(f"metric '{unit.metric.id}': layers {bad} out of range; the model has {ctx.lm.n_layers}")
-        return [layer_chunk(layer) for layer in layers]
+        return [layer_chunk(layer) for layer in swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)]
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         layer = chunk_layer(chunk)
