@@ -6,3 +6,13 @@ imported only by the modules that run models.
 """
 
 __version__ = "0.1.0"
+
+
+def cache_dir():
+    """shb's cache (toy models, downloaded benchmarks): $SHB_CACHE, else the user cache directory."""
+    import os
+    from pathlib import Path
+
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("SHB_CACHE") or user_cache_dir("shb"))

@@ -13,11 +13,11 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import shb
 from shb.errors import UsageError
 
 PAPER_TEMPLATE = "## Query: {q}\n## Answer:"  # the prompt template of Zhou et al. (2025), Sec. 4
@@ -50,12 +50,6 @@ UPSTREAM = {
 }
 
 
-def cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("SHB_CACHE") or user_cache_dir("shb"))
-
-
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -63,7 +57,7 @@ def sha256_file(path: Path) -> str:
 def fetch_upstream(kind: str) -> Path:
     """The cached upstream copy of a benchmark, downloaded once and checked against its sha256."""
     source = UPSTREAM[kind]
-    target = cache_dir() / "datasets" / source.filename
+    target = shb.cache_dir() / "datasets" / source.filename
     if target.is_file() and sha256_file(target) == source.sha256:
         return target
     import urllib.request

@@ -97,12 +97,10 @@ def _base_part(recipe: dict) -> dict:
 
 
 def cache_root() -> Path:
-    """$SHB_CACHE/toy, default platformdirs.user_cache_dir("shb")/toy."""
-    root = os.environ.get("SHB_CACHE")
-    if not root:
-        import platformdirs
-        root = platformdirs.user_cache_dir("shb")
-    return Path(root) / "toy"
+    """$SHB_CACHE/toy (see shb.cache_dir)."""
+    import shb
+
+    return shb.cache_dir() / "toy"
 
 
 @contextlib.contextmanager
