@@ -178,7 +178,8 @@ class LowRankEdit(Intervention):
     def __init__(self, artefact: Artefact, params: dict):
         self.artefact = artefact
         self.params = _params(params)
-        self._digest = hashlib.sha256(artefact.to_bytes()).hexdigest()
+        # the framework records the stored blob's hash in meta; hash the artefact only when it did not
+        self._digest = artefact.meta.get("_sha256") or hashlib.sha256(artefact.to_bytes()).hexdigest()
 
     def identity(self) -> dict:
         return {"kind": KIND, "params": self.params, "artefact": self._digest}

@@ -31,7 +31,7 @@ class Artefact:
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
 
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in self.tensors.items()}
+        tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in self.tensors.items()}  # no shared storage
         header = {"format": ARTEFACT_FORMAT, "kind": self.kind, "meta": json.dumps(self.meta, sort_keys=True)}
         return save(tensors, metadata=header)
 

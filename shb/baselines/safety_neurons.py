@@ -73,28 +73,38 @@ def candidate_layers(lm) -> range:
     return range(lm.n_layers - 1)
 
 
-def _activations(lm, seqs):
-    """Per candidate layer, (n_completion_tokens, d_ff) float32 inputs of the MLP's reader map."""
+def _batch_activations(lm, ids, mask, response) -> dict:
+    """Per candidate layer, (completion tokens of the batch, d_ff) float32 inputs of the MLP's reader map."""
     import torch
 
-    acts = {layer: [] for layer in candidate_layers(lm)}
-    state = {}
+    acts = {}
 
     def hook(layer):
         def capture(_module, args):
-            acts[layer].append(args[0][state["response"]].float())
+            acts[layer] = args[0][response].float()
         return capture
 
-    handles = [mlp_maps(lm, layer)[1].register_forward_pre_hook(hook(layer)) for layer in acts]
+    handles = [mlp_maps(lm, layer)[1].register_forward_pre_hook(hook(layer)) for layer in candidate_layers(lm)]
     try:
         with torch.no_grad():
-            for ids, mask, response in teacher_forced(lm, seqs):
-                state["response"] = response
-                lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    return {layer: torch.cat(chunks) for layer, chunks in acts.items()}
+    return acts
+
+
+def gtac_scores(lm, ref, seqs) -> dict:
+    """layer -> (d_ff,) sqrt(mean over completion tokens of (a_aligned - a_reference)^2).
+
+    Both models run batch by batch on the same teacher-forced tokens; only the sums are kept."""
+    sums = {}
+    for ids, mask, response in teacher_forced(lm, seqs):
+        aligned, reference = _batch_activations(lm, ids, mask, response), _batch_activations(ref, ids, mask, response)
+        for layer in aligned:
+            sq = (aligned[layer] - reference[layer]).pow(2).sum(0)
+            sums[layer] = sums[layer] + sq if layer in sums else sq
+    return {layer: (total / seqs.n_response_tokens).sqrt().cpu() for layer, total in sums.items()}
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
@@ -116,9 +126,7 @@ def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
         raise UsageError("safety_neurons: the reference model's completions are all empty: nothing to score")
     if progress is not None:
         progress(1)
-    aligned, reference = _activations(lm, seqs), _activations(ref, seqs)
-    tensors = {f"scores.{layer}": (aligned[layer] - reference[layer]).pow(2).mean(0).sqrt().cpu()
-               for layer in candidate_layers(lm)}
+    tensors = {f"scores.{layer}": score for layer, score in gtac_scores(lm, ref, seqs).items()}
     if progress is not None:
         progress(1)
     meta = {"params": p, "n_tokens": seqs.n_response_tokens, "reference": {"source": ref.source, "path": ref.path}}
@@ -163,7 +171,8 @@ class NeuronPatch(Intervention):
         self.params = _params(params)
         self.reference = reference      # a LoadedModel; needed by applied(), not stored in the identity
         self.neurons = top_neurons(artefact, self.params["neurons"])
-        self._digest = hashlib.sha256(artefact.to_bytes()).hexdigest()
+        # the framework records the stored blob's hash in meta; hash the artefact only when it did not
+        self._digest = artefact.meta.get("_sha256") or hashlib.sha256(artefact.to_bytes()).hexdigest()
 
     def identity(self) -> dict:
         return {"kind": KIND, "params": self.params, "artefact": self._digest,

@@ -48,8 +48,8 @@ def _all_linears(lm) -> dict:
     return {f"{layer}.{name}": m for layer in range(lm.n_layers) for name, m in layer_linears(lm, layer)}
 
 
-def wanda_scores(lm, seqs, modules: dict) -> dict:
-    """key -> |W| * ||X_j||_2 (d_out, d_in), X over response tokens."""
+def wanda_factors(lm, seqs, modules: dict) -> dict:
+    """key -> ||X_j||_2 as a (1, d_in) row, X over response tokens: Wanda's score is |W| times it."""
     import torch
 
     sq = {key: torch.zeros(weight_oi(m).shape[1], device=m.weight.device) for key, m in modules.items()}
@@ -69,7 +69,7 @@ def wanda_scores(lm, seqs, modules: dict) -> dict:
     finally:
         for h in handles:
             h.remove()
-    return {key: weight_oi(m).detach().float().abs() * sq[key].sqrt()[None, :] for key, m in modules.items()}
+    return {key: sq[key].sqrt()[None, :] for key in modules}
 
 
 def response_nll(lm, ids, start: int):
@@ -80,8 +80,8 @@ def response_nll(lm, ids, start: int):
     return torch.nn.functional.cross_entropy(logits[start - 1 : -1], ids[start:])
 
 
-def snip_scores(lm, seqs, modules: dict) -> dict:
-    """key -> |W| * sum_n |dL_n/dW| (d_out, d_in), one backward per example."""
+def snip_factors(lm, seqs, modules: dict) -> dict:
+    """key -> sum_n |dL_n/dW| (d_out, d_in), one backward per example: SNIP's score is |W| times it."""
     import torch
 
     params = list(lm.model.parameters())
@@ -107,8 +107,7 @@ def snip_scores(lm, seqs, modules: dict) -> dict:
         for p, w in zip(params, was):
             p.requires_grad_(w)
     # the gradient has the weight's storage layout: read it as (d_out, d_in) like the weight
-    return {key: weight_oi(m).detach().float().abs() * (acc[key].t() if is_conv1d(m) else acc[key])
-            for key, m in modules.items()}
+    return {key: acc[key].t() if is_conv1d(m) else acc[key] for key, m in modules.items()}
 
 
 def top_set(scores, frac: float):
@@ -131,18 +130,21 @@ def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
 
     p = _params(params)
     modules = _all_linears(lm)
-    score = wanda_scores if p["importance"] == "wanda" else snip_scores
-    scores = {}
-    for name, prompts in (("safety", data.harmful), ("utility", data.harmless)):
+    factors = wanda_factors if p["importance"] == "wanda" else snip_factors
+    top = {}     # data set -> key -> bool mask of its top entries (scores freed matrix by matrix)
+    for name, prompts, frac in (("safety", data.harmful, p["q"]), ("utility", data.harmless, p["p"])):
         seqs = greedy_responses(lm, prompts, data.max_new_tokens)
         if seqs.n_response_tokens == 0:
             raise UsageError(f"setdiff: the model's responses to the {name} prompts are empty: nothing to score")
-        scores[name] = score(lm, seqs, modules)
+        f = factors(lm, seqs, modules)
+        top[name] = {}
+        for key, m in modules.items():
+            top[name][key] = top_set(weight_oi(m).detach().float().abs() * f.pop(key), frac)
         if progress is not None:
             progress(1)
     tensors, counts = {}, {}
     for key in modules:
-        pruned = top_set(scores["safety"][key], p["q"]) & ~top_set(scores["utility"][key], p["p"])
+        pruned = top["safety"][key] & ~top["utility"][key]
         idx = torch.nonzero(pruned.flatten()).flatten().to(torch.int32).cpu()
         counts[key] = int(idx.numel())
         if idx.numel():
@@ -159,7 +161,8 @@ class SetDifferencePruning(Intervention):
     def __init__(self, artefact: Artefact, params: dict):
         self.artefact = artefact
         self.params = _params(params)
-        self._digest = hashlib.sha256(artefact.to_bytes()).hexdigest()
+        # the framework records the stored blob's hash in meta; hash the artefact only when it did not
+        self._digest = artefact.meta.get("_sha256") or hashlib.sha256(artefact.to_bytes()).hexdigest()
 
     def identity(self) -> dict:
         return {"kind": KIND, "params": self.params, "artefact": self._digest}
