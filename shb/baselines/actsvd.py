@@ -32,8 +32,16 @@ from __future__ import annotations
 import hashlib
 
 from shb.baselines.base import Artefact, FitData
-from shb.baselines.fitting import (from_oi, greedy_responses, layer_linears, resolve_rank, run_until,
-                                   swapped_weights, teacher_forced, weight_oi)
+from shb.baselines.fitting import (
+    from_oi,
+    greedy_responses,
+    layer_linears,
+    resolve_rank,
+    run_until,
+    swapped_weights,
+    teacher_forced,
+    weight_oi,
+)
 from shb.interventions import Intervention, ParamCount
 
 KIND = "actsvd"
@@ -165,7 +173,8 @@ def _modules(lm, artefact: Artefact) -> dict:
     for key, rank in artefact.meta["ranks"].items():
         if rank:
             if key not in found:
-                raise ShbError(f"actsvd artefact edits {key!r}, which this model does not have: fitted on another model?")
+                raise ShbError(f"actsvd artefact edits {key!r}, which this model does not have: "
+                               "was it fitted on another model?")
             out[key] = found[key]
     return out
 
@@ -185,7 +194,6 @@ class LowRankEdit(Intervention):
         return {"kind": KIND, "params": self.params, "artefact": self._digest}
 
     def _new_weights(self, lm) -> dict:
-        t = self.artefact.tensors
         return {m: _edited(m, *self._factors(key)) for key, m in _modules(lm, self.artefact).items()}
 
     def _factors(self, key: str):

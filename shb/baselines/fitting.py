@@ -17,7 +17,6 @@ from shb.baselines.base import batches
 
 def is_linear(module) -> bool:
     import torch
-
     from transformers.pytorch_utils import Conv1D
 
     return isinstance(module, (torch.nn.Linear, Conv1D))
@@ -72,7 +71,8 @@ def resolve_rank(rank, d_out: int, d_in: int, what: str) -> int:
         raise UsageError(f"{what} must be an int >= 0 or a fraction in (0, 1), got {rank!r}")
     if isinstance(rank, float):
         if not 0.0 < rank < 1.0:
-            raise UsageError(f"{what} as a float is a fraction of the matrix's smaller side: it must lie in (0, 1), got {rank}")
+            raise UsageError(f"{what} as a float is a fraction of the matrix's smaller side: "
+                             f"it must lie in (0, 1), got {rank}")
         return max(1, math.ceil(rank * min(d_out, d_in)))
     if rank < 0:
         raise UsageError(f"{what} must be >= 0, got {rank}")

@@ -24,8 +24,16 @@ from __future__ import annotations
 import hashlib
 
 from shb.baselines.base import Artefact, FitData
-from shb.baselines.fitting import (fraction, from_oi, greedy_responses, is_conv1d, layer_linears,
-                                   swapped_weights, teacher_forced, weight_oi)
+from shb.baselines.fitting import (
+    fraction,
+    from_oi,
+    greedy_responses,
+    is_conv1d,
+    layer_linears,
+    swapped_weights,
+    teacher_forced,
+    weight_oi,
+)
 from shb.interventions import Intervention, ParamCount
 
 KIND = "setdiff"
@@ -176,7 +184,8 @@ class SetDifferencePruning(Intervention):
         out = {}
         for key, idx in self.artefact.tensors.items():
             if key not in modules:
-                raise ShbError(f"setdiff artefact prunes {key!r}, which this model does not have: fitted on another model?")
+                raise ShbError(f"setdiff artefact prunes {key!r}, which this model does not have: "
+                               "was it fitted on another model?")
             m = modules[key]
             w = weight_oi(m).detach().clone(memory_format=torch.contiguous_format)
             w.view(-1)[idx.to(device=w.device, dtype=torch.long)] = 0

@@ -149,7 +149,8 @@ def test_actsvd_fits_each_layer_on_the_already_edited_earlier_layers(lm, data):
 
 def test_actsvd_lowrank_svd_agrees_with_exact():
     g = torch.Generator().manual_seed(0)
-    s = torch.randn(300, 5, generator=g) @ torch.diag(torch.tensor([50.0, 40, 30, 20, 10])) @ torch.randn(5, 200, generator=g)
+    spectrum = torch.diag(torch.tensor([50.0, 40, 30, 20, 10]))
+    s = torch.randn(300, 5, generator=g) @ spectrum @ torch.randn(5, 200, generator=g)
     s += 0.01 * torch.randn(300, 200, generator=g)
     exact, fast = actsvd.top_directions(s, 4, exact=True), actsvd.top_directions(s, 4, exact=False)
     assert torch.allclose(exact @ exact.T, fast @ fast.T, atol=1e-3)
@@ -162,10 +163,12 @@ def _independent_scores(lm, seqs, importance):
     """key -> score (d_out, d_in), one unpadded sequence at a time; SNIP through transformers' own loss."""
     modules = {f"{layer}.{n}": m for layer in range(lm.n_layers) for n, m in layer_linears(lm, layer)}
     if importance == "wanda":
-        sq = {k: 0.0 for k in modules}
-        handles = [m.register_forward_pre_hook(
-            lambda _m, a, k=k: sq.__setitem__(k, sq[k] + a[0][0, state["start"]:].pow(2).sum(0))) for k, m in modules.items()]
-        state = {}
+        sq, state = {k: 0.0 for k in modules}, {}
+
+        def add(key):
+            return lambda _m, a: sq.__setitem__(key, sq[key] + a[0][0, state["start"]:].pow(2).sum(0))
+
+        handles = [m.register_forward_pre_hook(add(k)) for k, m in modules.items()]
         with torch.no_grad():
             for ids, start in zip(seqs.ids, seqs.starts):
                 state["start"] = start
