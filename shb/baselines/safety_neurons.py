@@ -9,7 +9,9 @@ GTAC (generation-time activation contrasting), as fitted here: the reference (un
 greedily completes the fit prompts (``prompts``: the harmful ones by default - Chen et al. use
 HH-RLHF's red-team prompts); the aligned model and the reference both run teacher-forced on
 prompt + completion; neuron i scores sqrt(mean_t (a_i^aligned - a_i^reference)^2), the mean over
-every completion token of every prompt. Neurons are ranked globally (across layers).
+every completion token of every prompt. Neurons are ranked globally (across layers; ties go to
+the lower layer, then the lower index). ``neurons``: a count, or a float in (0, 1) as a fraction of
+all candidates, rounded up.
 
 DAP (dynamic activation patching). Chen et al. patch the aligned model's activations into the
 unaligned model to restore safety. Zhou et al.'s Table 1 uses GTAC&DAP to *remove* safety from
