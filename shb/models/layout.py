@@ -475,21 +475,23 @@ def _probe(model, layers, attn_name, att_layers, sites, n_heads, n_kv, d):
         outs: dict = {}
 
         def pre(_m, _a, i=i):
-            calls[i] = 0
+            for key in list(calls):
+                if key[0] == i:
+                    calls[key] = 0
 
-        def norm_hook(mod, args, out, i=i, outs=outs):
-            c = calls.get(i, 0)
-            calls[i] = c + 1
-            seen.setdefault(i, {})[c] = (tuple(out.shape), args[0] if args else None, dict(outs))
+        def norm_hook(mod, args, out, key=None, outs=outs):
+            c = calls.get(key, 0)
+            calls[key] = c + 1
+            seen.setdefault(key, {})[c] = (tuple(out.shape), args[0] if args else None, dict(outs))
 
         handles.append(attn.register_forward_pre_hook(pre))
         for which, pname in (("q", "q_proj"), ("k", "k_proj")):
             if hasattr(attn, pname):
                 handles.append(getattr(attn, pname).register_forward_hook(
                     lambda m, a, out, which=which, outs=outs: outs.__setitem__(which, out)))
-        names = {sites["q"].module, sites["k"].module}
-        for n in names:
-            handles.append(getattr(attn, n).register_forward_hook(norm_hook))
+        for n in {sites["q"].module, sites["k"].module}:
+            handles.append(getattr(attn, n).register_forward_hook(
+                lambda m, a, out, key=(i, n), f=norm_hook: f(m, a, out, key=key)))
     vocab = getattr(_text_config(model.config), "vocab_size", 8)
     device = next(model.parameters()).device
     ids = (torch.arange(t, device=device) % max(1, vocab - 3) + 3)[None]
@@ -506,7 +508,9 @@ def _probe(model, layers, attn_name, att_layers, sites, n_heads, n_kv, d):
     for which, heads in (("q", n_heads), ("k", n_kv)):
         site = sites[which]
         found = set()
-        for i, per_call in seen.items():
+        for (i, name), per_call in seen.items():
+            if name != site.module:
+                continue
             if site.call not in per_call:
                 raise UnsupportedArchitecture(f"layer {i}: {attn_name}.{site.module} was called "
                                               f"{len(per_call)} time(s) in one forward; expected query and key")
