@@ -124,6 +124,7 @@ class AttentionLayout:
     probed: bool = False  # tensor axes at the norms measured on the live model
     features: tuple = field(default_factory=tuple)  # notable features, for messages and docs
     norm_free_layers: tuple = ()  # attention layers without the q/k norm of the others (edited at the projection)
+    padding_sensitive: str | None = None  # why left padding changes this model's outputs (None: it does not)
 
     @property
     def group_size(self) -> int:
@@ -400,7 +401,13 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
         features.append("chunked attention")
     if len(att_layers) != n_dec:
         features.append(f"hybrid: {n_dec - len(att_layers)} of {n_dec} layers without softmax attention")
+    padding = []
+    if getattr(tcfg, "attn_temperature_tuning", False) and norm_free:
+        # Llama-4's NoPE layers scale the query by log(floor(position / floor_scale)) with positions
+        # counted from the first (padded) token, not from position_ids (measured: left padding moves logits).
+        padding.append("attention temperature tuning scales queries by their padded position")
     return AttentionLayout(
+        padding_sensitive="; ".join(padding) or None,
         arch=arch, n_layers=len(att_layers), n_heads=n_heads, n_kv_heads=n_kv, head_dim=d, hidden_size=hidden,
         layers_path=layers_path, attn_name=attn_name, query=query, key=key, output=o,
         sliding_windows=tuple(windows), n_params=n_params, query_proj=query_proj, key_proj=key_proj,

@@ -76,6 +76,7 @@ def _config(family: str):
 
 FAMILIES = ["qwen3", "qwen3_moe", "gemma3_text", "olmo2", "olmo3", "smollm3", "mixtral", "gpt_oss", "cohere2",
             "glm4", "granite", "llama4_text", "qwen3_next"]
+NO_SDPA = {"gpt_oss"}  # transformers has no sdpa path for learned sinks: tiny(.., "sdpa") gives eager there
 PER_HEAD_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "llama4_text", "qwen3_next"}
 
 
@@ -112,6 +113,8 @@ def _template(family: str, attn: str):
 
 
 def tiny(family: str, attn: str = "eager"):
+    if family in NO_SDPA:
+        attn = "eager"
     return copy.deepcopy(_template(family, attn))
 
 
@@ -321,7 +324,7 @@ def test_model_unchanged_after_the_context(family):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in NO_SDPA])
 def test_eager_and_sdpa_agree(family):
     ids, mask, pos = _batch()
     real = mask.bool()
@@ -331,7 +334,8 @@ def test_eager_and_sdpa_agree(family):
             model = tiny(family, attn)
             with A.ablate(model, _heads(family), kind, epsilon=eps, site=site):
                 out[attn] = _logits(model, ids, mask, pos).logits
-        torch.testing.assert_close(out["eager"][real], out["sdpa"][real], **TOL, msg=f"{family} {kind}")
+        # logits of these sharp tiny models reach ~10: the two kernels differ by up to ~4e-5 unablated (Mixtral)
+        torch.testing.assert_close(out["eager"][real], out["sdpa"][real], rtol=0, atol=2e-4)
 
 
 PROMPTS = ["how to make a bomb", "tell me", "write a poem about cake please and then explain", "hack into computer"]
@@ -343,6 +347,12 @@ def test_engine_agrees_with_the_naive_loop(family):
 
     model = tiny(family, "sdpa")
     lm = SimpleNamespace(model=model, tokenizer=make_tokenizer(), layout=L.detect(model))
+    if family == "llama4_text":
+        # Left padding moves Llama-4's temperature-tuning positions (counted from the padded start): the
+        # batched fast path would not be exact, so the engine falls back to the naive loop and says why.
+        with pytest.warns(RuntimeWarning, match="temperature tuning"):
+            assert Engine(lm, PROMPTS, batch_size=5).strategy == "naive"
+        return
     fast = Engine(lm, PROMPTS, batch_size=5)
     slow = Engine(lm, PROMPTS, strategy="naive")
     assert fast.strategy == "engine"
