@@ -363,6 +363,21 @@ def test_engine_agrees_with_the_naive_loop(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_cached_generation_equals_the_reference_loop(family):
+    from shb.generate import generate
+
+    model = tiny(family, "sdpa")
+    lm = SimpleNamespace(model=model, tokenizer=make_tokenizer(), layout=L.detect(model))
+    for kind, eps in (("undifferentiated", 0.0), ("scaling", 0.3)):
+        kw = {"heads": _heads(family), "kind": kind, "epsilon": eps, "max_new_tokens": 5}
+        cached = generate(lm, PROMPTS, batch_size=4, **kw)
+        reference = generate(lm, PROMPTS, strategy="reference", **kw)
+        assert [g.text for g in cached] == [g.text for g in reference], (family, kind)
+    plain = generate(lm, PROMPTS, max_new_tokens=5)
+    assert [g.text for g in plain] != [g.text for g in cached]  # the ablation changes answers
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_bake_equals_hooks_or_is_refused(family):
     ids, mask, pos = _batch()
     real = mask.bool()
