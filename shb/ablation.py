@@ -321,20 +321,31 @@ def _bake_plan(layout, kind: str, site: str, epsilon: float | None):
     norm = layout.qk_norm
     proj = layout.query_proj if which == "q" else layout.key_proj
     norm_site = layout.query if which == "q" else layout.key
-    if norm == "across_heads":
-        plan = [(norm_site, "norm")]
+    if norm == "none":
+        plan = [(proj, "rows")]
+    elif layout.norm_weight == "per_head":
+        # The norm's weight has its own entries for each head's features (OLMo-2/3: over the whole
+        # projection; Cohere: (heads, head_dim)); they multiply after the normalisation: exact for any epsilon.
+        return [(norm_site, "norm")]
+    elif norm == "across_heads":
+        raise UnsupportedArchitecture(
+            f"{layout.arch}: cannot bake into weights: {norm_site.module} normalises all heads together and has "
+            "no per-head weight, so no weight edit scales one head's normalised query; use the hooks.")
     else:
-        if norm == "per_head" and epsilon is not None and epsilon != 0.0:
+        if epsilon is not None and epsilon != 0.0:
             raise UnsupportedArchitecture(
                 f"{layout.arch}: cannot bake epsilon={epsilon:g} into weights: the query/key norm "
                 f"({norm_site.module}, an RMS over each head's {layout.head_dim} features with one weight shared by "
                 "all heads) undoes any scaling of the projection rows, and scaling its weight would touch every "
                 "head. epsilon=0 bakes exactly (zero rows; the norm maps 0 to 0); otherwise use the hooks "
                 "(shb.ablation.ablate), which edit the normalised query.")
-        if proj is None:
-            raise UnsupportedArchitecture(f"{layout.arch}: shb could not locate each head's rows on the "
-                                          f"{which} projection (the norm does not read a view of it)")
+        if layout.norm_bias:
+            raise UnsupportedArchitecture(f"{layout.arch}: {norm_site.module} has a bias, so zero projection rows "
+                                          "do not give a zero query; use the hooks.")
         plan = [(proj, "rows")]
+    if proj is None:
+        raise UnsupportedArchitecture(f"{layout.arch}: shb could not locate each head's rows on the "
+                                      f"{which} projection (the norm does not read a view of it)")
     return plan
 
 
@@ -363,8 +374,8 @@ def parameters_modified(model_or_layout, heads, kind: str, site: str | None = No
     for layer, _h in heads:
         plan = _norm_free_plan(layout, kind, site) if layer in layout.norm_free_layers else None
         for proj, edit in plan or _bake_plan(layout, kind, site, epsilon):
-            if edit == "norm":  # the norm's weight entries of the head (RMSNorm: no bias)
-                count += proj.head_dim
+            if edit == "norm":  # the norm's weight (and bias) entries of the head
+                count += proj.head_dim * (2 if layout.norm_bias else 1)
             elif edit == "cols":  # hidden x head_dim; the output bias is shared by all heads and not edited
                 count += proj.head_dim * layout.hidden_size
             else:  # head_dim x hidden weights (+ head_dim bias)
@@ -408,7 +419,8 @@ def bake(model, heads, kind: str, epsilon: float = 1e-5, site: str | None = None
                 # The norm's per-feature weight (and bias) entries of the head (heads on axis None: flat features).
                 for p in (module.weight, getattr(module, "bias", None)):
                     if p is not None:
-                        p.index_copy_(0, idx, p.index_select(0, idx) * factor)
+                        flat = p.view(-1)  # (heads, head_dim) weights (Cohere) are indexed as flat features
+                        flat.index_copy_(0, idx, flat.index_select(0, idx) * factor)
                         count += idx.numel()
                 continue
             # Query/key side edits rows of the projection output (and its bias); output side edits

@@ -64,6 +64,7 @@ ARCHITECTURES = {
     "smollm3": "SmolLM3 (NoPE layers)",
     "mixtral": "Mixtral (MoE, grouped-query)",
     "gpt_oss": "GPT-OSS (learned attention sinks, sliding window, MoE)",
+    "cohere": "Cohere Command-R (per-head LayerNorm q/k norm when use_qk_norm)",
     "cohere2": "Cohere2 / Command R7B (sliding window, rotary on sliding layers only)",
     "glm4": "GLM-4 (partial rotary)",
     "granite": "Granite (attention multiplier)",

@@ -47,6 +47,7 @@ SUPPORTED: dict[str, str] = {
     "smollm3": "SmolLM3 (NoPE layers, grouped-query attention)",
     "mixtral": "Mixtral (mixture-of-experts MLP, grouped-query attention)",
     "gpt_oss": "GPT-OSS (learned attention sinks, sliding/global layers, attention biases)",
+    "cohere": "Cohere Command-R (parallel block; with use_qk_norm a LayerNorm per head, weights (heads, head_dim))",
     "cohere2": "Cohere2 / Command R7B (rotary only on sliding layers)",
     "glm4": "GLM-4 (partial rotary, extra post-norms)",
     "granite": "Granite (attention multiplier instead of 1/sqrt(head_dim))",
@@ -124,6 +125,8 @@ class AttentionLayout:
     probed: bool = False  # tensor axes at the norms measured on the live model
     features: tuple = field(default_factory=tuple)  # notable features, for messages and docs
     norm_free_layers: tuple = ()  # attention layers without the q/k norm of the others (edited at the projection)
+    norm_weight: str = "none"  # the q/k norm's weight: "per_head" (entries per head and feature), "shared", "none"
+    norm_bias: bool = False  # the q/k norm has a bias (LayerNorm)
     padding_sensitive: str | None = None  # why left padding changes this model's outputs (None: it does not)
 
     @property
@@ -252,10 +255,13 @@ def _projections(attn, n_heads, n_kv, d, hidden, where):
                                           f"{n_heads} heads x {d} (or twice that for a gated query)")
         k = ProjSlice("k_proj", kd[2], 0, d, 0, n_kv, d, _has_bias(attn.k_proj))
         return q, k, output, ("q_proj", "k_proj", "v_proj", o_name)
-    for name in ("qkv_proj", "c_attn", "query_key_value"):
-        if hasattr(attn, name):
-            dims = _linear_dims(getattr(attn, name))
-            break
+    name = next((n for n in ("qkv_proj", "c_attn", "query_key_value") if hasattr(attn, n)), None)
+    if name is None:
+        children = ", ".join(n for n, _ in attn.named_children())
+        raise UnsupportedArchitecture(f"{where} ({type(attn).__name__}): no query/key projections shb knows "
+                                      f"(separate q_proj/k_proj, or fused qkv_proj/c_attn/query_key_value); "
+                                      f"it has: {children}")
+    dims = _linear_dims(getattr(attn, name))
     if dims is None or dims[1] != (n_heads + 2 * n_kv) * d:
         raise UnsupportedArchitecture(f"{where}.{name}: expected a fused projection of "
                                       f"({n_heads} + 2 x {n_kv}) x {d} output features, got {dims}")
@@ -387,6 +393,14 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
         raise UnsupportedArchitecture(f"{arch}: attention sinks on some attention layers only")
     layouts = _norm_layouts(model, layers, attn_name, att_layers, n_heads, n_kv, d, live and probe)
     qk_norm, query, key, query_proj, key_proj = _norm_sites(layouts, q, k, n_heads, n_kv, d)
+    norm_weight, norm_bias = "none", False
+    if qk_norm != "none":
+        normed = next(i for i in att_layers if _norms(getattr(layers[i], attn_name))[0] is not None)
+        qnorm = getattr(getattr(layers[normed], attn_name), layouts["q"].module)
+        w, b = getattr(qnorm, "weight", None), getattr(qnorm, "bias", None)
+        norm_bias = b is not None
+        if w is not None:
+            norm_weight = "per_head" if w.numel() == n_heads * d else "shared"
     n_params = count_parameters(model)
     features = []
     if n_kv != n_heads:
@@ -414,6 +428,7 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
         qk_norm=qk_norm, sinks=bool(sinks_any), attention_layers=tuple(att_layers), n_decoder_layers=n_dec,
         chunk_sizes=tuple(chunks), probed=live and probe, features=tuple(features),
         norm_free_layers=tuple(norm_free) if qk_norm != "none" else (),
+        norm_weight=norm_weight, norm_bias=norm_bias,
     )
 
 
@@ -449,11 +464,12 @@ def _norm_layouts(model, layers, attn_name, att_layers, n_heads, n_kv, d, probe)
         raise UnsupportedArchitecture(f"{attn_name}: a norm on only one of query and key ({qn or kn}); not handled")
 
     def kind_of(name, heads):
+        # A guess from the weight, replaced by what the probe sees (3-D output: across heads; 4-D: per head).
         w = getattr(getattr(first, name), "weight", None)
         if w is None or w.numel() == d:
             return "per_head"
         if w.numel() == heads * d:
-            return "across_heads"
+            return "across_heads" if w.dim() == 1 else "per_head"  # Cohere: LayerNorm weights (heads, head_dim)
         raise UnsupportedArchitecture(f"{attn_name}.{name}: a norm weight of {w.numel()} entries is neither per head "
                                       f"({d}) nor over the whole projection ({heads} x {d})")
 
@@ -527,14 +543,15 @@ def _probe(model, layers, attn_name, att_layers, sites, n_heads, n_kv, d):
             raise UnsupportedArchitecture(f"{attn_name}.{site.module}: the heads sit on different axes in different "
                                           f"layers ({sorted(found, key=str)})")
         axis, start, stride = found.pop()
-        result[which] = _NormSite(site.module, site.call, site.kind, axis, start, stride)
+        kind = "across_heads" if axis is None else "per_head"
+        result[which] = _NormSite(site.module, site.call, kind, axis, start, stride)
     return result
 
 
 def _axis_from(shape, inp, proj_out, t, heads, d, where, kind):
     """(head axis or None, start, head_stride on the projection output or None) of one norm call."""
     if len(shape) == 3:
-        if shape[1:] != (t, heads * d) or kind != "across_heads":
+        if shape[1:] != (t, heads * d):
             raise UnsupportedArchitecture(f"{where}: returns {shape}; expected (B, {t}, {heads} x {d}) for a norm "
                                           "over the whole projection")
         return None, 0, d

@@ -56,6 +56,9 @@ def _config(family: str):
                               layer_types=["sliding_attention", "full_attention"], **moe)
     if family == "cohere2":
         return T.Cohere2Config(**base, sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"])
+    if family == "cohere":
+        # Command-R with use_qk_norm: a LayerNorm per head with weights (heads, head_dim)
+        return T.CohereConfig(**base, use_qk_norm=True, logit_scale=0.5)
     if family == "glm4":
         return T.Glm4Config(**base, attention_bias=True, partial_rotary_factor=0.5)
     if family == "granite":
@@ -74,9 +77,10 @@ def _config(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ["qwen3", "qwen3_moe", "gemma3_text", "olmo2", "olmo3", "smollm3", "mixtral", "gpt_oss", "cohere2",
-            "glm4", "granite", "llama4_text", "qwen3_next"]
+FAMILIES = ["qwen3", "qwen3_moe", "gemma3_text", "olmo2", "olmo3", "smollm3", "mixtral", "gpt_oss", "cohere",
+            "cohere2", "glm4", "granite", "llama4_text", "qwen3_next"]
 NO_SDPA = {"gpt_oss"}  # transformers has no sdpa path for learned sinks: tiny(.., "sdpa") gives eager there
+# per-head q/k norm with one weight shared by all heads: only epsilon = 0 bakes into weights
 PER_HEAD_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "llama4_text", "qwen3_next"}
 
 
@@ -242,7 +246,8 @@ def test_layout_is_found_from_the_modules(family):
     assert lay.attention_layers == tuple(att)
     assert lay.n_params == sum(p.numel() for p in model.parameters())
     assert lay.sinks == (family == "gpt_oss")
-    norm = "per_head" if family in PER_HEAD_NORM else "across_heads" if family.startswith("olmo") else "none"
+    norm = ("per_head" if family in PER_HEAD_NORM | {"cohere"} else "across_heads" if family.startswith("olmo")
+            else "none")
     assert lay.qk_norm == norm
     # from a config (meta device): same geometry and count, no probe
     cfg_lay = L.detect(model.config)
