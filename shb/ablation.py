@@ -1,17 +1,23 @@
 """Head ablation as hooks on stock transformers modules, and the same edits baked into weights.
 
 Kinds (DESIGN.md section 3):
-- undifferentiated: the query of the head times epsilon (bias included); at epsilon = 0
-  the head attends uniformly over its (unpadded, in-window) causal prefix.
+- undifferentiated: the query of the head, as it enters the attention scores, times epsilon
+  (bias included, after any query norm); at epsilon = 0 the head attends uniformly over its
+  (unpadded, in-window) causal prefix. With learned sinks (GPT-OSS) the sink keeps its logit:
+  each visible key gets 1 / (n + e^sink), the sink the rest.
   `site="k"` scales the head's key instead (refused under grouped-query attention).
 - scaling: the head's output (its slice of the output projection's input) times epsilon.
 - mean: the head's query (site "q", default) or output (site "output") replaced by the
   mean over all heads of its layer.
 - zero: the head's output set to zero.
 
-Query/key edits hook the projection's *output*. For rotary models scaling or averaging
-the query before the rotation equals doing it after, because the rotation is linear and
-the same for every head at a position; so hooking the projection is exact.
+Query/key edits hook the last module whose output is the query as it enters the scores:
+the projection's output, or, where the model normalises the query (`q_norm`, `qk_norm`),
+the norm's output, because the norm would undo a scaling before it (per-head RMSNorm) or
+spread it over every head (OLMo-2's norm over the whole projection). A norm shared by query
+and key is edited on its first (query) call only. Scaling or averaging the query before
+the rotary embedding equals doing it after, because the rotation is linear and the same
+for every head at a position (and Llama-4's per-position temperature is a scalar).
 
 The hooks never fork attention code: they only rescale or replace slices of a
 projection's output (or of the output projection's input), located by
@@ -307,13 +313,14 @@ def _bake_plan(layout, kind: str, site: str, epsilon: float | None):
 
     Query/key side:
     - no norm: the projection's rows of the head (and their bias) times epsilon;
-    - norm across heads (OLMo-2/3): the norm's weight entries of the head times epsilon. The norm
-      divides by the RMS over all heads, so scaling the projection rows would move every head;
-      its per-feature weight multiplies after that division, exactly like the hook;
-    - per-head norm (Qwen3, Gemma-3, Llama-4): a scaling of the projection rows is undone by the
-      norm, and its weight is shared by all heads, so no weight scales one head's normalised query.
-      Only epsilon = 0 bakes exactly: zero rows give a zero query, and the norm maps 0 to 0.
-      Other epsilons are refused (epsilon=None: the count of that zero-row bake).
+    - a norm whose weight has entries per head and feature (OLMo-2/3 over the whole projection,
+      Cohere's per-head LayerNorm): those entries (and bias) times epsilon. They multiply after the
+      normalisation, exactly like the hook; scaling the projection rows instead would be undone
+      (per head) or move every head (OLMo divides by the RMS over all heads);
+    - per-head norm with one weight shared by all heads (Qwen3, Gemma-3, Llama-4, Qwen3-Next):
+      no weight scales one head's normalised query. Only epsilon = 0 bakes exactly: zero rows
+      give a zero query and the norm maps 0 to 0. Other epsilons are refused (epsilon=None:
+      the count of that zero-row bake, what parameters_modified reports).
     """
     which = _which(kind, site)
     if which == "output":

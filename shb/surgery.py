@@ -92,6 +92,8 @@ def export(
 def _model_card(s: dict, layout) -> str:
     where = {"q": "query rows (weights and bias) of", "k": "key rows (weights and bias) of",
              "output": "output-projection input columns that read"}[s["site"]]
+    if s["site"] in ("q", "k") and layout.qk_norm != "none" and layout.norm_weight == "per_head":
+        where = f"{'query' if s['site'] == 'q' else 'key'} norm weights (after the normalisation) of"
     base = s["base_model"] or "(unnamed local model)"
     return f"""---
 tags:
