@@ -70,6 +70,8 @@ ARCHITECTURES = {
     "granite": "Granite (attention multiplier)",
     "llama4_text": "Llama-4 text (shared qk_norm, chunked attention, NoPE layers, MoE)",
     "qwen3_next": "Qwen3-Next hybrid (linear-attention layers skipped in head names, gated query)",
+    "jamba": "Jamba hybrid (Mamba layers skipped in head names)",
+    "lfm2": "LFM2 hybrid (convolution layers skipped in head names, per-head q/k norm)",
 }
 
 TABLES = {"model": MODELS, "dataset": DATASETS, "ablation": ABLATIONS, "metric": METRICS, "judge": JUDGES}

@@ -53,6 +53,8 @@ SUPPORTED: dict[str, str] = {
     "granite": "Granite (attention multiplier instead of 1/sqrt(head_dim))",
     "llama4_text": "Llama-4 text (one qk_norm shared by query and key, chunked attention, NoPE layers)",
     "qwen3_next": "Qwen3-Next hybrid (gated-delta linear layers skipped; gated query [q | gate] per head)",
+    "jamba": "Jamba hybrid (Mamba layers skipped, mixture-of-experts MLP)",
+    "lfm2": "LFM2 hybrid (short-convolution layers skipped; per-head q/k layernorm, out_proj)",
 }
 
 QUERY_NORMS = ("q_norm", "query_norm", "q_layernorm")

@@ -74,14 +74,23 @@ def _config(family: str):
                                  linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                                  linear_num_value_heads=4, num_experts=4, moe_intermediate_size=16,
                                  shared_expert_intermediate_size=16, **moe)
+    if family == "jamba":
+        # hybrid: layer 0 Mamba, layer 1 attention (with a mixture-of-experts MLP)
+        return T.JambaConfig(**base, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                             expert_layer_offset=1, num_experts=2, mamba_d_state=4, mamba_dt_rank=4, mamba_expand=2)
+    if family == "lfm2":
+        # hybrid: layer 0 short convolution, layer 1 attention with per-head q/k layernorms
+        return T.Lfm2Config(**{k: v for k, v in base.items() if k != "intermediate_size"}, intermediate_size=48,
+                            layer_types=["conv", "full_attention"])
     raise KeyError(family)
 
 
 FAMILIES = ["qwen3", "qwen3_moe", "gemma3_text", "olmo2", "olmo3", "smollm3", "mixtral", "gpt_oss", "cohere",
-            "cohere2", "glm4", "granite", "llama4_text", "qwen3_next"]
+            "cohere2", "glm4", "granite", "llama4_text", "qwen3_next", "jamba", "lfm2"]
+HYBRID = {"qwen3_next": 1, "jamba": 1, "lfm2": 1}  # decoder layer of the single attention layer
 NO_SDPA = {"gpt_oss"}  # transformers has no sdpa path for learned sinks: tiny(.., "sdpa") gives eager there
 # per-head q/k norm with one weight shared by all heads: only epsilon = 0 bakes into weights
-PER_HEAD_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "llama4_text", "qwen3_next"}
+PER_HEAD_NORM = {"qwen3", "qwen3_moe", "gemma3_text", "llama4_text", "qwen3_next", "lfm2"}
 
 
 @functools.cache
@@ -141,13 +150,15 @@ def _logits(model, ids, mask, pos, **kw):
 
 def _attention_layers(cfg):
     """Decoder layers with softmax attention, from the config (independent of shb's detection)."""
+    if cfg.model_type == "jamba":
+        return [i for i in range(cfg.num_hidden_layers) if i % cfg.attn_layer_period == cfg.attn_layer_offset]
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
-    return [i for i, t in enumerate(types) if t != "linear_attention"]
+    return [i for i, t in enumerate(types) if t not in ("linear_attention", "conv")]
 
 
 def _heads(family):
     """Head set used by the tests: two heads of different layers (one layer for the hybrid)."""
-    return [(0, 1), (0, 2)] if family == "qwen3_next" else [(0, 1), (1, 3)]
+    return [(0, 1), (0, 2)] if family in HYBRID else [(0, 1), (1, 3)]
 
 
 # -- the reference -------------------------------------------------------------------------------------
@@ -210,7 +221,8 @@ def _reference_logits(family, heads, kind, eps, site, ids, mask, pos):
     if kind in ("scaling", "zero") or (kind == "mean" and site == "output"):
         d = model.config.head_dim if getattr(model.config, "head_dim", None) else 32 // 4
         for dec, hs in by_layer.items():
-            o_proj = model.model.layers[dec].self_attn.o_proj
+            attn = model.model.layers[dec].self_attn
+            o_proj = attn.o_proj if hasattr(attn, "o_proj") else attn.out_proj  # LFM2
 
             def pre(_m, args, hs=hs):
                 x = args[0].clone()  # (B, T, H * d): the attention output, heads in order
