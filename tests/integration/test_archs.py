@@ -174,8 +174,14 @@ def _reference_attention(module, query, key, value, attention_mask, scaling=None
     """
     heads = _REF.get("heads", {}).get(module.layer_idx, [])
     q = query.clone()
+    key = key.clone()
     for h in heads:
-        if _REF["kind"] == "undifferentiated":
+        if _REF["kind"] == "undifferentiated" and _REF["site"] == "k":
+            # the keys computed in this forward (the last T of them; earlier ones come from a cache)
+            # (multi-head attention only: kv head h is head h)
+            t = query.shape[2]
+            key[:, h, -t:] = key[:, h, -t:] * _REF["eps"]
+        elif _REF["kind"] == "undifferentiated":
             q[:, h] = query[:, h] * _REF["eps"]
         elif _REF["kind"] == "mean" and _REF["site"] == "q":
             q[:, h] = query.mean(1)
@@ -204,11 +210,11 @@ def _register_reference():
     AttentionMaskInterface.register("shb_reference", eager_mask)
 
 
-def _reference_logits(family, heads, kind, eps, site, ids, mask, pos):
+def _reference_logits(family, heads, kind, eps, site, ids, mask, pos, model=None):
     """Logits of the ablated model computed without shb: the query side in the attention function,
     the output side as a hook on the output projection's input written here."""
     _register_reference()
-    model = tiny(family, "eager")
+    model = tiny(family, "eager") if model is None else copy.deepcopy(model)
     model.config._attn_implementation = "shb_reference"
     for m in model.modules():
         if getattr(m, "config", None) is not None:
@@ -413,6 +419,58 @@ def test_bake_equals_hooks_or_is_refused(family):
         torch.testing.assert_close(baked[real], hooked[real], **TOL, msg=f"{family} {kind} eps={eps}")
         changed = sum(int((before[k] != v).sum()) for k, v in model.state_dict().items())
         assert changed == count == A.parameters_modified(tiny(family), _heads(family), kind, epsilon=eps)[0]
+
+
+def _cached_step(model, ids, ablate_ctx):
+    """Logits of the last token when the prefix's cache was built without ablation."""
+    with torch.no_grad():
+        past = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        with ablate_ctx:
+            return model(input_ids=ids[:, -1:], cache=past, use_cache=True).logits[:, -1]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "olmo2", "llama4_text", "cohere"])
+def test_key_site_on_multi_head_attention(family):
+    """site='k' scales the key as it enters the scores: after a per-head norm (Qwen3, Cohere), after a
+    norm over the whole projection (OLMo-2), on the second call of a norm shared with the query
+    (Llama-4). Over a whole sequence q.k cannot tell the two apart, so the check is a cached step:
+    there the ablation touches only the new token's key (or query)."""
+    import contextlib
+
+    import transformers as T
+
+    cfg = _config(family)
+    cfg.num_key_value_heads = 4
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(3)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.25)
+            elif not name.endswith("bias"):
+                p.add_(torch.empty_like(p).normal_(1.0, 0.3))
+    ids = _batch(lengths=(6,))[0]
+    heads = [(0, 1), (1, 3)]
+    got = _cached_step(model, ids, A.ablate(model, heads, "undifferentiated", epsilon=0.3, site="k"))
+    query_edit = _cached_step(model, ids, A.ablate(model, heads, "undifferentiated", epsilon=0.3))
+    _register_reference()
+    ref_model = copy.deepcopy(model)
+    for m in ref_model.modules():
+        if getattr(m, "config", None) is not None:
+            m.config._attn_implementation = "shb_reference"
+
+    @contextlib.contextmanager
+    def reference():
+        _REF.update(kind="undifferentiated", eps=0.3, site="k", heads={0: [1], 1: [3]})
+        try:
+            yield
+        finally:
+            _REF.clear()
+
+    ref = _cached_step(ref_model, ids, reference())
+    torch.testing.assert_close(got, ref, **TOL)
+    assert (got - query_edit).abs().max() > 1e-3  # the key site is not the query site
 
 
 def test_olmo2_bake_edits_norm_weights_only():
