@@ -187,12 +187,8 @@ def _edit(x, proj, scale, mean_mask):
     return out
 
 
-def _layer_tables(layout, head_sets: Sequence[Sequence[tuple[int, int]]], kind: str, epsilon: float, proj):
+def _layer_tables(head_sets: Sequence[Sequence[tuple[int, int]]], kind: str, epsilon: float, n_heads: int):
     """{layer: (scale (R, H), mean_mask (R, H) or None)} for the layers any row touches."""
-    return _tables(head_sets, kind, epsilon, proj.n_heads)
-
-
-def _tables(head_sets, kind, epsilon, n_heads):
     import torch
 
     rows = len(head_sets)
@@ -235,8 +231,7 @@ def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
     hf, layout = _resolve(model)
     site = _check_kind_site(kind, site, layout)
     head_sets = [_check_heads(hs, layout) for hs in head_sets]
-    proj0, _ = _slice_for(layout, kind, site)
-    tables = _layer_tables(layout, head_sets, kind, float(epsilon), proj0)
+    tables = _layer_tables(head_sets, kind, float(epsilon), _slice_for(layout, kind, site)[0].n_heads)
     hooks = AblationHooks()
     try:
         for layer, (scale, mask) in tables.items():
@@ -249,7 +244,7 @@ def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
                                  "detect it from the loaded model to hook a query/key norm")
             module = layout.module(hf, layer, proj)
             if on_proj_out:
-                hooks.handles.extend(_output_hooks(layout.attention(hf, layer), module, proj, scale, mask))
+                hooks.handles.extend(_forward_hooks(layout.attention(hf, layer), module, proj, scale, mask))
             else:
 
                 def pre_hook(mod, args, kwargs, scale=scale, mask=mask, proj=proj):
@@ -265,7 +260,7 @@ def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
         hooks.remove()
 
 
-def _output_hooks(attention, module, proj, scale, mask) -> list:
+def _forward_hooks(attention, module, proj, scale, mask) -> list:
     """Hooks editing call number `proj.call` of `module` within each forward of `attention`.
 
     A norm shared by query and key (Llama-4's qk_norm) is called twice per attention forward: a
