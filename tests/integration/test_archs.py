@@ -505,3 +505,27 @@ def test_bake_refusal_names_the_norm():
     with pytest.raises(L.UnsupportedArchitecture, match="q_norm"):
         A.bake(model, [(0, 0)], "undifferentiated", epsilon=1e-5)
     assert math.isfinite(A.parameters_modified(model, [(0, 0)], "undifferentiated")[1])
+
+
+def _refused_config(family):
+    import transformers as T
+
+    small = {"vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 64}
+    if family == "deepseek_v3":  # multi-head latent attention: values of another width than queries/keys
+        return T.DeepseekV3Config(**small, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                  v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
+                                  first_k_dense_replace=1)
+    if family == "falcon_h1":  # attention and Mamba side by side in every layer
+        return T.FalconH1Config(**small, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8)
+    if family == "minimax":  # lightning (linear) attention layers with query/key projections
+        return T.MiniMaxConfig(**small, num_local_experts=2, layer_types=["linear_attention", "full_attention"])
+    raise KeyError(family)
+
+
+@pytest.mark.parametrize("family,obstacle", [("deepseek_v3", r"self_attn\.o_proj"),
+                                             ("falcon_h1", r"layer type 'hybrid'"),
+                                             ("minimax", r"layer type 'linear_attention'")])
+def test_refused_families_name_the_obstacle(family, obstacle):
+    with pytest.raises(L.UnsupportedArchitecture, match=obstacle):
+        L.detect(_refused_config(family))
