@@ -1,17 +1,23 @@
 """Head ablation as hooks on stock transformers modules, and the same edits baked into weights.
 
 Kinds (DESIGN.md section 3):
-- undifferentiated: the query of the head times epsilon (bias included); at epsilon = 0
-  the head attends uniformly over its (unpadded, in-window) causal prefix.
+- undifferentiated: the query of the head, as it enters the attention scores, times epsilon
+  (bias included, after any query norm); at epsilon = 0 the head attends uniformly over its
+  (unpadded, in-window) causal prefix. With learned sinks (GPT-OSS) the sink keeps its logit:
+  each visible key gets 1 / (n + e^sink), the sink the rest.
   `site="k"` scales the head's key instead (refused under grouped-query attention).
 - scaling: the head's output (its slice of the output projection's input) times epsilon.
 - mean: the head's query (site "q", default) or output (site "output") replaced by the
   mean over all heads of its layer.
 - zero: the head's output set to zero.
 
-Query/key edits hook the projection's *output*. For rotary models scaling or averaging
-the query before the rotation equals doing it after, because the rotation is linear and
-the same for every head at a position; so hooking the projection is exact.
+Query/key edits hook the last module whose output is the query as it enters the scores:
+the projection's output, or, where the model normalises the query (`q_norm`, `qk_norm`),
+the norm's output, because the norm would undo a scaling before it (per-head RMSNorm) or
+spread it over every head (OLMo-2's norm over the whole projection). A norm shared by query
+and key is edited on its first (query) call only. Scaling or averaging the query before
+the rotary embedding equals doing it after, because the rotation is linear and the same
+for every head at a position (and Llama-4's per-position temperature is a scalar).
 
 The hooks never fork attention code: they only rescale or replace slices of a
 projection's output (or of the output projection's input), located by
@@ -27,6 +33,8 @@ import contextlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+from shb.models.layout import UnsupportedArchitecture
 
 KINDS: dict[str, str] = {
     "undifferentiated": "query (or key, site='k') of the head times epsilon: attention flattened (paper Eq. 7)",
@@ -118,17 +126,32 @@ def _check_heads(heads: Iterable, layout) -> list[tuple[int, int]]:
     return sorted(set(checked))
 
 
-def _slice_for(layout, kind: str, site: str):
-    """The ProjSlice a kind/site edits, and whether it is on the module's output (else input)."""
-    if site == "q":
-        return layout.query, True
-    if site == "k":
-        return layout.key, True
-    return layout.output, False
+def _which(kind: str, site: str) -> str:
+    """"q", "k" or "output": the tensor a kind/site edits."""
+    return site if site in ("q", "k") else "output"
+
+
+def _slice_for(layout, kind: str, site: str, layer: int | None = None):
+    """The ProjSlice a kind/site edits in `layer` (hooks), and whether it is on the module's output (else input)."""
+    which = _which(kind, site)
+    if layer is None:
+        proj = layout.output if which == "output" else (layout.query if which == "q" else layout.key)
+    else:
+        proj = layout.site(which, layer)
+    return proj, which != "output"
 
 
 def _head_view(t, proj):
-    """(B, T, H, D) view of the per-head features of t (B, T, F) that `proj` locates."""
+    """(B, T, H, D) view of the per-head features of t that `proj` locates.
+
+    t is (B, T, F) (projection outputs and inputs, a norm over the whole projection) or, after a
+    per-head norm, (B, T, H, D) / (B, H, T, D) with the heads on `proj.axis`.
+    """
+    if proj.axis is not None:
+        if t.dim() != 4 or t.shape[proj.axis] != proj.n_heads or t.shape[-1] != proj.head_dim:
+            raise ValueError(f"{proj.module} returned shape {tuple(t.shape)}; the layout expects "
+                             f"{proj.n_heads} heads on axis {proj.axis} and head_dim {proj.head_dim} last")
+        return t.movedim(proj.axis, 2)
     b, n = t.shape[0], t.shape[1]
     block = t[..., proj.start : proj.end]  # (B, T, H * stride)
     heads = block.view(b, n, proj.n_heads, proj.head_stride)  # (B, T, H, stride)
@@ -136,7 +159,8 @@ def _head_view(t, proj):
 
 
 def _edit(x, proj, scale, mean_mask):
-    """Edited copy of x (B, T, F): per-head features times scale (R, H), mean where mean_mask (R, H).
+    """Edited copy of x (B, T, F) or (4-D, see _head_view): per-head features times scale (R, H),
+    mean where mean_mask (R, H).
 
     R is 1 (the same heads in every row) or B (ablate_rows). Rows whose scale is 1 and mask
     False are bit-identical to the input (x * 1.0 == x). The new values are computed from x
@@ -144,7 +168,7 @@ def _edit(x, proj, scale, mean_mask):
     """
     import torch
 
-    if x.dim() != 3:
+    if x.dim() != (3 if proj.axis is None else 4):
         raise ValueError(f"expected a (batch, seq, features) activation, got shape {tuple(x.shape)}")
     if scale.shape[0] not in (1, x.shape[0]):
         raise ValueError(
@@ -163,7 +187,7 @@ def _edit(x, proj, scale, mean_mask):
     return out
 
 
-def _layer_tables(layout, head_sets: Sequence[Sequence[tuple[int, int]]], kind: str, epsilon: float, proj):
+def _layer_tables(head_sets: Sequence[Sequence[tuple[int, int]]], kind: str, epsilon: float, n_heads: int):
     """{layer: (scale (R, H), mean_mask (R, H) or None)} for the layers any row touches."""
     import torch
 
@@ -171,8 +195,8 @@ def _layer_tables(layout, head_sets: Sequence[Sequence[tuple[int, int]]], kind: 
     touched = sorted({layer for hs in head_sets for layer, _ in hs})
     tables = {}
     for layer in touched:
-        scale = torch.ones(rows, proj.n_heads, dtype=torch.float32)
-        mask = torch.zeros(rows, proj.n_heads, dtype=torch.bool) if kind == "mean" else None
+        scale = torch.ones(rows, n_heads, dtype=torch.float32)
+        mask = torch.zeros(rows, n_heads, dtype=torch.bool) if kind == "mean" else None
         for r, hs in enumerate(head_sets):
             for hl, h in hs:
                 if hl != layer:
@@ -194,7 +218,8 @@ class AblationHooks:
 
     @property
     def n_hooks(self) -> int:
-        return len(self.handles)
+        """Hooked layers (a norm hook also puts a call counter on its attention module)."""
+        return len(self.layers)
 
     def remove(self):
         while self.handles:
@@ -206,21 +231,23 @@ def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
     hf, layout = _resolve(model)
     site = _check_kind_site(kind, site, layout)
     head_sets = [_check_heads(hs, layout) for hs in head_sets]
-    proj, on_proj_out = _slice_for(layout, kind, site)
-    tables = _layer_tables(layout, head_sets, kind, float(epsilon), proj)
+    tables = _layer_tables(head_sets, kind, float(epsilon), _slice_for(layout, kind, site)[0].n_heads)
     hooks = AblationHooks()
     try:
         for layer, (scale, mask) in tables.items():
+            proj, on_proj_out = _slice_for(layout, kind, site, layer)
+            if proj is None:
+                raise UnsupportedArchitecture(f"layer {layer}: shb cannot locate the heads of this layer's "
+                                              f"{_which(kind, site)} ({layout.geometry()})")
+            if proj.axis is not None and not layout.probed:
+                raise ValueError("this layout was detected without probing the model (from a config); "
+                                 "detect it from the loaded model to hook a query/key norm")
             module = layout.module(hf, layer, proj)
             if on_proj_out:
-
-                def fwd_hook(mod, args, output, scale=scale, mask=mask):
-                    return _edit(output, proj, scale, mask)
-
-                hooks.handles.append(module.register_forward_hook(fwd_hook))
+                hooks.handles.extend(_forward_hooks(layout.attention(hf, layer), module, proj, scale, mask))
             else:
 
-                def pre_hook(mod, args, kwargs, scale=scale, mask=mask):
+                def pre_hook(mod, args, kwargs, scale=scale, mask=mask, proj=proj):
                     if args:
                         return (_edit(args[0], proj, scale, mask), *args[1:]), kwargs
                     name = next(iter(kwargs))  # called with the input as a keyword
@@ -231,6 +258,31 @@ def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
         yield hooks
     finally:
         hooks.remove()
+
+
+def _forward_hooks(attention, module, proj, scale, mask) -> list:
+    """Hooks editing call number `proj.call` of `module` within each forward of `attention`.
+
+    A norm shared by query and key (Llama-4's qk_norm) is called twice per attention forward: a
+    pre-hook on the attention module restarts the count, so only the query (or key) call is edited.
+    """
+    if proj.call == 0 and proj.axis is None and proj.module.endswith(("proj", "c_attn", "query_key_value")):
+
+        def fwd_hook(mod, args, output):
+            return _edit(output, proj, scale, mask)
+
+        return [module.register_forward_hook(fwd_hook)]
+    count = [0]
+
+    def restart(mod, args):
+        count[0] = 0
+
+    def counted(mod, args, output):
+        c = count[0]
+        count[0] += 1
+        return _edit(output, proj, scale, mask) if c == proj.call else None
+
+    return [attention.register_forward_pre_hook(restart), module.register_forward_hook(counted)]
 
 
 def ablate(model, heads, kind: str = "undifferentiated", epsilon: float = 1e-5, site: str | None = None):
@@ -249,8 +301,70 @@ def ablate_rows(model, head_sets, kind: str = "undifferentiated", epsilon: float
     return _hooked(model, head_sets, kind, epsilon, site)
 
 
-def parameters_modified(model_or_layout, heads, kind: str, site: str | None = None) -> tuple[int, float]:
-    """(number of weights and biases `bake` edits, share of all model parameters)."""
+def _bake_plan(layout, kind: str, site: str, epsilon: float | None):
+    """[(ProjSlice, edit)] of the parameters a bake touches in every layer, edit in
+    "rows" (projection output features and bias), "cols" (output-projection input) or "norm"
+    (the norm's own weight/bias entries of the head).
+
+    Query/key side:
+    - no norm: the projection's rows of the head (and their bias) times epsilon;
+    - a norm whose weight has entries per head and feature (OLMo-2/3 over the whole projection,
+      Cohere's per-head LayerNorm): those entries (and bias) times epsilon. They multiply after the
+      normalisation, exactly like the hook; scaling the projection rows instead would be undone
+      (per head) or move every head (OLMo divides by the RMS over all heads);
+    - per-head norm with one weight shared by all heads (Qwen3, Gemma-3, Llama-4, Qwen3-Next):
+      no weight scales one head's normalised query. Only epsilon = 0 bakes exactly: zero rows
+      give a zero query and the norm maps 0 to 0. Other epsilons are refused (epsilon=None:
+      the count of that zero-row bake, what parameters_modified reports).
+    """
+    which = _which(kind, site)
+    if which == "output":
+        return [(layout.output, "cols")]
+    norm = layout.qk_norm
+    proj = layout.query_proj if which == "q" else layout.key_proj
+    norm_site = layout.query if which == "q" else layout.key
+    if norm == "none":
+        plan = [(proj, "rows")]
+    elif layout.norm_weight == "per_head":
+        # The norm's weight has its own entries for each head's features (OLMo-2/3: over the whole
+        # projection; Cohere: (heads, head_dim)); they multiply after the normalisation: exact for any epsilon.
+        return [(norm_site, "norm")]
+    elif norm == "across_heads":
+        raise UnsupportedArchitecture(
+            f"{layout.arch}: cannot bake into weights: {norm_site.module} normalises all heads together and has "
+            "no per-head weight, so no weight edit scales one head's normalised query; use the hooks.")
+    else:
+        if epsilon is not None and epsilon != 0.0:
+            raise UnsupportedArchitecture(
+                f"{layout.arch}: cannot bake epsilon={epsilon:g} into weights: the query/key norm "
+                f"({norm_site.module}, an RMS over each head's {layout.head_dim} features with one weight shared by "
+                "all heads) undoes any scaling of the projection rows, and scaling its weight would touch every "
+                "head. epsilon=0 bakes exactly (zero rows; the norm maps 0 to 0); otherwise use the hooks "
+                "(shb.ablation.ablate), which edit the normalised query.")
+        if layout.norm_bias:
+            raise UnsupportedArchitecture(f"{layout.arch}: {norm_site.module} has a bias, so zero projection rows "
+                                          "do not give a zero query; use the hooks.")
+        plan = [(proj, "rows")]
+    if proj is None:
+        raise UnsupportedArchitecture(f"{layout.arch}: shb could not locate each head's rows on the "
+                                      f"{which} projection (the norm does not read a view of it)")
+    return plan
+
+
+def _norm_free_plan(layout, kind, site):
+    which = _which(kind, site)
+    if which == "output" or not layout.norm_free_layers:
+        return None
+    return [(layout.query_proj if which == "q" else layout.key_proj, "rows")]
+
+
+def parameters_modified(model_or_layout, heads, kind: str, site: str | None = None,
+                        epsilon: float | None = None) -> tuple[int, float]:
+    """(number of weights, biases and norm weights `bake` edits, share of all model parameters).
+
+    For a per-head query norm the count is that of the exact epsilon=0 bake (the head's projection
+    rows and bias); `epsilon` other than 0 there raises, as `bake` does.
+    """
     from shb.models.layout import AttentionLayout
 
     layout = model_or_layout if isinstance(model_or_layout, AttentionLayout) else _resolve(model_or_layout)[1]
@@ -258,11 +372,16 @@ def parameters_modified(model_or_layout, heads, kind: str, site: str | None = No
     if kind == "mean":
         raise ValueError(_MEAN_BAKE_ERROR)
     heads = _check_heads(heads, layout)
-    proj, on_proj_out = _slice_for(layout, kind, site)
-    # Query/key rows: head_dim x hidden weights (+ head_dim bias). Output columns: hidden x head_dim;
-    # the output projection's bias is shared by all heads and is not edited.
-    per_head = proj.head_dim * layout.hidden_size + (proj.head_dim if on_proj_out and proj.bias else 0)
-    count = per_head * len(heads)
+    count = 0
+    for layer, _h in heads:
+        plan = _norm_free_plan(layout, kind, site) if layer in layout.norm_free_layers else None
+        for proj, edit in plan or _bake_plan(layout, kind, site, epsilon):
+            if edit == "norm":  # the norm's weight (and bias) entries of the head
+                count += proj.head_dim * (2 if layout.norm_bias else 1)
+            elif edit == "cols":  # hidden x head_dim; the output bias is shared by all heads and not edited
+                count += proj.head_dim * layout.hidden_size
+            else:  # head_dim x hidden weights (+ head_dim bias)
+                count += proj.head_dim * layout.hidden_size + (proj.head_dim if proj.bias else 0)
     share = count / layout.n_params if layout.n_params else float("nan")
     return count, share
 
@@ -273,24 +392,42 @@ _MEAN_BAKE_ERROR = (
 )
 
 
-def bake(model, heads, kind: str, epsilon: float = 1e-5, site: str | None = None) -> int:
-    """Edit the weights in place so that the plain model computes the ablation. Returns the count edited."""
-    import torch
-
+def bake_targets(model, heads, kind: str, epsilon: float = 1e-5, site: str | None = None) -> list:
+    """[(layer, head, module, ProjSlice, edit)] that `bake` edits (checked: raises what `bake` raises)."""
     hf, layout = _resolve(model)
     site = _check_kind_site(kind, site, layout)
     if kind == "mean":
         raise ValueError(_MEAN_BAKE_ERROR)
-    heads = _check_heads(heads, layout)
-    proj, on_proj_out = _slice_for(layout, kind, site)
+    factor = 0.0 if kind == "zero" else float(epsilon)
+    out = []
+    for layer, h in _check_heads(heads, layout):
+        plan = _norm_free_plan(layout, kind, site) if layer in layout.norm_free_layers else None
+        for proj, edit in plan or _bake_plan(layout, kind, site, factor):
+            out.append((layer, h, layout.module(hf, layer, proj), proj, edit))
+    return out
+
+
+def bake(model, heads, kind: str, epsilon: float = 1e-5, site: str | None = None) -> int:
+    """Edit the weights in place so that the plain model computes the ablation. Returns the count edited."""
+    import torch
+
+    _, layout = _resolve(model)
     factor = 0.0 if kind == "zero" else float(epsilon)
     count = 0
     with torch.no_grad():
-        for layer, h in heads:
-            module = layout.module(hf, layer, proj)
+        for _layer, h, module, proj, edit in bake_targets(model, heads, kind, epsilon, site):
             idx = torch.tensor(list(proj.features(h)), device=module.weight.device)
+            if edit == "norm":
+                # The norm's per-feature weight (and bias) entries of the head (heads on axis None: flat features).
+                for p in (module.weight, getattr(module, "bias", None)):
+                    if p is not None:
+                        flat = p.view(-1)  # (heads, head_dim) weights (Cohere) are indexed as flat features
+                        flat.index_copy_(0, idx, flat.index_select(0, idx) * factor)
+                        count += idx.numel()
+                continue
             # Query/key side edits rows of the projection output (and its bias); output side edits
             # the columns that read the head's output. Conv1D stores (in, out), nn.Linear (out, in).
+            on_proj_out = edit == "rows"
             out_dim = 1 if proj.conv1d else 0
             dim = out_dim if on_proj_out else 1 - out_dim
             w = module.weight

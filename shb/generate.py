@@ -308,6 +308,8 @@ def _generators(seeds):
 
 def _cached_rows(lm, encoded, rows, seeds, row_heads, ablation, spec, max_new_tokens, batch_size, progress):
     """Rows in batches of similar length (less padding); results in row order."""
+    if getattr(getattr(lm, "layout", None), "padding_sensitive", None):
+        batch_size = 1  # left padding would change this model's outputs (Llama-4 temperature tuning)
     order = sorted(range(len(rows)), key=lambda r: -len(encoded[rows[r][0]]))
     results = [None] * len(rows)
     for start in range(0, len(order), batch_size):

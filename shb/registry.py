@@ -56,6 +56,22 @@ ARCHITECTURES = {
     "gpt2": "GPT-2 (fused c_attn, Conv1D)",
     "gpt_neox": "GPT-NeoX / Pythia (fused query_key_value, interleaved per head)",
     "opt": "OPT",
+    "qwen3": "Qwen3 (per-head q/k norm: hooked after the norm)",
+    "qwen3_moe": "Qwen3-MoE (per-head q/k norm, MoE)",
+    "gemma3_text": "Gemma-3 text (per-head q/k norm, sliding window, soft-capping)",
+    "olmo2": "OLMo-2 (q/k norm across heads: hooked after the norm)",
+    "olmo3": "OLMo-3 (q/k norm across heads, sliding window)",
+    "smollm3": "SmolLM3 (NoPE layers)",
+    "mixtral": "Mixtral (MoE, grouped-query)",
+    "gpt_oss": "GPT-OSS (learned attention sinks, sliding window, MoE)",
+    "cohere": "Cohere Command-R (per-head LayerNorm q/k norm when use_qk_norm)",
+    "cohere2": "Cohere2 / Command R7B (sliding window, rotary on sliding layers only)",
+    "glm4": "GLM-4 (partial rotary)",
+    "granite": "Granite (attention multiplier)",
+    "llama4_text": "Llama-4 text (shared qk_norm, chunked attention, NoPE layers, MoE)",
+    "qwen3_next": "Qwen3-Next hybrid (linear-attention layers skipped in head names, gated query)",
+    "jamba": "Jamba hybrid (Mamba layers skipped in head names)",
+    "lfm2": "LFM2 hybrid (convolution layers skipped in head names, per-head q/k norm)",
 }
 
 TABLES = {"model": MODELS, "dataset": DATASETS, "ablation": ABLATIONS, "metric": METRICS, "judge": JUDGES}

@@ -14,12 +14,10 @@ from typing import Any
 from shb import ablation
 
 
-def _edited_tensors(hf, layout, heads, kind, site):
+def _edited_tensors(hf, heads, kind, epsilon, site):
     """The weight/bias tensors `bake` will touch (so the caller's model can be restored)."""
-    proj, _ = ablation._slice_for(layout, kind, site)
     tensors = {}
-    for layer, _h in heads:
-        module = layout.module(hf, layer, proj)
+    for _layer, _h, module, _proj, _edit in ablation.bake_targets(hf, heads, kind, epsilon, site):
         for p in (module.weight, getattr(module, "bias", None)):
             if p is not None:
                 tensors[id(p)] = p
@@ -56,9 +54,10 @@ def export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another directory or pass overwrite=True")
     tokenizer = tokenizer if tokenizer is not None else getattr(model_or_lm, "tokenizer", None)
-    count, share = ablation.parameters_modified(layout, heads, kind, site)
+    factor = 0.0 if kind == "zero" else float(epsilon)
+    count, share = ablation.parameters_modified(layout, heads, kind, site, epsilon=factor)
 
-    originals = [(p, p.detach().clone()) for p in _edited_tensors(hf, layout, heads, kind, site)]
+    originals = [(p, p.detach().clone()) for p in _edited_tensors(hf, heads, kind, epsilon, site)]
     try:
         baked = ablation.bake(hf, heads, kind, epsilon, site)
         if baked != count:  # both count the same edit; a mismatch is a bug in shb, not bad input
@@ -93,6 +92,8 @@ def export(
 def _model_card(s: dict, layout) -> str:
     where = {"q": "query rows (weights and bias) of", "k": "key rows (weights and bias) of",
              "output": "output-projection input columns that read"}[s["site"]]
+    if s["site"] in ("q", "k") and layout.qk_norm != "none" and layout.norm_weight == "per_head":
+        where = f"{'query' if s['site'] == 'q' else 'key'} norm weights (after the normalisation) of"
     base = s["base_model"] or "(unnamed local model)"
     return f"""---
 tags:

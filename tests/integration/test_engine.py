@@ -161,7 +161,7 @@ def test_progress_counts_every_evaluation(lm):
 def test_unsupported_fast_path_falls_back_with_a_warning(lm, monkeypatch):
     import shb.engine
 
-    monkeypatch.setattr(shb.engine, "FAST_PATH_ARCHS", frozenset({"gpt2"}))
+    monkeypatch.setattr(shb.engine, "fast_path_unsupported", lambda model: "no attention layout (test)")
     with pytest.warns(RuntimeWarning, match="falling back to the naive loop"):
         e = Engine(lm, PROMPTS[:2])
     assert e.strategy == "naive"
