@@ -16,7 +16,7 @@ from pathlib import Path
 from shb.errors import DatabaseBusy, UsageError
 
 DEFAULT_DB = "results.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration takes the database from version i to i + 1. Never edit a released one; append.
 MIGRATIONS: list[list[str]] = [
@@ -67,11 +67,20 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    [
+        # Screened Ships sweeps (shb.scorers.attribution): every head's estimate, and whether the
+        # exact engine verified it (verified heads also have an exact row in `ships`).
+        """CREATE TABLE ships_estimates (
+            unit_id VARCHAR, model_id VARCHAR, dataset_id VARCHAR, prompt_id INTEGER, ablation_id VARCHAR,
+            layer INTEGER, head INTEGER, estimate DOUBLE, estimator VARCHAR, verified BOOLEAN,
+            PRIMARY KEY (unit_id, prompt_id, layer, head))""",
+    ],
 ]
 
 TABLE_KEYS = {
     "ships": ("unit_id", "prompt_id", "layer", "head"),
     "ships_dataset": ("unit_id", "layer", "head"),
+    "ships_estimates": ("unit_id", "prompt_id", "layer", "head"),
     "sahara_steps": ("unit_id", "step", "layer", "head"),
     "generations": ("generation_id",),
     "judgments": ("generation_id", "judge_id"),

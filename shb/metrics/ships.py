@@ -1,21 +1,44 @@
 """``ships``: for every prompt and head, KL(p_base || p_ablated) of the next-token distribution at
-the last prompt position, over the full vocabulary (Zhou et al. 2025, Eq. 9). One chunk per layer."""
+the last prompt position, over the full vocabulary (Zhou et al. 2025, Eq. 9).
+
+Exact sweep (default): one chunk per layer, every head scored by the engine.
+
+Screened sweep (``screen: {"top": N, "estimator": ..., "tokens": ...}``): per batch of prompts,
+an attribution estimate of every head's score (shb.scorers.attribution: two forward passes and
+``tokens`` gradients for all heads), then the exact engine on each prompt's top-N candidates.
+Only verified heads get rows in ``ships`` (exact, as in the full sweep); every estimate goes to
+``ships_estimates`` with a ``verified`` flag, so the two are never mixed up.
+"""
 
 from __future__ import annotations
 
 from shb.metrics.base import Metric, chunk_layer, layer_chunk, sweep_forwards, swept_layers
+
+SCREEN_PROMPTS = 8  # prompts per screened chunk: a crash loses at most this many prompts' work
+SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16}
 
 
 class ShipsMetric(Metric):
     kind = "ships"
 
     def estimate(self, unit, geometry: dict) -> int:
-        return sweep_forwards(unit, geometry)
+        screen = unit.spec["metric"].get("screen")
+        if not screen:
+            return sweep_forwards(unit, geometry)
+        screen = {**SCREEN_DEFAULTS, **screen}
+        # Two forwards, and a backward (about two forwards) per gradient row, then N partial forwards
+        # (counted as full ones: an upper bound) and the per-prompt base pass of the verification.
+        return unit.n_prompts * (2 + 2 * (screen["tokens"] + 1) + screen["top"] + 1)
 
     def chunks(self, unit, ctx) -> list[str]:
-        return [layer_chunk(layer) for layer in swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)]
+        layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
+        if ctx.metric.get("screen"):
+            return [f"screen-b{b:05d}" for b in range(-(-len(ctx.prompts) // SCREEN_PROMPTS))]
+        return [layer_chunk(layer) for layer in layers]
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
+        if chunk.startswith("screen-"):
+            return self._screened(unit, ctx, int(chunk.rsplit("b", 1)[1]))
         layer = chunk_layer(chunk)
         scores = ctx.engine().ships_layer(layer)  # (P, H)
         base = ctx.base_row()
@@ -25,3 +48,38 @@ class ShipsMetric(Metric):
             for head in range(scores.shape[1])
         ]
         return {"ships": rows}
+
+    def _screened(self, unit, ctx, batch: int) -> dict[str, list[dict]]:
+        from shb.engine import Engine
+        from shb.errors import UsageError
+        from shb.scorers.attribution import estimate
+
+        screen = {**SCREEN_DEFAULTS, **ctx.metric["screen"]}
+        layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
+        n_heads = ctx.lm.n_heads
+        candidates = [(layer, h) for layer in layers for h in range(n_heads)]
+        if screen["top"] > len(candidates):
+            raise UsageError(f"metric '{unit.metric.id}': screen.top = {screen['top']} exceeds the "
+                             f"{len(candidates)} heads swept; lower it, or drop `screen` for the exact sweep")
+        lo = batch * SCREEN_PROMPTS
+        prompts = ctx.prompts[lo: lo + SCREEN_PROMPTS]
+        texts = ctx.formatted[lo: lo + SCREEN_PROMPTS]
+        ab = ctx.ablation
+        est = estimate(ctx.lm, texts, kind=ab["kind"], epsilon=ab.get("epsilon", 1e-5), site=ab.get("site"),
+                       estimator=screen["estimator"], tokens=screen["tokens"], seed=ctx.seed + batch)  # (p, L, H)
+        base = ctx.base_row()
+        ships_rows, estimate_rows = [], []
+        for p, prompt in enumerate(prompts):
+            ranked = sorted(candidates, key=lambda lh: (-float(est[p, lh[0], lh[1]]), lh))
+            chosen = ranked[: screen["top"]]
+            engine = Engine(ctx.lm, [texts[p]], kind=ab["kind"], epsilon=ab.get("epsilon", 1e-5), site=ab.get("site"),
+                            strategy=ctx.metric.get("strategy", "engine"), batch_size=ctx.batch_size)
+            exact = engine.ships_head_sets([[head] for head in chosen])[0]  # (N,)
+            for (layer, h), value in zip(chosen, exact.tolist()):
+                ships_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h, "score": value})
+            verified = set(chosen)
+            for layer, h in candidates:
+                estimate_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h,
+                                      "estimate": float(est[p, layer, h]), "estimator": screen["estimator"],
+                                      "verified": (layer, h) in verified})
+        return {"ships": ships_rows, "ships_estimates": estimate_rows}

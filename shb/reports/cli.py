@@ -103,8 +103,14 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         frame = ships.ranking(store, model, dataset, ablation, top)
         grid = ships.heatmap(store, model, dataset, ablation)
         scores = ships.distribution(store, model, dataset, ablation) if fmt in ("png", "html") else None
-    emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)",
-         [("heads ranked by mean Ships (KL, nats)", frame)], lambda: ships.figures(grid, scores), out)
+        screened = ships.screening(store, model, dataset, ablation)
+    tables = [("heads ranked by mean Ships (KL, nats)", frame)]
+    if not screened.is_empty():
+        # Screened sweeps score only each prompt's top candidates exactly: say how many, so a mean
+        # over fewer prompts is read as what it is.
+        tables.append(("screened sweeps: heads verified exactly per prompt (the ranking uses exact scores only)",
+                       screened))
+    emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
     if fmt == "table":
         for line in ships.render_heatmap_text(grid):
             click.echo(line)

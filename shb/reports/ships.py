@@ -46,6 +46,20 @@ def ranking(store, model=None, dataset=None, ablation=None, top: int | None = 20
                          "median_ships", "max_ships", "top1_share", "top10_share", "n_prompts"])
 
 
+def screening(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
+    """Per screened unit: heads estimated and verified exactly per prompt (empty without screened units)."""
+    has = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'ships_estimates'")
+    if not has["n"][0]:
+        return pl.DataFrame()
+    where, params = _filters(model, dataset, ablation)
+    return store.query(f"""
+        SELECT model_id, dataset_id, ablation_id, any_value(estimator) AS estimator,
+               count(DISTINCT prompt_id) AS n_prompts,
+               count(*) // count(DISTINCT prompt_id) AS heads_estimated,
+               sum(CASE WHEN verified THEN 1 ELSE 0 END) // count(DISTINCT prompt_id) AS heads_verified
+        FROM ships_estimates WHERE {where} GROUP BY unit_id, model_id, dataset_id, ablation_id ORDER BY ALL""", params)
+
+
 def heatmap(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
     """Mean Ships per (model, dataset, ablation, layer, head): the data of the layer x head heatmap."""
     where, params = _filters(model, dataset, ablation)

@@ -1,0 +1,170 @@
+"""Screened Ships (shb.scorers.attribution + the `screen` option of the ships metric).
+
+Checks: the ablated head outputs the estimate linearises around are exact; the screened
+ranking recovers the exact sweep's top-10 (recall@10 >= 0.9 with N <= 10% of the heads verified)
+on the toy model and on tiny random models of three architectures; through the runner, the
+verified rows equal the exact sweep's and estimates are stored apart.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from shb.ablation import ablate
+from shb.engine import Engine
+from shb.models import LoadedModel
+from shb.models.layout import detect
+from shb.scorers import attribution
+from tests.conftest import WORDS, make_tokenizer
+
+
+def _prompts(n=8, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) for _ in range(n)]
+
+
+def _random_model(arch: str, tokenizer):
+    """4 layers x 32 heads (128 heads; N = 12 is 9.4%), initialised sharp enough that heads differ."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1)
+    if arch == "llama":
+        cfg = tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=32,
+                             num_key_value_heads=8, max_position_embeddings=128, **common)
+        model = tf.LlamaForCausalLM(cfg)
+    elif arch == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=32,
+                             num_key_value_heads=32, max_position_embeddings=128, **common)
+        model = tf.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = tf.GPT2Config(n_embd=128, n_layer=4, n_head=32, n_positions=128, **common)
+        model = tf.GPT2LMHeadModel(cfg)
+    return model.eval()
+
+
+def _lm(model, tokenizer):
+    tokenizer.padding_side = "left"
+    return LoadedModel(model=model, tokenizer=tokenizer, layout=detect(model), source="test", path="")
+
+
+def _exact(lm, prompts):
+    engine = Engine(lm, prompts)
+    return torch.stack([engine.ships_layer(layer) for layer in range(lm.n_layers)], 1).reshape(len(prompts), -1)
+
+
+def _screened_recall(lm, prompts, top, exact):
+    est = attribution.estimate(lm, prompts).reshape(len(prompts), -1)
+    verified = {(p, f): float(exact[p, f]) for p in range(len(prompts)) for f in est[p].topk(top).indices.tolist()}
+    return attribution.recall_at(exact, attribution.screened_scores(est, verified), 10), est
+
+
+@pytest.mark.parametrize("kind", ["undifferentiated", "scaling", "mean"])
+def test_ablated_head_outputs_are_exact(kind):
+    """z~_h from the all-heads pass equals head h's output when h alone is ablated (hooks by hand)."""
+    tokenizer = make_tokenizer()
+    lm = _lm(_random_model("llama", tokenizer), tokenizer)
+    ids, mask, pos = attribution._batch(tokenizer, _prompts(3), "cpu")
+    _, clean, ablated = attribution.head_outputs(lm.model, lm.layout, ids, mask, pos, kind, 1e-5, None)
+    for layer, head in [(0, 3), (2, 17), (3, 31)]:
+        seen = {}
+        module = lm.layout.module(lm.model, layer, lm.layout.output)
+        with ablate(lm, [(layer, head)], kind=kind, epsilon=1e-5):
+            handle = module.register_forward_pre_hook(lambda m, args: seen.setdefault("z", args[0]))
+            try:
+                with torch.no_grad():
+                    lm.model(input_ids=ids, attention_mask=mask, position_ids=pos)
+            finally:
+                handle.remove()
+        by_hand = attribution._per_head(seen["z"], lm.layout.output)[:, :, head]
+        real = mask.bool()
+        torch.testing.assert_close(ablated[layer][:, :, head][real], by_hand[real], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(clean[layer][:, :, head][real], by_hand[real])  # the ablation did something
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_screened_recall_on_random_models(arch):
+    tokenizer = make_tokenizer()
+    lm = _lm(_random_model(arch, tokenizer), tokenizer)
+    prompts = _prompts()
+    exact = _exact(lm, prompts)
+    top = 12  # 9.4% of the 128 heads
+    recall, est = _screened_recall(lm, prompts, top, exact)
+    assert recall >= 0.9, f"{arch}: recall@10 {recall:.3f} with N = {top}"
+    assert attribution.spearman(exact, est) >= 0.9
+
+
+def test_estimators_differ_and_fisher_ranks_best(toy_lm_prompts):
+    lm, prompts, exact = toy_lm_prompts
+    rho = {name: attribution.spearman(exact, attribution.estimate(lm, prompts, estimator=name).reshape(len(prompts), -1))
+           for name in attribution.ESTIMATORS}
+    assert rho["fisher"] >= rho["logit-top"], rho
+    assert rho["fisher"] >= 0.9, rho
+
+
+@pytest.fixture(scope="module")
+def toy_lm_prompts():
+    from shb.datasets import format_prompt
+    from shb.models import load
+    from shb.models.toy import prompts as toy_prompts
+
+    lm = load("toy")
+    prompts = [format_prompt(p, "chat", lm.tokenizer) for p in toy_prompts.harmful("test", n=12)]
+    return lm, prompts, _exact(lm, prompts)
+
+
+def test_screened_recall_on_toy(toy_lm_prompts):
+    lm, prompts, exact = toy_lm_prompts
+    top = 3  # 9.4% of the toy's 32 heads
+    recall, est = _screened_recall(lm, prompts, top, exact)
+    assert recall >= 0.9, f"toy: recall@10 {recall:.3f} with N = {top}"
+    # The top head of every prompt is among the verified candidates, so the stored top-1 is exact.
+    top1 = exact.argmax(1)
+    assert all(int(t) in est[p].topk(top).indices.tolist() for p, t in enumerate(top1))
+
+
+def test_screened_metric_through_runner(tmp_path):
+    """Verified rows equal the exact sweep's; estimates are stored apart; the report says how many were verified."""
+    from click.testing import CliRunner
+
+    from shb.cli import main
+    from shb.store import Store
+
+    suite = {
+        "name": "screen",
+        "models": [{"id": "toy", "kind": "toy"}],
+        "datasets": [{"id": "harm", "kind": "toy-harmful", "limit": 10, "format": "chat"}],
+        "ablations": [{"id": "ua", "kind": "undifferentiated"}],
+        "metrics": [{"id": "exact", "kind": "ships"},
+                    {"id": "screened", "kind": "ships", "screen": {"top": 3}}],
+        "defaults": {"device": "cpu"},
+    }
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(suite))
+    db = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(main, ["run", str(path), "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    with Store(db, read_only=True) as store:
+        units = dict(store.con.execute("SELECT metric_id, unit_id FROM units").fetchall())
+        assert units["exact"] != units["screened"]
+        pairs = store.con.execute("""
+            SELECT e.score, s.score FROM ships s JOIN ships e USING (prompt_id, layer, head)
+            WHERE s.unit_id = ? AND e.unit_id = ?""", [units["screened"], units["exact"]]).fetchall()
+        assert len(pairs) == 10 * 3
+        # The exact sweep batches 10 prompts, verification one at a time: fp32 rounding differs by
+        # ~1e-5 of the largest score (the engine-vs-naive bound in test_engine.py).
+        peak = max(e for e, _ in pairs)
+        for exact, screened in pairs:
+            assert screened == pytest.approx(exact, rel=1e-4, abs=1e-5 * peak)
+        n_est, n_ver = store.con.execute(
+            "SELECT count(*), sum(CASE WHEN verified THEN 1 ELSE 0 END) FROM ships_estimates WHERE unit_id = ?",
+            [units["screened"]]).fetchall()[0]
+        assert (n_est, n_ver) == (10 * 32, 10 * 3)
+    report = CliRunner().invoke(main, ["report", "ships", "--db", str(db), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    table = CliRunner().invoke(main, ["report", "ships", "--db", str(db)], env={"COLUMNS": "200"})
+    assert "verified exactly" in table.output
