@@ -108,3 +108,47 @@ def test_generation_auto_batch_counts_the_kv_cache(lm):
     assert len(gens) == 3
     with pytest.raises(ValueError, match="batch_size"):
         generate(lm, PROMPTS[:3], batch_size="big")
+
+
+def test_a_run_under_the_fake_limit_stores_the_same_scores_and_its_batch(tmp_path, tiny_model_dir, prompts_file,
+                                                                        monkeypatch):
+    import shb.models
+    from shb.run import run_suite
+    from shb.store import Store
+    from shb.suite import from_dict
+
+    suite = from_dict({
+        "name": "oom",
+        "models": [{"id": "tiny", "kind": "hf", "path": str(tiny_model_dir)}],
+        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
+        "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
+        "metrics": [{"id": "ships", "kind": "ships"}],
+        "defaults": {"device": "cpu", "dtype": "float32", "batch_size": "auto"},
+    })
+
+    def scores_and_batch(db):
+        assert run_suite(suite, db, log=lambda *a, **k: None)["failed"] == 0
+        with Store(db, read_only=True) as store:
+            scores = store.con.execute("SELECT prompt_id, layer, head, score FROM ships ORDER BY ALL").fetchall()
+            batch = store.con.execute("SELECT batch_size FROM units").fetchall()
+        return scores, batch[0][0]
+
+    free_scores, free_batch = scores_and_batch(tmp_path / "free.duckdb")
+    real = shb.models.load_hf_spec
+    limits = []
+
+    def limited(spec, **kw):
+        lm = real(spec, **kw)
+        limits.append(fake_memory_limit(lm.model, LIMIT))
+        limits[-1].__enter__()
+        return lm
+
+    monkeypatch.setattr(shb.models, "load_hf_spec", limited)
+    try:
+        scores, batch = scores_and_batch(tmp_path / "limited.duckdb")
+    finally:
+        for limit in limits:
+            limit.__exit__(None, None, None)
+    assert limits and free_batch > LIMIT >= batch >= 1
+    assert [s[:3] for s in scores] == [s[:3] for s in free_scores] and len(scores) == 6 * 3 * 4
+    torch.testing.assert_close([s[3] for s in scores], [s[3] for s in free_scores], rtol=1e-5, atol=1e-9)
