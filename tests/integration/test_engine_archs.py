@@ -55,3 +55,21 @@ def test_engine_equals_naive(arch, attn):
     torch.testing.assert_close(kl_a, kl_b, rtol=1e-4, atol=1e-4 * float(kl_b.abs().max()))
     torch.testing.assert_close(h_a, h_b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast.base_log_probs, slow.base_log_probs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(FAST_PATH_ARCHS))
+def test_float32_scoring_head_matches_the_bf16_model(arch):
+    # Under bf16 the scored position goes through a float32 copy of the final norm, output projection, LM
+    # head and soft-capping (shb.scorers.head): it must give the model's own logits, to bf16 rounding.
+    from shb.engine import _module_input
+    from shb.scorers.head import ScoringHead
+
+    model = tiny_model(arch).to(torch.bfloat16)
+    head = ScoringHead(model)
+    assert head.widened and head.dtype == torch.float32
+    ids = torch.tensor([[int(t) for t in PROMPTS[2].split()]])
+    with torch.no_grad(), _module_input(head.first) as entering:
+        own = model(input_ids=ids).logits[0, -1].float()
+    logits, _ = head(entering.hidden[:, -1])
+    torch.testing.assert_close(logits[0], own, rtol=3e-2, atol=3e-2 * float(own.abs().max()))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())  # the model itself is left as it was
