@@ -6,6 +6,7 @@ Run by hand (not part of the tests):
 
     . .venv/bin/activate && python bench/generate.py                # random Llama, then the toy model if built
     python bench/generate.py --new-tokens 32 --prompts 32 --repeats 3 --no-toy
+    python bench/generate.py --preset 7b --no-toy                   # GPU: Llama-2-7B shape, bf16 (bench/gpu.sh)
 
 Tokens/s counts the tokens actually generated (a row stops at its EOS).
 """
@@ -38,8 +39,17 @@ def goals(n: int) -> list[str]:
     return rows[:n]
 
 
-def random_llama(n_prompts: int):
-    """A random-initialised Llama (8 layers, 8 heads, hidden 256) with a BPE tokenizer trained on the prompts."""
+PRESETS = {  # geometry of the random Llama; the 7b one has Llama-2-7B's shape (vocabulary 32,000)
+    "small": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 8, "num_attention_heads": 8,
+              "num_key_value_heads": 8, "vocab_size": None, "dtype": "float32", "device": "cpu"},
+    "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 32, "vocab_size": 32000, "dtype": "bfloat16", "device": "cuda"},
+}
+
+
+def random_llama(n_prompts: int, preset: str = "small"):
+    """A random-initialised Llama (``PRESETS``) with a BPE tokenizer trained on the prompts. With a model
+    vocabulary larger than the tokenizer's, ids beyond it decode to nothing (tokens are still counted)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -54,11 +64,13 @@ def random_llama(n_prompts: int):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>", padding_side="left")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    geometry = dict(PRESETS[preset])
+    dtype, device = getattr(torch, geometry.pop("dtype")), geometry.pop("device")
+    geometry["vocab_size"] = geometry["vocab_size"] or len(tokenizer)
+    config = LlamaConfig(**geometry, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
     prompts = [TEMPLATE.format(goal=g) for g in goals(n_prompts)]
     return SimpleNamespace(model=model, tokenizer=tokenizer), prompts
 
@@ -158,6 +170,7 @@ def main(argv=None):
     p.add_argument("--reference-prompts", type=int, default=32, help="prompts for the (slow) reference loop")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-toy", action="store_true")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="geometry of the random Llama")
     args = p.parse_args(argv)
 
     import torch
@@ -166,8 +179,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    lm, prompts = random_llama(args.prompts)
-    bench("random Llama (8 layers, 8 heads, hidden 256)", lm, prompts, args)
+    if PRESETS[args.preset]["device"] == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--preset {args.preset}: no CUDA device here")
+    lm, prompts = random_llama(args.prompts, args.preset)
+    g = PRESETS[args.preset]
+    bench(f"random Llama ({g['num_hidden_layers']} layers, {g['num_attention_heads']} heads, hidden {g['hidden_size']}, "
+          f"{g['dtype']} on {g['device']})", lm, prompts, args)
     if not args.no_toy:
         lm, prompts = toy_model(args.prompts)
         if lm is None:

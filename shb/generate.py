@@ -122,7 +122,7 @@ def generate(
     site: str | None = None,
     decoding: dict | None = None,
     max_new_tokens: int = 128,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     answer_prefix: str | None = None,
     progress: Callable[[int], None] | None = None,
     strategy: str = "cached",
@@ -142,6 +142,9 @@ def generate(
     answer_prefix: forced start of the answer (e.g. "Sure, here is"), appended
         to the prompt text before tokenizing; it IS included at the start of
         every returned ``Generation.text`` (and not counted in ``n_tokens``).
+    batch_size: rows per batch, or "auto": sized from free memory counting the KV cache
+        (``generation_batch_size``). Either way an out-of-memory error halves it and the batch is
+        run again (same rows, same seeds: same answers); the size settled on is logged.
     progress: called with the number of rows finished after every batch.
     strategy: "cached" (batched, KV cache) or "reference" (the paper's loop:
         batch 1, a full forward per new token, no cache).
@@ -161,8 +164,8 @@ def generate(
             raise ValueError(f"prompts[{i}] must be a string, got {type(p).__name__}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {batch_size!r}")
     if answer_prefix is not None and not isinstance(answer_prefix, str):
         raise ValueError(f"answer_prefix must be a string or None, got {answer_prefix!r}")
     if not isinstance(first_index, int) or first_index < 0:
@@ -306,28 +309,93 @@ def _generators(seeds):
 # --------------------------------------------------------------------------- fast path
 
 
+GENERATION_CPU_BUDGET = 256 << 20  # bytes; as the engine's: on the CPU small batches run fastest
+GENERATION_CUDA_SHARE = 0.6  # share of free CUDA memory a batch may fill
+MAX_GENERATION_ROWS = {"cpu": 16, "cuda": 512}  # 16: what the CPU ran before "auto" (bench/generate.py)
+
+
+def generation_memory_per_row(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Bytes one row of a generation batch holds at its peak: its KV cache (every layer's keys and
+    values for the prompt and all new tokens), the prefill activations of one layer with the attention
+    scores, and the sampling work on one position's float32 logits."""
+    cfg = model.config
+    elem = next(model.parameters()).element_size()
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or d // n_heads
+    inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * d
+    vocab = getattr(cfg, "vocab_size", None) or 32000
+    t = prompt_tokens + max_new_tokens
+    kv = 2 * n_layers * n_kv * head_dim * t * elem
+    prefill = prompt_tokens * (12 * d + 4 * inter) * elem + n_heads * prompt_tokens**2 * (4 + elem)
+    return int(kv + prefill + vocab * 32)
+
+
+def generation_batch_size(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Rows per batch for ``batch_size="auto"``: what fits in the free memory of the model's device."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        budget = int(torch.cuda.mem_get_info(device)[0] * GENERATION_CUDA_SHARE)
+    else:
+        budget = GENERATION_CPU_BUDGET
+    cap = MAX_GENERATION_ROWS.get(device.type, 16)
+    return max(1, min(cap, budget // generation_memory_per_row(model, prompt_tokens, max_new_tokens)))
+
+
 def _cached_rows(lm, encoded, rows, seeds, row_heads, ablation, spec, max_new_tokens, batch_size, progress):
-    """Rows in batches of similar length (less padding); results in row order."""
+    """Rows in batches of similar length (less padding); results in row order. An out-of-memory
+    error halves the batch size and runs the same rows again."""
+    import logging
+
+    from shb.engine import _is_oom
+
+    order = sorted(range(len(rows)), key=lambda r: -len(encoded[rows[r][0]]))
+    if batch_size == "auto":
+        batch_size = generation_batch_size(lm.model, len(encoded[rows[order[0]][0]]), max_new_tokens)
     if getattr(getattr(lm, "layout", None), "padding_sensitive", None):
         batch_size = 1  # left padding would change this model's outputs (Llama-4 temperature tuning)
-    order = sorted(range(len(rows)), key=lambda r: -len(encoded[rows[r][0]]))
     results = [None] * len(rows)
-    for start in range(0, len(order), batch_size):
+    start = 0
+    while start < len(order):
         idx = order[start : start + batch_size]
-        outs = _cached_batch(
-            lm,
-            [encoded[rows[r][0]] for r in idx],
-            [seeds[r] for r in idx],
-            [row_heads[rows[r][0]] for r in idx],
-            ablation,
-            spec,
-            max_new_tokens,
-        )
+        try:
+            outs = _cached_batch(
+                lm,
+                [encoded[rows[r][0]] for r in idx],
+                [seeds[r] for r in idx],
+                [row_heads[rows[r][0]] for r in idx],
+                ablation,
+                spec,
+                max_new_tokens,
+            )
+        except Exception as exc:  # re-raised unless out of memory with room to halve
+            if not _is_oom(exc) or len(idx) == 1:
+                raise
+            outs = None
+        if outs is None:  # outside the except block: the failed batch's tensors are free by now
+            batch_size = max(1, len(idx) // 2)
+            logging.getLogger("shb.generate").warning(
+                "shb generate: out of memory at %d rows per batch; continuing with %d", len(idx), batch_size)
+            _empty_cuda_cache(lm.model)
+            continue
         for r, out in zip(idx, outs):
             results[r] = out
         if progress is not None:
             progress(len(idx))
+        start += len(idx)
+    logging.getLogger("shb.generate").info("shb generate: %d rows per batch", batch_size)
     return results
+
+
+def _empty_cuda_cache(model):
+    import torch
+
+    if next(model.parameters()).device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _cached_batch(lm, ids_list, seeds, head_sets, ablation, spec, max_new_tokens):

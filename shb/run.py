@@ -196,5 +196,6 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
         if os.environ.get("SHB_RAISE"):
             raise
         return False
-    store.upsert_unit({**row, "status": "done", "seconds": time.perf_counter() - started, "n_chunks": len(chunks)})
+    store.upsert_unit({**row, "status": "done", "seconds": time.perf_counter() - started, "n_chunks": len(chunks),
+                       "batch_size": ctx.batch_size_used()})
     return True

@@ -16,7 +16,6 @@ from pathlib import Path
 from shb.errors import DatabaseBusy, UsageError
 
 DEFAULT_DB = "results.duckdb"
-SCHEMA_VERSION = 2
 
 # Each migration takes the database from version i to i + 1. Never edit a released one; append.
 MIGRATIONS: list[list[str]] = [
@@ -75,7 +74,10 @@ MIGRATIONS: list[list[str]] = [
             layer INTEGER, head INTEGER, estimate DOUBLE, estimator VARCHAR, verified BOOLEAN,
             PRIMARY KEY (unit_id, prompt_id, layer, head))""",
     ],
+    # h-gpu: the rows per forward pass a unit's engine settled on (batch_size "auto" and out-of-memory halving).
+    ["ALTER TABLE units ADD COLUMN batch_size INTEGER"],
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLE_KEYS = {
     "ships": ("unit_id", "prompt_id", "layer", "head"),

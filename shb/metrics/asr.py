@@ -124,7 +124,7 @@ class AsrMetric(Metric):
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         sets = self.head_sets(unit, ctx, k, prompts)
         decoding = normalize_decoding(ctx.metric.get("decoding"))
-        batch_size = ctx.batch_size if isinstance(ctx.batch_size, int) else (64 if ctx.device.startswith("cuda") else 16)
+        batch_size = ctx.batch_size  # an int, or "auto": sized by shb.generate from free memory (KV cache counted)
         generations = generate(
             ctx.lm, texts, head_sets=sets, kind=ctx.ablation["kind"], epsilon=ctx.ablation.get("epsilon", 1e-5),
             site=ctx.ablation.get("site"), decoding=decoding, max_new_tokens=ctx.metric.get("max_new_tokens", 128),

@@ -34,12 +34,19 @@ class UnitContext:
         """The scoring engine for this unit's model, prompts and ablation (built once, shared)."""
         from shb.engine import Engine
 
-        key = ("engine", self.ids["model_id"], self.ids["dataset_id"], self.ids["ablation_id"],
-               self.metric.get("strategy", "engine"))
-        return self.cached(key, lambda: Engine(
+        return self.cached(self._engine_key(), lambda: Engine(
             self.lm, self.formatted, kind=self.ablation["kind"], epsilon=self.ablation.get("epsilon", 1e-5),
             site=self.ablation.get("site"), strategy=self.metric.get("strategy", "engine"),
             batch_size=self.batch_size, progress=self.advance_fn("  (prompt, head set) evaluations")))
+
+    def _engine_key(self):
+        return ("engine", self.ids["model_id"], self.ids["dataset_id"], self.ids["ablation_id"],
+                self.metric.get("strategy", "engine"))
+
+    def batch_size_used(self) -> int | None:
+        """Rows per forward pass this unit's engine settled on (None when the unit built no engine)."""
+        engine = self.shared.get(self._engine_key())
+        return None if engine is None else engine.batch_size
 
     def advance_fn(self, description: str, total: int | None = None):
         """A callable ``advance(n)`` on a progress bar of its own (a no-op without progress)."""
