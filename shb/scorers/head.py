@@ -22,7 +22,7 @@ import torch
 
 # Attribute names of the final norm on the base models of the supported architectures (Llama, Mistral,
 # Qwen2, Gemma, Gemma-2, Phi-3: ``norm``; GPT-2: ``ln_f``; GPT-NeoX, OPT's decoder: ``final_layer_norm``).
-NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_norm")
+NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_norm", "final_layernorm", "norm_f", "embedding_norm")  # + Jamba, LFM2
 PROJECT_OUT_NAMES = ("project_out",)  # OPT with word_embed_proj_dim != hidden_size
 
 
@@ -52,6 +52,8 @@ class ScoringHead:
             self._modules = [_widened(m, self.dtype) for m in originals]
             self.widened = True
             self.extra_bytes = sum(p.numel() * p.element_size() for m in self._modules for p in m.parameters())
+        self.scale = 1.0
+        self.scale = self._calibrate()
 
     @property
     def first(self) -> torch.nn.Module:
@@ -70,7 +72,49 @@ class ScoringHead:
         logits = self._modules[-1](x)
         if self.softcap:  # Gemma-2: logits = cap * tanh(logits / cap), as its causal-LM forward does
             logits = torch.tanh(logits / self.softcap) * self.softcap
+        if self.scale != 1.0:  # Cohere's logit_scale, Granite's logits_scaling, ... (see _calibrate)
+            logits = logits * self.scale
         return logits, hidden
+
+    @torch.no_grad()
+    def _calibrate(self) -> float:
+        """The constant the model's causal-LM forward multiplies its logits by after the LM head.
+
+        Some architectures scale the logits in their forward (Cohere: ``* logit_scale``; Granite:
+        ``/ logits_scaling``; others multiply by a config value), which a chain rebuilt from modules
+        does not see. One short forward of the model itself tells the factor, whatever its name; a
+        post-processing that is not a constant factor is refused rather than scored wrongly.
+        """
+        model = self.model
+        device = next(model.parameters()).device
+        vocab = self.lm_head.weight.shape[0]
+        ids = (torch.arange(3, 8, device=device) % vocab)[None]  # (1, 5): any tokens will do
+        seen = {}
+
+        def grab(_module, args, kwargs):
+            seen["h"] = args[0] if args else next(iter(kwargs.values()))
+
+        handle = self.first.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            own = model(input_ids=ids).logits[0, -1].to(self.dtype)  # (V,)
+        finally:
+            handle.remove()
+        chain = self(seen["h"][:, -1])[0][0]  # (V,)
+        denom = float((chain * chain).sum())
+        scale = float((own * chain).sum()) / denom if denom > 0 else 1.0
+        # The model's own logits are rounded to its dtype: compare at that precision. A factor within
+        # rounding of 1 is 1 (the scalings this is for are far from 1: Cohere 1/16, Granite 1/8, ...).
+        wide = next(model.parameters()).dtype in (torch.float32, torch.float64)
+        tol = 1e-4 if wide else 3e-2
+        if abs(scale - 1.0) < (1e-6 if wide else 1e-2):
+            scale = 1.0
+        error = float((own - scale * chain).abs().max())
+        if error > tol * max(float(own.abs().max()), 1e-6):
+            raise RuntimeError(
+                f"shb's scoring head does not reproduce {type(model).__name__}'s logits (largest difference "
+                f"{error:.3g}): its forward post-processes the LM head's output in a way shb does not know, "
+                "so Ships cannot be scored exactly for this architecture")
+        return scale
 
 
 def _dtype_of(module):
@@ -89,7 +133,9 @@ def _widened(module, dtype):
 def _chain_slots(model) -> list[tuple[torch.nn.Module, str]]:
     """(parent, name) of the final norm and output projection that sit between the last decoder layer and the LM head."""
     base = getattr(model, "base_model", None)
-    containers = [c for c in (base, getattr(base, "decoder", None)) if isinstance(c, torch.nn.Module)]
+    inner = getattr(model, "model", None)  # Llama-4's base_model_prefix names no attribute of the causal LM
+    containers = [c for c in (base, getattr(base, "decoder", None), inner, getattr(inner, "decoder", None))
+                  if isinstance(c, torch.nn.Module) and c is not model]
     slots, norm_seen = [], False
     for names in (NORM_NAMES, PROJECT_OUT_NAMES):
         for container in containers:
