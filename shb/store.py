@@ -16,7 +16,6 @@ from pathlib import Path
 from shb.errors import DatabaseBusy, UsageError
 
 DEFAULT_DB = "results.duckdb"
-SCHEMA_VERSION = 1
 
 # Each migration takes the database from version i to i + 1. Never edit a released one; append.
 MIGRATIONS: list[list[str]] = [
@@ -67,7 +66,25 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    [   # utility (issue 12): one row per lm-eval document x metric, benign answer x judge, or benign text
+        """CREATE TABLE utility_docs (
+            unit_id VARCHAR, model_id VARCHAR, dataset_id VARCHAR, ablation_id VARCHAR, metric_id VARCHAR,
+            part VARCHAR, task VARCHAR, measure VARCHAR, judge_id VARCHAR, judge_hash VARCHAR,
+            k INTEGER, head_source VARCHAR, heads VARCHAR[], intervention JSON, intervention_kind VARCHAR,
+            doc_id INTEGER, sample_index INTEGER, value DOUBLE, weight DOUBLE,
+            lm_eval_version VARCHAR, task_hash VARCHAR, num_fewshot INTEGER, detail JSON,
+            PRIMARY KEY (unit_id, part, task, measure, judge_id, k, doc_id, sample_index))""",
+        """CREATE VIEW utility AS
+            SELECT model_id, dataset_id, ablation_id, metric_id, part, task, measure, judge_id, judge_hash,
+                   k, head_source, heads, CAST(intervention AS VARCHAR) AS intervention, intervention_kind,
+                   lm_eval_version, task_hash, num_fewshot, unit_id,
+                   count(value) AS n, avg(value) AS value, stddev_samp(value) AS sd,
+                   sum(value * weight) / nullif(sum(CASE WHEN value IS NOT NULL THEN weight END), 0) AS weighted_value,
+                   bool_and(value IN (0, 1)) AS is_binary
+            FROM utility_docs GROUP BY ALL""",
+    ],
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLE_KEYS = {
     "ships": ("unit_id", "prompt_id", "layer", "head"),
@@ -77,6 +94,7 @@ TABLE_KEYS = {
     "judgments": ("generation_id", "judge_id"),
     "prompts": ("dataset_id", "prompt_id"),
     "models": ("model_id",),
+    "utility_docs": ("unit_id", "part", "task", "measure", "judge_id", "k", "doc_id", "sample_index"),
 }
 
 
