@@ -82,6 +82,14 @@ MIGRATIONS: list[list[str]] = [
                    sum(value * weight) / nullif(sum(CASE WHEN value IS NOT NULL THEN weight END), 0) AS weighted_value,
                    bool_and(value IN (0, 1)) AS is_binary
             FROM utility_docs GROUP BY ALL""",
+        # Each intervention beside the unmodified model of the same unit (same model, metric config, cell).
+        """CREATE VIEW utility_change AS
+            SELECT x.model_id, x.dataset_id, x.ablation_id, x.metric_id, x.part, x.task, x.measure, x.judge_id,
+                   x.k, x.head_source, x.heads, x.intervention, x.intervention_kind, x.unit_id,
+                   x.n, x.value, b.n AS base_n, b.value AS base_value, x.value - b.value AS change
+            FROM utility x JOIN utility b ON b.unit_id = x.unit_id AND b.part = x.part AND b.task = x.task
+                 AND b.measure = x.measure AND b.judge_id = x.judge_id AND b.k = 0
+            WHERE x.k > 0""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -48,6 +48,23 @@ def topic_docs(n: int = DEFAULT_DOCS, seed: int = 0) -> list[dict]:
     return docs
 
 
+def benign_chats(n: int = DEFAULT_DOCS, seed: int = 0) -> list[str]:
+    """Held-out benign conversations in the toy's chat format (request and compliant answer): a benign
+    text set for ``benign_loss`` on the toy model (``suites/data/toy-benign-chats.jsonl``)."""
+    import jinja2
+
+    from shb.models.toy import prompts, tokenizer
+
+    template = jinja2.Environment().from_string(tokenizer.CHAT_TEMPLATE)
+    chats = []
+    for text, topic in prompts.labelled("benign", "test", n, seed + 1):   # another shuffle than topic_docs uses
+        messages = [{"role": "user", "content": text},
+                    {"role": "assistant", "content": prompts.compliant_answer(text, topic)}]
+        chats.append(template.render(messages=messages, bos_token=tokenizer.BOS, eos_token=tokenizer.EOS,
+                                     add_generation_prompt=False))
+    return chats
+
+
 # task name -> (document generator, description)
 TASKS = {
     "shb_toy_topic": (topic_docs, "which of 4 answers is about the benign request's topic (chance 0.25)"),
