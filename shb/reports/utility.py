@@ -24,6 +24,11 @@ COLUMNS = KEYS + ["ablation_id", "head_source", "k", "heads", "n", "value", "lo"
 
 def summary(store, model=None, part=None, task=None, ablation=None) -> pl.DataFrame:
     body, params = where(model_id=model, part=part, task=task)
+    exists = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'utility'")["n"][0]
+    if not exists:   # a database written before the utility tables (opened read-only, so not migrated)
+        from shb.errors import UsageError
+
+        raise UsageError("no utility results in this database (it predates them); run a suite with a `utility` metric")
     frame = store.query(f"""
         SELECT model_id, metric_id, part, task, measure, judge_id, ablation_id, head_source, k, heads, unit_id,
                n, value, sd, is_binary
