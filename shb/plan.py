@@ -84,7 +84,7 @@ def ablation_key(ablation: Entry) -> dict:
 def metric_key(metric: Entry, defaults: dict) -> dict:
     params = {k: v for k, v in metric.params.items() if k not in NON_RESULT_KEYS}
     key = {"kind": metric.kind, **METRIC_DEFAULTS.get(metric.kind, {}), **params}
-    if metric.kind == "asr":
+    if metric.kind in ("asr", "utility"):  # random head sets are drawn with it
         key.setdefault("seed", defaults.get("seed", 0))
     return key
 
@@ -130,6 +130,9 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                         "ablation": ablation_key(ablation),
                         "metric": metric_key(metric, suite.defaults),
                     }
+                    reads = _reads(metric, suite, datasets)
+                    if reads:
+                        spec["reads"] = reads
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
                         source = by_cell.get((model.id, dataset.id, ablation.id, upstream))
@@ -144,6 +147,16 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                     by_cell[(model.id, dataset.id, ablation.id, metric.id)] = unit_id
                     units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, datasets[dataset.id][1]))
     return units
+
+
+def _reads(metric: Entry, suite: Suite, datasets: dict) -> dict:
+    """Datasets a metric reads besides its cell's (utility's benign prompts): their content keys its id."""
+    if metric.kind != "utility":
+        return {}
+    from shb.utility.spec import dataset_refs
+
+    entries = {d.id: d for d in suite.datasets}
+    return {ref: dataset_key(entries[ref], datasets[ref][0]) for ref in dataset_refs(metric.params) if ref in entries}
 
 
 def _upstream_metric(metric: Entry, suite: Suite) -> str | None:

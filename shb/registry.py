@@ -37,6 +37,7 @@ METRICS = {
     "ships_dataset": ("shb.metrics.ships_dataset:ShipsDatasetMetric", "per head: principal angles between last-token subspaces (Eq. 11)"),
     "sahara": ("shb.metrics.sahara:SaharaMetric", "greedy head-set search (Algorithm 1), every candidate stored"),
     "asr": ("shb.metrics.asr:AsrMetric", "generate under ablation and judge: attack success rate"),
+    "utility": ("shb.metrics.utility:UtilityMetric", "lm-eval tasks, over-refusal and benign loss under an intervention, beside the unmodified model"),
 }
 
 JUDGES = {

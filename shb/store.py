@@ -76,6 +76,31 @@ MIGRATIONS: list[list[str]] = [
     ],
     # h-gpu: the rows per forward pass a unit's engine settled on (batch_size "auto" and out-of-memory halving).
     ["ALTER TABLE units ADD COLUMN batch_size INTEGER"],
+    [   # utility (issue 12): one row per lm-eval document x metric, benign answer x judge, or benign text
+        """CREATE TABLE utility_docs (
+            unit_id VARCHAR, model_id VARCHAR, dataset_id VARCHAR, ablation_id VARCHAR, metric_id VARCHAR,
+            part VARCHAR, task VARCHAR, measure VARCHAR, judge_id VARCHAR, judge_hash VARCHAR,
+            k INTEGER, head_source VARCHAR, heads VARCHAR[], intervention JSON, intervention_kind VARCHAR,
+            doc_id INTEGER, sample_index INTEGER, value DOUBLE, weight DOUBLE,
+            lm_eval_version VARCHAR, task_hash VARCHAR, num_fewshot INTEGER, detail JSON,
+            PRIMARY KEY (unit_id, part, task, measure, judge_id, k, doc_id, sample_index))""",
+        """CREATE VIEW utility AS
+            SELECT model_id, dataset_id, ablation_id, metric_id, part, task, measure, judge_id, judge_hash,
+                   k, head_source, heads, CAST(intervention AS VARCHAR) AS intervention, intervention_kind,
+                   lm_eval_version, task_hash, num_fewshot, unit_id,
+                   count(value) AS n, avg(value) AS value, stddev_samp(value) AS sd,
+                   sum(value * weight) / nullif(sum(CASE WHEN value IS NOT NULL THEN weight END), 0) AS weighted_value,
+                   bool_and(value IN (0, 1)) AS is_binary
+            FROM utility_docs GROUP BY ALL""",
+        # Each intervention beside the unmodified model of the same unit (same model, metric config, cell).
+        """CREATE VIEW utility_change AS
+            SELECT x.model_id, x.dataset_id, x.ablation_id, x.metric_id, x.part, x.task, x.measure, x.judge_id,
+                   x.k, x.head_source, x.heads, x.intervention, x.intervention_kind, x.unit_id,
+                   x.n, x.value, b.n AS base_n, b.value AS base_value, x.value - b.value AS change
+            FROM utility x JOIN utility b ON b.unit_id = x.unit_id AND b.part = x.part AND b.task = x.task
+                 AND b.measure = x.measure AND b.judge_id = x.judge_id AND b.k = 0
+            WHERE x.k > 0""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -88,6 +113,7 @@ TABLE_KEYS = {
     "judgments": ("generation_id", "judge_id"),
     "prompts": ("dataset_id", "prompt_id"),
     "models": ("model_id",),
+    "utility_docs": ("unit_id", "part", "task", "measure", "judge_id", "k", "doc_id", "sample_index"),
 }
 
 

@@ -154,6 +154,10 @@ def semantic_problems(data: dict) -> list[str]:
         if heads in ("sahara", "ships_per_prompt", "random") or (isinstance(heads, str) and heads.startswith("sahara:")):
             if "k" not in metric:
                 problems.append(f"/metrics/{i}: heads '{heads}' needs k (how many heads to ablate)")
+        if metric.get("kind") == "utility":
+            from shb.utility.spec import problems as utility_problems
+
+            problems += utility_problems(i, metric, ids.get("datasets"))
         if heads == "ships_per_prompt" and "ships" not in metric_kinds.values():
             problems.append(f"/metrics/{i}/heads: 'ships_per_prompt' needs a metric of kind ships in this suite")
     return problems

@@ -24,6 +24,7 @@ class UnitContext:
     seed: int = 0
     progress: Any = None         # shb.progress.Progress or None
     shared: dict = field(default_factory=dict)
+    suite: Any = None            # the shb.suite.Suite (a metric that reads a second dataset finds it here)
 
     def cached(self, key, factory: Callable[[], Any]):
         if key not in self.shared:

@@ -177,6 +177,26 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
     emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated", frame)], None, out)
 
 
+@report.command("utility")
+@DB_OPTION
+@click.option("--model", default=None)
+@click.option("--part", type=click.Choice(["lm_eval", "over_refusal", "benign_loss"]), default=None)
+@click.option("--task", default=None, help="lm-eval task, or the dataset id of benign prompts/texts")
+@click.option("--ablation", default=None)
+@format_option(["table", "json", "csv", "html"])
+@OUT_OPTION
+@friendly
+def report_utility(db, model, part, task, ablation, fmt, out):
+    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model."""
+    from shb.reports import utility
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        frame = utility.summary(store, model, part, task, ablation)
+    emit(fmt, "utility: each intervention beside the unmodified model (k = 0)",
+         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)], None, out)
+
+
 @report.command("overlap")
 @DB_OPTION
 @click.option("--metric", type=click.Choice(["ships", "ships_dataset"]), default="ships", show_default=True)

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 FORMATS = {"ships": ["table", "json", "csv", "png", "html"], "sahara": ["table", "json", "csv", "png", "html"],
            "asr": ["table", "json", "csv", "html"], "overlap": ["table", "json", "csv", "png", "html"],
-           "efficiency": ["table", "json", "csv", "png", "html"], "runs": ["table", "json", "csv", "html"]}
+           "efficiency": ["table", "json", "csv", "png", "html"], "runs": ["table", "json", "csv", "html"],
+           "utility": ["table", "json", "csv", "html"]}
 
 
 def shb(*args):
@@ -33,7 +34,18 @@ def db(tmp_path_factory):
 
 def test_every_unit_is_done(db):
     units = json.loads(shb("sql", "SELECT status, count(*) AS n FROM units GROUP BY 1", "--db", str(db), "--format", "json"))
-    assert units == [{"status": "done", "n": 39}]  # 33 + 2 interventions x 3 models
+    assert units == [{"status": "done", "n": 35}]
+
+
+def test_utility_of_sahara_heads_beside_random_heads(db):
+    """paper-mini's utility metrics: the unmodified toy-a, its 3 Sahara heads and 3 random heads, with intervals."""
+    rows = json.loads(shb("report", "utility", "--db", str(db), "--format", "json"))
+    got = {(r["metric_id"], r["part"], r["k"]) for r in rows}
+    for metric in ("utility-sahara", "utility-random"):
+        assert {(metric, part, k) for part in ("lm_eval", "over_refusal", "benign_loss") for k in (0, 3)} <= got
+    assert all(r["lo"] <= r["value"] <= r["hi"] for r in rows)
+    unmodified = next(r for r in rows if r["part"] == "lm_eval" and r["k"] == 0)
+    assert unmodified["value"] > 0.8            # the toy answers its topic task (chance 0.25)
 
 
 @pytest.mark.parametrize("report", sorted(FORMATS))

@@ -35,7 +35,7 @@ def test_paper_suite_declares_the_papers_experiment():
     assert all(d.get("path") is None for d in suite.datasets)  # fetched upstream, pinned by sha256
     assert {(a.kind, a.get("epsilon")) for a in suite.ablations} == {("undifferentiated", 1e-5), ("scaling", 1e-5)}
     metrics = _metrics(suite)
-    assert {m.kind for m in metrics.values()} == {"ships", "ships_dataset", "sahara", "asr"}
+    assert {m.kind for m in metrics.values()} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
     sahara = [m for m in metrics.values() if m.kind == "sahara"]
     assert len(sahara) == 1 and sahara[0].get("steps") == 5
     asr = [m for m in metrics.values() if m.kind == "asr"]
@@ -45,6 +45,10 @@ def test_paper_suite_declares_the_papers_experiment():
         assert m.get("max_new_tokens") == 128 and m.get("judge") == "keyword-paper"
         if m.get("decoding")["mode"] == "sample":
             assert m.get("decoding")["top_k"] == 5
+    utility = [m for m in metrics.values() if m.kind == "utility"]   # Fig. 6b: zero-shot lm-eval tasks
+    assert len(utility) == 1 and utility[0].get("heads") == f"sahara:{sahara[0].id}"
+    assert utility[0].get("lm_eval") == {"tasks": ["boolq", "rte", "winogrande", "arc_challenge", "openbookqa"],
+                                         "num_fewshot": 0}
 
 
 def test_paper_mini_is_the_same_structure_on_toy_models():
@@ -52,12 +56,15 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert all(m.kind == "toy" for m in suite.models)
     bases = [m.get("base_seed") for m in suite.models]
     assert len(suite.models) == 3 and len(set(bases)) == 2 and max(bases.count(b) for b in bases) == 2
-    assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr"}
+    assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
+    heads = {m.get("heads") for m in suite.metrics if m.kind == "utility"}
+    assert heads == {"sahara:sahara", "random"}   # the Sahara heads beside a random set of the same size
     by_kind = {m.kind: m for m in suite.metrics}
     assert by_kind["sahara"].get("steps") == 3 and by_kind["asr"].get("max_new_tokens") == 32
     toy = [d for d in suite.datasets if d.kind == "toy-harmful"]
     assert toy and toy[0].get("limit") <= 32
-    shared = [d for d in suite.datasets if d.get("path")]
+    shared = [d for d in suite.datasets if d.get("path") and not d.get("path").startswith("suites/")]
+    assert all((REPO / d.get("path")).is_file() for d in suite.datasets if d.get("path", "").startswith("suites/"))
     assert shared and all(d.get("path").startswith("../shared/data/") for d in shared)
     # resolves from the repository root, as CI runs it
     for d in shared:

@@ -1,0 +1,165 @@
+"""``utility``: what an intervention costs the model's ordinary ability, beside the unmodified model.
+
+Zhou et al. 2025 (Sec. 4.3, Fig. 6b) check that ablating safety heads keeps zero-shot accuracy on
+BoolQ, RTE, WinoGrande, ARC-Challenge and OpenBookQA (lm-evaluation-harness). For every head-set
+size k of the unit (``heads``/``k`` as for ``asr``; k = 0, the unmodified model, always) the
+intervention that ``shb.utility.intervention.intervention_for`` returns is applied and any of three
+parts runs under it:
+
+- ``lm_eval``: lm-evaluation-harness tasks (``shb.utility.lmeval``), one row per document and metric;
+- ``over_refusal``: answers to benign prompts (a dataset of the suite) generated with
+  ``shb.generate`` and judged with ASR's keyword judges; a row per answer, value 1 = refused;
+- ``benign_loss``: mean next-token NLL of each text of a suite dataset (``shb.utility.loss``).
+
+Rows go to ``utility_docs``; the ``utility`` view aggregates them. Chunks: ``k000-lm-00`` (one
+lm-eval task), ``k000-refusal-b0000`` (a batch of benign prompts), ``k000-loss``.
+"""
+
+from __future__ import annotations
+
+from shb.errors import ShbError, UsageError
+from shb.metrics.base import Metric
+from shb.utility import spec as uspec
+
+CHUNK_PROMPTS = 32
+NOMINAL_TASK_DOCS = 1000       # plan-time guess of an lm-eval task's size (unknown without lm-eval)
+NOMINAL_CHOICES = 4
+ASSUMED_PROMPT_TOKENS = 48
+
+
+class UtilityMetric(Metric):
+    kind = "utility"
+
+    def estimate(self, unit, geometry: dict) -> int:
+        params = unit.spec["metric"]
+        per_k = 0
+        if params.get("lm_eval"):
+            lm_eval = params["lm_eval"]
+            docs = lm_eval.get("limit") or NOMINAL_TASK_DOCS
+            per_k += len(lm_eval.get("tasks", [])) * docs * NOMINAL_CHOICES
+        if params.get("over_refusal"):
+            new = params["over_refusal"].get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS)
+            per_k += int(unit.n_prompts * (1 + new / ASSUMED_PROMPT_TOKENS))  # the cell's size stands in
+        if params.get("benign_loss"):
+            per_k += unit.n_prompts
+        return per_k * len(uspec.ks(params))
+
+    # -- chunks ------------------------------------------------------------------------------------
+    def chunks(self, unit, ctx) -> list[str]:
+        params = ctx.metric
+        if params.get("heads") == "ships_per_prompt":
+            raise UsageError(f"metric '{unit.metric.id}': utility needs one head set, not ships_per_prompt")
+        if params.get("lm_eval"):
+            from shb.utility import lmeval
+
+            lmeval.require()  # before any work: a missing extra is the error to see first
+        out = []
+        for k in uspec.ks(params):
+            for i, _ in enumerate((params.get("lm_eval") or {}).get("tasks", [])):
+                out.append(f"k{k:03d}-lm-{i:02d}")
+            if params.get("over_refusal"):
+                n = len(self._dataset(unit, ctx, params["over_refusal"]["dataset"])[0])
+                out += [f"k{k:03d}-refusal-b{b:04d}" for b in range(-(-n // CHUNK_PROMPTS))]
+            if params.get("benign_loss"):
+                out.append(f"k{k:03d}-loss")
+        return out
+
+    def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
+        from shb.utility.intervention import intervention_for
+
+        k = int(chunk[1:4])
+        part = chunk.split("-")[1]
+        intervention = intervention_for(unit, ctx, k)
+        base = {**ctx.base_row(), "metric_id": ctx.ids["metric_id"], "k": k,
+                "head_source": "explicit" if isinstance(ctx.metric.get("heads"), list) else ctx.metric.get("heads"),
+                "heads": list(intervention.identity().get("heads", [])), "intervention": intervention.identity(),
+                "intervention_kind": intervention.kind, "judge_id": "", "judge_hash": None, "sample_index": 0,
+                "lm_eval_version": None, "task_hash": None, "num_fewshot": None, "weight": 1.0}
+        if part == "lm":
+            rows = self._lm_eval(unit, ctx, int(chunk.rsplit("-", 1)[1]), intervention, base)
+        elif part == "refusal":
+            rows = self._over_refusal(unit, ctx, int(chunk.rsplit("-b", 1)[1]), intervention, base)
+        elif part == "loss":
+            rows = self._benign_loss(unit, ctx, intervention, base)
+        else:
+            raise ShbError(f"unit {unit.unit_id}: unknown utility chunk '{chunk}'")
+        return {"utility_docs": rows}
+
+    # -- parts -------------------------------------------------------------------------------------
+    def _lm_eval(self, unit, ctx, index, intervention, base):
+        from shb.utility import lmeval
+
+        cfg = ctx.metric["lm_eval"]
+        tasks = list(cfg["tasks"])
+        docs, seed = cfg.get("docs", 48), ctx.metric.get("seed", 0)
+        names, include, registry = ctx.cached(("utility-tasks", tuple(tasks), docs, seed),
+                                              lambda: lmeval.resolve_tasks(tasks, docs=docs, seed=seed))
+        manager = ctx.cached(("lm-eval-tasks", tuple(include), registry), lambda: lmeval.task_manager(include, registry))
+        batch = ctx.batch_size if isinstance(ctx.batch_size, int) else (32 if ctx.device.startswith("cuda") else 16)
+        wrapper = ctx.cached(("lm-eval-model", ctx.ids["model_id"], batch), lambda: lmeval.hflm(ctx.lm, batch))
+        run = lmeval.run_task(ctx.lm, wrapper, manager, tasks[index], names[index], intervention,
+                              num_fewshot=cfg.get("num_fewshot", 0), limit=cfg.get("limit"),
+                              apply_chat_template=cfg.get("apply_chat_template", False))
+        return [{**base, "part": "lm_eval", "task": d.task, "measure": d.measure, "doc_id": d.doc_id,
+                 "value": d.value, "lm_eval_version": run.lm_eval_version, "task_hash": run.task_hash[d.task],
+                 "num_fewshot": run.num_fewshot.get(d.task), "detail": {**d.detail, "requested": run.requested}}
+                for d in run.docs]
+
+    def _over_refusal(self, unit, ctx, batch, intervention, base):
+        from shb.generate import generate, normalize_decoding
+        from shb.judges import get as get_judge
+
+        cfg = ctx.metric["over_refusal"]
+        prompts, formatted = self._dataset(unit, ctx, cfg["dataset"])
+        lo, hi = batch * CHUNK_PROMPTS, min(len(prompts), (batch + 1) * CHUNK_PROMPTS)
+        decoding = normalize_decoding(cfg.get("decoding"))
+        size = ctx.batch_size if isinstance(ctx.batch_size, int) else (64 if ctx.device.startswith("cuda") else 16)
+        with intervention.applied(ctx.lm):
+            generations = generate(ctx.lm, formatted[lo:hi], decoding=decoding, batch_size=size, first_index=lo,
+                                   max_new_tokens=cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS),
+                                   progress=ctx.advance_fn(f"  benign answers k={base['k']}", total=(hi - lo) * decoding["n"]))
+        rows = []
+        for judge_id in uspec.judges(ctx.metric):
+            judge = ctx.cached(("judge", judge_id), lambda j=judge_id: get_judge(j))
+            verdicts = judge.judge([prompts[g.prompt_index].text for g in generations], [g.text for g in generations])
+            for g, verdict in zip(generations, verdicts):
+                rows.append({**base, "part": "over_refusal", "task": cfg["dataset"], "measure": "refusal",
+                             "judge_id": judge.id, "judge_hash": judge.config_hash,
+                             "doc_id": prompts[g.prompt_index].prompt_id, "sample_index": g.sample_index,
+                             "value": 0.0 if verdict.harmful else 1.0,   # a keyword judge's "harmful" = it answered
+                             "detail": {"text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason,
+                                        "raw": verdict.raw, "decoding": decoding}})
+        return rows
+
+    def _benign_loss(self, unit, ctx, intervention, base):
+        from shb.utility.loss import text_losses
+
+        ref = ctx.metric["benign_loss"]["dataset"]
+        prompts, formatted = self._dataset(unit, ctx, ref)
+        size = ctx.batch_size if isinstance(ctx.batch_size, int) else 8
+        with intervention.applied(ctx.lm):
+            losses = text_losses(ctx.lm, formatted, batch_size=size,
+                                 progress=ctx.advance_fn(f"  benign loss k={base['k']}", total=len(formatted)))
+        return [{**base, "part": "benign_loss", "task": ref, "measure": "nll", "doc_id": prompts[t.index].prompt_id,
+                 "value": t.mean_nll if t.n_predicted else None, "weight": float(t.n_predicted),
+                 "detail": {"sum_nll": t.sum_nll, "n_predicted": t.n_predicted}} for t in losses]
+
+    # -- the second dataset --------------------------------------------------------------------------
+    def _dataset(self, unit, ctx, ref: str):
+        """(prompts, formatted texts) of suite dataset ``ref``, checked against the content the unit id hashed."""
+        def load():
+            from shb import datasets as ds
+
+            entries = {d.id: d for d in (ctx.suite.datasets if ctx.suite is not None else ())}
+            if ref not in entries:
+                raise UsageError(f"metric '{unit.metric.id}' reads dataset '{ref}', which is not in the suite")
+            entry = entries[ref]
+            prompts = ds.load(entry.spec())
+            expected = (unit.spec.get("reads") or {}).get(ref, {}).get("content")
+            if expected is not None and ds.identity(entry.spec(), prompts)[0] != expected:
+                raise ShbError(f"dataset '{ref}' changed since unit {unit.unit_id} was planned; run again")
+            formatted = [ds.format_prompt(p.text, entry.get("format", "direct"), ctx.lm.tokenizer, entry.get("system"))
+                         for p in prompts]
+            return prompts, formatted
+
+        return ctx.cached(("utility-dataset", ref, ctx.ids["model_id"]), load)

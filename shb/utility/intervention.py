@@ -1,0 +1,26 @@
+"""What a utility unit applies at head-set size k: one function, so that new kinds of
+intervention (the baselines of issue 11) are a few lines here.
+
+``intervention_for(unit, ctx, k)`` returns an ``shb.interventions.Intervention``:
+- k = 0: ``NoIntervention`` (the unmodified model, measured beside every intervention);
+- otherwise a ``HeadAblation`` of the head set that the ``asr`` metric would ablate for the same
+  parameters (``sahara:<id>``: the first k heads Sahara chose; ``random``: k heads drawn with
+  ``seed``; an explicit list), with the unit's ablation kind, epsilon and site.
+A baseline would add a branch: ``if "intervention" in ctx.metric: return <resolve it>``.
+"""
+
+from __future__ import annotations
+
+
+def intervention_for(unit, ctx, k: int):
+    from shb.interventions import HeadAblation, NoIntervention
+    from shb.metrics.asr import AsrMetric
+
+    if k == 0:
+        return NoIntervention()
+    # One head set for the whole unit: the asr metric's resolution, asked for a single "prompt".
+    heads = AsrMetric().head_sets(unit, ctx, k, [None])[0]
+    if not heads:
+        return NoIntervention()
+    return HeadAblation(tuple(tuple(h) for h in heads), ablation=ctx.ablation["kind"],
+                        epsilon=float(ctx.ablation.get("epsilon", 1e-5)), site=ctx.ablation.get("site"))

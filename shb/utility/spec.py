@@ -1,0 +1,78 @@
+"""The ``utility`` metric's parameters: which parts run, which datasets they read, which head-set
+sizes are measured, and the checks JSON Schema cannot express. No torch here.
+
+Parameters (the suite schema's ``utility`` branch):
+  heads, k, seed       the head set, as for ``asr`` (``sahara:<id>``, ``random``, an explicit list);
+                       ``ships_per_prompt`` is refused: lm-eval documents share one model;
+  lm_eval              {tasks: [registry name | path/to/task.yaml | shb_toy_*], num_fewshot (0),
+                        limit, apply_chat_template (false), docs (size of generated toy tasks)};
+  over_refusal         {dataset: <suite dataset id>, judge, decoding, max_new_tokens};
+  benign_loss          {dataset: <suite dataset id>}.
+At least one of the three parts is required. k = 0 (the unmodified model) is always measured.
+"""
+
+from __future__ import annotations
+
+PARTS = ("lm_eval", "over_refusal", "benign_loss")
+READ_PARTS = ("over_refusal", "benign_loss")   # parts that read a second dataset of the suite
+REFUSAL_JUDGES = ("keyword-paper", "keyword-gcg")
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def parts(params: dict) -> list[str]:
+    return [p for p in PARTS if params.get(p)]
+
+
+def dataset_refs(params: dict) -> list[str]:
+    """Ids of the suite datasets this metric reads besides its own cell's (benign prompts, texts)."""
+    refs = []
+    for part in READ_PARTS:
+        ref = (params.get(part) or {}).get("dataset") if isinstance(params.get(part), dict) else None
+        if isinstance(ref, str) and ref not in refs:
+            refs.append(ref)
+    return refs
+
+
+def ks(params: dict) -> list[int]:
+    """Head-set sizes measured; 0 (the unmodified model) always comes first."""
+    heads = params.get("heads")
+    if isinstance(heads, list):
+        sizes = [len(heads)]
+    else:
+        k = params.get("k", 1)
+        sizes = k if isinstance(k, list) else [k]
+    return sorted({0, *sizes})
+
+
+def judges(params: dict) -> list[str]:
+    judge = (params.get("over_refusal") or {}).get("judge", "keyword-paper")
+    return judge if isinstance(judge, list) else [judge]
+
+
+def problems(i: int, metric: dict, dataset_ids) -> list[str]:
+    """Problems of the utility metric at /metrics/i (called by shb.suite for kind 'utility')."""
+    found = []
+    where = f"/metrics/{i}"
+    if metric.get("heads") == "ships_per_prompt":
+        found.append(f"{where}/heads: 'ships_per_prompt' gives every prompt its own heads, but utility measures one "
+                     "model on shared documents (lm-eval tasks, benign prompts); use 'sahara:<metric id>', 'random' "
+                     "or an explicit list such as [\"2-6\"]")
+    if "heads" not in metric:
+        found.append(f"{where}: utility needs heads (sahara:<metric id>, random, or a list; [] measures only the "
+                     "unmodified model)")
+    if not parts(metric):
+        found.append(f"{where}: utility needs at least one of lm_eval, over_refusal, benign_loss")
+    for part in READ_PARTS:
+        ref = (metric.get(part) or {}).get("dataset") if isinstance(metric.get(part), dict) else None
+        if isinstance(ref, str) and dataset_ids is not None and ref not in dataset_ids:
+            found.append(f"{where}/{part}/dataset: no dataset with id '{ref}' in this suite; add it to datasets "
+                         "(e.g. {\"id\": \"benign\", \"kind\": \"toy-benign\", \"format\": \"chat\"})")
+    lm_eval = metric.get("lm_eval")
+    if isinstance(lm_eval, dict):
+        from shb.utility import toytasks
+
+        for j, task in enumerate(lm_eval.get("tasks") or []):
+            if toytasks.is_toy_task(task) and task not in toytasks.TASKS:
+                found.append(f"{where}/lm_eval/tasks/{j}: unknown generated task '{task}'; shb generates: "
+                             f"{', '.join(sorted(toytasks.TASKS))}")
+    return found
