@@ -38,11 +38,14 @@ def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=Non
     if console is None:
         console = make_console()
     for renderable in tables(frame, title, width=None if wide else console.width, wide=wide):
-        if wide:
+        if wide:  # a console as wide as this table, writing where the caller's writes
+            from rich.console import Console
             from rich.measure import Measurement
 
-            need = Measurement.get(console, console.options, renderable).maximum
-            console.print(renderable, width=max(need, console.width), crop=False, soft_wrap=True)
+            probe = Console(width=100_000, file=console.file, color_system=console.color_system)
+            need = Measurement.get(probe, probe.options, renderable).maximum
+            Console(width=max(need, console.width), file=console.file, color_system=console.color_system,
+                    force_terminal=console.is_terminal).print(renderable)
         else:
             console.print(renderable)
     return None
