@@ -129,8 +129,11 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)",
          [("heads ranked by mean Ships (KL, nats)", frame)], lambda: ships.figures(grid, scores), out)
     if fmt == "table":
-        for line in ships.render_heatmap_text(grid):
-            click.echo(line)
+        from shb.reports.render import make_console
+
+        console = make_console()
+        for line in ships.heatmap_lines(grid, width=min(console.width, 120)):
+            console.print(line, overflow="ignore", crop=False)
 
 
 @report.command("sahara")

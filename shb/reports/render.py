@@ -306,11 +306,23 @@ def where(**filters) -> tuple[str, list]:
 
 
 def require(frame: pl.DataFrame, what: str, how: str, params=()) -> pl.DataFrame:
-    """Raise a UsageError (exit 2) naming what is missing and what to run when ``frame`` is empty."""
+    """Raise a UsageError (exit 2) naming what is missing and what to run when ``frame`` is empty.
+
+    ``params``: the filters given, as {flag: value} (named in the message as ``--flag value``) or a
+    list of values; filters not given (None, empty) are not mentioned."""
     if frame.is_empty():
         from shb.errors import UsageError
 
-        shown = [", ".join(map(str, p)) if isinstance(p, (list, tuple)) else str(p) for p in params if p is not None]
+        def given(value):
+            return value is not None and not (isinstance(value, (list, tuple)) and not value)
+
+        def text(value):
+            return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+        if isinstance(params, dict):
+            shown = [f"{flag} {text(v)}" for flag, v in params.items() if given(v)]
+        else:
+            shown = [text(v) for v in params if given(v)]
         filters = f" (filters: {'; '.join(shown)})" if shown else ""
         raise UsageError(f"no {what} in the database{filters}; {how}")
     return frame
