@@ -44,8 +44,11 @@ def _png(fig) -> bytes:
 
 def legend_outside(ax, fontsize=7):
     """The legend to the right of the axes, never over the data (bbox_inches="tight" keeps it in)."""
+    import textwrap
+
     handles, labels = ax.get_legend_handles_labels()
     if handles:
+        labels = [textwrap.fill(label, 42, subsequent_indent="  ") for label in labels]
         ax.legend(handles, labels, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                   borderaxespad=0.0, frameon=False)
 
@@ -100,12 +103,24 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list
     return made
 
 
-def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", ylabel="layer") -> bytes:
-    """A layer x head heatmap (rows: layers from 0 at the top, columns: heads), paper Fig. 4b / 7."""
+def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", ylabel="layer",
+            log: bool = False) -> bytes:
+    """A layer x head heatmap (rows: layers from 0 at the top, columns: heads), paper Fig. 4b / 7.
+
+    ``log``: a log colour scale over at most four decades below the peak, so the long tail of small
+    scores (Fig. 13) is not one flat colour; zero, negative and smaller values take the lowest colour."""
     plt = pyplot()
     n_layers, n_heads = len(grid), len(grid[0]) if grid else 0
     fig, ax = plt.subplots(figsize=(min(14, 2.5 + 0.32 * n_heads), min(12, 1.8 + 0.28 * n_layers)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    norm = None
+    positive = [v for row in grid for v in row if v is not None and math.isfinite(v) and v > 0]
+    if log and positive and max(positive) > min(positive):
+        from matplotlib.colors import LogNorm
+
+        peak = max(positive)
+        norm = LogNorm(vmin=max(min(positive), peak * 1e-4), vmax=peak, clip=True)
+        grid = [[v if v is None or not math.isfinite(v) or v > 0 else norm.vmin for v in row] for row in grid]
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", norm=norm)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -113,7 +128,7 @@ def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", y
     step_y = max(1, math.ceil(n_layers / 16))
     ax.set_xticks(range(0, n_heads, step_x))
     ax.set_yticks(range(0, n_layers, step_y))
-    fig.colorbar(image, ax=ax, label=colorbar)
+    fig.colorbar(image, ax=ax, label=colorbar + (" (log scale)" if norm is not None else ""))
     return _png(fig)
 
 

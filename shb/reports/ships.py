@@ -101,7 +101,7 @@ def figures(grid: pl.DataFrame, scores: pl.DataFrame) -> list[tuple[str, bytes]]
         title = (f"mean Ships (KL, nats) per head\n{model} / {dataset} / {ablation}"
                  f" (top: {top['layer']}-{top['head']} = {top['mean_ships']:.3g})")
         out.append((fig.slug("ships-heatmap", model, dataset, ablation),
-                    fig.heatmap(cells, title, "mean Ships (nats)")))
+                    fig.heatmap(cells, title, "mean Ships (nats)", log=True)))
     for (model, dataset, ablation), group in scores.group_by(keys, maintain_order=True):
         values = group["score"].to_list()
         marks = {"median": float(group["score"].median()), "99th pct": float(group["score"].quantile(0.99))}
