@@ -24,7 +24,7 @@ SIG = 3                                   # significant digits of a printed floa
 LABEL_NAMES = ("model", "dataset", "ablation", "judge", "decoding", "format", "metric", "source", "suite",
                "head_source", "method", "result", "intervention", "status")
 # columns whose name says they are detail: left out first when a table does not fit
-DETAIL = re.compile(r"(^n_|_n$|median|max|min|std|spread|seconds|version|commit|host|device|dtype|argv|path|"
+DETAIL = re.compile(r"(^n_|_n$|median|(^|_)max($|_)|(^|_)min($|_)|std|spread|seconds|version|commit|host|device|dtype|argv|path|"
                     r"sha|hash|started|ended|finished|created|error|spec|^unit_id$|^run_id$|chunks)")
 
 
@@ -197,7 +197,7 @@ def tables(frame: pl.DataFrame, title: str | None = None, width: int | None = 80
     split = not _fits(shown, range(frame.height), width, False)
     groups, shown = _group(frame, shown, width, split)
     dropped = []
-    while not all(_fits(shown, rows, width, split) for _, rows in groups) and len(shown) > 1:
+    while not all(_fits(shown, rows, width, split) for _, rows in groups) and len(shown) > 2:
         victim = _least_important(shown)
         dropped.append(victim.name)
         shown = [c for c in shown if c is not victim]
@@ -206,8 +206,7 @@ def tables(frame: pl.DataFrame, title: str | None = None, width: int | None = 80
             out.append(Text(line, style="bold"))
         out.append(_table(shown, rows, split))
     if dropped:
-        out.append(Text(f"left out to fit {width} columns: {', '.join(dropped)} (--wide or --format json/csv "
-                        "show every column)", style="dim"))
+        out.append(Text(f"left out to fit {width} columns: {', '.join(dropped)} ({_how_to_see_all()})", style="dim"))
     return out
 
 
@@ -268,11 +267,22 @@ def _group(frame: pl.DataFrame, shown: list[Shown], width: int, split: bool):
     return named, [c for c in shown if c not in keys]
 
 
+def _how_to_see_all() -> str:
+    """Name --wide only where the running command has it."""
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    has_wide = ctx is not None and any(p.name == "wide" for p in ctx.command.params)
+    return ("--wide or " if has_wide else "") + "--format json/csv show every column"
+
+
 def _least_important(shown: list[Shown]) -> Shown:
     """Detail columns (counts, medians, versions, ...) go first, rightmost first; then the rightmost."""
-    candidates = shown[1:]
-    detail = [c for c in candidates if DETAIL.search(c.name)]
-    return (detail or candidates)[-1]
+    detail = [c for c in shown if DETAIL.search(c.name)]
+    return (detail or shown[1:])[-1]
 
 
 def flat(frame: pl.DataFrame) -> pl.DataFrame:
