@@ -129,8 +129,9 @@ def book(title: str, reports: list[dict], note: str | None = None) -> str:
     links = " ".join(f'<a href="#{anchor(r["name"])}">{html.escape(r["name"])}</a>' for r in reports)
     body = [f"<h1>{html.escape(title)}</h1>", _stamp(note), f"<nav>{links}</nav>"]
     for r in reports:
-        body.append(f'<section class="report" id="{anchor(r["name"])}"><h2>{html.escape(r["name"])}: '
-                    f'{html.escape(r.get("title") or "")}</h2>')
+        title = r.get("title") or ""
+        heading = title if title.lower().startswith(r["name"].lower()) else f'{r["name"]}: {title}'
+        body.append(f'<section class="report" id="{anchor(r["name"])}"><h2>{html.escape(heading)}</h2>')
         if r.get("skipped"):
             body.append(f'<p class="skipped">skipped: {html.escape(r["skipped"])}</p>')
         else:
