@@ -115,12 +115,22 @@ def is_label(name: str, dtype) -> bool:
 
 
 def intervals(frame: pl.DataFrame) -> dict[str, tuple[str, str]]:
-    """{x: (x_lo, x_hi)} for every numeric x with both bounds in the frame."""
+    """{x: (lo, hi)}: ``x_lo``/``x_hi`` beside a numeric ``x``; bounds named by another prefix p
+    (``with_wilson(..., prefix=p)``) go with the one numeric column named ``p_...`` or ``..._p``."""
+    numeric = [name for name, dtype in frame.schema.items() if dtype.is_numeric()]
     out = {}
-    for name, dtype in frame.schema.items():
-        lo, hi = f"{name}_lo", f"{name}_hi"
-        if dtype.is_numeric() and lo in frame.columns and hi in frame.columns:
-            out[name] = (lo, hi)
+    for lo in [n for n in numeric if n.endswith("_lo")]:
+        prefix = lo[:-3]
+        hi = f"{prefix}_hi"
+        if hi not in numeric:
+            continue
+        if prefix in numeric:
+            out[prefix] = (lo, hi)
+            continue
+        owners = [n for n in numeric if n not in (lo, hi) and not n.endswith(("_lo", "_hi"))
+                  and (n.startswith(prefix + "_") or n.endswith("_" + prefix))]
+        if len(owners) == 1 and owners[0] not in out:
+            out[owners[0]] = (lo, hi)
     return out
 
 

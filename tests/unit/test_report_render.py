@@ -144,3 +144,12 @@ def test_surgery_messages_name_only_its_own_flags(tmp_path):
     out = _cli("surgery", "--model", str(model), "--heads", "0-0", "--out", str(tmp_path / "o"))
     assert out.exit_code != 0 and "safetensors" in out.output
     assert "allow_pickle" not in out.output and "overwrite=True" not in out.output
+
+
+def test_interval_bounds_find_their_column_by_prefix():
+    frame = pl.DataFrame({"asr_ablated": [0.5], "n": [10], "ablated_lo": [0.2], "ablated_hi": [0.8],
+                          "other_lo": [0.1], "other_hi": [0.2]})
+    assert render.intervals(frame) == {"asr_ablated": ("ablated_lo", "ablated_hi")}
+    shown, _ = render.shown_columns(frame)
+    assert [c.name for c in shown] == ["asr_ablated", "n", "other_lo", "other_hi"]
+    assert shown[0].cells == ["0.500 [0.200, 0.800]"]
