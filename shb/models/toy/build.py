@@ -247,8 +247,7 @@ def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
     from shb.progress import active
 
     if active() is not None and not quiet:
-        active().note(f"training the toy model (first use of this recipe; about a minute on CPU), to be cached in "
-                      f"{path}")
+        active().note(f"training the toy model (first use of this recipe; once, then loaded from the cache): {path}")
     base = _ensure_base(recipe, quiet)
     with _one_thread(), _progress(quiet) as make_bar:
         # eager, as in training, so a cached base aligns to the same bytes as build()
