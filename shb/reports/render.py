@@ -87,10 +87,17 @@ def number(value) -> str:
 
 
 def _cell(value) -> str:
+    import datetime
+    import decimal
+
     if value is None:
         return "-"
     if isinstance(value, (int, float)):
         return number(value)
+    if isinstance(value, decimal.Decimal):
+        return number(float(value))
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     if isinstance(value, dict):
