@@ -23,6 +23,8 @@ SIG = 3                                   # significant digits of a printed floa
 # label columns a reader compares rows by; constant ones go to the title, varying ones may group rows
 LABEL_NAMES = ("model", "dataset", "ablation", "judge", "decoding", "format", "metric", "source", "suite",
                "head_source", "method", "result", "intervention", "status")
+# columns whose name says they count things: whole values print without decimals (n = 32, not 32.0)
+COUNT = re.compile(r"(^n$|^n_|_n$|count|tokens|params|prompts|steps?$|^k$)")
 # columns whose name says they are detail: left out first when a table does not fit
 DETAIL = re.compile(r"(^n_|_n$|median|(^|_)max($|_)|(^|_)min($|_)|std|spread|seconds|version|commit|host|device|dtype|argv|path|"
                     r"sha|hash|started|ended|finished|created|error|spec|^unit_id$|^run_id$|chunks)")
@@ -162,7 +164,8 @@ def shown_columns(frame: pl.DataFrame, lift: bool = True) -> tuple[list[Shown], 
     lifted_names = [n for n in constant_columns(frame) if n not in bounds and n not in pairs] if lift else []
     if len(lifted_names) >= len([n for n in frame.columns if n not in bounds]):
         lifted_names = lifted_names[:-1]  # never lift every column: something must stay in the table
-    lifted = [(n, _cell(frame[n][0])) for n in lifted_names]
+    lifted = [(n, _cell(_as_count(frame[n][0]) if COUNT.search(n) or isinstance(frame.schema[n], pl.Decimal)
+                        else frame[n][0])) for n in lifted_names]
     shown = []
     for name, dtype in frame.schema.items():
         if name in bounds or name in lifted_names:
@@ -172,10 +175,25 @@ def shown_columns(frame: pl.DataFrame, lift: bool = True) -> tuple[list[Shown], 
             lo, hi = (frame[b].to_list() for b in pairs[name])
             cells = [_cell(v) if v is None or a is None or b is None else f"{_cell(v)} [{_cell(a)}, {_cell(b)}]"
                      for v, a, b in zip(values, lo, hi)]
+        elif (isinstance(dtype, pl.Decimal) or COUNT.search(name)) and _whole(values):  # n = 32.0 is a count
+            cells = [_cell(None if v is None else int(v)) for v in values]
         else:
             cells = [_cell(v) for v in values]
         shown.append(Shown(name, cells, dtype.is_numeric(), values))
     return shown, lifted
+
+
+def _whole(values) -> bool:
+    """Every value a whole number of modest size (and at least one is given)."""
+    import decimal
+
+    present = [v for v in values if v is not None]
+    return bool(present) and all(isinstance(v, (float, decimal.Decimal)) and v == v and abs(v) < 1e15 and v == int(v)
+                                 for v in present)
+
+
+def _as_count(value):
+    return int(value) if _whole([value]) else value
 
 
 def title_lines(title: str | None, lifted: list[tuple[str, str]], width: int | None = 80) -> list[str]:
