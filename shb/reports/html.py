@@ -24,14 +24,20 @@ table { border-collapse: collapse; margin: 0.3em 0 1.5em; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: nowrap; }
 th:hover { background: #e2e8f0; }
+.scroll { max-height: 32em; overflow: auto; display: inline-block; margin: 0.3em 0 1.5em; border: 1px solid #ddd; }
+.scroll table { margin: 0; } .scroll th { position: sticky; top: 0; }
 th.asc::after { content: " \\25B2"; font-size: 0.7em; } th.desc::after { content: " \\25BC"; font-size: 0.7em; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-img { max-width: 100%; margin: 0.5em 0 1.5em; display: block; }
+img { max-width: 100%; display: block; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; margin: 0.5em 0 1.5em; }
+figure { margin: 0; max-width: 640px; } figcaption { color: #666; font-size: 0.75em; }
 .note, .constant { color: #666; font-size: 0.85em; }
 .skipped { color: #a05a00; }
 nav a { margin-right: 1em; }
 section.report { border-top: 2px solid #ddd; margin-top: 2em; }
 """
+
+LONG = 25   # rows beyond which a table scrolls in a box of its own
 
 # Click a header: sort that table's rows by the column (numbers by value, text naturally; missing
 # values last); click again to reverse.
@@ -81,7 +87,9 @@ def table(frame: pl.DataFrame) -> str:
             else:
                 cells.append(f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    grid = f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    # a long table scrolls in its own box (header kept in view) so the figures stay near the top
+    parts.append(f'<div class="scroll">{grid}</div>' if frame.height > LONG else grid)
     return "".join(parts)
 
 
@@ -91,15 +99,26 @@ def image(png: bytes, alt: str) -> str:
 
 
 def _sections(sections: list[tuple[str, object]], level: int = 2) -> list[str]:
-    body = []
+    """Tables and text one after another; consecutive figures side by side, each under its name."""
+    body, figures = [], []
+
+    def flush():
+        if figures:
+            body.append('<div class="figures">' + "".join(figures) + "</div>")
+            figures.clear()
+
     for heading, content in sections:
+        if isinstance(content, (bytes, bytearray)):
+            figures.append(f"<figure>{image(bytes(content), heading)}<figcaption>{html.escape(heading)}"
+                           "</figcaption></figure>")
+            continue
+        flush()
         body.append(f"<h{level}>{html.escape(heading)}</h{level}>")
         if isinstance(content, pl.DataFrame):
             body.append(table(content) if not content.is_empty() else '<p class="note">(no rows)</p>')
-        elif isinstance(content, (bytes, bytearray)):
-            body.append(image(bytes(content), heading))
         else:
             body.append(f"<p>{html.escape(str(content))}</p>")
+    flush()
     return body
 
 
