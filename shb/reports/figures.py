@@ -72,12 +72,13 @@ def _overlap(a, b) -> float:
 
 def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list:
     """Annotate each (x, y, text) beside its point where it overlaps neither an earlier label nor a
-    marker: candidate offsets are tried in turn (right, left, above, below, then further out with a
+    marker nor leaves the axes: candidate offsets are tried in turn (right, left, above, below, then further out with a
     thin leader line); the first free one wins, else the one sharing the least area. Returns the annotations."""
     fig = ax.figure
     fig.canvas.draw()  # pixel positions need a laid-out figure
     renderer = fig.canvas.get_renderer()
     markers = [ax.transData.transform((x, y)) for x, y, _ in points]
+    frame = ax.get_window_extent(renderer)  # labels stay inside the axes (the legend lives outside)
     near = [(6, 3, "left", "bottom"), (6, -3, "left", "top"), (-6, 3, "right", "bottom"),
             (-6, -3, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top")]
     far = [(dx * k, dy * k, ha, va) for k in (3, 5) for dx, dy, ha, va in near]
@@ -89,7 +90,8 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list
             note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
                                ha=ha, va=va, arrowprops=leader)
             box = note.get_window_extent(renderer).padded(4)
-            hits = sum(_overlap(box, t) for t in taken) + 400 * sum(bool(box.contains(px, py)) for px, py in markers)
+            hits = (sum(_overlap(box, t) for t in taken) + 400 * sum(bool(box.contains(px, py)) for px, py in markers)
+                    + 10 * (box.width * box.height - _overlap(box, frame)))
             if best is None or hits < best[2]:
                 if best is not None:
                     best[0].remove()
@@ -209,7 +211,9 @@ def scatter(points: list[dict], title: str, xlabel: str, ylabel: str) -> bytes:
     legend_outside(ax)
     ax.margins(x=0.12, y=0.1)  # room inside the axes for the labels of the outermost points
     # published points first: their method names matter most, so they get the free spots
-    place_labels(ax, [(p["x"], p["y"], str(p["label"])) for p in published] + labels)
+    # one label per spot: series that coincide (same k, same ASR) would stack identical labels
+    wanted = [(p["x"], p["y"], str(p["label"])) for p in published] + labels
+    place_labels(ax, list(dict.fromkeys(wanted)))
     return _png(fig)
 
 
