@@ -192,10 +192,19 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
         head_list = parse_heads(heads)
     except ValueError as exc:
         raise UsageError(f"--heads {heads!r}: {exc}") from None
-    lm = load(source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+    from shb.errors import ShbError
+
+    try:
+        lm = load(source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+    except ShbError as exc:  # the loader's hint names a suite key; this command has no such flag
+        message = str(exc).replace(', or opt in with "allow_pickle": true if you trust their source',
+                                   " first (surgery reads safetensors weights only)")
+        raise type(exc)(message) from None
     try:
         summary = surgery_mod.export(lm, None, head_list, kind, epsilon, site, out)
-    except (ValueError, FileExistsError) as exc:
+    except FileExistsError:
+        raise UsageError(f"--out {out}: exists and is not empty; choose another directory or remove it") from None
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     click.echo(f"wrote {summary['out']}: heads {','.join(summary['heads'])} ({summary['kind']}, epsilon "
                f"{summary['epsilon']:g}); {summary['parameters_modified']:,} parameters modified "

@@ -139,7 +139,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
             counts["done" if ok else "failed"] += 1
-            progress.advance(unit_bar)
+            progress.update(unit_bar, advance=1, outcome="done" if ok else "failed")
         if counts["failed"]:
             final = "failed"
         store.end_run(run_id, final)

@@ -3,7 +3,11 @@
 Formats: ``table`` (rich), ``json``, ``csv`` (text on stdout), ``png`` (figures written to --out, a
 directory, default ./figures) and ``html`` (one self-contained page: tables and base64 figures; to
 --out, a file, or stdout). png and html need matplotlib (``pip install 'shb[figures]'``); html
-without it still carries the tables.
+without it still carries the tables. ``shb report html`` gathers every report into one page.
+
+Options every report shares behave the same everywhere: ``--wide`` (added to each report command at
+the end of this module) prints every column instead of fitting the terminal; ``--top`` is an
+integer checked by click (``top_option``), where 0 is accepted only by reports that say what it means.
 """
 
 from __future__ import annotations
@@ -20,6 +24,22 @@ def format_option(formats=ALL_FORMATS):
     return click.option("--format", "fmt", type=click.Choice(formats), default="table", show_default=True)
 
 
+def top_option(default: int, what: str, zero: str | None = None):
+    """``--top N``: a positive integer; ``zero`` (e.g. "every head") allows 0 and says what it means."""
+    help_text = what + (f"; 0: {zero}" if zero else "")
+    return click.option("--top", default=default, show_default=True, type=click.IntRange(min=0 if zero else 1),
+                        help=help_text)
+
+
+def _wide() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("shb_wide"))
+
+
+# set while ``shb report html`` runs each report: emit() hands its sections here instead of printing
+_COLLECTED: list | None = None
+
+
 OUT_OPTION = click.option("--out", "out", default=None, metavar="PATH",
                           help="png: directory for the figures (default ./figures); html: file (default stdout)")
 
@@ -32,7 +52,7 @@ def emit(fmt: str, title: str, tables: list[tuple[str, object]], make_figures=No
 
     if fmt == "table":
         for heading, frame in tables:
-            to_text(frame, "table", title=heading)
+            to_text(frame, "table", title=heading, wide=_wide())
         return
     if fmt == "json":
         if len(tables) == 1:
@@ -69,6 +89,9 @@ def emit(fmt: str, title: str, tables: list[tuple[str, object]], make_figures=No
             sections += [(name, png) for name, png in make_figures()]
         except UsageError as exc:  # matplotlib missing: the tables alone are still a report
             note = f"figures left out: {exc}"
+    if _COLLECTED is not None:
+        _COLLECTED.append({"title": title, "sections": sections, "note": note})
+        return
     page = html.page(title, sections, note)
     if out:
         from pathlib import Path
@@ -89,7 +112,7 @@ def report():
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
-@click.option("--top", default=20, show_default=True, help="heads to list per model/dataset/ablation")
+@top_option(20, "heads to list per model/dataset/ablation", zero="every head")
 @format_option()
 @OUT_OPTION
 @friendly
@@ -112,8 +135,11 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
                        screened))
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
     if fmt == "table":
-        for line in ships.render_heatmap_text(grid):
-            click.echo(line)
+        from shb.reports.render import make_console
+
+        console = make_console()
+        for line in ships.heatmap_lines(grid, width=min(console.width, 120)):
+            console.print(line, overflow="ignore", crop=False)
 
 
 @report.command("sahara")
@@ -200,7 +226,7 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 @report.command("overlap")
 @DB_OPTION
 @click.option("--metric", type=click.Choice(["ships", "ships_dataset"]), default="ships", show_default=True)
-@click.option("--top", default=10, show_default=True, help="k of the top-k head sets")
+@top_option(10, "k of the top-k head sets")
 @click.option("--model", "models", multiple=True, help="repeatable; default: every model")
 @click.option("--dataset", "datasets", multiple=True, help="repeatable; default: every dataset")
 @click.option("--ablation", "ablations", multiple=True, help="repeatable; default: every ablation")
@@ -257,3 +283,65 @@ def report_runs(db, suite, run_id, fmt, out):
     with Store(db, read_only=True) as store:
         frame = runs.runs(store, suite, run_id)
     emit(fmt, "runs", [("runs", frame)], None, out)
+
+
+@report.command("html")
+@DB_OPTION
+@click.option("--out", "out", default=None, metavar="FILE", help="the page (default: stdout)")
+@friendly
+def report_html(db, out):
+    """Every report of the database in one self-contained HTML page (tables sortable by a header
+    click, figures inline, run provenance at the end); reports without data are listed as skipped."""
+    global _COLLECTED
+    from shb.errors import ShbError
+    from shb.reports import html
+    from shb.store import db_path
+
+    ctx = click.get_current_context()
+    names = [n for n in report.commands if n not in ("html", "runs")] + (["runs"] if "runs" in report.commands else [])
+    gathered = []
+    for name in names:
+        command = report.commands[name]
+        formats = next((p.type.choices for p in command.params if p.name == "fmt"), ())
+        if "html" not in formats:
+            continue
+        entry = {"name": name, "title": (command.help or "").split("\n")[0].strip()}
+        _COLLECTED = []
+        try:
+            sub = command.make_context(name, ["--format", "html"] + (["--db", db] if db else []), parent=ctx)
+            with sub:
+                sub.invoke(getattr(command.callback, "__wrapped__", command.callback), **sub.params)
+            for part in _COLLECTED:
+                entry.update(title=part["title"], note=part["note"])
+                entry.setdefault("sections", []).extend(part["sections"])
+            if not _COLLECTED:
+                entry["skipped"] = "the report printed nothing"
+        except (ShbError, click.ClickException) as exc:
+            entry["skipped"] = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        finally:
+            _COLLECTED = None
+        gathered.append(entry)
+    page = html.book(f"shb results: {db_path(db)}", gathered)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(page, encoding="utf-8")
+        click.echo(out)
+    else:
+        click.echo(page, nl=False)
+
+
+def _add_wide(group: click.Group) -> None:
+    """Give every report command ``--wide`` (read by emit through the click context, so a report
+    function needs no parameter for it)."""
+    def remember(ctx, _param, value):
+        ctx.meta["shb_wide"] = value
+        return value
+
+    for command in group.commands.values():
+        if command.name != "html" and not any(p.name == "wide" for p in command.params):
+            command.params.append(click.Option(["--wide"], is_flag=True, expose_value=False, callback=remember,
+                                               help="table: every column at full width, however wide"))
+
+
+_add_wide(report)

@@ -42,12 +42,87 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", ylabel="layer") -> bytes:
-    """A layer x head heatmap (rows: layers from 0 at the top, columns: heads), paper Fig. 4b / 7."""
+def legend_outside(ax, fontsize=7):
+    """The legend to the right of the axes, never over the data (bbox_inches="tight" keeps it in)."""
+    import textwrap
+
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        labels = [textwrap.fill(label, 42, subsequent_indent="  ") for label in labels]
+        ax.legend(handles, labels, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0, frameon=False)
+
+
+def integer_axis(axis, values) -> bool:
+    """Whole-number ticks on ``axis`` (ax.xaxis / ax.yaxis) when every value is a whole number (counts
+    such as Sahara's step k: no half steps). Returns whether it did."""
+    from matplotlib.ticker import MaxNLocator
+
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite or any(float(v) != int(v) for v in finite):
+        return False
+    axis.set_major_locator(MaxNLocator(integer=True))
+    return True
+
+
+def _overlap(a, b) -> float:
+    """The area (pixels) two boxes share."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list:
+    """Annotate each (x, y, text) beside its point where it overlaps neither an earlier label nor a
+    marker nor leaves the axes: candidate offsets are tried in turn (right, left, above, below, then further out with a
+    thin leader line); the first free one wins, else the one sharing the least area. Returns the annotations."""
+    fig = ax.figure
+    fig.canvas.draw()  # pixel positions need a laid-out figure
+    renderer = fig.canvas.get_renderer()
+    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
+    frame = ax.get_window_extent(renderer)  # labels stay inside the axes (the legend lives outside)
+    near = [(6, 3, "left", "bottom"), (6, -3, "left", "top"), (-6, 3, "right", "bottom"),
+            (-6, -3, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top")]
+    far = [(dx * k, dy * k, ha, va) for k in (3, 5) for dx, dy, ha, va in near]
+    taken, made = [], []
+    for x, y, text in points:
+        best = None
+        for n, (dx, dy, ha, va) in enumerate(near + far):
+            leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.5} if n >= len(near) else None
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                               ha=ha, va=va, arrowprops=leader)
+            box = note.get_window_extent(renderer).padded(4)
+            hits = (sum(_overlap(box, t) for t in taken) + 400 * sum(bool(box.contains(px, py)) for px, py in markers)
+                    + 10 * (box.width * box.height - _overlap(box, frame)))
+            if best is None or hits < best[2]:
+                if best is not None:
+                    best[0].remove()
+                best = (note, box, hits)
+            else:
+                note.remove()
+            if hits == 0:
+                break
+        taken.append(best[1])
+        made.append(best[0])
+    return made
+
+
+def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", ylabel="layer",
+            log: bool = False) -> bytes:
+    """A layer x head heatmap (rows: layers from 0 at the top, columns: heads), paper Fig. 4b / 7.
+
+    ``log``: a log colour scale over at most four decades below the peak, so the long tail of small
+    scores (Fig. 13) is not one flat colour; zero, negative and smaller values take the lowest colour."""
     plt = pyplot()
     n_layers, n_heads = len(grid), len(grid[0]) if grid else 0
     fig, ax = plt.subplots(figsize=(min(14, 2.5 + 0.32 * n_heads), min(12, 1.8 + 0.28 * n_layers)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    norm = None
+    positive = [v for row in grid for v in row if v is not None and math.isfinite(v) and v > 0]
+    if log and positive and max(positive) > min(positive):
+        from matplotlib.colors import LogNorm
+
+        peak = max(positive)
+        norm = LogNorm(vmin=max(min(positive), peak * 1e-4), vmax=peak, clip=True)
+        grid = [[v if v is None or not math.isfinite(v) or v > 0 else norm.vmin for v in row] for row in grid]
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", norm=norm)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -55,7 +130,7 @@ def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", y
     step_y = max(1, math.ceil(n_layers / 16))
     ax.set_xticks(range(0, n_heads, step_x))
     ax.set_yticks(range(0, n_layers, step_y))
-    fig.colorbar(image, ax=ax, label=colorbar)
+    fig.colorbar(image, ax=ax, label=colorbar + (" (log scale)" if norm is not None else ""))
     return _png(fig)
 
 
@@ -68,7 +143,7 @@ def histogram(values: list[float], title: str, xlabel: str, marks: dict[str, flo
     for (label, x), colour in zip((marks or {}).items(), ("#cc3311", "#ee7733", "#009988")):
         ax.axvline(x, color=colour, linestyle="--", linewidth=1.2, label=f"{label} = {x:.3g}")
     if marks:
-        ax.legend(fontsize=8, loc="upper right")
+        legend_outside(ax, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count (log)")
     ax.set_title(title, fontsize=10)
@@ -82,11 +157,11 @@ def lines(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
     ax.axhline(0, color="grey", linewidth=0.8)
+    integer_axis(ax.xaxis, [x for xs, _ in series.values() for x in xs])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if series:
-        ax.legend(fontsize=7, loc="best")
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -119,23 +194,26 @@ def scatter(points: list[dict], title: str, xlabel: str, ylabel: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     usable = [p for p in points if p["x"] is not None and p["x"] > 0 and p["y"] is not None]
+    labels = []
     for series in dict.fromkeys(p["series"] for p in usable if not p["published"]):
         chosen = sorted((p for p in usable if p["series"] == series and not p["published"]), key=lambda p: p["x"])
         ax.plot([p["x"] for p in chosen], [p["y"] for p in chosen], marker="o", markersize=5, label=series)
-        for p in chosen:
-            ax.annotate(p["label"], (p["x"], p["y"]), xytext=(3, -9), textcoords="offset points", fontsize=7)
+        labels += [(p["x"], p["y"], str(p["label"])) for p in chosen if p.get("label") not in (None, "")]
     published = [p for p in usable if p["published"]]
     if published:
         ax.scatter([p["x"] for p in published], [p["y"] for p in published], marker="s", s=45, color="black",
-                   label="published (not measured here)")
-        for p in published:
-            ax.annotate(p["label"], (p["x"], p["y"]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+                   label="published (not measured here)", zorder=3)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    legend_outside(ax)
+    ax.margins(x=0.12, y=0.1)  # room inside the axes for the labels of the outermost points
+    # published points first: their method names matter most, so they get the free spots
+    # one label per spot: series that coincide (same k, same ASR) would stack identical labels
+    wanted = [(p["x"], p["y"], str(p["label"])) for p in published] + labels
+    place_labels(ax, list(dict.fromkeys(wanted)))
     return _png(fig)
 
 

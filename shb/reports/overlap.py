@@ -36,7 +36,7 @@ def scores(store, metric: str = "ships", models=None, datasets=None, ablations=N
                model_id, dataset_id, ablation_id, layer, head, {aggregate} AS score
         FROM {table} WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
     return require(frame, f"{metric} scores", f"run a suite with a `{metric}` metric (e.g. suites/paper-mini.json)",
-                   [models, datasets, ablations])
+                   {"--model": models, "--dataset": datasets, "--ablation": ablations})
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

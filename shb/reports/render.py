@@ -1,36 +1,323 @@
-"""Render a polars frame as a rich table, JSON or CSV."""
+"""Render a polars frame as a rich table, JSON or CSV.
+
+The table format is for reading at a terminal, so it rearranges what it prints (never the frame):
+columns constant over the frame (model, dataset, judge, ...) move into the title, ``x_lo``/``x_hi``
+beside ``x`` (as made by ``shb.reports.stats.with_wilson``) print as one ``0.72 [0.65, 0.78]``
+cell, numbers print to a few significant digits, and when the table is wider than the terminal the
+rows are grouped by their leading label columns and the least important columns are left out (the
+caption names them; ``--wide``, json and csv give everything). Numbers are never cut.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 
 import polars as pl
 
 FORMATS = ("table", "json", "csv")
+FOLD = 16                                 # a text column may wrap down to this width
+SIG = 3                                   # significant digits of a printed float
+# label columns a reader compares rows by; constant ones go to the title, varying ones may group rows
+LABEL_NAMES = ("model", "dataset", "ablation", "judge", "decoding", "format", "metric", "source", "suite",
+               "head_source", "method", "result", "intervention", "status")
+# columns whose name says they count things: whole values print without decimals (n = 32, not 32.0)
+COUNT = re.compile(r"(^n$|^n_|_n$|count|tokens|params|prompts|steps?$|^k$)")
+# columns whose name says they are detail: left out first when a table does not fit
+DETAIL = re.compile(r"(^n_|_n$|median|(^|_)max($|_)|(^|_)min($|_)|std|spread|seconds|version|commit|host|device|dtype|argv|path|"
+                    r"sha|hash|started|ended|finished|created|error|spec|^unit_id$|^run_id$|chunks)")
 
 
-def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=None) -> str | None:
-    """Return JSON/CSV text, or print a rich table (returns None)."""
+def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=None, wide: bool = False) -> str | None:
+    """Return JSON/CSV text (every column, full precision), or print a table fitted to the terminal
+    (returns None). ``wide``: print every column as it is in the frame, however wide."""
     if fmt == "json":
         return json.dumps(frame.to_dicts(), indent=1, default=str)
     if fmt == "csv":
         return flat(frame).write_csv()
+    if console is None:
+        console = make_console()
+    for renderable in tables(frame, title, width=None if wide else console.width, wide=wide):
+        if wide:  # a console as wide as this table, writing where the caller's writes
+            from rich.console import Console
+            from rich.measure import Measurement
+
+            probe = Console(width=100_000, file=console.file, color_system=console.color_system)
+            need = Measurement.get(probe, probe.options, renderable).maximum
+            Console(width=max(need, console.width), file=console.file, color_system=console.color_system,
+                    force_terminal=console.is_terminal).print(renderable)
+        else:
+            console.print(renderable)
+    return None
+
+
+def make_console(stderr: bool = False):
+    """A rich Console; piped output without COLUMNS gets a wide page instead of folding at 80."""
     from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=220, stderr=stderr)
+    return console
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+def number(value) -> str:
+    """A number as a reader wants it: ints whole (thousands separated from 100,000), floats to SIG
+    significant digits without scientific notation between 0.001 and 100,000."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 100_000 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        size = abs(value)
+        if size == 0:
+            return "0"
+        if size < 1e-3 or size >= 1e5:
+            return f"{value:.{SIG - 1}e}"
+        digits = max(0, SIG - 1 - math.floor(math.log10(size)))
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell(value) -> str:
+    import datetime
+    import decimal
+
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return number(value)
+    if isinstance(value, decimal.Decimal):
+        return number(float(value))
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+# -- what a table shows ----------------------------------------------------------------------------
+class Shown:
+    """One printed column: its name, its cells as text, whether it is a number, its raw values."""
+
+    def __init__(self, name: str, cells: list[str], numeric: bool, keys: list):
+        self.name, self.cells, self.numeric, self.keys = name, cells, numeric, keys
+
+
+def is_label(name: str, dtype) -> bool:
+    """A column that names what a row is about (model, dataset, ...), not a measurement."""
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return False
+    stem = name[:-3] if name.endswith("_id") else name
+    return name.endswith("_id") or stem in LABEL_NAMES or stem.split("_")[0] in LABEL_NAMES
+
+
+def intervals(frame: pl.DataFrame) -> dict[str, tuple[str, str]]:
+    """{x: (lo, hi)}: ``x_lo``/``x_hi`` beside a numeric ``x``; bounds named by another prefix p
+    (``with_wilson(..., prefix=p)``) go with the one numeric column named ``p_...`` or ``..._p``."""
+    numeric = [name for name, dtype in frame.schema.items() if dtype.is_numeric()]
+    out = {}
+    for lo in [n for n in numeric if n.endswith("_lo")]:
+        prefix = lo[:-3]
+        hi = f"{prefix}_hi"
+        if hi not in numeric:
+            continue
+        if prefix in numeric:
+            out[prefix] = (lo, hi)
+            continue
+        owners = [n for n in numeric if n not in (lo, hi) and not n.endswith(("_lo", "_hi"))
+                  and (n.startswith(prefix + "_") or n.endswith("_" + prefix))]
+        if len(owners) == 1 and owners[0] not in out:
+            out[owners[0]] = (lo, hi)
+    return out
+
+
+def constant_columns(frame: pl.DataFrame) -> list[str]:
+    """Columns with one value over every row (two rows at least, so a one-row table stays a table)."""
+    if frame.height < 2:
+        return []
+    out = []
+    for name in frame.columns:
+        try:
+            if frame[name].n_unique() == 1:
+                out.append(name)
+        except Exception:  # nested values polars cannot hash: leave them in the table
+            pass
+    return out
+
+
+def shown_columns(frame: pl.DataFrame, lift: bool = True) -> tuple[list[Shown], list[tuple[str, str]]]:
+    """The columns to print and the (name, value) pairs lifted into the title."""
+    pairs = intervals(frame)
+    bounds = {b for pair in pairs.values() for b in pair}
+    lifted_names = [n for n in constant_columns(frame) if n not in bounds and n not in pairs] if lift else []
+    if len(lifted_names) >= len([n for n in frame.columns if n not in bounds]):
+        lifted_names = lifted_names[:-1]  # never lift every column: something must stay in the table
+    lifted = [(n, _cell(_as_count(frame[n][0]) if COUNT.search(n) or isinstance(frame.schema[n], pl.Decimal)
+                        else frame[n][0])) for n in lifted_names]
+    shown = []
+    for name, dtype in frame.schema.items():
+        if name in bounds or name in lifted_names:
+            continue
+        values = frame[name].to_list()
+        if name in pairs:
+            lo, hi = (frame[b].to_list() for b in pairs[name])
+            cells = [_cell(v) if v is None or a is None or b is None else f"{_cell(v)} [{_cell(a)}, {_cell(b)}]"
+                     for v, a, b in zip(values, lo, hi)]
+        elif (isinstance(dtype, pl.Decimal) or COUNT.search(name)) and _whole(values):  # n = 32.0 is a count
+            cells = [_cell(None if v is None else int(v)) for v in values]
+        else:
+            cells = [_cell(v) for v in values]
+        shown.append(Shown(name, cells, dtype.is_numeric(), values))
+    return shown, lifted
+
+
+def _whole(values) -> bool:
+    """Every value a whole number of modest size (and at least one is given)."""
+    import decimal
+
+    present = [v for v in values if v is not None]
+    return bool(present) and all(isinstance(v, (float, decimal.Decimal)) and v == v and abs(v) < 1e15 and v == int(v)
+                                 for v in present)
+
+
+def _as_count(value):
+    return int(value) if _whole([value]) else value
+
+
+def title_lines(title: str | None, lifted: list[tuple[str, str]], width: int | None = 80) -> list[str]:
+    """The title, then the lifted ``name: value`` pairs packed into lines (an item is never split;
+    all-missing columns are not worth a line)."""
+    lines = [title] if title else []
+    return lines + pack([f"{name}: {value}" for name, value in lifted if value != "-"], width)
+
+
+def pack(items: list[str], width: int | None, sep: str = " · ") -> list[str]:
+    """Join ``items`` with ``sep`` into lines no wider than ``width`` (an item longer stays whole)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and (width is None or len(lines[-1]) + len(sep) + len(item) <= width):
+            lines[-1] += sep + item
+        else:
+            lines.append(item)
+    return lines
+
+
+def tables(frame: pl.DataFrame, title: str | None = None, width: int | None = 80, wide: bool = False) -> list:
+    """The rich renderables that show ``frame``: a heading, then one table per group of rows.
+
+    ``width`` None: every column at full width (``--wide``). Otherwise, in order, until it fits:
+    headers break at underscores, rows are grouped by leading label columns (a heading per group),
+    detail columns then trailing columns are left out (named in a caption)."""
+    from rich.text import Text
+
+    shown, lifted = shown_columns(frame, lift=not wide)
+    out = [Text(line, style="bold" if i == 0 and title else "")
+           for i, line in enumerate(title_lines(title, lifted, width))]
+    if frame.is_empty():
+        return out + [Text("(no rows)")]
+    if width is None:
+        return out + [_table(shown, range(frame.height), split_headers=False)]
+    split = not _fits(shown, range(frame.height), width, False)
+    groups, shown = _group(frame, shown, width, split)
+    dropped = []
+    while not all(_fits(shown, rows, width, split) for _, rows in groups) and len(shown) > 2:
+        victim = _least_important(shown)
+        dropped.append(victim.name)
+        shown = [c for c in shown if c is not victim]
+    for heading, rows in groups:
+        for line in pack(heading, width):
+            out.append(Text(line, style="bold"))
+        out.append(_table(shown, rows, split))
+    if dropped:
+        out.append(Text(f"left out to fit {width} columns: {', '.join(dropped)} ({_how_to_see_all()})", style="dim"))
+    return out
+
+
+def _table(shown: list[Shown], rows, split_headers: bool):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
-    for name, dtype in frame.schema.items():
-        table.add_column(name, justify="right" if dtype.is_numeric() else "left")
-    for row in frame.iter_rows():
-        table.add_row(*[_cell(v) for v in row])
-    if console is None:
-        import os
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in shown:
+        header = col.name.replace("_", "\n") if split_headers else col.name
+        if col.numeric:
+            longest = max((len(col.cells[r]) for r in rows), default=1)
+            table.add_column(header, justify="right", no_wrap=True, overflow="ignore", min_width=longest)
+        else:
+            table.add_column(header, justify="left", overflow="fold")
+    for r in rows:
+        table.add_row(*[col.cells[r] for col in shown])
+    return table
 
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console = Console(width=220)  # piped output: wide tables stay readable instead of folding at 80
-    console.print(table)
-    return None
+
+def _fits(shown: list[Shown], rows, width: int, split: bool) -> bool:
+    """Whether the table needs no more than ``width`` columns with no cell folded."""
+    rows = list(rows)
+    need = 0
+    for col in shown:
+        head = max(len(w) for w in col.name.split("_")) if split else len(col.name)
+        cells = [col.cells[r] for r in rows]
+        if col.numeric:
+            body = max(len(c) for c in cells)
+        else:  # text may wrap between words, down to FOLD characters a line
+            body = min(max(len(c) for c in cells), max([FOLD] + [len(w) for c in cells for w in c.split()]))
+        need += max(head, body) + 3
+    return need - 3 <= width
+
+
+def _group(frame: pl.DataFrame, shown: list[Shown], width: int, split: bool):
+    """Group rows by leading label columns while the table does not fit and groups keep 2+ rows."""
+    all_rows = range(frame.height)
+    if _fits(shown, all_rows, width, split):
+        return [([], all_rows)], shown
+    keys: list[Shown] = []
+    for col in shown:
+        if not is_label(col.name, frame.schema[col.name]):
+            break
+        trial = keys + [col]
+        n_groups = len({tuple(c.cells[r] for c in trial) for r in all_rows})
+        if n_groups > max(1, frame.height // 2):
+            break
+        keys = trial
+        if _fits([c for c in shown if c not in keys], all_rows, width, split):
+            break
+    if not keys:
+        return [([], all_rows)], shown
+    groups: dict[tuple, list[int]] = {}
+    for r in all_rows:
+        groups.setdefault(tuple(c.cells[r] for c in keys), []).append(r)
+    named = [([f"{c.name}: {v}" for c, v in zip(keys, key) if v != "-"], rows) for key, rows in groups.items()]
+    return named, [c for c in shown if c not in keys]
+
+
+def _how_to_see_all() -> str:
+    """Name --wide only where the running command has it."""
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    has_wide = ctx is not None and any(p.name == "wide" for p in ctx.command.params)
+    return ("--wide or " if has_wide else "") + "--format json/csv show every column"
+
+
+def _least_important(shown: list[Shown]) -> Shown:
+    """Detail columns (counts, medians, versions, ...) go first, rightmost first; then the rightmost."""
+    detail = [c for c in shown if DETAIL.search(c.name)]
+    return (detail or shown[1:])[-1]
 
 
 def flat(frame: pl.DataFrame) -> pl.DataFrame:
@@ -42,16 +329,6 @@ def flat(frame: pl.DataFrame) -> pl.DataFrame:
         elif isinstance(dtype, pl.Struct):
             columns.append(pl.col(name).struct.json_encode().alias(name))
     return frame.with_columns(columns) if columns else frame
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
 
 
 def where(**filters) -> tuple[str, list]:
@@ -74,11 +351,23 @@ def where(**filters) -> tuple[str, list]:
 
 
 def require(frame: pl.DataFrame, what: str, how: str, params=()) -> pl.DataFrame:
-    """Raise a UsageError (exit 2) naming what is missing and what to run when ``frame`` is empty."""
+    """Raise a UsageError (exit 2) naming what is missing and what to run when ``frame`` is empty.
+
+    ``params``: the filters given, as {flag: value} (named in the message as ``--flag value``) or a
+    list of values; filters not given (None, empty) are not mentioned."""
     if frame.is_empty():
         from shb.errors import UsageError
 
-        shown = [", ".join(map(str, p)) if isinstance(p, (list, tuple)) else str(p) for p in params if p is not None]
+        def given(value):
+            return value is not None and not (isinstance(value, (list, tuple)) and not value)
+
+        def text(value):
+            return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+        if isinstance(params, dict):
+            shown = [f"{flag} {text(v)}" for flag, v in params.items() if given(v)]
+        else:
+            shown = [text(v) for v in params if given(v)]
         filters = f" (filters: {'; '.join(shown)})" if shown else ""
         raise UsageError(f"no {what} in the database{filters}; {how}")
     return frame

@@ -67,25 +67,22 @@ def heatmap(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
                            FROM ships WHERE {where} GROUP BY ALL ORDER BY ALL""", params)
 
 
-SHADES = " .:-=+*#%@"
+def heatmap_lines(frame: pl.DataFrame, width: int = 80, top_n: int = 10) -> list:
+    """One terminal heatmap per (model, dataset, ablation) as rich Text lines (shb.reports.termheat:
+    log scale, colour where the terminal has it, the top heads named beside the grid)."""
+    from shb.reports import termheat
 
-
-def render_heatmap_text(frame: pl.DataFrame) -> list[str]:
-    """One text heatmap per (model, dataset, ablation): rows are layers, columns heads, darker = larger."""
     out = []
-    for (model, dataset, ablation), group in frame.group_by(["model_id", "dataset_id", "ablation_id"], maintain_order=True):
-        n_layers = group["layer"].max() + 1
-        n_heads = group["head"].max() + 1
-        peak = group["mean_ships"].max() or 1.0
-        grid = [[" "] * n_heads for _ in range(n_layers)]
-        for layer, head, value in group.select(["layer", "head", "mean_ships"]).iter_rows():
-            level = round(max(value, 0.0) / peak * (len(SHADES) - 1))  # KL can round to -1e-9
-            grid[layer][head] = SHADES[min(len(SHADES) - 1, level)]
-        out.append(f"mean Ships, {model} / {dataset} / {ablation} (rows: layers, columns: heads; '@' = {peak:.3g})")
-        out.append("      " + "".join(str(h % 10) for h in range(n_heads)))
-        for layer in range(n_layers):
-            out.append(f"  L{layer:<3d}" + "".join(grid[layer]))
+    for (model, dataset, ablation), group in frame.group_by(["model_id", "dataset_id", "ablation_id"],
+                                                            maintain_order=True):
+        title = f"mean Ships (KL, nats), {model} / {dataset} / {ablation}; rows: layers, columns: heads"
+        out.extend(termheat.render(grid_of(group), title, top_n=top_n, width=width))
     return out
+
+
+def render_heatmap_text(frame: pl.DataFrame, width: int = 80) -> list[str]:
+    """heatmap_lines as plain text (a character ramp, no colour)."""
+    return [line.plain for line in heatmap_lines(frame, width)]
 
 
 def distribution(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
@@ -118,7 +115,7 @@ def figures(grid: pl.DataFrame, scores: pl.DataFrame) -> list[tuple[str, bytes]]
         title = (f"mean Ships (KL, nats) per head\n{model} / {dataset} / {ablation}"
                  f" (top: {top['layer']}-{top['head']} = {top['mean_ships']:.3g})")
         out.append((fig.slug("ships-heatmap", model, dataset, ablation),
-                    fig.heatmap(cells, title, "mean Ships (nats)")))
+                    fig.heatmap(cells, title, "mean Ships (nats)", log=True)))
     for (model, dataset, ablation), group in scores.group_by(keys, maintain_order=True):
         values = group["score"].to_list()
         marks = {"median": float(group["score"].median()), "99th pct": float(group["score"].quantile(0.99))}

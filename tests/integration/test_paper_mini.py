@@ -69,6 +69,19 @@ def test_report_renders_in_every_format(db, tmp_path, report):
             assert text.strip(), report
 
 
+@pytest.mark.parametrize("report", sorted(FORMATS))
+def test_default_table_fits_80_columns(db, report):
+    """At 80 columns every report's table shows whole numbers (nothing cut to '…') and no line is wider."""
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "shb.cli", "report", report, "--db", str(db)], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines and "…" not in result.stdout
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+
+
 def test_overlap_same_base_against_different_base(db):
     """Toy-a and toy-b share a base (like Llama-2-chat and Vicuna); toy-c has its own."""
     tables = json.loads(shb("report", "overlap", "--db", str(db), "--top", "10", "--ablation", "ua",

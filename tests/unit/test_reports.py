@@ -240,7 +240,7 @@ def test_every_format_renders(db, tmp_path, name):
                 assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5_000, file
         elif fmt == "html":
             page = (tmp_path / f"{name}-{fmt}.html").read_text()
-            assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+            assert page.startswith("<!DOCTYPE html>") and "<table" in page
             if "png" in FORMATS[name]:
                 assert "data:image/png;base64," in page
 
@@ -260,7 +260,7 @@ def test_figures_without_matplotlib_name_the_extra(db, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "pip install 'shb[figures]'" in result.output
     page = tmp_path / "page.html"
     result = _cli("report", "overlap", "--db", str(db), "--format", "html", "--out", str(page))
-    assert result.exit_code == 0 and "<table>" in page.read_text()  # tables still there
+    assert result.exit_code == 0 and "<table" in page.read_text()  # tables still there
 
 
 def test_reports_never_import_torch():

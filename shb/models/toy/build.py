@@ -136,6 +136,12 @@ def _progress(quiet: bool):
         with _hf_bars_off():
             yield lambda description, total: None
         return
+    from shb.progress import active
+
+    if active() is not None:  # inside `shb run`: train on the run's live line, not a second display
+        with _hf_bars_off():
+            yield active().steps
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -238,6 +244,10 @@ def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
     if (path / "toy.json").exists():
         return path
     start = time.perf_counter()
+    from shb.progress import active
+
+    if active() is not None and not quiet:
+        active().note(f"training the toy model (first use of this recipe; once, then loaded from the cache): {path}")
     base = _ensure_base(recipe, quiet)
     with _one_thread(), _progress(quiet) as make_bar:
         # eager, as in training, so a cached base aligns to the same bytes as build()
@@ -246,6 +256,8 @@ def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
         _align(model, tok, recipe, make_bar)
     meta = {"toy_version": TOY_VERSION, "recipe": recipe, "base": base.name,
             "build_seconds": time.perf_counter() - start}
+    if active() is not None and not quiet:
+        active().note(f"toy model trained in {meta['build_seconds']:.0f} s; cached in {path} (later runs load it)")
     try:
         with _hf_bars_off() if quiet else contextlib.nullcontext():
             return _save(model, tok, path, meta)
