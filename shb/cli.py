@@ -36,6 +36,7 @@ def plan(suite_path, db, fmt):
     """Expand a suite into work units; show which are done and what the rest will cost."""
     import polars as pl
 
+    from shb.plan import fingerprints, notes
     from shb.plan import plan as make_plan
     from shb.reports.render import to_text
     from shb.store import Store, db_path
@@ -44,10 +45,13 @@ def plan(suite_path, db, fmt):
     suite = load(suite_path)
     store = Store(db, read_only=True) if db_path(db).exists() else None
     try:
-        units = make_plan(suite, store)
+        fps = fingerprints(suite)
+        units = make_plan(suite, store, fps=fps)
     finally:
         if store is not None:
             store.close()
+    for line in notes(suite, fps=fps):  # stderr: --format json/csv stay machine-readable
+        click.echo(f"note: {line}", err=True)
     frame = pl.DataFrame([{
         "unit_id": u.unit_id, "model": u.model.id, "dataset": u.dataset.id, "ablation": u.ablation.id,
         "metric": u.metric.id, "prompts": u.n_prompts, "status": u.status,

@@ -81,14 +81,32 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def resolve_dtype_name(dtype: str | None, device: str) -> str:
+    """The dtype name a model loads in: "auto" (or None) is bfloat16 on cuda, float32 elsewhere.
+
+    No torch: ``shb plan`` hashes this name into unit ids, ``resolve_dtype`` loads with it."""
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    return dtype
+
+
+def guess_device(device: str | None = None) -> str:
+    """``resolve_device`` without torch, for ``shb plan``: "auto" is cuda when an NVIDIA driver is
+    loaded and CUDA_VISIBLE_DEVICES does not hide every GPU. ``shb run`` resolves with torch."""
+    if device not in (None, "auto"):
+        return device
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return "cpu"
+    return "cuda" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+
+
 def resolve_dtype(dtype: str | None, device: str):
     import torch
 
-    if dtype in (None, "auto"):
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+    return getattr(torch, resolve_dtype_name(dtype, device))
 
 
 def _is_toy(source: str) -> bool:
@@ -187,7 +205,8 @@ def geometry_from_config(config: dict) -> dict:
     return {"layers": layers, "heads": heads, "hidden": hidden, "n_params": n_params}
 
 
-def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle) -> LoadedModel:
+def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle,
+                    attn_implementation: str | None = None) -> LoadedModel:
     import torch  # noqa: F401  (fail here, with a clear import error, before transformers)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -197,7 +216,11 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
     from shb.models.layout import detect
 
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True, **kwargs)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # safetensors only, unless the suite opts in; then pickle files are read by torch.load(weights_only=True),
+    # which rebuilds tensors and plain containers and refuses any other object, so no code in them runs.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                                 weights_only=True, **extra, **kwargs)
     model.to(device).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -209,7 +232,7 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
 
 def load(source: str, dtype: str | None = None, device: str | None = None, *, revision: str | None = None,
          trust_remote_code: bool = False, allow_pickle: bool = False, toy_variant: dict | None = None,
-         quiet: bool = False) -> LoadedModel:
+         quiet: bool = False, attn_implementation: str | None = None) -> LoadedModel:
     """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id.
 
     ``quiet`` hides the progress bar of a first-use toy build."""
@@ -218,9 +241,10 @@ def load(source: str, dtype: str | None = None, device: str | None = None, *, re
     if _is_toy(source):
         seed = int(source.split(":", 1)[1]) if ":" in source else 0
         path = toy_path(seed, quiet=quiet, **(toy_variant or {}))
-        return _load_directory(str(path), source, torch_dtype, device, None, False, False)
+        return _load_directory(str(path), source, torch_dtype, device, None, False, False, attn_implementation)
     check_available(source, revision=revision, allow_pickle=allow_pickle)
-    return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle)
+    return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle,
+                           attn_implementation)
 
 
 # -- suite model kinds (registered in shb.registry.MODELS) -------------------------------------------
@@ -230,12 +254,13 @@ def toy_variant(spec: dict) -> dict:
 
 def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
     return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device,
-                toy_variant=toy_variant(spec), quiet=quiet)
+                toy_variant=toy_variant(spec), quiet=quiet, attn_implementation=spec.get("attn_implementation"))
 
 
 def load_hf_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
     return load(spec["path"], dtype=spec.get("dtype", dtype), device=device, revision=spec.get("revision"),
-                trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False))
+                trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False),
+                attn_implementation=spec.get("attn_implementation"))
 
 
 def source_of(spec: dict) -> str:
