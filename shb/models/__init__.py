@@ -142,37 +142,60 @@ def check_available(source: str, *, revision: str | None = None, allow_pickle: b
             raise ModelNotFound(f"model '{name}': {local.resolve()} has no config.json; it is not a Hugging Face model directory")
         safe, pickled = _weight_files(local)
         if not safe and not (allow_pickle and pickled):
-            hint = (" It has pickle weights (" + ", ".join(p.name for p in pickled[:3]) +
-                    "); convert them to safetensors, or opt in with \"allow_pickle\": true if you trust their source."
-                    ) if pickled else ""
-            raise ModelNotFound(f"model '{name}': no *.safetensors weights in {local.resolve()}.{hint}")
+            if pickled:
+                raise ModelNotFound(_pickle_only(name, str(local.resolve()), [p.name for p in pickled]))
+            raise ModelNotFound(f"model '{name}': no *.safetensors weights in {local.resolve()}.")
         return
-    _check_hub(source, revision, name)
+    _check_hub(source, revision, name, allow_pickle)
 
 
-def _check_hub(repo: str, revision: str | None, name: str) -> None:
+def _pickle_only(name: str, where: str, files: list[str]) -> str:
+    shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+    return (f"model '{name}': {where} has only pickle weights ({shown}), no *.safetensors; shb loads safetensors "
+            "only unless told otherwise.\n  Either add \"allow_pickle\": true to this model in the suite (shb then "
+            "reads them with torch.load(weights_only=True), which rebuilds tensors and runs no code from the file), "
+            "or convert them to safetensors and point \"path\" at the converted copy.")
+
+
+def _weight_names(names) -> tuple[list[str], list[str]]:
+    names = sorted(str(n).rsplit("/", 1)[-1] for n in names)
+    return ([n for n in names if n.endswith(".safetensors")],
+            [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and not n.startswith("training_args")])
+
+
+def _check_hub(repo: str, revision: str | None, name: str, allow_pickle: bool = False) -> None:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=["config.json"])
-        return
+        snapshot = snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=["config.json"])
     except Exception:  # not in the local cache: ask the hub whether it can be downloaded
-        pass
+        snapshot = None
+    if snapshot is not None:
+        safe, pickled = _weight_names(p.name for p in Path(snapshot).iterdir())
+        if safe or (allow_pickle and pickled):
+            return
+        if pickled:
+            raise ModelNotFound(_pickle_only(name, f"'{repo}' (in the Hugging Face cache)", pickled))
+        # config cached without weights: the hub may still have them (checked below)
     from huggingface_hub import constants
 
     how = (f"  Download it on a machine with access (`hf download {repo}`), or point \"path\" at a local copy;"
            f" for a gated model (Llama-2, Llama Guard), accept its licence on the hub and run `hf auth login`.")
     if os.environ.get("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE:
-        raise ModelNotFound(f"model '{name}': '{repo}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        state = "has its config but no weights in" if snapshot is not None else "is not in"
+        raise ModelNotFound(f"model '{name}': '{repo}' {state} the Hugging Face cache ({constants.HF_HUB_CACHE})"
                             f" and HF_HUB_OFFLINE is set.\n{how}")
     from huggingface_hub import HfApi
 
     try:
-        HfApi().model_info(repo, revision=revision, timeout=15)
+        info = HfApi().model_info(repo, revision=revision, timeout=15)
     except Exception as exc:  # network down, gated, missing: all end the same way for the user
         reason = type(exc).__name__
         raise ModelNotFound(f"model '{name}': '{repo}' is not a local directory, not in the Hugging Face cache"
                             f" ({constants.HF_HUB_CACHE}), and the hub could not be reached for it ({reason}).\n{how}") from None
+    safe, pickled = _weight_names(s.rfilename for s in (info.siblings or []))
+    if pickled and not safe and not allow_pickle:
+        raise ModelNotFound(_pickle_only(name, f"'{repo}' on the hub", pickled))
 
 
 def config_dict(source: str, revision: str | None = None) -> dict | None:
