@@ -185,3 +185,33 @@ def test_label_contents_do_not_depend_on_labels(tmp_path, model_dir):
     data["models"][0]["id"] = "renamed"
     renamed = plan.label_contents(suite.from_dict(data))
     assert contents[("model", "m")] == renamed[("model", "renamed")]
+
+
+def test_shipped_suites_can_share_one_database(monkeypatch):
+    """`shb run suites/demo.json` then `shb run suites/paper-mini.json` into one results.duckdb must not be
+    refused: a label the shipped suites share names the same content in each."""
+    from shb.identity import content_identity
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # paper-mini's ../shared/data paths resolve from the repository root
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fpmod._COMMITS.clear()
+    seen: dict[tuple, dict[str, str]] = {}
+    for path in sorted((repo / "suites").glob("*.json")):
+        for key, content in plan.label_contents(suite.load(path)).items():
+            seen.setdefault(key, {}).setdefault(content_identity(content), path.name)
+    clashes = {key: sorted(v.values()) for key, v in seen.items() if len(v) > 1}
+    assert not clashes, f"labels reused for different content across suites/: {clashes}"
+
+
+def test_a_database_from_before_labels_is_checked_by_its_prompts(tmp_path):
+    from shb.errors import UsageError
+    from shb.identity import check_labels
+    from shb.store import Store
+
+    with Store(tmp_path / "old.duckdb") as store:
+        with store.transaction():
+            store.insert("prompts", [{"dataset_id": "harm", "prompt_id": 0, "text": "a", "dataset_hash": "1" * 64}])
+        check_labels(store, {}, {"harm": "1" * 64, "other": "2" * 64})  # same content, new label: fine
+        with pytest.raises(UsageError, match="dataset 'harm'.*1111111111111111.*2222222222222222"):
+            check_labels(store, {}, {"harm": "2" * 64})
