@@ -105,8 +105,9 @@ def notes(suite: Suite, device: str | None = None, fps: dict | None = None) -> l
         if model.get("dtype", suite.defaults.get("dtype", "float32")) == "auto" and device in (None, "auto") \
                 and suite.defaults.get("device", "auto") == "auto":
             guess = guess_device(None)
-            out.append(f"model '{model.id}': dtype 'auto' taken as {model_key(model, suite.defaults, None, fps[model.id])['dtype']}"
-                       f" for device {guess} (guessed without torch; `shb run` resolves the device with torch)")
+            dtype = model_key(model, suite.defaults, None, fps[model.id])["dtype"]
+            out.append(f"model '{model.id}': dtype 'auto' taken as {dtype} for device {guess} (guessed without torch;"
+                       " `shb run` resolves the device with torch, `shb plan --device` overrides)")
     return out
 
 

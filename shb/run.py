@@ -111,14 +111,11 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
     ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
     """
-    from shb.datasets import format_prompt
-    from shb.models import resolve_device
-    from shb.progress import NullProgress
-
-    from shb.datasets import content_hash
+    from shb.datasets import content_hash, format_prompt
     from shb.identity import check_labels, label_rows
-    from shb.models import resolve_dtype_name
+    from shb.models import resolve_device, resolve_dtype_name
     from shb.plan import label_contents
+    from shb.progress import NullProgress
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see

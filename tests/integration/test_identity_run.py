@@ -62,7 +62,8 @@ def test_resolved_dtype_and_formatted_prompts_are_stored(first_run, tiny_model_d
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert len(rows) == 2
     for _, text, template_sha, raw in rows:
-        expected = tok.apply_chat_template([{"role": "user", "content": raw}], tokenize=False, add_generation_prompt=True)
+        messages = [{"role": "user", "content": raw}]
+        expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert text == expected and text != raw and len(template_sha) == 64
 
 
