@@ -31,11 +31,14 @@ def validate(suite_path):
 @click.argument("suite_path", type=click.Path(dir_okay=False))
 @DB_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--device", default=None, help="device the run will use, for dtype \"auto\" (default: the suite's, "
+              "else guessed without torch)")
 @friendly
-def plan(suite_path, db, fmt):
+def plan(suite_path, db, fmt, device):
     """Expand a suite into work units; show which are done and what the rest will cost."""
     import polars as pl
 
+    from shb.plan import fingerprints, notes
     from shb.plan import plan as make_plan
     from shb.reports.render import to_text
     from shb.store import Store, db_path
@@ -44,10 +47,13 @@ def plan(suite_path, db, fmt):
     suite = load(suite_path)
     store = Store(db, read_only=True) if db_path(db).exists() else None
     try:
-        units = make_plan(suite, store)
+        fps = fingerprints(suite)
+        units = make_plan(suite, store, device=device, fps=fps)
     finally:
         if store is not None:
             store.close()
+    for line in notes(suite, device, fps):  # stderr: --format json/csv stay machine-readable
+        click.echo(f"note: {line}", err=True)
     frame = pl.DataFrame([{
         "unit_id": u.unit_id, "model": u.model.id, "dataset": u.dataset.id, "ablation": u.ablation.id,
         "metric": u.metric.id, "prompts": u.n_prompts, "status": u.status,

@@ -1,9 +1,21 @@
 """Expand a suite into work units, give each a stable id, mark what the store holds, estimate cost.
 
 A unit is one cell of models x datasets x ablations x metrics. Its id hashes everything that
-changes its results (model source and dtype, dataset content, ablation, metric parameters,
-UNIT_ID_VERSION) and nothing that does not (device, batch size, strategy), so rerunning a
-suite, or another suite with the same cell, finds the finished work. No torch here.
+changes its results and nothing that does not (device, batch size, strategy, the suite's labels),
+so rerunning a suite, or another suite with the same cell, finds the finished work. No torch here.
+
+What the id hashes (DESIGN.md section 9):
+- the model: a weights fingerprint, tokenizer and chat template (shb.models.fingerprint), the
+  dtype *resolved* for the device ("auto" is bfloat16 on cuda, float32 elsewhere, exactly as
+  shb.models.resolve_dtype loads it) and the attention implementation;
+- the formatted prompts, as their inputs: prompt content, format, system prompt, the paper's
+  template text (format "template") and the model's chat template hash (format "chat"). The
+  formatted text is a function of these, so no tokenizer is needed at plan time; ``shb run``
+  stores the text it fed in ``formatted_prompts``;
+- the ablation, the metric's parameters, the upstream unit (heads from another metric), and
+  UNIT_ID_VERSION.
+A fingerprint that cannot be known here (a hub id neither cached nor reachable) is hashed as
+unknown and reported by ``notes``; ``shb run`` refuses such a model.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from shb import datasets as ds
 from shb.errors import UsageError
 from shb.suite import Entry, Suite
 
-UNIT_ID_VERSION = 1
+UNIT_ID_VERSION = 2  # 2: weights fingerprint, tokenizer, chat template, resolved dtype, attention
 # Metric keys that do not change results (the engine and the naive loop agree to 1e-5).
 NON_RESULT_KEYS = {"id", "description", "models", "datasets", "ablations", "strategy", "batch_size"}
 ABLATION_DEFAULTS = {"undifferentiated": {"epsilon": 1e-5, "site": "q"}, "scaling": {"epsilon": 1e-5},
@@ -53,27 +65,58 @@ class WorkUnit:
         return f"{self.model.id} / {self.dataset.id} / {self.ablation.id} / {self.metric.id}"
 
 
-def model_key(model: Entry, defaults: dict) -> dict:
-    params = {k: v for k, v in model.params.items() if k not in ("description", "geometry", "dtype")}
-    key = {"kind": model.kind, **params, "dtype": model.get("dtype", defaults.get("dtype", "float32"))}
-    if model.kind == "toy":
-        key.setdefault("seed", 0)
-        key["toy_version"] = _toy_version()
+# Model keys that name where the weights are, or how they may be read, not what they are.
+_MODEL_LOCATORS = {"description", "geometry", "dtype", "path", "revision", "allow_pickle", "attn_implementation"}
+
+
+def model_key(model: Entry, defaults: dict, device: str | None = None, fp: dict | None = None) -> dict:
+    """What the model contributes to a unit id: content (fingerprint), resolved dtype, attention."""
+    from shb.models import guess_device, resolve_dtype_name
+    from shb.models.fingerprint import fingerprint, is_known
+
+    fp = fp if fp is not None else fingerprint(model.spec())
+    dtype = resolve_dtype_name(model.get("dtype", defaults.get("dtype", "float32")),
+                               guess_device(device or defaults.get("device")))
+    key = {"kind": model.kind, "dtype": dtype, "attn_implementation": model.get("attn_implementation", "default"),
+           **{k: fp[k] for k in ("weights", "tokenizer", "chat_template")},
+           **{k: v for k, v in model.params.items() if k not in _MODEL_LOCATORS and model.kind != "toy"}}
+    if not is_known(fp):  # hashed by name until the content can be known (see notes)
+        key.update(source=model.get("path"), revision=model.get("revision"))
     return key
 
 
-def _toy_version():
-    try:
-        from shb.models import toy
+def fingerprints(suite: Suite) -> dict[str, dict]:
+    from shb.models.fingerprint import fingerprint
 
-        return getattr(toy, "TOY_VERSION", None)
-    except ImportError:
-        return None
+    return {m.id: fingerprint(m.spec()) for m in suite.models}
+
+
+def notes(suite: Suite, device: str | None = None, fps: dict | None = None) -> list[str]:
+    """What the plan could not pin down or had to assume, one line each (``shb plan`` prints them)."""
+    from shb.models import guess_device
+    from shb.models.fingerprint import is_known
+
+    fps = fps if fps is not None else fingerprints(suite)
+    out = []
+    for model in suite.models:
+        if not is_known(fps[model.id]):
+            out.append(f"model '{model.id}': weights fingerprint unknown at plan time, its unit ids are provisional"
+                       f" and `shb run` refuses it until it is known: {fps[model.id]['why']}")
+        if model.get("dtype", suite.defaults.get("dtype", "float32")) == "auto" and device in (None, "auto") \
+                and suite.defaults.get("device", "auto") == "auto":
+            guess = guess_device(None)
+            dtype = model_key(model, suite.defaults, None, fps[model.id])["dtype"]
+            out.append(f"model '{model.id}': dtype 'auto' taken as {dtype} for device {guess} (guessed without torch;"
+                       " `shb run` resolves the device with torch, `shb plan --device` overrides)")
+    return out
 
 
 def dataset_key(dataset: Entry, content: str) -> dict:
-    return {"kind": dataset.kind, "content": content,
-            "format": dataset.get("format", "direct"), "system": dataset.get("system")}
+    fmt = dataset.get("format", "direct")
+    key = {"kind": dataset.kind, "content": content, "format": fmt, "system": dataset.get("system")}
+    if fmt == "template":  # the template's text is part of every formatted prompt
+        key["template"] = hashlib.sha256(ds.PAPER_TEMPLATE.encode()).hexdigest()[:16]
+    return key
 
 
 def ablation_key(ablation: Entry) -> dict:
@@ -105,10 +148,26 @@ def identities(suite: Suite, prompts: dict[str, list] | None = None) -> dict[str
     return {d.id: ds.identity(d.spec(), prompts.get(d.id)) for d in suite.datasets}
 
 
-def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUnit]:
-    """All units of the suite in execution order: suite order, except that a metric whose heads come
-    from another metric's result (asr on sahara or ships) runs after it."""
+def label_contents(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
+                   fps: dict | None = None) -> dict[tuple[str, str], dict]:
+    """{("model" | "dataset", label): content}: what each suite-local label stands for. One database
+    holds one content per label (shb.run refuses a second), so reports never merge two under one name."""
+    fps = fps if fps is not None else fingerprints(suite)
     datasets = identities(suite, prompts)
+    out = {("model", m.id): model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
+    out.update({("dataset", d.id): dataset_key(d, datasets[d.id][0]) for d in suite.datasets})
+    return out
+
+
+def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
+           fps: dict | None = None) -> list[WorkUnit]:
+    """All units of the suite in execution order: suite order, except that a metric whose heads come
+    from another metric's result (asr on sahara or ships) runs after it.
+
+    ``device`` resolves dtype "auto" (default: the suite's, guessed without torch when "auto")."""
+    datasets = identities(suite, prompts)
+    fps = fps if fps is not None else fingerprints(suite)
+    model_keys = {m.id: model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
     metrics = sorted(suite.metrics, key=lambda m: _upstream_metric(m, suite) is not None)  # stable
     units = []
     by_cell: dict[tuple, str] = {}
@@ -125,7 +184,7 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                         continue
                     spec = {
                         "version": UNIT_ID_VERSION,
-                        "model": model_key(model, suite.defaults),
+                        "model": model_keys[model.id],
                         "dataset": dataset_key(dataset, datasets[dataset.id][0]),
                         "ablation": ablation_key(ablation),
                         "metric": metric_key(metric, suite.defaults),
@@ -208,11 +267,11 @@ def estimate(unit: WorkUnit, geom: dict | None) -> tuple[int | None, float | Non
     return forwards, seconds
 
 
-def plan(suite: Suite, store=None, prompts=None) -> list[WorkUnit]:
+def plan(suite: Suite, store=None, prompts=None, device: str | None = None, fps: dict | None = None) -> list[WorkUnit]:
     """Units with their status in ``store`` (if given) and cost estimates."""
     from dataclasses import replace
 
-    units = expand(suite, prompts)
+    units = expand(suite, prompts, device, fps)
     status = store.unit_status() if store is not None else {}
     geoms = {m.id: geometry(m) for m in suite.models}
     out = []

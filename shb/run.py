@@ -64,14 +64,45 @@ def _order(units: list[WorkUnit], suite) -> list[WorkUnit]:
     return sorted(units, key=lambda u: model_index[u.model.id])  # stable: suite order within a model
 
 
-def _model_rows(model_id: str, spec: dict, lm) -> dict:
+def _model_rows(model_id: str, spec: dict, lm, fingerprint: dict) -> dict:
     from shb.models import source_of
 
     layout = lm.layout
     return {"model_id": model_id, "source": source_of(spec), "revision": spec.get("revision"),
             "architecture": layout.arch, "n_layers": layout.n_layers, "n_heads": layout.n_heads,
             "n_kv_heads": layout.n_kv_heads, "head_dim": layout.head_dim, "hidden_size": layout.hidden_size,
-            "n_params": lm.n_params(), "spec": spec}
+            "n_params": lm.n_params(), "spec": spec, "fingerprint": fingerprint,
+            "dtype": str(lm.dtype).removeprefix("torch."),
+            "attn_implementation": getattr(lm.model.config, "_attn_implementation", None)}
+
+
+def _fingerprints(suite) -> dict:
+    """Every model's fingerprint; refuses a model whose weights cannot be named (see shb.models.fingerprint)."""
+    from shb.models.fingerprint import is_known
+    from shb.plan import fingerprints
+
+    fps = fingerprints(suite)
+    unknown = [f"  model '{m}': {fp['why']}" for m, fp in fps.items() if not is_known(fp)]
+    if unknown:
+        raise ModelNotFound("cannot fingerprint the weights of {} model(s), nothing was run:\n{}".format(
+            len(unknown), "\n".join(unknown)))
+    return fps
+
+
+def _pinned(spec: dict, fingerprint: dict) -> dict:
+    """A hub model loads the very commit its unit ids hash, even if the branch moves meanwhile."""
+    if fingerprint.get("commit"):
+        return {**spec, "revision": fingerprint["commit"]}
+    return spec
+
+
+def _formatted_rows(model_id: str, dataset, prompts, formatted, tokenizer) -> list[dict]:
+    import hashlib
+
+    template = getattr(tokenizer, "chat_template", None) if dataset.get("format", "direct") == "chat" else None
+    digest = hashlib.sha256(str(template).encode()).hexdigest() if template else None
+    return [{"model_id": model_id, "dataset_id": dataset.id, "prompt_id": p.prompt_id,
+             "chat_template_sha256": digest, "text": text} for p, text in zip(prompts, formatted)]
 
 
 def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_units=None, log=print,
@@ -80,22 +111,29 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
     ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
     """
-    from shb.datasets import format_prompt
-    from shb.models import resolve_device
+    from shb.datasets import content_hash, format_prompt
+    from shb.identity import check_labels, label_rows
+    from shb.models import resolve_device, resolve_dtype_name
+    from shb.plan import label_contents
     from shb.progress import NullProgress
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
     prompts = load_prompts(suite)
-    units = _order(expand(suite, prompts), suite)
+    device = resolve_device(device or suite.defaults.get("device"))
+    fps = _fingerprints(suite)
+    units = _order(expand(suite, prompts, device, fps), suite)
     if only_units:
         units = [u for u in units if u.unit_id in only_units]
-    device = resolve_device(device or suite.defaults.get("device"))
-    dtype = suite.defaults.get("dtype", "float32")
+    contents = label_contents(suite, prompts, device, fps)
+    dtype = resolve_dtype_name(suite.defaults.get("dtype", "float32"), device)
     store = Store(db)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+    started = False
     try:
+        # before any write: a label this database uses for other content is refused
+        check_labels(store, contents, {d.id: content_hash(prompts[d.id]) for d in suite.datasets})
         status = store.unit_status()
         pending = [u for u in units if status.get(u.unit_id) != "done"]
         counts["skipped"] = len(units) - len(pending)
@@ -106,11 +144,11 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
                          "suite_sha256": suite.sha256, "started_at": None, "status": "running",
                          "git_commit": git_commit(), "hostname": socket.gethostname(), "device": device,
                          "dtype": dtype, "argv": " ".join(sys.argv), **_versions()})
+        started = True
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
         with store.transaction():
+            store.insert("labels", label_rows(contents, run_id))
             for dataset in suite.datasets:
-                from shb.datasets import content_hash
-
                 digest = content_hash(prompts[dataset.id])
                 store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
                                           "dataset_hash": digest} for p in prompts[dataset.id]])
@@ -118,6 +156,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         datasets = {d.id: d for d in suite.datasets}
         unit_bar = progress.add_task("units", total=len(pending))
         loaded_id, lm, shared = None, None, {}
+        stored_formats: set[tuple[str, str]] = set()
         final = "done"
         for unit in pending:
             if unit.model.id != loaded_id:
@@ -126,15 +165,20 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
                 gc.collect()
                 progress.update(unit_bar, description=f"loading {unit.model.id}")
-                spec = models[unit.model.id].spec()
+                spec = _pinned(models[unit.model.id].spec(), fps[unit.model.id])
                 lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device,
                                                             quiet=isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
                 with store.transaction():
-                    store.insert("models", [_model_rows(unit.model.id, spec, lm)])
+                    store.insert("models", [_model_rows(unit.model.id, spec, lm, fps[unit.model.id])])
             dataset = datasets[unit.dataset.id]
             formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer, dataset.get("system"))
                          for p in prompts[dataset.id]]
+            if (unit.model.id, dataset.id) not in stored_formats:
+                with store.transaction():
+                    store.insert("formatted_prompts", _formatted_rows(unit.model.id, dataset, prompts[dataset.id],
+                                                                      formatted, lm.tokenizer))
+                stored_formats.add((unit.model.id, dataset.id))
             progress.update(unit_bar, description=f"unit {unit.label}")
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
@@ -145,7 +189,8 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         store.end_run(run_id, final)
     except BaseException:
         try:
-            store.end_run(run_id, "interrupted")
+            if started:  # a refused run wrote nothing, not even a runs row
+                store.end_run(run_id, "interrupted")
         except Exception:
             pass
         raise

@@ -100,8 +100,20 @@ MIGRATIONS: list[list[str]] = [
             FROM utility x JOIN utility b ON b.unit_id = x.unit_id AND b.part = x.part AND b.task = x.task
                  AND b.measure = x.measure AND b.judge_id = x.judge_id AND b.k = 0
             WHERE x.k > 0""",
+    [  # identity (issue 9): what each label stands for, the formatted prompts, the model's resolved dtype
+        "ALTER TABLE models ADD COLUMN fingerprint JSON",
+        "ALTER TABLE models ADD COLUMN dtype VARCHAR",
+        "ALTER TABLE models ADD COLUMN attn_implementation VARCHAR",
+        """CREATE TABLE labels (
+            kind VARCHAR, label VARCHAR, identity VARCHAR, content JSON, run_id VARCHAR,
+            PRIMARY KEY (kind, label))""",
+        """CREATE TABLE formatted_prompts (
+            model_id VARCHAR, dataset_id VARCHAR, prompt_id INTEGER, chat_template_sha256 VARCHAR, text VARCHAR,
+            PRIMARY KEY (model_id, dataset_id, prompt_id))""",
     ],
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLE_KEYS = {
@@ -114,6 +126,8 @@ TABLE_KEYS = {
     "prompts": ("dataset_id", "prompt_id"),
     "models": ("model_id",),
     "utility_docs": ("unit_id", "part", "task", "measure", "judge_id", "k", "doc_id", "sample_index"),
+    "labels": ("kind", "label"),
+    "formatted_prompts": ("model_id", "dataset_id", "prompt_id"),
 }
 
 
@@ -215,6 +229,28 @@ class Store:
     # -- reading --------------------------------------------------------------------------------
     def done_chunks(self, unit_id: str) -> set[str]:
         return {r[0] for r in self.con.execute("SELECT chunk FROM chunks WHERE unit_id = ?", [unit_id]).fetchall()}
+
+    def label_conflicts(self, contents: dict[tuple[str, str], tuple[str, dict]]) -> list[dict]:
+        """Labels of ``contents`` ({(kind, label): (identity, content)}) this database holds for other content."""
+        if self.version() < 2:
+            return []
+        have = {(k, label): (ident, run_id, json.loads(content)) for k, label, ident, content, run_id
+                in self.con.execute("SELECT kind, label, identity, content, run_id FROM labels").fetchall()}
+        out = []
+        for (kind, label), (identity, content) in contents.items():
+            old = have.get((kind, label))
+            if old is not None and old[0] != identity:
+                out.append({"kind": kind, "label": label, "old": old[2], "old_run": old[1], "new": content})
+        return out
+
+    def prompt_hashes(self) -> dict[str, set[str]]:
+        """{dataset label: content hashes of its stored prompts} (databases from before ``labels`` have only these)."""
+        if not self.version():
+            return {}
+        out: dict[str, set[str]] = {}
+        for label, digest in self.con.execute("SELECT DISTINCT dataset_id, dataset_hash FROM prompts").fetchall():
+            out.setdefault(label, set()).add(digest)
+        return out
 
     def unit_status(self) -> dict[str, str]:
         if not self.version():

@@ -81,14 +81,32 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def resolve_dtype_name(dtype: str | None, device: str) -> str:
+    """The dtype name a model loads in: "auto" (or None) is bfloat16 on cuda, float32 elsewhere.
+
+    No torch: ``shb plan`` hashes this name into unit ids, ``resolve_dtype`` loads with it."""
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    return dtype
+
+
+def guess_device(device: str | None = None) -> str:
+    """``resolve_device`` without torch, for ``shb plan``: "auto" is cuda when an NVIDIA driver is
+    loaded and CUDA_VISIBLE_DEVICES does not hide every GPU. ``shb run`` resolves with torch."""
+    if device not in (None, "auto"):
+        return device
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return "cpu"
+    return "cuda" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+
+
 def resolve_dtype(dtype: str | None, device: str):
     import torch
 
-    if dtype in (None, "auto"):
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+    return getattr(torch, resolve_dtype_name(dtype, device))
 
 
 def _is_toy(source: str) -> bool:
@@ -124,37 +142,60 @@ def check_available(source: str, *, revision: str | None = None, allow_pickle: b
             raise ModelNotFound(f"model '{name}': {local.resolve()} has no config.json; it is not a Hugging Face model directory")
         safe, pickled = _weight_files(local)
         if not safe and not (allow_pickle and pickled):
-            hint = (" It has pickle weights (" + ", ".join(p.name for p in pickled[:3]) +
-                    "); convert them to safetensors, or opt in with \"allow_pickle\": true if you trust their source."
-                    ) if pickled else ""
-            raise ModelNotFound(f"model '{name}': no *.safetensors weights in {local.resolve()}.{hint}")
+            if pickled:
+                raise ModelNotFound(_pickle_only(name, str(local.resolve()), [p.name for p in pickled]))
+            raise ModelNotFound(f"model '{name}': no *.safetensors weights in {local.resolve()}.")
         return
-    _check_hub(source, revision, name)
+    _check_hub(source, revision, name, allow_pickle)
 
 
-def _check_hub(repo: str, revision: str | None, name: str) -> None:
+def _pickle_only(name: str, where: str, files: list[str]) -> str:
+    shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+    return (f"model '{name}': {where} has only pickle weights ({shown}), no *.safetensors; shb loads safetensors "
+            "only unless told otherwise.\n  Either add \"allow_pickle\": true to this model in the suite (shb then "
+            "reads them with torch.load(weights_only=True), which rebuilds tensors and runs no code from the file), "
+            "or convert them to safetensors and point \"path\" at the converted copy.")
+
+
+def _weight_names(names) -> tuple[list[str], list[str]]:
+    names = sorted(str(n).rsplit("/", 1)[-1] for n in names)
+    return ([n for n in names if n.endswith(".safetensors")],
+            [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and not n.startswith("training_args")])
+
+
+def _check_hub(repo: str, revision: str | None, name: str, allow_pickle: bool = False) -> None:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=["config.json"])
-        return
+        snapshot = snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=["config.json"])
     except Exception:  # not in the local cache: ask the hub whether it can be downloaded
-        pass
+        snapshot = None
+    if snapshot is not None:
+        safe, pickled = _weight_names(p.name for p in Path(snapshot).iterdir())
+        if safe or (allow_pickle and pickled):
+            return
+        if pickled:
+            raise ModelNotFound(_pickle_only(name, f"'{repo}' (in the Hugging Face cache)", pickled))
+        # config cached without weights: the hub may still have them (checked below)
     from huggingface_hub import constants
 
     how = (f"  Download it on a machine with access (`hf download {repo}`), or point \"path\" at a local copy;"
            f" for a gated model (Llama-2, Llama Guard), accept its licence on the hub and run `hf auth login`.")
     if os.environ.get("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE:
-        raise ModelNotFound(f"model '{name}': '{repo}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        state = "has its config but no weights in" if snapshot is not None else "is not in"
+        raise ModelNotFound(f"model '{name}': '{repo}' {state} the Hugging Face cache ({constants.HF_HUB_CACHE})"
                             f" and HF_HUB_OFFLINE is set.\n{how}")
     from huggingface_hub import HfApi
 
     try:
-        HfApi().model_info(repo, revision=revision, timeout=15)
+        info = HfApi().model_info(repo, revision=revision, timeout=15)
     except Exception as exc:  # network down, gated, missing: all end the same way for the user
         reason = type(exc).__name__
         raise ModelNotFound(f"model '{name}': '{repo}' is not a local directory, not in the Hugging Face cache"
                             f" ({constants.HF_HUB_CACHE}), and the hub could not be reached for it ({reason}).\n{how}") from None
+    safe, pickled = _weight_names(s.rfilename for s in (info.siblings or []))
+    if pickled and not safe and not allow_pickle:
+        raise ModelNotFound(_pickle_only(name, f"'{repo}' on the hub", pickled))
 
 
 def config_dict(source: str, revision: str | None = None) -> dict | None:
@@ -187,7 +228,8 @@ def geometry_from_config(config: dict) -> dict:
     return {"layers": layers, "heads": heads, "hidden": hidden, "n_params": n_params}
 
 
-def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle) -> LoadedModel:
+def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle,
+                    attn_implementation: str | None = None) -> LoadedModel:
     import torch  # noqa: F401  (fail here, with a clear import error, before transformers)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -197,7 +239,11 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
     from shb.models.layout import detect
 
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True, **kwargs)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # safetensors only, unless the suite opts in; then pickle files are read by torch.load(weights_only=True),
+    # which rebuilds tensors and plain containers and refuses any other object, so no code in them runs.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                                 weights_only=True, **extra, **kwargs)
     model.to(device).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -209,7 +255,7 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
 
 def load(source: str, dtype: str | None = None, device: str | None = None, *, revision: str | None = None,
          trust_remote_code: bool = False, allow_pickle: bool = False, toy_variant: dict | None = None,
-         quiet: bool = False) -> LoadedModel:
+         quiet: bool = False, attn_implementation: str | None = None) -> LoadedModel:
     """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id.
 
     ``quiet`` hides the progress bar of a first-use toy build."""
@@ -218,9 +264,10 @@ def load(source: str, dtype: str | None = None, device: str | None = None, *, re
     if _is_toy(source):
         seed = int(source.split(":", 1)[1]) if ":" in source else 0
         path = toy_path(seed, quiet=quiet, **(toy_variant or {}))
-        return _load_directory(str(path), source, torch_dtype, device, None, False, False)
+        return _load_directory(str(path), source, torch_dtype, device, None, False, False, attn_implementation)
     check_available(source, revision=revision, allow_pickle=allow_pickle)
-    return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle)
+    return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle,
+                           attn_implementation)
 
 
 # -- suite model kinds (registered in shb.registry.MODELS) -------------------------------------------
@@ -230,12 +277,13 @@ def toy_variant(spec: dict) -> dict:
 
 def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
     return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device,
-                toy_variant=toy_variant(spec), quiet=quiet)
+                toy_variant=toy_variant(spec), quiet=quiet, attn_implementation=spec.get("attn_implementation"))
 
 
 def load_hf_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
     return load(spec["path"], dtype=spec.get("dtype", dtype), device=device, revision=spec.get("revision"),
-                trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False))
+                trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False),
+                attn_implementation=spec.get("attn_implementation"))
 
 
 def source_of(spec: dict) -> str:

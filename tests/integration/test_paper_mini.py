@@ -85,7 +85,7 @@ def test_default_table_fits_80_columns(db, report):
 def test_overlap_same_base_against_different_base(db):
     """Toy-a and toy-b share a base (like Llama-2-chat and Vicuna); toy-c has its own."""
     tables = json.loads(shb("report", "overlap", "--db", str(db), "--top", "10", "--ablation", "ua",
-                            "--dataset", "toy-harmful", "--format", "json"))
+                            "--dataset", "toy-harmful-32", "--format", "json"))
     rows = next(rows for title, rows in tables.items() if title.startswith("pairwise"))
     pairs = {(r["result_a"].split(" / ")[0], r["result_b"].split(" / ")[0]): r for r in rows}
     same, other = pairs[("toy-a", "toy-b")], pairs[("toy-a", "toy-c")]
@@ -93,7 +93,7 @@ def test_overlap_same_base_against_different_base(db):
           f" Spearman {same['spearman']:.3f}; toy-a/toy-c (different base): {other['intersection']}/10,"
           f" Jaccard {other['jaccard']:.3f}, Spearman {other['spearman']:.3f}")
     top1 = json.loads(shb("report", "ships", "--db", str(db), "--top", "1", "--ablation", "ua",
-                          "--dataset", "toy-harmful", "--format", "json"))
+                          "--dataset", "toy-harmful-32", "--format", "json"))
     heads = {r["model_id"]: (r["layer"], r["head"]) for r in top1}
     assert heads["toy-a"] == heads["toy-b"] != heads["toy-c"]   # the planted head of each base, found blind
     assert same["spearman"] > other["spearman"]

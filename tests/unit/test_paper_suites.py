@@ -39,9 +39,13 @@ def test_paper_suite_declares_the_papers_experiment():
     sahara = [m for m in metrics.values() if m.kind == "sahara"]
     assert len(sahara) == 1 and sahara[0].get("steps") == 5
     asr = [m for m in metrics.values() if m.kind == "asr"]
-    assert sorted(m.get("decoding")["mode"] for m in asr) == ["greedy", "sample"]
+    # dataset-level (Sahara) and query-level (each prompt's top Ships heads), each greedy and top-5 sampled
+    assert sorted((m.get("heads"), m.get("decoding")["mode"]) for m in asr) == sorted(
+        (heads, mode) for heads in (f"sahara:{sahara[0].id}", "ships_per_prompt") for mode in ("greedy", "sample"))
+    assert suite.defaults["dtype"] == "float32"  # as the paper ran
+    assert models["vicuna-7b-v1.5"].get("allow_pickle") is True  # its hub repo has pickle weights only
     for m in asr:
-        assert m.get("heads") == f"sahara:{sahara[0].id}" and m.get("k") == [0, 1, 2, 3, 4, 5]
+        assert m.get("k") == [0, 1, 2, 3, 4, 5]
         assert m.get("max_new_tokens") == 128 and m.get("judge") == "keyword-paper"
         if m.get("decoding")["mode"] == "sample":
             assert m.get("decoding")["top_k"] == 5

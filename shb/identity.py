@@ -1,0 +1,57 @@
+"""Labels are suite-local names: one database holds one content per model or dataset label.
+
+Suite ids (``toy``, ``harm``) are names for people; reports show them and group by them. Two
+suites that reuse a label for different content (other weights, dtype, prompts or format) in
+one database would have their rows merged under one name, so ``shb run`` refuses that before
+writing anything (DESIGN.md section 9). No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from shb.errors import UsageError
+
+
+def content_identity(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def label_rows(contents: dict[tuple[str, str], dict], run_id: str) -> list[dict]:
+    """Rows of the ``labels`` table for a suite's label contents (see shb.plan.label_contents)."""
+    return [{"kind": kind, "label": label, "identity": content_identity(content), "content": content, "run_id": run_id}
+            for (kind, label), content in contents.items()]
+
+
+def check_labels(store, contents: dict[tuple[str, str], dict], prompt_hashes: dict[str, str]) -> None:
+    """Raise UsageError naming every label of this suite that ``store`` holds for different content.
+
+    ``prompt_hashes`` ({dataset label: content hash of its prompts}) also catches databases written
+    before the ``labels`` table existed, whose prompts are keyed by label alone."""
+    conflicts = store.label_conflicts({key: (content_identity(c), c) for key, c in contents.items()})
+    lines = [_describe(c) for c in conflicts]
+    seen = {(c["kind"], c["label"]) for c in conflicts}
+    stored = store.prompt_hashes()
+    for label, digest in prompt_hashes.items():
+        others = stored.get(label, set()) - {digest}
+        if others and ("dataset", label) not in seen:
+            lines.append(f"  dataset '{label}': the database holds prompts with content hash {sorted(others)[0][:16]}, "
+                         f"this suite's prompts hash to {digest[:16]}")
+    if lines:
+        raise UsageError(
+            f"{store.path} already uses {len(lines)} of this suite's label(s) for different content; nothing was "
+            "written:\n" + "\n".join(lines) + "\n  Labels are names, not content: rename the id in this suite "
+            "(e.g. 'toy-bf16') so both results stay apart, or use another database with --db PATH.")
+
+
+def _describe(conflict: dict) -> str:
+    old, new = conflict["old"], conflict["new"]
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = "; ".join(f"{k}: {_short(old.get(k))} in the database, {_short(new.get(k))} in this suite" for k in keys)
+    return f"  {conflict['kind']} '{conflict['label']}' (stored by run {conflict['old_run']}): {diff}"
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
