@@ -100,6 +100,7 @@ MIGRATIONS: list[list[str]] = [
             FROM utility x JOIN utility b ON b.unit_id = x.unit_id AND b.part = x.part AND b.task = x.task
                  AND b.measure = x.measure AND b.judge_id = x.judge_id AND b.k = 0
             WHERE x.k > 0""",
+    ],
     [  # identity (issue 9): what each label stands for, the formatted prompts, the model's resolved dtype
         "ALTER TABLE models ADD COLUMN fingerprint JSON",
         "ALTER TABLE models ADD COLUMN dtype VARCHAR",
@@ -112,8 +113,6 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (model_id, dataset_id, prompt_id))""",
     ],
 ]
-SCHEMA_VERSION = len(MIGRATIONS)
-
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLE_KEYS = {
