@@ -203,8 +203,10 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     try:
         lm = load(source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
     except ShbError as exc:  # the loader's hint names a suite key; this command has no such flag
-        message = str(exc).replace(', or opt in with "allow_pickle": true if you trust their source',
-                                   " first (surgery reads safetensors weights only)")
+        message = str(exc)
+        if "allow_pickle" in message:  # the suite key the loader suggests is not a flag of this command
+            message = (f"--model {source}: has only pickle weights, no *.safetensors; surgery reads safetensors "
+                       "weights only: convert the checkpoint to safetensors first and pass that directory")
         raise type(exc)(message) from None
     try:
         summary = surgery_mod.export(lm, None, head_list, kind, epsilon, site, out)

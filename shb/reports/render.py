@@ -128,6 +128,8 @@ def intervals(frame: pl.DataFrame) -> dict[str, tuple[str, str]]:
     (``with_wilson(..., prefix=p)``) go with the one numeric column named ``p_...`` or ``..._p``."""
     numeric = [name for name, dtype in frame.schema.items() if dtype.is_numeric()]
     out = {}
+    if {"value", "lo", "hi"} <= set(numeric):  # bare bounds belong to the frame's `value` (shb report utility)
+        out["value"] = ("lo", "hi")
     for lo in [n for n in numeric if n.endswith("_lo")]:
         prefix = lo[:-3]
         hi = f"{prefix}_hi"
@@ -315,9 +317,11 @@ def _how_to_see_all() -> str:
 
 
 def _least_important(shown: list[Shown]) -> Shown:
-    """Detail columns (counts, medians, versions, ...) go first, rightmost first; then the rightmost."""
-    detail = [c for c in shown if DETAIL.search(c.name)]
-    return (detail or shown[1:])[-1]
+    """Detail columns (counts, medians, versions, ...) go first, rightmost first; then labels after the
+    first two columns (the measurements are what a table is for); then the rightmost."""
+    detail = [c for c in shown if DETAIL.search(c.name) or c.name in ("se", "sd")]
+    labels = [c for c in shown[2:] if not c.numeric]
+    return (detail or labels or shown[1:])[-1]
 
 
 def flat(frame: pl.DataFrame) -> pl.DataFrame:

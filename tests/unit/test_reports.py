@@ -91,6 +91,18 @@ def fill(store: Store) -> None:
     rows["chunks"] += [{"unit_id": "ships-toy-a", "chunk": f"layer-{i}", "run_id": "r1", "seconds": 1.0}
                        for i in range(LAYERS)]
     rows["units"].append(_unit("broken", "toy-c", "toy-harmful", "sc", "ships", "ships", run="r2", status="failed"))
+    # utility: accuracy 9/10 unablated, 7/10 with the 3 Sahara heads; benign NLL 2.0 -> 2.5 nats
+    rows["units"].append(_unit("util-a", "toy-a", "toy-harmful", "ua", "utility", "utility"))
+    rows["utility_docs"] = []
+    for k, correct, nll in ((0, 9, 2.0), (3, 7, 2.5)):
+        for doc in range(N_PROMPTS):
+            common = {"unit_id": "util-a", "model_id": "toy-a", "dataset_id": "toy-harmful", "ablation_id": "ua",
+                      "metric_id": "utility", "judge_id": "", "k": k, "head_source": "sahara:sahara",
+                      "heads": [f"{l}-{h}" for l, h in CHOSEN][:k], "doc_id": doc, "sample_index": 0, "weight": 1.0}
+            rows["utility_docs"].append({**common, "part": "lm_eval", "task": "shb_toy_topic", "measure": "acc",
+                                         "value": 1.0 if doc < correct else 0.0})
+            rows["utility_docs"].append({**common, "part": "benign_loss", "task": "toy-benign-chats", "measure": "nll",
+                                         "value": nll + 0.1 * math.sin(doc)})
     with store.transaction():
         for table, table_rows in rows.items():
             store.insert(table, table_rows)
@@ -201,7 +213,7 @@ def test_runs_counts_by_status(store):
     frame = runs.runs(store)
     r1 = frame.filter(pl.col("run_id") == "r1").row(0, named=True)
     r2 = frame.filter(pl.col("run_id") == "r2").row(0, named=True)
-    assert r1["done"] == 8 and r1["failed"] == 0 and r1["chunks"] == LAYERS
+    assert r1["done"] == 9 and r1["failed"] == 0 and r1["chunks"] == LAYERS  # 3 ships, 3 ships_dataset, sahara, asr, utility
     assert r2["failed"] == 1 and r2["done"] == 0 and r2["git_commit"] == "abc123"
 
 
