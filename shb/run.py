@@ -22,7 +22,7 @@ from shb.errors import ModelNotFound, ShbError
 from shb.metrics.base import UnitContext
 from shb.plan import WorkUnit, expand, load_prompts
 from shb.registry import METRICS, MODELS, resolve
-from shb.store import Store
+from shb.store import Store, dead_runs, run_lock
 
 
 def git_commit() -> str | None:
@@ -84,17 +84,32 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     from shb.models import resolve_device
     from shb.progress import NullProgress
 
+    from shb import preflight
+
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
+    preflight.run_problems(suite, device or suite.defaults.get("device"))  # device, cache, architectures, heads
     prompts = load_prompts(suite)
     units = _order(expand(suite, prompts), suite)
     if only_units:
         units = [u for u in units if u.unit_id in only_units]
     device = resolve_device(device or suite.defaults.get("device"))
     dtype = suite.defaults.get("dtype", "float32")
-    store = Store(db)
+    with run_lock(db):
+        # hold=False: the database is opened only to commit, so reports and shb sql can read during the run.
+        store = Store(db, hold=False)
+        store.mark_killed(dead_runs(store, lock_free=True))  # we hold the run lock: no other run is alive
+        return _run_locked(suite, store, units, prompts, device, dtype, progress, log, on_chunk)
+
+
+def _run_locked(suite, store, units, prompts, device, dtype, progress, log, on_chunk) -> dict:
+    from shb import preflight
+    from shb.datasets import format_prompt
+    from shb.progress import NullProgress
+
     counts = {"done": 0, "skipped": 0, "failed": 0}
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+    started = False
     try:
         status = store.unit_status()
         pending = [u for u in units if status.get(u.unit_id) != "done"]
@@ -105,7 +120,8 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         store.start_run({"run_id": run_id, "suite_name": suite.name, "suite_path": suite.path,
                          "suite_sha256": suite.sha256, "started_at": None, "status": "running",
                          "git_commit": git_commit(), "hostname": socket.gethostname(), "device": device,
-                         "dtype": dtype, "argv": " ".join(sys.argv), **_versions()})
+                         "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
+        started = True
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
         with store.transaction():
             for dataset in suite.datasets:
@@ -117,24 +133,35 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         models = {m.id: m for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
         unit_bar = progress.add_task("units", total=len(pending))
-        loaded_id, lm, shared = None, None, {}
+        loaded_id, lm, shared, fitted = None, None, {}, {}
         final = "done"
         for unit in pending:
             if unit.model.id != loaded_id:
-                lm, shared = None, {}
+                lm, shared, fitted = None, {}, {}
                 import gc
 
                 gc.collect()
                 progress.update(unit_bar, description=f"loading {unit.model.id}")
                 spec = models[unit.model.id].spec()
-                lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device,
-                                                            quiet=isinstance(progress, NullProgress))
+                lm = _load_model(spec, dtype, device, isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
+                preflight.loaded_problems(suite, unit.model.id, lm)
                 with store.transaction():
                     store.insert("models", [_model_rows(unit.model.id, spec, lm)])
             dataset = datasets[unit.dataset.id]
-            formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer, dataset.get("system"))
-                         for p in prompts[dataset.id]]
+            if dataset.id not in fitted:
+                formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer,
+                                           dataset.get("system")) for p in prompts[dataset.id]]
+                pointer = f"{suite.path}: /datasets/{[d.id for d in suite.datasets].index(dataset.id)}"
+                formatted, cut = preflight.fit_prompts(dataset, prompts[dataset.id], formatted, lm, pointer)
+                if cut:
+                    with store.transaction():
+                        store.insert("truncations", [{"model_id": unit.model.id, "dataset_id": dataset.id, **row}
+                                                     for row in cut])
+                    log(f"dataset '{dataset.id}': {len(cut)} prompt(s) truncated to model '{unit.model.id}''s"
+                        " context (see the truncations table)")
+                fitted[dataset.id] = formatted
+            formatted = fitted[dataset.id]
             progress.update(unit_bar, description=f"unit {unit.label}")
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
@@ -143,15 +170,32 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         if counts["failed"]:
             final = "failed"
         store.end_run(run_id, final)
-    except BaseException:
-        try:
-            store.end_run(run_id, "interrupted")
-        except Exception:
-            pass
+    except BaseException as exc:
+        if started:
+            # Ctrl-C is an interruption; anything else (a model that does not load, a prompt too long) a failure.
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            try:
+                store.end_run(run_id, "interrupted" if interrupted else "failed",
+                              None if interrupted else f"{type(exc).__name__}: {exc}"[:4000])
+            except Exception:
+                pass
         raise
     finally:
         store.close()
     return counts
+
+
+def _load_model(spec: dict, dtype, device, quiet: bool):
+    """Load a suite's model; a library failure (a broken checkpoint, an unknown config) is the user's to fix,
+    so it becomes one message naming the model rather than transformers' stack."""
+    try:
+        return resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device, quiet=quiet)
+    except (ShbError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShbError(f"model '{spec['id']}' ({spec.get('path', spec['kind'])}) failed to load: "
+                       f"{type(exc).__name__}: {first}") from exc
 
 
 def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,

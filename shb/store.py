@@ -4,19 +4,29 @@ Long tables, one row per observation. A unit's work is committed chunk by chunk:
 one chunk and its done mark go in one transaction, so a crash loses at most the chunk in
 flight and a rerun neither duplicates nor misses rows. Rows are upserted on each table's
 primary key, so re-emitting a row (Sahara marking its chosen head) replaces it.
+
+Readers while a run goes: DuckDB lets one process write a file and locks it against every other
+process while that connection is open. ``shb run`` therefore opens its store with ``hold=False``:
+the write connection exists only inside ``transaction()`` / ``session()`` (one chunk's commit, one
+unit row), and ``store.con`` outside them runs each statement on a connection of its own that is
+closed at once. Readers (``read_only=True``) and writers retry briefly when the file is locked.
+One run at a time per database is enforced by ``run_lock`` (an flock on ``<db>.run.lock``).
+
+Read-only stores (``shb sql``, reports) open with external access, extension autoinstall/autoload
+and configuration changes disabled, so a query can read only the database.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from shb.errors import DatabaseBusy, UsageError
 
 DEFAULT_DB = "results.duckdb"
-SCHEMA_VERSION = 1
 
 # Each migration takes the database from version i to i + 1. Never edit a released one; append.
 MIGRATIONS: list[list[str]] = [
@@ -67,7 +77,22 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    [   # issue 10: honest run status (pid + host to detect a killed run; the error of a failed one)
+        "ALTER TABLE runs ADD COLUMN pid INTEGER",
+        "ALTER TABLE runs ADD COLUMN error VARCHAR",
+        """CREATE TABLE truncations (
+            model_id VARCHAR, dataset_id VARCHAR, prompt_id INTEGER, n_tokens INTEGER, kept_tokens INTEGER,
+            PRIMARY KEY (model_id, dataset_id, prompt_id))""",
+    ],
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# DuckDB settings of every read-only connection: nothing outside the database file can be read or
+# written (COPY, read_csv, ATTACH, EXPORT), no extension installed or loaded, and SET refused.
+READ_ONLY_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False, "lock_configuration": True}
+READ_WAIT_S = 10.0      # how long a reader waits for a run to finish its commit
+WRITE_WAIT_S = 600.0    # how long a running writer waits for readers (a long report) to let go
 
 TABLE_KEYS = {
     "ships": ("unit_id", "prompt_id", "layer", "head"),
@@ -77,6 +102,7 @@ TABLE_KEYS = {
     "judgments": ("generation_id", "judge_id"),
     "prompts": ("dataset_id", "prompt_id"),
     "models": ("model_id",),
+    "truncations": ("model_id", "dataset_id", "prompt_id"),
 }
 
 
@@ -84,34 +110,143 @@ def db_path(path=None) -> Path:
     return Path(path or os.environ.get("SHB_DB") or DEFAULT_DB)
 
 
-def _connect(path: Path, read_only: bool):
+def _connect(path: Path, read_only: bool, wait: float = 0.0):
+    """A DuckDB connection; while another process holds the file's lock, retry for ``wait`` seconds."""
     import duckdb
 
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            raise DatabaseBusy(
-                f"{path} is in use by another process (probably a running `shb run`); "
-                f"wait for it to finish, or use another database with --db PATH.\n  ({text.splitlines()[0]})"
-            ) from None
-        raise UsageError(f"cannot open database {path}: {text}") from None
+    if not read_only and not path.parent.is_dir():
+        raise UsageError(f"cannot create database {path}: directory {path.parent} does not exist; create it or"
+                         " choose another --db PATH")
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    while True:
+        try:
+            if read_only:
+                return duckdb.connect(str(path), read_only=True, config=dict(READ_ONLY_CONFIG))
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "lock" not in text.lower():
+                raise UsageError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(
+                    f"{path} is in use by another process (probably a running `shb run`); "
+                    f"wait for it to finish, or use another database with --db PATH.\n  ({text.splitlines()[0]})"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        except duckdb.Error as exc:  # not a DuckDB file, a newer storage version, another configuration
+            raise UsageError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+
+
+class _Result:
+    """A materialised result of one statement (what ``store.con`` returns between transactions)."""
+
+    def __init__(self, rows=None, columns=None, frame=None):
+        self._rows, self.columns, self._frame = rows, columns or [], frame
+
+    def fetchall(self):
+        if self._rows is None:
+            self._rows = self._frame.rows() if self._frame is not None else []
+        return list(self._rows)
+
+    def fetchone(self):
+        rows = self.fetchall()
+        return rows[0] if rows else None
+
+    def pl(self):
+        if self._frame is None:
+            import polars as pl
+
+            self._frame = pl.DataFrame(self._rows or [], schema=self.columns, orient="row")
+        return self._frame
+
+    def rows(self):
+        return self.fetchall()
+
+
+class _OneShotConnection:
+    """``store.con`` of a store that does not hold its connection: each statement opens the database,
+    runs, materialises its result and closes again, so other processes can read in between."""
+
+    def __init__(self, store: "Store"):
+        self._store = store
+
+    def execute(self, sql: str, params=None):
+        with self._store.session() as con:
+            cursor = con.execute(sql, params) if params is not None else con.execute(sql)
+            if cursor.description is None:
+                return _Result([], [])
+            return _Result(cursor.fetchall(), [d[0] for d in cursor.description])
+
+    def sql(self, sql: str, params=None):
+        with self._store.session() as con:
+            relation = con.sql(sql, params=params)
+            return _Result(frame=relation.pl()) if relation is not None else _Result([], [])
+
+    def close(self) -> None:
+        pass
 
 
 class Store:
     """A connection to a results database with shb's schema."""
 
-    def __init__(self, path=None, read_only: bool = False):
+    def __init__(self, path=None, read_only: bool = False, *, hold: bool = True, wait: float | None = None):
+        """``hold=False``: keep no connection open between transactions (the runner's mode; see the module
+        docstring). ``wait``: seconds to retry while another process holds the file (default: READ_WAIT_S
+        for readers, 0 for a holding writer)."""
         self.path = db_path(path)
         self.read_only = read_only
+        self.hold = hold
+        self.wait = (READ_WAIT_S if read_only or not hold else 0.0) if wait is None else wait
+        self._con = None
+        self._depth = 0
         if read_only and not self.path.exists():
             raise UsageError(f"no results database at {self.path.resolve()}: run `shb run SUITE` first, or pass --db PATH")
-        self.con = _connect(self.path, read_only)
-        if not read_only:
-            self._migrate()
-        elif self.version() > SCHEMA_VERSION:
-            raise UsageError(f"{self.path} has schema version {self.version()}, newer than this shb ({SCHEMA_VERSION}): upgrade shb")
+        if self.path.exists() and self.path.is_dir():
+            raise UsageError(f"--db {self.path} is a directory; give a database file path")
+        with self.session():
+            self._check_ours()
+            if not read_only:
+                self._migrate()
+            elif self.version() > SCHEMA_VERSION:
+                raise UsageError(f"{self.path} has schema version {self.version()}, newer than this shb ({SCHEMA_VERSION}): upgrade shb")
+        if not hold:
+            self.wait = max(self.wait, WRITE_WAIT_S if not read_only else READ_WAIT_S)
+
+    # -- connection -----------------------------------------------------------------------------
+    @property
+    def con(self):
+        """The DuckDB connection: the open one (always, for a holding store; inside ``transaction()`` /
+        ``session()`` otherwise), else a stand-in that runs each statement on a short-lived connection."""
+        if self._con is not None:
+            return self._con
+        return _OneShotConnection(self)
+
+    @contextmanager
+    def session(self):
+        """Hold a connection for the block (nestable); a non-holding store closes it afterwards."""
+        if self._con is None:
+            self._con = _connect(self.path, self.read_only, self.wait)
+        self._depth += 1
+        try:
+            yield self._con
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and not self.hold:
+                con, self._con = self._con, None
+                con.close()
+
+    def _check_ours(self) -> None:
+        """Refuse a database that another program made: no shb_meta table but other tables."""
+        if self.version():
+            return
+        others = [r[0] for r in self._con.execute(
+            "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+        if others:
+            listed = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
+            raise UsageError(f"{self.path} is not an shb database (no shb_meta table; it holds {listed}); shb leaves"
+                             " other programs' databases alone: give a new file with --db PATH")
 
     # -- schema ---------------------------------------------------------------------------------
     def version(self) -> int:
@@ -138,13 +273,14 @@ class Store:
     # -- writing --------------------------------------------------------------------------------
     @contextmanager
     def transaction(self):
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            yield self
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+        with self.session() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield self
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def insert(self, table: str, rows: list[dict]) -> None:
         """Upsert rows (dicts keyed by column name) into ``table``; call inside a transaction."""
@@ -167,8 +303,20 @@ class Store:
         with self.transaction():
             self.insert("runs", [row])
 
-    def end_run(self, run_id: str, status: str) -> None:
-        self.con.execute("UPDATE runs SET ended_at = now(), status = ? WHERE run_id = ?", [status, run_id])
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        self.con.execute("UPDATE runs SET ended_at = now(), status = ?, error = ? WHERE run_id = ?",
+                         [status, error, run_id])
+
+    def mark_killed(self, run_ids) -> None:
+        """Runs found ``running`` whose process is gone: status ``killed``, and their running units too."""
+        if not run_ids:
+            return
+        with self.transaction():
+            for run_id in run_ids:
+                self.con.execute("UPDATE runs SET status = 'killed', ended_at = coalesce(ended_at, now()),"
+                                 " error = 'process gone (found by a later shb run / shb report runs)'"
+                                 " WHERE run_id = ? AND status = 'running'", [run_id])
+                self.con.execute("UPDATE units SET status = 'killed' WHERE run_id = ? AND status = 'running'", [run_id])
 
     def upsert_unit(self, row: dict) -> None:
         with self.transaction():
@@ -196,8 +344,13 @@ class Store:
             return self.query(sql)
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0]
-            if self.read_only and ("read-only" in first.lower() or "read only" in first.lower()):
+            lower = first.lower()
+            if self.read_only and ("read-only" in lower or "read only" in lower):
                 raise UsageError(f"the database is opened read-only here; shb sql does not write ({first})") from None
+            if self.read_only and ("disabled by configuration" in lower or "configuration has been locked" in lower
+                                   or "disabled through configuration" in lower):
+                raise UsageError(f"shb sql reads only the results database: no other files, extensions or settings"
+                                 f" (use `shb export` to write a file) ({first})") from None
             raise UsageError(f"SQL error: {first}") from None
 
     def export(self, source: str, out, fmt: str) -> int:
@@ -220,13 +373,111 @@ class Store:
         return frame.height
 
     def close(self) -> None:
-        self.con.close()
+        if self._con is not None:
+            con, self._con = self._con, None
+            con.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+# -- one run at a time, and runs whose process is gone ------------------------------------------------
+def lock_path(path=None) -> Path:
+    p = db_path(path)
+    return p.with_name(p.name + ".run.lock")
+
+
+@contextmanager
+def run_lock(path=None):
+    """Hold ``<db>.run.lock`` for the length of a run: a second ``shb run`` on the database fails at once.
+
+    (The run's DuckDB connection is not held between commits, so the file lock alone would not stop a
+    second writer.) Without fcntl (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    target = lock_path(path)
+    try:
+        handle = open(target, "a+")
+    except OSError as exc:
+        raise UsageError(f"cannot create {target} ({exc.strerror}): is the database directory writable?") from None
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DatabaseBusy(f"{db_path(path)} is in use by another process (a running `shb run`); wait for it to"
+                               " finish, or use another database with --db PATH") from None
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def run_active(path=None) -> bool | None:
+    """Whether a ``shb run`` holds the database's run lock now (None: cannot tell)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return None
+    target = lock_path(path)
+    if not target.exists():
+        return False
+    try:
+        with open(target, "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            return False
+    except OSError:
+        return None
+
+
+def pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError):
+        return True
+    return True
+
+
+def dead_runs(store: "Store", lock_free: bool | None, exclude: str | None = None) -> list[str]:
+    """Runs recorded ``running`` whose process is gone: all of them when no run holds the lock, else those
+    started on this host whose pid no longer exists."""
+    import socket
+
+    rows = store.con.execute("SELECT run_id, hostname, pid FROM runs WHERE status = 'running'").fetchall()
+    host = socket.gethostname()
+    return [run_id for run_id, hostname, pid in rows if run_id != exclude
+            and (lock_free or (hostname == host and pid is not None and not pid_alive(pid)))]
+
+
+def reap_dead_runs(path=None) -> list[str]:
+    """For readers (``shb report runs``): mark runs whose process is gone ``killed``. Best effort: a database
+    that cannot be written here is left as it is."""
+    p = db_path(path)
+    if not p.is_file():
+        return []
+    try:
+        with Store(p, read_only=True) as reader:
+            if not reader.version() or "pid" not in {r[0] for r in reader.con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}:
+                return []
+            dead = dead_runs(reader, run_active(p) is False)
+        if dead:
+            with Store(p, hold=False, wait=READ_WAIT_S) as writer:
+                writer.mark_killed(dead)
+        return dead
+    except (UsageError, DatabaseBusy, OSError):
+        return []
 
 
 def _jsonable(rows: list[dict]) -> list[dict]:

@@ -118,8 +118,8 @@ class AsrMetric(Metric):
         from shb.ablation import format_head
         from shb.generate import generate, normalize_decoding
 
-        k = int(chunk[1:4])
-        batch = int(chunk.split("-b")[1])
+        k_part, batch_part = chunk.split("-b")   # "k{k:03d}-b{batch:04d}": k may have more than 3 digits
+        k, batch = int(k_part[1:]), int(batch_part)
         lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         sets = self.head_sets(unit, ctx, k, prompts)
