@@ -131,8 +131,11 @@ def writable_dir(path: Path, what: str, fix: str) -> None:
 
 
 def _toy_cached(spec: dict) -> bool:
+    import importlib
+
     from shb.models import toy_variant
-    from shb.models.toy import build
+
+    build = importlib.import_module("shb.models.toy.build")  # the module (the package exports a function `build`)
 
     recipe = build.resolve(spec.get("seed", 0), **toy_variant(spec))
     return (build.cache_root() / build._key(recipe) / "toy.json").exists()
@@ -177,7 +180,7 @@ def config_problems(model_id: str, path: str, pointer: str, trust_remote_code: b
 
 def run_problems(suite, device: str | None) -> None:
     """Everything about the machine and the model files that must hold before a run starts."""
-    check_device(device, "--device" if device else "the suite's defaults.device")
+    check_device(device or suite.defaults.get("device"), "--device" if device else "the suite's defaults.device")
     problems = []
     for i, model in enumerate(suite.models):
         if model.kind == "hf" and model.get("path"):

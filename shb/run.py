@@ -88,7 +88,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
-    preflight.run_problems(suite, device or suite.defaults.get("device"))  # device, cache, architectures, heads
+    preflight.run_problems(suite, device)  # device, cache, architectures, heads
     prompts = load_prompts(suite)
     units = _order(expand(suite, prompts), suite)
     if only_units:
@@ -104,7 +104,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
 def _run_locked(suite, store, units, prompts, device, dtype, progress, log, on_chunk) -> dict:
     from shb import preflight
-    from shb.datasets import format_prompt
+    from shb.datasets import content_hash, format_prompt
     from shb.progress import NullProgress
 
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -123,17 +123,10 @@ def _run_locked(suite, store, units, prompts, device, dtype, progress, log, on_c
                          "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
-        with store.transaction():
-            for dataset in suite.datasets:
-                from shb.datasets import content_hash
-
-                digest = content_hash(prompts[dataset.id])
-                store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
-                                          "dataset_hash": digest} for p in prompts[dataset.id]])
         models = {m.id: m for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
         unit_bar = progress.add_task("units", total=len(pending))
-        loaded_id, lm, shared, fitted = None, None, {}, {}
+        loaded_id, lm, shared, fitted, written = None, None, {}, {}, set()
         final = "done"
         for unit in pending:
             if unit.model.id != loaded_id:
@@ -146,18 +139,25 @@ def _run_locked(suite, store, units, prompts, device, dtype, progress, log, on_c
                 lm = _load_model(spec, dtype, device, isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
                 preflight.loaded_problems(suite, unit.model.id, lm)
-                with store.transaction():
-                    store.insert("models", [_model_rows(unit.model.id, spec, lm)])
             dataset = datasets[unit.dataset.id]
             if dataset.id not in fitted:
                 formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer,
                                            dataset.get("system")) for p in prompts[dataset.id]]
                 pointer = f"{suite.path}: /datasets/{[d.id for d in suite.datasets].index(dataset.id)}"
                 formatted, cut = preflight.fit_prompts(dataset, prompts[dataset.id], formatted, lm, pointer)
+                # Rows describing the inputs are written only once they passed every check.
+                with store.transaction():
+                    if ("model", unit.model.id) not in written:
+                        store.insert("models", [_model_rows(unit.model.id, models[unit.model.id].spec(), lm)])
+                        written.add(("model", unit.model.id))
+                    if ("dataset", dataset.id) not in written:
+                        digest = content_hash(prompts[dataset.id])
+                        store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
+                                                  "dataset_hash": digest} for p in prompts[dataset.id]])
+                        written.add(("dataset", dataset.id))
+                    store.insert("truncations", [{"model_id": unit.model.id, "dataset_id": dataset.id, **row}
+                                                 for row in cut])
                 if cut:
-                    with store.transaction():
-                        store.insert("truncations", [{"model_id": unit.model.id, "dataset_id": dataset.id, **row}
-                                                     for row in cut])
                     log(f"dataset '{dataset.id}': {len(cut)} prompt(s) truncated to model '{unit.model.id}''s"
                         " context (see the truncations table)")
                 fitted[dataset.id] = formatted

@@ -205,12 +205,17 @@ class Store:
             raise UsageError(f"no results database at {self.path.resolve()}: run `shb run SUITE` first, or pass --db PATH")
         if self.path.exists() and self.path.is_dir():
             raise UsageError(f"--db {self.path} is a directory; give a database file path")
-        with self.session():
-            self._check_ours()
-            if not read_only:
-                self._migrate()
-            elif self.version() > SCHEMA_VERSION:
-                raise UsageError(f"{self.path} has schema version {self.version()}, newer than this shb ({SCHEMA_VERSION}): upgrade shb")
+        try:
+            with self.session():
+                self._check_ours()
+                if not read_only:
+                    self._migrate()
+                elif self.version() > SCHEMA_VERSION:
+                    raise UsageError(f"{self.path} has schema version {self.version()}, newer than this shb"
+                                     f" ({SCHEMA_VERSION}): upgrade shb")
+        except BaseException:
+            self.close()  # a refused database must not stay open (DuckDB allows one configuration per file)
+            raise
         if not hold:
             self.wait = max(self.wait, WRITE_WAIT_S if not read_only else READ_WAIT_S)
 
@@ -357,6 +362,11 @@ class Store:
         """Write a table, view or SELECT query to ``out`` as parquet, jsonl or csv; returns the row count."""
         frame = self.read(source if " " in source.strip() else f'SELECT * FROM "{source}"')
         out = Path(out)
+        blocking = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise UsageError(f"--out {out}: {blocking} is a file, not a directory")
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a directory; give a file name")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".part")
         if fmt == "parquet":
@@ -402,6 +412,9 @@ def run_lock(path=None):
         yield
         return
     target = lock_path(path)
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot create database {db_path(path)}: directory {target.parent} does not exist; create it"
+                         " or choose another --db PATH")
     try:
         handle = open(target, "a+")
     except OSError as exc:
