@@ -119,24 +119,50 @@ def _connect(path: Path, read_only: bool, wait: float = 0.0):
                          " choose another --db PATH")
     deadline = time.monotonic() + wait
     delay = 0.02
-    while True:
-        try:
+    intent = path.with_name(path.name + ".write-intent")
+    waiting = False
+    try:
+        while True:
             if read_only:
-                return duckdb.connect(str(path), read_only=True, config=dict(READ_ONLY_CONFIG))
-            return duckdb.connect(str(path))
-        except duckdb.IOException as exc:
-            text = str(exc)
-            if "lock" not in text.lower():
-                raise UsageError(f"cannot open database {path}: {text.splitlines()[0]}") from None
-            if time.monotonic() >= deadline:
-                raise DatabaseBusy(
-                    f"{path} is in use by another process (probably a running `shb run`); "
-                    f"wait for it to finish, or use another database with --db PATH.\n  ({text.splitlines()[0]})"
-                ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        except duckdb.Error as exc:  # not a DuckDB file, a newer storage version, another configuration
-            raise UsageError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+                _yield_to_writer(intent, deadline)
+            try:
+                if read_only:
+                    return duckdb.connect(str(path), read_only=True, config=dict(READ_ONLY_CONFIG))
+                return duckdb.connect(str(path))
+            except duckdb.IOException as exc:
+                text = str(exc)
+                if "lock" not in text.lower():
+                    raise UsageError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusy(
+                        f"{path} is in use by another process (probably a running `shb run`); "
+                        f"wait for it to finish, or use another database with --db PATH.\n  ({text.splitlines()[0]})"
+                    ) from None
+                if not read_only and wait > 0:
+                    # A writer waiting for readers says so; new readers hold back until it got in, so a
+                    # report polled in a loop cannot starve the run.
+                    intent.touch()
+                    waiting = True
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except duckdb.Error as exc:  # not a DuckDB file, a newer storage version, another configuration
+                raise UsageError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if waiting:
+            intent.unlink(missing_ok=True)
+
+
+def _yield_to_writer(intent: Path, deadline: float) -> None:
+    """Wait (until ``deadline``) while a writer has declared it is waiting for the file; a stale intent
+    (its writer died) is ignored after a few seconds."""
+    while time.monotonic() < deadline:
+        try:
+            age = time.time() - intent.stat().st_mtime
+        except OSError:
+            return
+        if age > 5.0:
+            return
+        time.sleep(0.05)
 
 
 class _Result:
