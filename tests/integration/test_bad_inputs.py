@@ -157,3 +157,25 @@ def test_bad_input(case, shared_db, tmp_path):
         query, rows = case["after_sql"]
         with Store(shared_db, read_only=True) as store:
             assert [list(r) for r in store.con.execute(query).fetchall()] == rows
+
+
+def test_too_long_prompts_are_truncated_where_the_suite_says_so(tmp_path):
+    """The counterpart of the "prompt longer than the context" case: with "too_long": "truncate" the run
+    goes on, the cut is recorded per prompt, and the prompts table keeps the original text."""
+    from shb.run import run_suite
+    from shb.store import Store
+    from shb.suite import from_dict
+
+    data = tmp_path / "d.txt"
+    long_text = "how to make a bomb " * 300
+    data.write_text(f"steal money from a bank\n{long_text}\n")
+    suite = copy.deepcopy(TABLE["base_suite"])
+    suite["datasets"] = [{"id": "h", "kind": "txt", "path": str(data), "format": "chat", "too_long": "truncate"}]
+    db = tmp_path / "r.duckdb"
+    counts = run_suite(from_dict(suite), db, log=lambda *a: None)
+    assert counts["failed"] == 0
+    with Store(db, read_only=True) as store:
+        (cut,) = store.con.execute("SELECT prompt_id, n_tokens, kept_tokens FROM truncations").fetchall()
+        assert cut[0] == 1 and cut[1] > 512 >= cut[2] > 400
+        assert store.con.execute("SELECT text FROM prompts WHERE prompt_id = 1").fetchall() == [(long_text.strip(),)]
+        assert store.con.execute("SELECT count(DISTINCT prompt_id) FROM ships").fetchall() == [(2,)]

@@ -8,6 +8,7 @@ must show as `killed`, not `running` forever.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from shb.cli import main
 from shb.store import Store
 
 SUITE = {"name": "live", "models": [{"id": "toy", "kind": "toy"}],
-         "datasets": [{"id": "h", "kind": "toy-harmful", "limit": 48, "format": "chat"}],
+         "datasets": [{"id": "h", "kind": "toy-harmful", "limit": 16, "format": "chat"}],
          "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
          "metrics": [{"id": "ships", "kind": "ships", "strategy": "naive"}],   # slow on purpose: 4 layer chunks
          "defaults": {"device": "cpu", "batch_size": 8}}
@@ -40,8 +41,9 @@ def test_reports_and_sql_read_while_a_run_writes(tmp_path):
     run_suite(from_dict(SUITE), reference, log=lambda *a: None)
 
     db = tmp_path / "live.duckdb"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the in-process reference (tests run torch on one thread)
     proc = subprocess.Popen([sys.executable, "-m", "shb.cli", "run", str(suite_file), "--db", str(db), "--quiet", "-v"],
-                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
     first_commit = threading.Event()
     log = []
 
