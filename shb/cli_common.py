@@ -55,7 +55,7 @@ def _print_error(message: str) -> None:
     from rich.markup import escape
 
     # escape: messages quote user text and pip extras such as 'shb[figures]', which are not markup.
-    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
 
 
 def friendly(fn):
