@@ -194,15 +194,14 @@ def toy_build(out, seed, evaluate):
 @friendly
 def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     """Bake a head ablation into the weights and write an ordinary Hugging Face checkpoint."""
-    from shb import surgery as surgery_mod
-    from shb.ablation import parse_heads
-    from shb.errors import UsageError
-    from shb.models import load
-
     import math
     import re
     from pathlib import Path
 
+    from shb import surgery as surgery_mod
+    from shb.ablation import parse_heads
+    from shb.errors import UsageError
+    from shb.models import load
     from shb.preflight import config_problems, writable_dir
 
     if not math.isfinite(epsilon) or epsilon < 0:

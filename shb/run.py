@@ -22,7 +22,8 @@ from shb.errors import ModelNotFound, ShbError
 from shb.metrics.base import UnitContext
 from shb.plan import WorkUnit, expand, load_prompts
 from shb.registry import METRICS, MODELS, resolve
-from shb.store import Store, dead_runs, run_lock
+from shb.runlock import dead_runs, run_lock
+from shb.store import Store
 
 
 def git_commit() -> str | None:
@@ -80,11 +81,9 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
     ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
     """
-    from shb.datasets import format_prompt
+    from shb import preflight
     from shb.models import resolve_device
     from shb.progress import NullProgress
-
-    from shb import preflight
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
