@@ -6,13 +6,15 @@ import sys
 
 import click
 
-from shb.cli_common import DB_OPTION, _console, friendly
+from shb.cli_common import DB_OPTION, TRACEBACKS, _console, friendly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="shb")
-def main():
+@click.option("-v", "--verbose", "traceback", is_flag=True, help="show the Python traceback of an error")
+def main(traceback):
     """shb (safety-head bench): which attention heads carry a model's refusals, and what happens without them."""
+    TRACEBACKS["on"] = traceback
 
 
 @main.command()
@@ -20,9 +22,11 @@ def main():
 @friendly
 def validate(suite_path):
     """Check a suite against schemas/suite.schema.json; list every problem with its JSON pointer."""
+    from shb.preflight import check_static
     from shb.suite import load
 
     suite = load(suite_path)
+    check_static(suite)  # heads, k, steps, layers against the geometry known without loading the model
     click.echo(f"{suite_path}: valid ({len(suite.models)} model(s), {len(suite.datasets)} dataset(s), "
                f"{len(suite.ablations)} ablation(s), {len(suite.metrics)} metric(s))")
 
@@ -162,8 +166,17 @@ def toy():
 @friendly
 def toy_build(out, seed, evaluate):
     """Train the toy model on the CPU (under a minute) and save it in Hugging Face format."""
-    from shb.models import toy as toy_model
+    from pathlib import Path
 
+    import shb
+    from shb.models import toy as toy_model
+    from shb.preflight import writable_dir
+
+    # Check where the model goes before a minute of training, not after.
+    if out:
+        writable_dir(Path(out), "--out", "choose a directory you can write")
+    else:
+        writable_dir(shb.cache_dir() / "toy", "the shb cache (SHB_CACHE)", "set SHB_CACHE to a writable directory")
     path = toy_model.build(out, seed=seed) if out else toy_model.ensure(seed=seed)
     click.echo(f"toy model: {path}")
     if evaluate:
@@ -187,27 +200,48 @@ def toy_build(out, seed, evaluate):
 @friendly
 def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     """Bake a head ablation into the weights and write an ordinary Hugging Face checkpoint."""
+    import math
+    import re
+    from pathlib import Path
+
     from shb import surgery as surgery_mod
     from shb.ablation import parse_heads
     from shb.errors import UsageError
     from shb.models import load
+    from shb.preflight import config_problems, writable_dir
 
-    if epsilon < 0:
-        raise UsageError(f"--epsilon {epsilon}: must be >= 0")
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise UsageError(f"--epsilon {epsilon}: must be a finite number >= 0")
     try:
         head_list = parse_heads(heads)
     except ValueError as exc:
         raise UsageError(f"--heads {heads!r}: {exc}") from None
+    if not head_list:
+        raise UsageError(f"--heads {heads!r}: no heads given; name them as layer-head, e.g. 2-26,3-8")
+    if source.startswith("toy:") and not re.fullmatch(r"toy:[0-9]+", source):
+        raise UsageError(f"--model {source}: a toy model is 'toy' or 'toy:SEED' with an integer seed, e.g. toy:1")
+    problems = [] if source == "toy" or source.startswith("toy:") else config_problems(
+        source, source, "--model", trust_remote_code)
+    if problems:
+        raise UsageError(problems[0])
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a directory (it is created if missing)")
+    writable_dir(out_path, "--out", "choose a directory you can write")  # before the model loads
     from shb.errors import ShbError
 
     try:
-        lm = load(source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
-    except ShbError as exc:  # the loader's hint names a suite key; this command has no such flag
+        lm = load_for_cli(load, source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+    except ShbError as exc:
         message = str(exc)
         if "allow_pickle" in message:  # the suite key the loader suggests is not a flag of this command
             message = (f"--model {source}: has only pickle weights, no *.safetensors; surgery reads safetensors "
                        "weights only: convert the checkpoint to safetensors first and pass that directory")
         raise type(exc)(message) from None
+    for head in head_list:
+        if not (0 <= head[0] < lm.n_layers and 0 <= head[1] < lm.n_heads):
+            raise UsageError(f"--heads: head {head[0]}-{head[1]} out of range for model {source}"
+                             f" ({lm.n_layers} layers x {lm.n_heads} heads)")
     try:
         summary = surgery_mod.export(lm, None, head_list, kind, epsilon, site, out)
     except FileExistsError:
@@ -217,6 +251,19 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     click.echo(f"wrote {summary['out']}: heads {','.join(summary['heads'])} ({summary['kind']}, epsilon "
                f"{summary['epsilon']:g}); {summary['parameters_modified']:,} parameters modified "
                f"({100 * summary['share_modified']:.4f}% of {summary['parameters_total']:,})")
+
+
+def load_for_cli(load, source, **kwargs):
+    """Load a model for a one-off command; a library failure becomes one message naming the model."""
+    from shb.errors import ShbError
+
+    try:
+        return load(source, **kwargs)
+    except (ShbError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShbError(f"model {source} failed to load: {type(exc).__name__}: {first}") from exc
 
 
 @main.command("ls")

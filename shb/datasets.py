@@ -91,53 +91,130 @@ def _resolve(kind: str, path: str | None, sha256: str | None) -> Path:
     return resolved
 
 
-def _csv_column(path: Path, column: str) -> list[Prompt]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+class BadRows:
+    """Problems found while reading a dataset file: raised at the end (every problem at once), or with
+    ``"bad_rows": "skip"`` in the suite the bad rows are left out."""
+
+    def __init__(self, path: Path, mode: str | None):
+        if mode not in (None, "error", "skip"):
+            raise UsageError(f"{path}: bad_rows must be 'error' or 'skip', got {mode!r}")
+        self.path, self.skip, self.problems = path, mode == "skip", []
+
+    def add(self, where: str, what: str) -> None:
+        self.problems.append(f"{self.path}:{where}: {what}")
+
+    def check(self) -> None:
+        if self.problems and not self.skip:
+            shown = "\n  ".join(self.problems[:10]) + (f"\n  ... {len(self.problems) - 10} more"
+                                                       if len(self.problems) > 10 else "")
+            raise UsageError(f"{self.path}: {len(self.problems)} bad row(s):\n  {shown}\n"
+                             "  fix the file, or set \"bad_rows\": \"skip\" on the dataset to leave them out")
+
+
+def _decode(path: Path, bad: BadRows) -> str:
+    """The file as UTF-8 text; undecodable lines are problems (with line and column) or, skipping, dropped."""
+    blob = path.read_bytes()
+    try:
+        return blob.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    if blob.startswith(b"\xef\xbb\xbf"):
+        blob = blob[3:]
+    kept = []
+    for number, raw in enumerate(blob.split(b"\n"), start=1):
+        try:
+            kept.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            bad.add(f"{number}:{exc.start + 1}", f"not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8")
+    bad.check()
+    return "\n".join(kept)
+
+
+def _text_prompt(value, bad: BadRows, where: str, field: str) -> str | None:
+    """A prompt value: a string that is not blank; anything else is a problem."""
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        bad.add(where, f"{field} is {json.dumps(value, default=str)[:40]} ({kind}), not a string")
+        return None
+    if not value.strip():
+        bad.add(where, f"{field} is blank")
+        return None
+    return value.strip()
+
+
+def _csv_column(path: Path, column: str, bad_rows: str | None = None) -> list[Prompt]:
+    bad = BadRows(path, bad_rows)
+    reader = csv.DictReader(io.StringIO(_decode(path, bad), newline=""))
+    try:
         if column not in (reader.fieldnames or []):
-            raise UsageError(f"{path}: no column '{column}'; columns: {', '.join(reader.fieldnames or [])}")
-        return [Prompt(i, row[column].strip()) for i, row in enumerate(reader)]
+            raise UsageError(f"{path}: no column '{column}'; columns: {', '.join(reader.fieldnames or []) or '(none)'}")
+        prompts = []
+        for i, row in enumerate(reader):
+            where = f"{reader.line_num}:{reader.fieldnames.index(column) + 1}"
+            if None in row:
+                bad.add(where, f"{len(reader.fieldnames) + len(row[None])} fields, the header has"
+                        f" {len(reader.fieldnames)} (an unquoted comma?)")
+                continue
+            text = _text_prompt(row[column], bad, where, f"column '{column}'")
+            if text is not None:
+                prompts.append(Prompt(i, text))
+    except csv.Error as exc:
+        raise UsageError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    bad.check()
+    return prompts
 
 
-def _lines(path: Path) -> list[Prompt]:
-    text = Path(path).read_text(encoding="utf-8")
+def _lines(path: Path, bad_rows: str | None = None) -> list[Prompt]:
+    """One prompt a line; blank lines are separators, not rows, and are ignored."""
+    bad = BadRows(path, bad_rows)
+    text = _decode(path, bad)
     return [Prompt(i, line.strip()) for i, line in enumerate(text.splitlines()) if line.strip()]
 
 
 # -- dataset kinds (registered in shb.registry.DATASETS) --------------------------------------------
-def advbench(*, path=None, sha256=None, **_) -> list[Prompt]:
-    return _csv_column(_resolve("advbench", path, sha256), "goal")
+def advbench(*, path=None, sha256=None, bad_rows=None, **_) -> list[Prompt]:
+    return _csv_column(_resolve("advbench", path, sha256), "goal", bad_rows)
 
 
-def jailbreakbench(*, path=None, sha256=None, **_) -> list[Prompt]:
-    return _csv_column(_resolve("jailbreakbench", path, sha256), "Goal")
+def jailbreakbench(*, path=None, sha256=None, bad_rows=None, **_) -> list[Prompt]:
+    return _csv_column(_resolve("jailbreakbench", path, sha256), "Goal", bad_rows)
 
 
-def maliciousinstruct(*, path=None, sha256=None, **_) -> list[Prompt]:
-    return _lines(_resolve("maliciousinstruct", path, sha256))
+def maliciousinstruct(*, path=None, sha256=None, bad_rows=None, **_) -> list[Prompt]:
+    return _lines(_resolve("maliciousinstruct", path, sha256), bad_rows)
 
 
-def csv_file(*, path, column, **_) -> list[Prompt]:
-    return _csv_column(_resolve("csv", path, None), column)
+def csv_file(*, path, column, bad_rows=None, **_) -> list[Prompt]:
+    return _csv_column(_resolve("csv", path, None), column, bad_rows)
 
 
-def jsonl_file(*, path, column, **_) -> list[Prompt]:
+def jsonl_file(*, path, column, bad_rows=None, **_) -> list[Prompt]:
+    resolved = _resolve("jsonl", path, None)
+    bad = BadRows(resolved, bad_rows)
     prompts = []
-    for i, line in enumerate(_resolve("jsonl", path, None).read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(_decode(resolved, bad).splitlines()):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}: line {i + 1} is not JSON ({exc.msg})") from None
+            bad.add(f"{i + 1}:{exc.colno}", f"not JSON ({exc.msg})")
+            continue
+        if not isinstance(record, dict):
+            bad.add(f"{i + 1}:1", f"a JSON {type(record).__name__}, not an object with field '{column}'")
+            continue
         if column not in record:
-            raise UsageError(f"{path}: line {i + 1} has no field '{column}'; fields: {', '.join(record)}")
-        prompts.append(Prompt(i, str(record[column]).strip()))
+            bad.add(f"{i + 1}:1", f"no field '{column}'; fields: {', '.join(record) or '(none)'}")
+            continue
+        text = _text_prompt(record[column], bad, f"{i + 1}:1", f"field '{column}'")
+        if text is not None:
+            prompts.append(Prompt(i, text))
+    bad.check()
     return prompts
 
 
-def txt_file(*, path, **_) -> list[Prompt]:
-    return _lines(_resolve("txt", path, None))
+def txt_file(*, path, bad_rows=None, **_) -> list[Prompt]:
+    return _lines(_resolve("txt", path, None), bad_rows)
 
 
 def toy_harmful(*, split="test", **_) -> list[Prompt]:
@@ -168,10 +245,16 @@ def load(spec: dict) -> list[Prompt]:
     from shb.registry import DATASETS, resolve
 
     factory = resolve(DATASETS, spec["kind"], "dataset")
-    params = {k: v for k, v in spec.items() if k not in ("id", "kind", "limit", "seed", "format", "system", "description")}
-    prompts = factory(**params)
+    params = {k: v for k, v in spec.items()
+              if k not in ("id", "kind", "limit", "seed", "format", "system", "description", "too_long")}
+    try:
+        prompts = factory(**params)
+    except OSError as exc:
+        raise UsageError(f"dataset '{spec.get('id', spec['kind'])}': cannot read {exc.filename or spec.get('path')}"
+                         f" ({exc.strerror or exc})") from None
     if not prompts:
-        raise UsageError(f"dataset '{spec.get('id', spec['kind'])}' has no prompts")
+        raise UsageError(f"dataset '{spec.get('id', spec['kind'])}' has no prompts"
+                         + (f" (file {spec['path']})" if spec.get("path") else ""))
     return select(prompts, spec.get("limit"), spec.get("seed"))
 
 

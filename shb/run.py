@@ -22,6 +22,7 @@ from shb.errors import ModelNotFound, ShbError
 from shb.metrics.base import UnitContext
 from shb.plan import WorkUnit, expand, load_prompts
 from shb.registry import METRICS, MODELS, resolve
+from shb.runlock import dead_runs, run_lock
 from shb.store import Store
 
 
@@ -111,14 +112,14 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
 
     ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
     """
-    from shb.datasets import content_hash, format_prompt
-    from shb.identity import check_labels, label_rows
+    from shb import preflight
     from shb.models import resolve_device, resolve_dtype_name
     from shb.plan import label_contents
     from shb.progress import NullProgress
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
+    preflight.run_problems(suite, device)  # device, cache, architectures, heads
     prompts = load_prompts(suite)
     device = resolve_device(device or suite.defaults.get("device"))
     fps = _fingerprints(suite)
@@ -127,7 +128,21 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         units = [u for u in units if u.unit_id in only_units]
     contents = label_contents(suite, prompts, device, fps)
     dtype = resolve_dtype_name(suite.defaults.get("dtype", "float32"), device)
-    store = Store(db)
+    with run_lock(db):
+        # hold=False: the database is opened only to commit, so reports and shb sql can read during the run.
+        store = Store(db, hold=False)
+        store.mark_killed(dead_runs(store, lock_free=True))  # we hold the run lock: no other run is alive
+        return _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk)
+
+
+def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk) -> dict:
+    import gc
+
+    from shb import preflight
+    from shb.datasets import content_hash, format_prompt
+    from shb.identity import check_labels, label_rows
+    from shb.progress import NullProgress
+
     counts = {"done": 0, "skipped": 0, "failed": 0}
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
     started = False
@@ -143,42 +158,50 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         store.start_run({"run_id": run_id, "suite_name": suite.name, "suite_path": suite.path,
                          "suite_sha256": suite.sha256, "started_at": None, "status": "running",
                          "git_commit": git_commit(), "hostname": socket.gethostname(), "device": device,
-                         "dtype": dtype, "argv": " ".join(sys.argv), **_versions()})
+                         "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
         with store.transaction():
             store.insert("labels", label_rows(contents, run_id))
-            for dataset in suite.datasets:
-                digest = content_hash(prompts[dataset.id])
-                store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
-                                          "dataset_hash": digest} for p in prompts[dataset.id]])
         models = {m.id: m for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
         unit_bar = progress.add_task("units", total=len(pending))
-        loaded_id, lm, shared = None, None, {}
-        stored_formats: set[tuple[str, str]] = set()
+        loaded_id, lm, spec, shared, fitted, written = None, None, None, {}, {}, set()
         final = "done"
         for unit in pending:
             if unit.model.id != loaded_id:
-                lm, shared = None, {}
-                import gc
-
+                lm, shared, fitted = None, {}, {}
                 gc.collect()
                 progress.update(unit_bar, description=f"loading {unit.model.id}")
                 spec = _pinned(models[unit.model.id].spec(), fps[unit.model.id])
-                lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device,
-                                                            quiet=isinstance(progress, NullProgress))
+                lm = _load_model(spec, dtype, device, isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
-                with store.transaction():
-                    store.insert("models", [_model_rows(unit.model.id, spec, lm, fps[unit.model.id])])
+                preflight.loaded_problems(suite, unit.model.id, lm)
             dataset = datasets[unit.dataset.id]
-            formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer, dataset.get("system"))
-                         for p in prompts[dataset.id]]
-            if (unit.model.id, dataset.id) not in stored_formats:
+            if dataset.id not in fitted:
+                formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer,
+                                           dataset.get("system")) for p in prompts[dataset.id]]
+                pointer = f"{suite.path}: /datasets/{[d.id for d in suite.datasets].index(dataset.id)}"
+                formatted, cut = preflight.fit_prompts(dataset, prompts[dataset.id], formatted, lm, pointer)
+                # Rows describing the inputs are written only once they passed every check.
                 with store.transaction():
+                    if ("model", unit.model.id) not in written:
+                        store.insert("models", [_model_rows(unit.model.id, spec, lm, fps[unit.model.id])])
+                        written.add(("model", unit.model.id))
+                    if ("dataset", dataset.id) not in written:
+                        digest = content_hash(prompts[dataset.id])
+                        store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
+                                                  "dataset_hash": digest} for p in prompts[dataset.id]])
+                        written.add(("dataset", dataset.id))
                     store.insert("formatted_prompts", _formatted_rows(unit.model.id, dataset, prompts[dataset.id],
                                                                       formatted, lm.tokenizer))
-                stored_formats.add((unit.model.id, dataset.id))
+                    store.insert("truncations", [{"model_id": unit.model.id, "dataset_id": dataset.id, **row}
+                                                 for row in cut])
+                if cut:
+                    log(f"dataset '{dataset.id}': {len(cut)} prompt(s) truncated to model '{unit.model.id}''s"
+                        " context (see the truncations table)")
+                fitted[dataset.id] = formatted
+            formatted = fitted[dataset.id]
             progress.update(unit_bar, description=f"unit {unit.label}")
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
@@ -187,16 +210,32 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         if counts["failed"]:
             final = "failed"
         store.end_run(run_id, final)
-    except BaseException:
-        try:
-            if started:  # a refused run wrote nothing, not even a runs row
-                store.end_run(run_id, "interrupted")
-        except Exception:
-            pass
+    except BaseException as exc:
+        if started:  # a refused run wrote nothing, not even a runs row
+            # Ctrl-C is an interruption; anything else (a model that does not load, a prompt too long) a failure.
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            try:
+                store.end_run(run_id, "interrupted" if interrupted else "failed",
+                              None if interrupted else f"{type(exc).__name__}: {exc}"[:4000])
+            except Exception:
+                pass
         raise
     finally:
         store.close()
     return counts
+
+
+def _load_model(spec: dict, dtype, device, quiet: bool):
+    """Load a suite's model; a library failure (a broken checkpoint, an unknown config) is the user's to fix,
+    so it becomes one message naming the model rather than transformers' stack."""
+    try:
+        return resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device, quiet=quiet)
+    except (ShbError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShbError(f"model '{spec['id']}' ({spec.get('path', spec['kind'])}) failed to load: "
+                       f"{type(exc).__name__}: {first}") from exc
 
 
 def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,

@@ -4,12 +4,23 @@ Long tables, one row per observation. A unit's work is committed chunk by chunk:
 one chunk and its done mark go in one transaction, so a crash loses at most the chunk in
 flight and a rerun neither duplicates nor misses rows. Rows are upserted on each table's
 primary key, so re-emitting a row (Sahara marking its chosen head) replaces it.
+
+Readers while a run goes: DuckDB lets one process write a file and locks it against every other
+process while that connection is open. ``shb run`` therefore opens its store with ``hold=False``:
+the write connection exists only inside ``transaction()`` / ``session()`` (one chunk's commit, one
+unit row), and ``store.con`` outside them runs each statement on a connection of its own that is
+closed at once. Readers (``read_only=True``) and writers retry briefly when the file is locked.
+One run at a time per database is enforced by ``shb.runlock.run_lock`` (an flock on ``<db>.run.lock``).
+
+Read-only stores (``shb sql``, reports) open with external access, extension autoinstall/autoload
+and configuration changes disabled, so a query can read only the database.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -112,8 +123,22 @@ MIGRATIONS: list[list[str]] = [
             model_id VARCHAR, dataset_id VARCHAR, prompt_id INTEGER, chat_template_sha256 VARCHAR, text VARCHAR,
             PRIMARY KEY (model_id, dataset_id, prompt_id))""",
     ],
+    [   # issue 10: honest run status (pid + host to detect a killed run; the error of a failed one)
+        "ALTER TABLE runs ADD COLUMN pid INTEGER",
+        "ALTER TABLE runs ADD COLUMN error VARCHAR",
+        """CREATE TABLE truncations (
+            model_id VARCHAR, dataset_id VARCHAR, prompt_id INTEGER, n_tokens INTEGER, kept_tokens INTEGER,
+            PRIMARY KEY (model_id, dataset_id, prompt_id))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# DuckDB settings of every read-only connection: nothing outside the database file can be read or
+# written (COPY, read_csv, ATTACH, EXPORT), no extension installed or loaded, and SET refused.
+READ_ONLY_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False, "lock_configuration": True}
+READ_WAIT_S = 10.0      # how long a reader waits for a run to finish its commit
+WRITE_WAIT_S = 600.0    # how long a running writer waits for readers (a long report) to let go
 
 TABLE_KEYS = {
     "ships": ("unit_id", "prompt_id", "layer", "head"),
@@ -127,6 +152,7 @@ TABLE_KEYS = {
     "utility_docs": ("unit_id", "part", "task", "measure", "judge_id", "k", "doc_id", "sample_index"),
     "labels": ("kind", "label"),
     "formatted_prompts": ("model_id", "dataset_id", "prompt_id"),
+    "truncations": ("model_id", "dataset_id", "prompt_id"),
 }
 
 
@@ -134,34 +160,174 @@ def db_path(path=None) -> Path:
     return Path(path or os.environ.get("SHB_DB") or DEFAULT_DB)
 
 
-def _connect(path: Path, read_only: bool):
+def _connect(path: Path, read_only: bool, wait: float = 0.0):
+    """A DuckDB connection; while another process holds the file's lock, retry for ``wait`` seconds."""
     import duckdb
 
+    if not read_only and not path.parent.is_dir():
+        raise UsageError(f"cannot create database {path}: directory {path.parent} does not exist; create it or"
+                         " choose another --db PATH")
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    intent = path.with_name(path.name + ".write-intent")
+    waiting = False
     try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            raise DatabaseBusy(
-                f"{path} is in use by another process (probably a running `shb run`); "
-                f"wait for it to finish, or use another database with --db PATH.\n  ({text.splitlines()[0]})"
-            ) from None
-        raise UsageError(f"cannot open database {path}: {text}") from None
+        while True:
+            if read_only:
+                _yield_to_writer(intent, deadline)
+            try:
+                if read_only:
+                    return duckdb.connect(str(path), read_only=True, config=dict(READ_ONLY_CONFIG))
+                return duckdb.connect(str(path))
+            except duckdb.IOException as exc:
+                text = str(exc)
+                if "lock" not in text.lower():
+                    raise UsageError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusy(
+                        f"{path} is in use by another process (probably a running `shb run`); "
+                        f"wait for it to finish, or use another database with --db PATH.\n  ({text.splitlines()[0]})"
+                    ) from None
+                if not read_only and wait > 0:
+                    # A writer waiting for readers says so; new readers hold back until it got in, so a
+                    # report polled in a loop cannot starve the run.
+                    intent.touch()
+                    waiting = True
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except duckdb.Error as exc:  # not a DuckDB file, a newer storage version, another configuration
+                raise UsageError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if waiting:
+            intent.unlink(missing_ok=True)
+
+
+def _yield_to_writer(intent: Path, deadline: float) -> None:
+    """Wait (until ``deadline``) while a writer has declared it is waiting for the file; a stale intent
+    (its writer died) is ignored after a few seconds."""
+    while time.monotonic() < deadline:
+        try:
+            age = time.time() - intent.stat().st_mtime
+        except OSError:
+            return
+        if age > 5.0:
+            return
+        time.sleep(0.05)
+
+
+class _Result:
+    """A materialised result of one statement (what ``store.con`` returns between transactions)."""
+
+    def __init__(self, rows=None, columns=None, frame=None):
+        self._rows, self.columns, self._frame = rows, columns or [], frame
+
+    def fetchall(self):
+        if self._rows is None:
+            self._rows = self._frame.rows() if self._frame is not None else []
+        return list(self._rows)
+
+    def fetchone(self):
+        rows = self.fetchall()
+        return rows[0] if rows else None
+
+    def pl(self):
+        if self._frame is None:
+            import polars as pl
+
+            self._frame = pl.DataFrame(self._rows or [], schema=self.columns, orient="row")
+        return self._frame
+
+    def rows(self):
+        return self.fetchall()
+
+
+class _OneShotConnection:
+    """``store.con`` of a store that does not hold its connection: each statement opens the database,
+    runs, materialises its result and closes again, so other processes can read in between."""
+
+    def __init__(self, store: "Store"):
+        self._store = store
+
+    def execute(self, sql: str, params=None):
+        with self._store.session() as con:
+            cursor = con.execute(sql, params) if params is not None else con.execute(sql)
+            if cursor.description is None:
+                return _Result([], [])
+            return _Result(cursor.fetchall(), [d[0] for d in cursor.description])
+
+    def sql(self, sql: str, params=None):
+        with self._store.session() as con:
+            relation = con.sql(sql, params=params)
+            return _Result(frame=relation.pl()) if relation is not None else _Result([], [])
+
+    def close(self) -> None:
+        pass
 
 
 class Store:
     """A connection to a results database with shb's schema."""
 
-    def __init__(self, path=None, read_only: bool = False):
+    def __init__(self, path=None, read_only: bool = False, *, hold: bool = True, wait: float | None = None):
+        """``hold=False``: keep no connection open between transactions (the runner's mode; see the module
+        docstring). ``wait``: seconds to retry while another process holds the file (default: READ_WAIT_S
+        for readers, 0 for a holding writer)."""
         self.path = db_path(path)
         self.read_only = read_only
+        self.hold = hold
+        self.wait = (READ_WAIT_S if read_only or not hold else 0.0) if wait is None else wait
+        self._con = None
+        self._depth = 0
         if read_only and not self.path.exists():
             raise UsageError(f"no results database at {self.path.resolve()}: run `shb run SUITE` first, or pass --db PATH")
-        self.con = _connect(self.path, read_only)
-        if not read_only:
-            self._migrate()
-        elif self.version() > SCHEMA_VERSION:
-            raise UsageError(f"{self.path} has schema version {self.version()}, newer than this shb ({SCHEMA_VERSION}): upgrade shb")
+        if self.path.exists() and self.path.is_dir():
+            raise UsageError(f"--db {self.path} is a directory; give a database file path")
+        try:
+            with self.session():
+                self._check_ours()
+                if not read_only:
+                    self._migrate()
+                elif self.version() > SCHEMA_VERSION:
+                    raise UsageError(f"{self.path} has schema version {self.version()}, newer than this shb"
+                                     f" ({SCHEMA_VERSION}): upgrade shb")
+        except BaseException:
+            self.close()  # a refused database must not stay open (DuckDB allows one configuration per file)
+            raise
+        if not hold:
+            self.wait = max(self.wait, WRITE_WAIT_S if not read_only else READ_WAIT_S)
+
+    # -- connection -----------------------------------------------------------------------------
+    @property
+    def con(self):
+        """The DuckDB connection: the open one (always, for a holding store; inside ``transaction()`` /
+        ``session()`` otherwise), else a stand-in that runs each statement on a short-lived connection."""
+        if self._con is not None:
+            return self._con
+        return _OneShotConnection(self)
+
+    @contextmanager
+    def session(self):
+        """Hold a connection for the block (nestable); a non-holding store closes it afterwards."""
+        if self._con is None:
+            self._con = _connect(self.path, self.read_only, self.wait)
+        self._depth += 1
+        try:
+            yield self._con
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and not self.hold:
+                con, self._con = self._con, None
+                con.close()
+
+    def _check_ours(self) -> None:
+        """Refuse a database that another program made: no shb_meta table but other tables."""
+        if self.version():
+            return
+        others = [r[0] for r in self._con.execute(
+            "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+        if others:
+            listed = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
+            raise UsageError(f"{self.path} is not an shb database (no shb_meta table; it holds {listed}); shb leaves"
+                             " other programs' databases alone: give a new file with --db PATH")
 
     # -- schema ---------------------------------------------------------------------------------
     def version(self) -> int:
@@ -188,13 +354,14 @@ class Store:
     # -- writing --------------------------------------------------------------------------------
     @contextmanager
     def transaction(self):
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            yield self
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+        with self.session() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield self
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def insert(self, table: str, rows: list[dict]) -> None:
         """Upsert rows (dicts keyed by column name) into ``table``; call inside a transaction."""
@@ -217,8 +384,20 @@ class Store:
         with self.transaction():
             self.insert("runs", [row])
 
-    def end_run(self, run_id: str, status: str) -> None:
-        self.con.execute("UPDATE runs SET ended_at = now(), status = ? WHERE run_id = ?", [status, run_id])
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        self.con.execute("UPDATE runs SET ended_at = now(), status = ?, error = ? WHERE run_id = ?",
+                         [status, error, run_id])
+
+    def mark_killed(self, run_ids) -> None:
+        """Runs found ``running`` whose process is gone: status ``killed``, and their running units too."""
+        if not run_ids:
+            return
+        with self.transaction():
+            for run_id in run_ids:
+                self.con.execute("UPDATE runs SET status = 'killed', ended_at = coalesce(ended_at, now()),"
+                                 " error = 'process gone (found by a later shb run / shb report runs)'"
+                                 " WHERE run_id = ? AND status = 'running'", [run_id])
+                self.con.execute("UPDATE units SET status = 'killed' WHERE run_id = ? AND status = 'running'", [run_id])
 
     def upsert_unit(self, row: dict) -> None:
         with self.transaction():
@@ -268,14 +447,24 @@ class Store:
             return self.query(sql)
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0]
-            if self.read_only and ("read-only" in first.lower() or "read only" in first.lower()):
+            lower = first.lower()
+            if self.read_only and ("read-only" in lower or "read only" in lower):
                 raise UsageError(f"the database is opened read-only here; shb sql does not write ({first})") from None
+            if self.read_only and ("disabled by configuration" in lower or "configuration has been locked" in lower
+                                   or "disabled through configuration" in lower):
+                raise UsageError(f"shb sql reads only the results database: no other files, extensions or settings"
+                                 f" (use `shb export` to write a file) ({first})") from None
             raise UsageError(f"SQL error: {first}") from None
 
     def export(self, source: str, out, fmt: str) -> int:
         """Write a table, view or SELECT query to ``out`` as parquet, jsonl or csv; returns the row count."""
         frame = self.read(source if " " in source.strip() else f'SELECT * FROM "{source}"')
         out = Path(out)
+        blocking = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise UsageError(f"--out {out}: {blocking} is a file, not a directory")
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a directory; give a file name")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".part")
         if fmt == "parquet":
@@ -292,7 +481,9 @@ class Store:
         return frame.height
 
     def close(self) -> None:
-        self.con.close()
+        if self._con is not None:
+            con, self._con = self._con, None
+            con.close()
 
     def __enter__(self):
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -124,9 +125,20 @@ def unknown_key_problems(data: Any) -> list[str]:
     return problems
 
 
+def nonfinite_problems(data: Any, path=()) -> list[str]:
+    """JSON allows Infinity and NaN (Python's reader does); no suite value may be either."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{_pointer(path)}: {data} is not a finite number; give a finite value"]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in nonfinite_problems(v, (*path, k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in nonfinite_problems(v, (*path, i))]
+    return []
+
+
 def semantic_problems(data: dict) -> list[str]:
     """Checks beyond the schema: ids unique per section, metric filters and head sources that resolve."""
-    problems = []
+    problems = nonfinite_problems(data)
     ids = {}
     for section in SECTIONS:
         seen: dict[str, int] = {}
@@ -151,6 +163,13 @@ def semantic_problems(data: dict) -> list[str]:
             ref = heads.split(":", 1)[1]
             if metric_kinds.get(ref) != "sahara":
                 problems.append(f"/metrics/{i}/heads: '{heads}' must name a metric of kind sahara in this suite")
+            else:
+                steps = next((m.get("steps", 5) for m in data["metrics"] if isinstance(m, dict) and m.get("id") == ref), 5)
+                ks = metric.get("k", 1)
+                too_big = [k for k in (ks if isinstance(ks, list) else [ks]) if isinstance(k, int) and k > steps]
+                if isinstance(steps, int) and too_big:
+                    problems.append(f"/metrics/{i}/k: {too_big} exceeds the {steps} step(s) of sahara metric '{ref}';"
+                                    f" lower k or raise that metric's steps")
         if heads in ("sahara", "ships_per_prompt", "random") or (isinstance(heads, str) and heads.startswith("sahara:")):
             if "k" not in metric:
                 problems.append(f"/metrics/{i}: heads '{heads}' needs k (how many heads to ablate)")
@@ -166,9 +185,19 @@ def semantic_problems(data: dict) -> list[str]:
 def _read(path: Path) -> tuple[Any, bytes]:
     if not path.is_file():
         raise SuiteError(path, [f"/: file not found (looked at {path.resolve()})"])
-    blob = path.read_bytes()
     try:
-        return json.loads(blob), blob
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise SuiteError(path, [f"/: cannot read the file ({exc.strerror})"]) from None
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = blob[:exc.start].count(b"\n") + 1
+        column = exc.start - (blob.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SuiteError(path, [f"/: not UTF-8 text at line {line}, column {column} (byte 0x{blob[exc.start]:02x});"
+                                " save the suite as UTF-8"]) from None
+    try:
+        return json.loads(text), blob
     except json.JSONDecodeError as exc:
         raise SuiteError(path, [f"/: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
 

@@ -37,6 +37,12 @@ def judges_of(params: dict) -> list[str]:
     return judge if isinstance(judge, list) else [judge]
 
 
+def chunk_k_batch(chunk: str) -> tuple[int, int]:
+    """"k{k:03d}-b{batch:04d}" -> (k, batch); k may have more than three digits (k = 1000 is "k1000")."""
+    k_part, batch_part = chunk.split("-b")
+    return int(k_part[1:]), int(batch_part)
+
+
 class AsrMetric(Metric):
     kind = "asr"
 
@@ -118,8 +124,7 @@ class AsrMetric(Metric):
         from shb.ablation import format_head
         from shb.generate import generate, normalize_decoding
 
-        k = int(chunk[1:4])
-        batch = int(chunk.split("-b")[1])
+        k, batch = chunk_k_batch(chunk)
         lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         sets = self.head_sets(unit, ctx, k, prompts)

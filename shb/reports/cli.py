@@ -278,8 +278,10 @@ def report_efficiency(db, model, dataset, no_published, fmt, out):
 def report_runs(db, suite, run_id, fmt, out):
     """Provenance of each run: units by status, chunks, seconds, versions, git commit, device."""
     from shb.reports import runs
+    from shb.runlock import reap_dead_runs
     from shb.store import Store
 
+    reap_dead_runs(db)  # a run left 'running' by a killed process is shown (and stored) as 'killed'
     with Store(db, read_only=True) as store:
         frame = runs.runs(store, suite, run_id)
     emit(fmt, "runs", [("runs", frame)], None, out)
