@@ -161,11 +161,10 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                          "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
-        with store.transaction():
-            store.insert("labels", label_rows(contents, run_id))
         models = {m.id: m for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
         unit_bar = progress.add_task("units", total=len(pending))
+        labels = label_rows(contents, run_id)  # written with the rows they describe, once those passed every check
         loaded_id, lm, spec, shared, fitted, written = None, None, None, {}, {}, set()
         final = "done"
         for unit in pending:
@@ -187,11 +186,13 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                 with store.transaction():
                     if ("model", unit.model.id) not in written:
                         store.insert("models", [_model_rows(unit.model.id, spec, lm, fps[unit.model.id])])
+                        store.insert("labels", [r for r in labels if (r["kind"], r["label"]) == ("model", unit.model.id)])
                         written.add(("model", unit.model.id))
                     if ("dataset", dataset.id) not in written:
                         digest = content_hash(prompts[dataset.id])
                         store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
                                                   "dataset_hash": digest} for p in prompts[dataset.id]])
+                        store.insert("labels", [r for r in labels if (r["kind"], r["label"]) == ("dataset", dataset.id)])
                         written.add(("dataset", dataset.id))
                     store.insert("formatted_prompts", _formatted_rows(unit.model.id, dataset, prompts[dataset.id],
                                                                       formatted, lm.tokenizer))

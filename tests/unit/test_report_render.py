@@ -139,7 +139,7 @@ def test_html_book_has_every_report_and_skips_empty_ones(db, tmp_path):
 def test_surgery_messages_name_only_its_own_flags(tmp_path):
     model = tmp_path / "pickled"
     model.mkdir()
-    (model / "config.json").write_text("{}")
+    (model / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
     (model / "pytorch_model.bin").write_bytes(b"not read")
     out = _cli("surgery", "--model", str(model), "--heads", "0-0", "--out", str(tmp_path / "o"))
     assert out.exit_code != 0 and "safetensors" in out.output
