@@ -188,12 +188,7 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                         store.insert("models", [_model_rows(unit.model.id, spec, lm, fps[unit.model.id])])
                         store.insert("labels", [r for r in labels if (r["kind"], r["label"]) == ("model", unit.model.id)])
                         written.add(("model", unit.model.id))
-                    if ("dataset", dataset.id) not in written:
-                        digest = content_hash(prompts[dataset.id])
-                        store.insert("prompts", [{"dataset_id": dataset.id, "prompt_id": p.prompt_id, "text": p.text,
-                                                  "dataset_hash": digest} for p in prompts[dataset.id]])
-                        store.insert("labels", [r for r in labels if (r["kind"], r["label"]) == ("dataset", dataset.id)])
-                        written.add(("dataset", dataset.id))
+                    _write_dataset(store, dataset.id, prompts, labels, written)
                     store.insert("formatted_prompts", _formatted_rows(unit.model.id, dataset, prompts[dataset.id],
                                                                       formatted, lm.tokenizer))
                     store.insert("truncations", [{"model_id": unit.model.id, "dataset_id": dataset.id, **row}
@@ -203,6 +198,10 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                         " context (see the truncations table)")
                 fitted[dataset.id] = formatted
             formatted = fitted[dataset.id]
+            if any(("dataset", ref) not in written for ref in unit.spec.get("reads", {})):
+                with store.transaction():  # datasets a metric reads besides its own (utility's benign sets)
+                    for ref in unit.spec["reads"]:
+                        _write_dataset(store, ref, prompts, labels, written)
             progress.update(unit_bar, description=f"unit {unit.label}")
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
@@ -224,6 +223,19 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
     finally:
         store.close()
     return counts
+
+
+def _write_dataset(store, dataset_id: str, prompts: dict, labels: list[dict], written: set) -> None:
+    """The prompts and label rows of one dataset, once per run (inside the caller's transaction)."""
+    from shb.datasets import content_hash
+
+    if ("dataset", dataset_id) in written:
+        return
+    digest = content_hash(prompts[dataset_id])
+    store.insert("prompts", [{"dataset_id": dataset_id, "prompt_id": p.prompt_id, "text": p.text,
+                              "dataset_hash": digest} for p in prompts[dataset_id]])
+    store.insert("labels", [r for r in labels if (r["kind"], r["label"]) == ("dataset", dataset_id)])
+    written.add(("dataset", dataset_id))
 
 
 def _load_model(spec: dict, dtype, device, quiet: bool):
