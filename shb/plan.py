@@ -120,9 +120,12 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
             for dataset in suite.datasets:
                 if not _applies(metric, "datasets", dataset):
                     continue
+                applied = metric.get("intervention")
                 for ablation in suite.ablations:
                     if not _applies(metric, "ablations", ablation):
                         continue
+                    if applied and (metric.id, model.id, dataset.id) in by_cell:
+                        continue  # an intervention does not depend on the head-ablation kind: one unit
                     spec = {
                         "version": UNIT_ID_VERSION,
                         "model": model_key(model, suite.defaults),
@@ -130,6 +133,14 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None) -> list[WorkUni
                         "ablation": ablation_key(ablation),
                         "metric": metric_key(metric, suite.defaults),
                     }
+                    if applied:
+                        # What is applied is the intervention's content (its fit id), not its label.
+                        from shb.baselines.fits import intervention_key
+
+                        spec["ablation"] = {"kind": "none"}
+                        spec["metric"].pop("intervention", None)
+                        spec["intervention"] = intervention_key(suite, suite.intervention(applied), model, datasets)
+                        by_cell[(metric.id, model.id, dataset.id)] = True
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
                         source = by_cell.get((model.id, dataset.id, ablation.id, upstream))

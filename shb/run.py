@@ -163,7 +163,7 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
         ids={"unit_id": unit.unit_id, "model_id": unit.model.id, "dataset_id": unit.dataset.id,
              "ablation_id": unit.ablation.id, "metric_id": unit.metric.id},
         device=device, batch_size=params.get("batch_size", suite.defaults.get("batch_size", "auto")),
-        seed=suite.defaults.get("seed", 0), progress=progress, shared=shared)
+        seed=suite.defaults.get("seed", 0), progress=progress, shared=shared, suite=suite)
     row = {"unit_id": unit.unit_id, "run_id": run_id, "suite_name": suite.name, "model_id": unit.model.id,
            "dataset_id": unit.dataset.id, "ablation_id": unit.ablation.id, "metric_id": unit.metric.id,
            "metric_kind": unit.metric.kind, "spec": unit.spec, "status": "running", "error": None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from shb.errors import DatabaseBusy, UsageError
 
 DEFAULT_DB = "results.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # len(MIGRATIONS)
 
 # Each migration takes the database from version i to i + 1. Never edit a released one; append.
 MIGRATIONS: list[list[str]] = [
@@ -67,6 +67,17 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    # Interventions (issue 11): fitted artefacts, and what each generation applied and edited.
+    [
+        """CREATE TABLE fits (
+            fit_id VARCHAR PRIMARY KEY, kind VARCHAR, intervention_id VARCHAR, model_id VARCHAR, unit_id VARCHAR,
+            spec JSON, meta JSON, artefact BLOB, artefact_sha256 VARCHAR,
+            params_entries BIGINT, params_dof BIGINT, n_params BIGINT, seconds DOUBLE)""",
+        "ALTER TABLE generations ADD COLUMN intervention_id VARCHAR",
+        "ALTER TABLE generations ADD COLUMN intervention JSON",
+        "ALTER TABLE generations ADD COLUMN params_entries BIGINT",
+        "ALTER TABLE generations ADD COLUMN params_dof BIGINT",
+    ],
 ]
 
 TABLE_KEYS = {
@@ -77,6 +88,7 @@ TABLE_KEYS = {
     "judgments": ("generation_id", "judge_id"),
     "prompts": ("dataset_id", "prompt_id"),
     "models": ("model_id",),
+    "fits": ("fit_id",),
 }
 
 
