@@ -182,6 +182,10 @@ def _asr_target_problems(metric: dict, i: int, interventions: dict) -> list[str]
     return []
 
 
+# What each fitted kind needs beyond harmful prompts (harmless data to contrast, an unaligned reference).
+FIT_NEEDS = {"refusal_direction": ("harmless",), "setdiff": ("harmless",), "safety_neurons": ("reference",)}
+
+
 def _intervention_problems(data: dict, ids: dict) -> list[str]:
     """The datasets and models an intervention is fitted on exist in the suite."""
     problems = []
@@ -189,6 +193,9 @@ def _intervention_problems(data: dict, ids: dict) -> list[str]:
         fit = entry.get("fit") if isinstance(entry, dict) else None
         if not isinstance(fit, dict):
             continue
+        for key in FIT_NEEDS.get(entry.get("kind"), ()):
+            if key not in fit:
+                problems.append(f"/interventions/{i}/fit: {entry['kind']} is fitted on {key} data too: add \"{key}\"")
         for key, section in (("harmful", "datasets"), ("harmless", "datasets"), ("reference", "models")):
             ref = fit.get(key)
             if isinstance(ref, str) and ids.get(section) is not None and ref not in ids[section]:

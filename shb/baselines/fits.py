@@ -109,12 +109,23 @@ def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
                           progress=ctx.advance_fn(f"  fitting {entry.kind}"))
     blob = artefact.to_bytes()
     artefact.meta["_sha256"] = hashlib.sha256(blob).hexdigest()
-    counted = module.intervention(artefact, method_params(entry)).parameters_modified(ctx.lm)
+    counted = _build(module, artefact, entry, ctx).parameters_modified(ctx.lm)
     return {"fits": [{"fit_id": key["fit_id"], "kind": entry.kind, "intervention_id": entry.id,
                       "model_id": unit.model.id, "spec": key["fit"], "meta": _json_safe(artefact.meta),
                       "artefact": blob, "artefact_sha256": artefact.meta["_sha256"],
                       "params_entries": counted.entries, "params_dof": counted.dof, "n_params": ctx.lm.n_params(),
                       "seconds": time.perf_counter() - started, "unit_id": unit.unit_id}]}
+
+
+def _build(module, artefact, entry, ctx):
+    """module.intervention(artefact, params), with the reference model for methods that patch from it (DAP)."""
+    import inspect
+
+    fit = entry.get("fit") or {}
+    if fit.get("reference") and "reference" in inspect.signature(module.intervention).parameters:
+        reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
+        return module.intervention(artefact, method_params(entry), reference=reference)
+    return module.intervention(artefact, method_params(entry))
 
 
 def _json_safe(meta: dict) -> dict:
@@ -142,6 +153,6 @@ def intervention_for(unit, ctx):
         artefact = Artefact.from_bytes(blob)
         artefact.meta["_sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
         entry = ctx.suite.intervention(unit.metric.get("intervention"))
-        return _module(key["kind"]).intervention(artefact, method_params(entry))
+        return _build(_module(key["kind"]), artefact, entry, ctx)
 
     return ctx.cached(("intervention", key["fit_id"]), load)
