@@ -37,8 +37,8 @@ def run(suite_path, db):
 
 
 def write_suite(directory, model_dir, extra_metric=None, name="suite.json"):
-    for name, rows in (("harm", HARMFUL), ("safe", HARMLESS)):
-        (directory / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
+    for stem, texts in (("harm", HARMFUL), ("safe", HARMLESS)):
+        (directory / f"{stem}.jsonl").write_text("".join(json.dumps({"prompt": r}) + "\n" for r in texts))
     suite = {
         "name": "baselines",
         "models": [{"id": "tiny", "kind": "hf", "path": str(model_dir)}],
