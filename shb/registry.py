@@ -21,6 +21,7 @@ DATASETS = {
     "csv": ("shb.datasets:csv_file", "any CSV file; `column` names the prompt column"),
     "jsonl": ("shb.datasets:jsonl_file", "JSON lines; `column` names the prompt field"),
     "txt": ("shb.datasets:txt_file", "plain text, one prompt a line"),
+    "alpaca": ("shb.datasets:alpaca", "harmless instructions, Stanford Alpaca JSON format (local file), records without input"),
     "toy-harmful": ("shb.datasets:toy_harmful", "held-out synthetic harmful requests of the toy model"),
     "toy-benign": ("shb.datasets:toy_benign", "held-out synthetic benign requests of the toy model"),
 }

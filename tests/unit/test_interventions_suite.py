@@ -93,3 +93,22 @@ def test_registry_lists_every_intervention_kind():
     assert "intervention kinds:" in out
     for kind in ("heads", "refusal_direction", "layers", "actsvd", "setdiff", "safety_neurons"):
         assert f"  {kind} " in out
+
+
+def test_alpaca_dataset_keeps_instructions_without_input(tmp_path):
+    from shb import datasets
+    from shb.errors import UsageError
+
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([{"instruction": "Give three tips.", "input": "", "output": "..."},
+                                {"instruction": "Translate.", "input": "bonjour", "output": "hello"},
+                                {"instruction": "Name a colour.", "input": "", "output": "red"}]))
+    prompts = datasets.load({"kind": "alpaca", "path": str(path)})
+    assert [(p.prompt_id, p.text) for p in prompts] == [(0, "Give three tips."), (2, "Name a colour.")]
+    assert len(datasets.load({"kind": "alpaca", "path": str(path), "with_input": True})) == 3
+    assert problems({"name": "a", "models": [{"id": "m", "kind": "toy"}], "ablations": [{"id": "u", "kind": "zero"}],
+                     "datasets": [{"id": "al", "kind": "alpaca", "path": str(path)}],
+                     "metrics": [{"id": "s", "kind": "ships"}]}) == []
+    path.write_text(json.dumps([{"prompt": "x"}]))
+    with pytest.raises(UsageError, match="no 'instruction' field"):
+        datasets.load({"kind": "alpaca", "path": str(path)})
