@@ -112,3 +112,15 @@ def test_alpaca_dataset_keeps_instructions_without_input(tmp_path):
     path.write_text(json.dumps([{"prompt": "x"}]))
     with pytest.raises(UsageError, match="no 'instruction' field"):
         datasets.load({"kind": "alpaca", "path": str(path)})
+
+
+def test_table1_suite_is_valid_and_measures_every_method():
+    from tests.conftest import REPO
+
+    data = json.loads((REPO / "suites" / "paper-table1.json").read_text())
+    assert problems(data) == []
+    kinds = {e["kind"] for e in data["interventions"]}
+    assert kinds == {"refusal_direction", "layers", "actsvd", "setdiff", "safety_neurons"}
+    measured = {m["intervention"] for m in data["metrics"] if "intervention" in m}
+    assert measured == {e["id"] for e in data["interventions"]}
+    assert all(m["id"].startswith("asr-table1-") for m in data["metrics"] if m["kind"] == "asr")
