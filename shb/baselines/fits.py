@@ -128,10 +128,17 @@ def _build(module, artefact, entry, ctx):
     return module.intervention(artefact, method_params(entry))
 
 
-def _json_safe(meta: dict) -> dict:
+def _json_safe(value):
     """NaN and infinities are not JSON: stored as null."""
-    text = json.dumps(meta, sort_keys=True, default=str)
-    return json.loads(text.replace("NaN", "null").replace("-Infinity", "null").replace("Infinity", "null"))
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def intervention_for(unit, ctx):
