@@ -120,12 +120,14 @@ def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
         family = row["family"]
         cell = " / ".join(str(row[c]) for c in ("model_id", "dataset_id", "judge_id", "decoding"))
         series.setdefault(f"{family} | {cell}", []).append(row)
-    for name, rows in series.items():
+    palette = plt.get_cmap("tab20").colors   # more series than the default cycle's 10 colours
+    for index, (name, rows) in enumerate(series.items()):
         rows = sorted(rows, key=lambda r: r["share_pct"])
         lo = [r["asr"] - (r["asr_lo"] if r.get("asr_lo") is not None else r["asr"]) for r in rows]
         hi = [(r["asr_hi"] if r.get("asr_hi") is not None else r["asr"]) - r["asr"] for r in rows]
         ax.errorbar([r["share_pct"] for r in rows], [r["asr"] for r in rows], yerr=[lo, hi], marker="o",
-                    markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none", label=name)
+                    markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none", label=name,
+                    color=palette[index % len(palette)])
         for r in rows:
             tag = f"k={r['k']}" if r["family"].startswith("heads:") else r["method"]
             ax.annotate(tag, (r["share_pct"], r["asr"]), xytext=(3, -9), textcoords="offset points", fontsize=7)
