@@ -217,6 +217,30 @@ def txt_file(*, path, bad_rows=None, **_) -> list[Prompt]:
     return _lines(_resolve("txt", path, None), bad_rows)
 
 
+def alpaca(*, path, sha256=None, with_input=False, **_) -> list[Prompt]:
+    """Harmless instructions in the Stanford Alpaca format (a JSON list, or JSON lines, of records with
+    ``instruction``, ``input``, ``output``; e.g. alpaca_data.json or alpaca-cleaned). Only records with
+    an empty ``input`` unless ``with_input`` (Arditi et al. take Alpaca instructions without input).
+    Prompt ids are record indices in the file. A local file (``path``, optionally pinned by ``sha256``):
+    shb has no verified upstream hash for it."""
+    resolved = _resolve("alpaca", path, sha256)
+    text = resolved.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{resolved}: not a JSON list or JSON lines of Alpaca records ({exc.msg})") from None
+    prompts = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or "instruction" not in record:
+            raise UsageError(f"{resolved}: record {i} has no 'instruction' field (Alpaca format: instruction, input, output)")
+        extra = str(record.get("input") or "").strip()
+        if extra and not with_input:
+            continue
+        prompts.append(Prompt(i, str(record["instruction"]).strip() + (f"\n\n{extra}" if extra else "")))
+    return prompts
+
+
 def toy_harmful(*, split="test", **_) -> list[Prompt]:
     from shb.models.toy import prompts
 

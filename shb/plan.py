@@ -179,9 +179,12 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
             for dataset in suite.datasets:
                 if not _applies(metric, "datasets", dataset):
                     continue
+                applied = metric.get("intervention")
                 for ablation in suite.ablations:
                     if not _applies(metric, "ablations", ablation):
                         continue
+                    if applied and (metric.id, model.id, dataset.id) in by_cell:
+                        continue  # an intervention does not depend on the head-ablation kind: one unit
                     spec = {
                         "version": UNIT_ID_VERSION,
                         "model": model_keys[model.id],
@@ -192,6 +195,14 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
                     reads = _reads(metric, suite, datasets)
                     if reads:
                         spec["reads"] = reads
+                    if applied:
+                        # What is applied is the intervention's content (its fit id), not its label.
+                        from shb.baselines.fits import intervention_key
+
+                        spec["ablation"] = {"kind": "none"}
+                        spec["metric"].pop("intervention", None)
+                        spec["intervention"] = intervention_key(suite, suite.intervention(applied), model, datasets)
+                        by_cell[(metric.id, model.id, dataset.id)] = True
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
                         source = by_cell.get((model.id, dataset.id, ablation.id, upstream))

@@ -21,6 +21,7 @@ DATASETS = {
     "csv": ("shb.datasets:csv_file", "any CSV file; `column` names the prompt column"),
     "jsonl": ("shb.datasets:jsonl_file", "JSON lines; `column` names the prompt field"),
     "txt": ("shb.datasets:txt_file", "plain text, one prompt a line"),
+    "alpaca": ("shb.datasets:alpaca", "harmless instructions, Stanford Alpaca JSON format (local file), records without input"),
     "toy-harmful": ("shb.datasets:toy_harmful", "held-out synthetic harmful requests of the toy model"),
     "toy-benign": ("shb.datasets:toy_benign", "held-out synthetic benign requests of the toy model"),
 }
@@ -44,6 +45,18 @@ JUDGES = {
     "keyword-paper": ("shb.judges.keyword:paper_judge", "the paper's 41 refusal keywords + length and repetition rules, bugs fixed"),
     "keyword-gcg": ("shb.judges.keyword:gcg_judge", "GCG's refusal prefixes (Zou et al. 2023)"),
     "classifier": ("shb.judges.classifier:classifier_judge", "an LLM judge (HarmBench classifier or Llama Guard prompt)"),
+}
+
+# Interventions declared in a suite's `interventions` section (DESIGN.md section 8). A fitted kind
+# names a module with KIND, fit(lm, data, params) and intervention(artefact, params) (shb.baselines);
+# "heads" is a fixed head set (no fit). Imported only when a run applies one.
+INTERVENTIONS = {
+    "heads": ("shb.interventions:HeadAblation", "a fixed head set ablated with an ablation kind (no fit)"),
+    "refusal_direction": ("shb.baselines.refusal_direction", "difference-of-means refusal direction projected out (Arditi et al. 2024)"),
+    "layers": ("shb.baselines.layers", "contiguous layers skipped or scaled, chosen by refusal drop (LSP, Zhao et al. 2024; Li et al. 2024)"),
+    "actsvd": ("shb.baselines.actsvd", "top-rank removal of W X, or the orthogonal variant (ActSVD, Wei et al. 2024)"),
+    "setdiff": ("shb.baselines.setdiff", "prune top safety weights not in top utility weights, Wanda or SNIP (Wei et al. 2024)"),
+    "safety_neurons": ("shb.baselines.safety_neurons", "GTAC-ranked MLP neurons patched from a reference model, DAP (Chen et al. 2024)"),
 }
 
 # Architectures shb's attention layouts support (kept in sync with shb.models.layout.SUPPORTED by a test).
@@ -75,7 +88,8 @@ ARCHITECTURES = {
     "lfm2": "LFM2 hybrid (convolution layers skipped in head names, per-head q/k norm)",
 }
 
-TABLES = {"model": MODELS, "dataset": DATASETS, "ablation": ABLATIONS, "metric": METRICS, "judge": JUDGES}
+TABLES = {"model": MODELS, "dataset": DATASETS, "ablation": ABLATIONS, "metric": METRICS, "judge": JUDGES,
+          "intervention": INTERVENTIONS}
 
 
 def closest(name: str, choices) -> str | None:

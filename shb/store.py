@@ -130,6 +130,17 @@ MIGRATIONS: list[list[str]] = [
             model_id VARCHAR, dataset_id VARCHAR, prompt_id INTEGER, n_tokens INTEGER, kept_tokens INTEGER,
             PRIMARY KEY (model_id, dataset_id, prompt_id))""",
     ],
+    # Interventions (issue 11): fitted artefacts, and what each generation applied and edited.
+    [
+        """CREATE TABLE fits (
+            fit_id VARCHAR PRIMARY KEY, kind VARCHAR, intervention_id VARCHAR, model_id VARCHAR, unit_id VARCHAR,
+            spec JSON, meta JSON, artefact BLOB, artefact_sha256 VARCHAR,
+            params_entries BIGINT, params_dof BIGINT, n_params BIGINT, seconds DOUBLE)""",
+        "ALTER TABLE generations ADD COLUMN intervention_id VARCHAR",
+        "ALTER TABLE generations ADD COLUMN intervention JSON",
+        "ALTER TABLE generations ADD COLUMN params_entries BIGINT",
+        "ALTER TABLE generations ADD COLUMN params_dof BIGINT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -153,6 +164,7 @@ TABLE_KEYS = {
     "labels": ("kind", "label"),
     "formatted_prompts": ("model_id", "dataset_id", "prompt_id"),
     "truncations": ("model_id", "dataset_id", "prompt_id"),
+    "fits": ("fit_id",),
 }
 
 

@@ -20,6 +20,8 @@ from shb.errors import SuiteError
 from shb.registry import TABLES, unknown_message
 
 SECTIONS = {"models": "model", "datasets": "dataset", "ablations": "ablation", "metrics": "metric"}
+# Optional sections: not crossed into units, referred to by id (asr's "intervention").
+OPTIONAL_SECTIONS = {"interventions": "intervention"}
 DEFAULTS = {"device": "auto", "dtype": "float32", "batch_size": "auto", "seed": 0}
 
 
@@ -59,6 +61,10 @@ class Suite:
     metrics: tuple[Entry, ...]
     defaults: dict = field(hash=False)
     raw: dict = field(hash=False, repr=False)
+    interventions: tuple[Entry, ...] = ()
+
+    def intervention(self, intervention_id: str) -> Entry:
+        return next(e for e in self.interventions if e.id == intervention_id)
 
     def section(self, name: str) -> tuple[Entry, ...]:
         return getattr(self, name)
@@ -71,7 +77,7 @@ def _pointer(path) -> str:
 def _message(error) -> str:
     """A readable message for one jsonschema error (did-you-mean for kinds, the best branch of oneOf)."""
     if error.validator == "enum" and error.path and error.path[-1] == "kind" and len(error.path) >= 2:
-        section = SECTIONS.get(str(error.path[0]))
+        section = SECTIONS.get(str(error.path[0])) or OPTIONAL_SECTIONS.get(str(error.path[0]))
         if section:
             return unknown_message(section, error.instance, TABLES[section])
     if error.validator in ("oneOf", "anyOf") and error.context:
@@ -110,7 +116,7 @@ def unknown_key_problems(data: Any) -> list[str]:
     if not isinstance(data, dict):
         return []
     problems = []
-    for section, singular in SECTIONS.items():
+    for section, singular in {**SECTIONS, **OPTIONAL_SECTIONS}.items():
         entries = data.get(section)
         for i, entry in enumerate(entries if isinstance(entries, list) else []):
             if not isinstance(entry, dict) or entry.get("kind") not in TABLES[singular]:
@@ -140,7 +146,7 @@ def semantic_problems(data: dict) -> list[str]:
     """Checks beyond the schema: ids unique per section, metric filters and head sources that resolve."""
     problems = nonfinite_problems(data)
     ids = {}
-    for section in SECTIONS:
+    for section in {**SECTIONS, **OPTIONAL_SECTIONS}:
         seen: dict[str, int] = {}
         for i, entry in enumerate(data.get(section) or []):
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
@@ -179,6 +185,44 @@ def semantic_problems(data: dict) -> list[str]:
             problems += utility_problems(i, metric, ids.get("datasets"))
         if heads == "ships_per_prompt" and "ships" not in metric_kinds.values():
             problems.append(f"/metrics/{i}/heads: 'ships_per_prompt' needs a metric of kind ships in this suite")
+        if metric.get("kind") == "asr":
+            problems += _asr_target_problems(metric, i, ids.get("interventions") or {})
+    problems += _intervention_problems(data, ids)
+    return problems
+
+
+def _asr_target_problems(metric: dict, i: int, interventions: dict) -> list[str]:
+    """An asr metric ablates a head set (``heads``) or applies an intervention, exactly one of them."""
+    has_heads, target = "heads" in metric, metric.get("intervention")
+    if has_heads == (target is not None):
+        return [f"/metrics/{i}: asr needs exactly one of heads (a head set) or intervention (an id of the "
+                "interventions section)"]
+    if target is not None:
+        if isinstance(target, str) and target not in interventions:
+            return [f"/metrics/{i}/intervention: no intervention with id '{target}' in this suite"]
+        if "k" in metric:
+            return [f"/metrics/{i}/k: k counts heads; an asr metric with an intervention takes no k"]
+    return []
+
+
+# What each fitted kind needs beyond harmful prompts (harmless data to contrast, an unaligned reference).
+FIT_NEEDS = {"refusal_direction": ("harmless",), "setdiff": ("harmless",), "safety_neurons": ("reference",)}
+
+
+def _intervention_problems(data: dict, ids: dict) -> list[str]:
+    """The datasets and models an intervention is fitted on exist in the suite."""
+    problems = []
+    for i, entry in enumerate(data.get("interventions") or []):
+        fit = entry.get("fit") if isinstance(entry, dict) else None
+        if not isinstance(fit, dict):
+            continue
+        for key in FIT_NEEDS.get(entry.get("kind"), ()):
+            if key not in fit:
+                problems.append(f"/interventions/{i}/fit: {entry['kind']} is fitted on {key} data too: add \"{key}\"")
+        for key, section in (("harmful", "datasets"), ("harmless", "datasets"), ("reference", "models")):
+            ref = fit.get(key)
+            if isinstance(ref, str) and ids.get(section) is not None and ref not in ids[section]:
+                problems.append(f"/interventions/{i}/fit/{key}: no {SECTIONS[section]} with id '{ref}' in this suite")
     return problems
 
 
@@ -227,6 +271,9 @@ def from_dict(data: dict, path: str = "<suite>", blob: bytes | None = None) -> S
         models=entries("models"), datasets=entries("datasets"),
         ablations=entries("ablations"), metrics=entries("metrics"),
         defaults={**DEFAULTS, **(data.get("defaults") or {})}, raw=data,
+        interventions=tuple(Entry("intervention", item["id"], item["kind"],
+                                  {k: v for k, v in item.items() if k not in ("id", "kind")})
+                            for item in data.get("interventions") or []),
     )
 
 

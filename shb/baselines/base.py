@@ -1,7 +1,7 @@
 """What a fitted method consumes (FitData) and produces (Artefact), and the helpers methods share.
 
 An Artefact is stored in the ``fits`` table as safetensors bytes: the tensors, plus the kind and
-the JSON meta in the safetensors header. No pickle, so a database from elsewhere is safe to read.
+the JSON meta in the safetensors header (one key, so the bytes are the same in every process). No pickle, so a database from elsewhere is safe to read.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ class Artefact:
         from safetensors.torch import save
 
         tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in self.tensors.items()}  # no shared storage
-        header = {"format": ARTEFACT_FORMAT, "kind": self.kind, "meta": json.dumps(self.meta, sort_keys=True)}
-        return save(tensors, metadata=header)
+        # One metadata key: safetensors writes its metadata map in an order that varies between
+        # processes, and a fit's bytes (hashed into artefact_sha256) must not.
+        header = json.dumps({"format": ARTEFACT_FORMAT, "kind": self.kind, "meta": self.meta}, sort_keys=True)
+        return save(tensors, metadata={"shb": header})
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "Artefact":
@@ -43,10 +45,10 @@ class Artefact:
         # The header is an 8-byte little-endian length and JSON; its __metadata__ holds kind and meta.
         n = int.from_bytes(bytes(blob[:8]), "little")
         header = json.loads(bytes(blob[8:8 + n]))
-        meta = header.get("__metadata__") or {}
-        if meta.get("format") != ARTEFACT_FORMAT:
-            raise ValueError(f"not an shb artefact (format {meta.get('format')!r}, expected {ARTEFACT_FORMAT})")
-        return cls(kind=meta["kind"], tensors=dict(tensors), meta=json.loads(meta.get("meta") or "{}"))
+        stored = json.loads((header.get("__metadata__") or {}).get("shb") or "{}")
+        if stored.get("format") != ARTEFACT_FORMAT:
+            raise ValueError(f"not an shb artefact (format {stored.get('format')!r}, expected {ARTEFACT_FORMAT})")
+        return cls(kind=stored["kind"], tensors=dict(tensors), meta=stored.get("meta") or {})
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()

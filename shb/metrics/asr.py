@@ -5,6 +5,9 @@ Head-set sources (the ``heads`` parameter):
   ``ships_per_prompt``    each prompt's own top-k Ships heads (the paper's per-query experiment);
   ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
   ``["2-26", ...]``       an explicit set (an empty list: no ablation).
+Or ``intervention: <id>`` (instead of heads): an entry of the suite's interventions section (a
+fitted baseline or a fixed head set; shb.baselines), applied with k = 1 and heads = [];
+a fitted one has a first chunk ``fit`` (shb.baselines.fits).
 Chunks are (k, batch of prompts): a crash loses at most one batch of generations.
 """
 
@@ -21,6 +24,8 @@ ASSUMED_PROMPT_TOKENS = 48
 
 
 def ks_of(params: dict) -> list[int]:
+    if "heads" not in params:
+        return [1]  # an intervention (shb.baselines): applied once, no head count
     heads = params["heads"]
     if isinstance(heads, list):
         return [len(heads)]
@@ -54,13 +59,16 @@ class AsrMetric(Metric):
 
     def chunks(self, unit, ctx) -> list[str]:
         n_batches = -(-len(ctx.prompts) // CHUNK_PROMPTS)
-        return [f"k{k:03d}-b{b:04d}" for k in ks_of(ctx.metric) for b in range(n_batches)]
+        fit = ["fit"] if "fit_id" in (unit.spec.get("intervention") or {}) else []
+        return fit + [f"k{k:03d}-b{b:04d}" for k in ks_of(ctx.metric) for b in range(n_batches)]
 
     # -- head sets ---------------------------------------------------------------------------------
     def head_sets(self, unit, ctx, k: int, prompts) -> list[list[tuple[int, int]]]:
         """One head set per prompt of this chunk."""
         from shb.ablation import parse_heads
 
+        if "heads" not in ctx.metric:
+            return [[] for _ in prompts]  # an intervention: no head ablated on top of it
         heads = ctx.metric["heads"]
         if isinstance(heads, list):
             return [parse_heads(heads)] * len(prompts)
@@ -122,19 +130,24 @@ class AsrMetric(Metric):
     # -- one chunk ---------------------------------------------------------------------------------
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         from shb.ablation import format_head
+        from shb.baselines import applied as baselines
         from shb.generate import generate, normalize_decoding
 
+        if chunk == "fit":
+            return baselines.fit_chunk(unit, ctx)
         k, batch = chunk_k_batch(chunk)
         lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         sets = self.head_sets(unit, ctx, k, prompts)
         decoding = normalize_decoding(ctx.metric.get("decoding"))
         batch_size = ctx.batch_size  # an int, or "auto": sized by shb.generate from free memory (KV cache counted)
-        generations = generate(
-            ctx.lm, texts, head_sets=sets, kind=ctx.ablation["kind"], epsilon=ctx.ablation.get("epsilon", 1e-5),
-            site=ctx.ablation.get("site"), decoding=decoding, max_new_tokens=ctx.metric.get("max_new_tokens", 128),
-            batch_size=batch_size, answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
-            progress=ctx.advance_fn(f"  generating k={k}", total=len(texts) * decoding["n"]))
+        target = baselines.target(unit, ctx, k, sets)  # intervention applied (or heads), parameters modified
+        with target.context:
+            generations = generate(
+                ctx.lm, texts, head_sets=sets, **target.head_ablation, decoding=decoding,
+                max_new_tokens=ctx.metric.get("max_new_tokens", 128), batch_size=batch_size,
+                answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
+                progress=ctx.advance_fn(f"  generating k={k}", total=len(texts) * decoding["n"]))
         rows, answers, questions = [], [], []
         for g in generations:
             prompt = ctx.prompts[g.prompt_index]
@@ -143,8 +156,8 @@ class AsrMetric(Metric):
             rows.append({
                 "generation_id": "g" + hashlib.sha256(key.encode()).hexdigest()[:20], "unit_id": unit.unit_id,
                 "model_id": unit.model.id, "dataset_id": unit.dataset.id, "prompt_id": prompt.prompt_id,
-                "heads": [format_head(h) for h in heads], "head_source": source_of(ctx.metric), "k": k,
-                "ablation_id": unit.ablation.id, "decoding": decoding,
+                "heads": [format_head(h) for h in heads], "head_source": target.source or source_of(ctx.metric), "k": k,
+                "ablation_id": target.ablation_id, "decoding": decoding, **target.columns(heads),
                 "max_new_tokens": ctx.metric.get("max_new_tokens", 128), "sample_index": g.sample_index,
                 "text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason})
             answers.append(g.text)

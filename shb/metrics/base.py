@@ -24,7 +24,7 @@ class UnitContext:
     seed: int = 0
     progress: Any = None         # shb.progress.Progress or None
     shared: dict = field(default_factory=dict)
-    suite: Any = None            # the shb.suite.Suite (a metric that reads a second dataset finds it here)
+    suite: Any = None            # shb.suite.Suite: entries a unit refers to by id (second datasets, interventions)
 
     def cached(self, key, factory: Callable[[], Any]):
         if key not in self.shared:

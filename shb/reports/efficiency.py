@@ -1,16 +1,18 @@
-"""``shb report efficiency``: parameters modified (count and share of the model) against ASR, for
-every head-ablation result in the database, beside the paper's published rows for other methods.
+"""``shb report efficiency``: parameters modified against ASR, for every measured method - head sets
+and fitted interventions (refusal direction, layers, ActSVD, set difference, safety neurons) - side
+by side per model, dataset (and prompt format), judge and decoding, beside the paper's published
+Table 1 rows.
 
-Parameter count of a head set, from the ``models`` table geometry (no torch): one head's edit
-touches head_dim x hidden_size weights, whether it is the query rows (undifferentiated, mean
-with site q) or the output-projection columns (scaling, zero, mean with site output). Biases are
-ignored (Llama and Vicuna have none; for Qwen2 q-bias it undercounts by head_dim per head).
-undifferentiated with site k edits the key rows of the head's kv group, also head_dim x hidden.
-share = count / models.n_params.
+Parameters modified are measured from the edit when the asr unit ran (generations.params_entries:
+weight entries whose value changes; generations.params_dof: the edit's degrees of freedom; see
+shb.interventions). Rows from databases older than that fall back to the head geometry of the
+``models`` table (one head edits head_dim x hidden_size weights). share = count / models.n_params.
 
-Rows carry ``source``: ``measured`` (this database) or ``published (...)`` (a number copied from a
-paper, never measured here). Measured baselines (ActSVD, safety layers, ...) will arrive in a
-``baselines`` table with the columns of BASELINE_COLUMNS; when it exists it is UNIONed in. No torch.
+One row per asr unit and k (two explicit head lists are two rows; a fitted intervention is one
+row per fit); the method label names the head set or the intervention. ASR carries a 95% Wilson
+interval over its n judged answers (shb.reports.stats). Rows carry ``source``: ``measured`` or
+``published (...)``, a number copied from the paper, never measured here. The columns leave room
+for utility (a later ``utility`` metric joins on model, dataset and method). No torch.
 """
 
 from __future__ import annotations
@@ -18,27 +20,24 @@ from __future__ import annotations
 import polars as pl
 
 from shb.reports.render import require, where, with_decoding_label
+from shb.reports.stats import with_wilson
 
-# The paper compares Sahara with methods that edit ~3-5% of the weights; the table number was not checked here.
-PAPER = "published (Zhou et al. 2025, ICLR, comparison with prior safety-component methods)"
+PAPER = "published (Table 1)"   # Zhou et al. 2025, ICLR, Table 1
 
-# Llama-2-7b-chat, as published; share in percent of all parameters, ASR as a fraction.
+# Llama-2-7b-chat, as published in Zhou et al.'s Table 1 (read from a secondary summary of the
+# paper, METHODS.md section 3: check against the PDF before comparing); share in percent of all
+# parameters, ASR as a fraction, asr_pm the paper's +-.
 PUBLISHED = [
-    {"method": "ActSVD (Wei et al. 2024)", "share_pct": 5.0, "asr": 0.73},
-    {"method": "GTAC&DAP", "share_pct": 5.0, "asr": 0.64},
-    {"method": "LSP (safety layers)", "share_pct": 3.0, "asr": 0.58},
-    {"method": "Sahara, 3 heads (Zhou et al. 2025)", "share_pct": 0.018, "asr": 0.72},
+    {"method": "ActSVD (Wei et al. 2024)", "share_pct": 5.0, "asr": 0.73, "asr_pm": 0.03},
+    {"method": "GTAC&DAP (Chen et al. 2024)", "share_pct": 5.0, "asr": 0.64, "asr_pm": 0.03},
+    {"method": "LSP (Zhao et al. 2024)", "share_pct": 3.0, "asr": 0.58, "asr_pm": 0.04},
+    {"method": "Sahara, 3 heads (Zhou et al. 2025)", "share_pct": 0.018, "asr": 0.72, "asr_pm": 0.05},
 ]
 
-# The columns a future measured-baselines table must provide to be UNIONed into this report.
-BASELINE_COLUMNS = ("method", "model_id", "dataset_id", "params_modified", "share_pct", "asr", "judge_id",
-                    "decoding", "max_new_tokens")
+COLUMNS = ["source", "model_id", "dataset_id", "format", "judge_id", "decoding", "max_new_tokens", "family", "method",
+           "k", "params_modified", "params_dof", "share_pct", "dof_share_pct", "n", "asr", "asr_lo", "asr_hi", "asr_pm"]
 
-COLUMNS = ["source", "method", "model_id", "dataset_id", "ablation_id", "head_source", "k", "params_modified",
-           "share_pct", "asr", "judge_id", "decoding", "max_new_tokens"]
-
-# The SQL expression for weights edited per ablated head; the CASE keeps the kinds apart so that a
-# kind with a different footprint (biases, kv groups) changes one line.
+# Weights edited per ablated head, from geometry: only for rows stored before params were measured.
 PER_HEAD = """CASE json_extract_string(u.spec, '$.ablation.kind')
         WHEN 'undifferentiated' THEN m.head_dim * m.hidden_size   -- query (or key) rows
         WHEN 'mean' THEN m.head_dim * m.hidden_size               -- query rows or o_proj columns (site)
@@ -48,51 +47,55 @@ PER_HEAD = """CASE json_extract_string(u.spec, '$.ablation.kind')
 
 
 def measured(store, model=None, dataset=None) -> pl.DataFrame:
-    """One row per head-ablation ASR result (k > 0): heads ablated, weights edited, share, ASR."""
+    """One row per (asr unit, k, judge) with k > 0: method, parameters modified, ASR."""
     body, params = where(**{"g.model_id": model, "g.dataset_id": dataset})
+    has_params = "params_entries" in store.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'generations'")["column_name"].to_list()
+    entries = f"coalesce(g.params_entries, len(g.heads) * {PER_HEAD})" if has_params else f"len(g.heads) * {PER_HEAD}"
+    dof = f"coalesce(g.params_dof, {entries})" if has_params else entries
+    iv_id = "g.intervention_id" if has_params else "NULL::VARCHAR"
+    iv_kind = "json_extract_string(g.intervention, '$.kind')" if has_params else "NULL::VARCHAR"
     frame = store.query(f"""
         WITH g AS (
-            -- per generation: how many heads its head set has (per-prompt head sets may differ in size)
-            SELECT g.generation_id, g.unit_id, g.model_id, g.dataset_id, g.ablation_id, g.head_source, g.k,
-                   len(g.heads) AS n_heads, CAST(g.decoding AS VARCHAR) AS decoding, g.max_new_tokens
-            FROM generations g WHERE g.k > 0 AND {body})
-        SELECT 'measured' AS source, 'heads: ' || g.head_source || ' (' || g.ablation_id || ')' AS method,
-               g.model_id, g.dataset_id, g.ablation_id, g.head_source, g.k,
-               CAST(round(avg(g.n_heads * {PER_HEAD})) AS BIGINT) AS params_modified,
-               100.0 * avg(g.n_heads * {PER_HEAD}) / any_value(m.n_params) AS share_pct,
-               avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr,
-               j.judge_id, g.decoding, g.max_new_tokens
+            SELECT g.*, {iv_id} AS iv_id, {iv_kind} AS iv_kind, CAST(g.decoding AS VARCHAR) AS decoding_text,
+                   array_to_string(g.heads, ',') AS head_list,
+                   coalesce(json_extract_string(u.spec, '$.dataset.format'), 'direct') AS format,
+                   {entries} AS entries, {dof} AS dof, m.n_params
+            FROM generations g JOIN units u ON u.unit_id = g.unit_id LEFT JOIN models m ON m.model_id = g.model_id
+            WHERE g.k > 0 AND {body})
+        SELECT 'measured' AS source, g.model_id, g.dataset_id, any_value(g.format) AS format, j.judge_id,
+               g.decoding_text AS decoding, g.max_new_tokens,
+               CASE WHEN any_value(g.iv_id) IS NOT NULL THEN any_value(g.iv_id)
+                    WHEN count(DISTINCT g.head_list) = 1
+                        THEN 'heads ' || any_value(g.head_list) || ' (' || any_value(g.ablation_id) || ')'
+                    ELSE 'heads: ' || any_value(g.head_source) || ' k=' || g.k || ' (' || any_value(g.ablation_id) || ')'
+               END AS method,
+               CASE WHEN any_value(g.iv_id) IS NOT NULL THEN any_value(g.iv_kind)
+                    ELSE 'heads: ' || any_value(g.head_source) || ' (' || any_value(g.ablation_id) || ')' END AS family,
+               any_value(g.iv_id) AS intervention_id, any_value(g.head_source) AS head_source,
+               any_value(g.ablation_id) AS ablation_id, g.k,
+               CAST(round(avg(g.entries)) AS BIGINT) AS params_modified,
+               CAST(round(avg(g.dof)) AS BIGINT) AS params_dof,
+               100.0 * avg(g.entries) / any_value(g.n_params) AS share_pct,
+               100.0 * avg(g.dof) / any_value(g.n_params) AS dof_share_pct,
+               count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr
         FROM g JOIN judgments j USING (generation_id)
-             JOIN units u ON u.unit_id = g.unit_id
-             LEFT JOIN models m ON m.model_id = g.model_id
-        GROUP BY g.model_id, g.dataset_id, g.ablation_id, g.head_source, g.k, j.judge_id, g.decoding, g.max_new_tokens
-        ORDER BY ALL""", params)
-    return frame
-
-
-def baselines(store) -> pl.DataFrame | None:
-    """Measured baselines, when a ``baselines`` table exists (it does not yet)."""
-    has = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'baselines'")["n"][0]
-    if not has:
-        return None
-    return store.query(f"""SELECT 'measured' AS source, {', '.join(BASELINE_COLUMNS)},
-                                  NULL::VARCHAR AS ablation_id, NULL::VARCHAR AS head_source, NULL::INTEGER AS k
-                           FROM baselines""")
+        GROUP BY g.unit_id, g.k, g.model_id, g.dataset_id, j.judge_id, j.judge_hash, g.decoding_text, g.max_new_tokens
+        ORDER BY g.model_id, g.dataset_id, j.judge_id, decoding, g.max_new_tokens, family, share_pct, method""", params)
+    return with_wilson(frame, "asr", "n")
 
 
 def published() -> pl.DataFrame:
-    return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", **row} for row in PUBLISHED])
+    return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", "family": "published", **row}
+                         for row in PUBLISHED])
 
 
 def report(store, model=None, dataset=None, include_published: bool = True) -> pl.DataFrame:
-    parts = [measured(store, model, dataset)]
-    extra = baselines(store)
-    if extra is not None:
-        parts.append(extra)
-    parts = [p for p in parts if not p.is_empty()]
+    parts = [p for p in [measured(store, model, dataset)] if not p.is_empty()]
     if not parts:
-        require(pl.DataFrame(), "head-ablation ASR results",
-                "run a suite with an `asr` metric and k > 0 (e.g. suites/paper-mini.json)", [model, dataset])
+        require(pl.DataFrame(), "ASR results with a head set or an intervention",
+                "run a suite with an `asr` metric with k > 0 or an intervention (e.g. suites/paper-mini.json)",
+                [model, dataset])
     if include_published:
         parts.append(published())
     frame = pl.concat(parts, how="diagonal_relaxed")
@@ -101,18 +104,44 @@ def report(store, model=None, dataset=None, include_published: bool = True) -> p
 
 
 def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """ASR against the share of entries modified (log axis): one series per method family (a head
+    source and ablation, or an intervention kind), per model, dataset, judge and decoding; Wilson
+    intervals as error bars; published rows as black squares; the legend outside the axes."""
     from shb.reports import figures as fig
 
-    points = []
-    for row in frame.iter_rows(named=True):
-        is_measured = row["source"] == "measured"
-        if is_measured and row.get("k") is not None:
-            series = " / ".join(str(row[c]) for c in ("model_id", "head_source", "ablation_id", "decoding"))
-            label = f"k={row['k']}"
-        else:
-            series, label = row["method"], row["method"]
-        points.append({"x": row["share_pct"], "y": row["asr"], "label": label, "series": series,
-                       "published": not is_measured})
-    return [("efficiency", fig.scatter(points, "ASR against share of parameters modified\n"
-                                                "(published rows: Llama-2-7b-chat, copied from the paper)",
-                                       "parameters modified (% of model, log scale)", "ASR"))]
+    plt = fig.pyplot()
+    figure_, ax = plt.subplots(figsize=(9, 4.8))
+    usable = [r for r in frame.iter_rows(named=True) if r.get("share_pct") and r["share_pct"] > 0
+              and r.get("asr") is not None]
+    series: dict[str, list[dict]] = {}
+    for row in usable:
+        if row["source"] != "measured":
+            continue
+        family = row["family"]
+        cell = " / ".join(str(row[c]) for c in ("model_id", "dataset_id", "judge_id", "decoding"))
+        series.setdefault(f"{family} | {cell}", []).append(row)
+    palette = plt.get_cmap("tab20").colors   # more series than the default cycle's 10 colours
+    for index, (name, rows) in enumerate(series.items()):
+        rows = sorted(rows, key=lambda r: r["share_pct"])
+        lo = [r["asr"] - (r["asr_lo"] if r.get("asr_lo") is not None else r["asr"]) for r in rows]
+        hi = [(r["asr_hi"] if r.get("asr_hi") is not None else r["asr"]) - r["asr"] for r in rows]
+        ax.errorbar([r["share_pct"] for r in rows], [r["asr"] for r in rows], yerr=[lo, hi], marker="o",
+                    markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none", label=name,
+                    color=palette[index % len(palette)])
+        for r in rows:
+            tag = f"k={r['k']}" if r["family"].startswith("heads:") else r["method"]
+            ax.annotate(tag, (r["share_pct"], r["asr"]), xytext=(3, -9), textcoords="offset points", fontsize=7)
+    paper = [r for r in usable if r["source"] != "measured"]
+    if paper:
+        ax.errorbar([r["share_pct"] for r in paper], [r["asr"] for r in paper],
+                    yerr=[r.get("asr_pm") or 0 for r in paper], fmt="s", color="black", capsize=2,
+                    label="published, Llama-2-7b-chat (not measured here)")
+        for r in paper:
+            ax.annotate(r["method"], (r["share_pct"], r["asr"]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("weight entries modified (% of model, log scale)")
+    ax.set_ylabel("ASR (95% Wilson interval)")
+    ax.set_title("ASR against share of parameters modified", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return [("efficiency", fig._png(figure_))]

@@ -24,8 +24,10 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At p = 0 (or 1) the bound is exactly 0 (or 1); rounding would otherwise leave it a hair inside.
-    return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
+    # At 0 and n successes the bound is exactly 0 (or 1); the formula leaves rounding dust (2.8e-17).
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return lo, hi
 
 
 def with_wilson(frame: pl.DataFrame, rate: str, n: str, prefix: str | None = None) -> pl.DataFrame:

@@ -1,0 +1,165 @@
+"""Fits of interventions: keyed by content, computed once, stored in the ``fits`` table, reused.
+
+A fit's id hashes what changes its artefact: the model's identity (as in unit ids), the content of
+the fit datasets (harmful, harmless) with their prompt format, the reference model's identity, the
+method's kind and parameters, and FIT_VERSION; never labels, device or batch size. An ``asr`` unit
+that applies a fitted intervention has the chunk ``fit`` first: it computes and commits the fit
+(artefact bytes, meta, parameters modified) in one transaction with its done mark, or finds it
+already stored by another unit or run and commits nothing. A SIGKILL during a fit loses that fit
+(one chunk); fits are deterministic, so the rerun stores the same artefact. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from shb.errors import UsageError
+
+FIT_VERSION = 1
+FIT_KEYS = ("harmful", "harmless", "reference", "max_new_tokens")
+HEAD_DEFAULTS = {"ablation": "undifferentiated", "epsilon": 1e-5, "site": None}
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def method_params(entry) -> dict:
+    return {k: v for k, v in entry.params.items() if k not in ("fit", "description")}
+
+
+def fit_spec(suite, entry, model_entry, datasets: dict) -> dict:
+    """What the fit id hashes. ``datasets``: dataset id -> (content hash, size), as plan computes."""
+    from shb.plan import dataset_key, model_key
+
+    fit = entry.get("fit") or {}
+    by_id = {d.id: d for d in suite.datasets}
+    models = {m.id: m for m in suite.models}
+    spec = {"version": FIT_VERSION, "kind": entry.kind, "model": model_key(model_entry, suite.defaults),
+            "params": method_params(entry), "max_new_tokens": fit.get("max_new_tokens", 32)}
+    for key in ("harmful", "harmless"):
+        ref = fit.get(key)
+        spec[key] = dataset_key(by_id[ref], datasets[ref][0]) if ref else None
+    ref = fit.get("reference")
+    spec["reference"] = model_key(models[ref], suite.defaults) if ref else None
+    return spec
+
+
+def intervention_key(suite, entry, model_entry, datasets: dict) -> dict:
+    """The part of an asr unit's spec that says which intervention it applies (content, not labels)."""
+    if entry.kind == "heads":
+        return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
+    spec = fit_spec(suite, entry, model_entry, datasets)
+    return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
+
+
+# -- run time (torch from here on, imported inside the functions) -------------------------------
+def _module(kind: str):
+    from shb.registry import INTERVENTIONS, resolve
+
+    return resolve(INTERVENTIONS, kind, "intervention")
+
+
+def _stored(store, fit_id: str):
+    rows = store.con.execute("SELECT artefact FROM fits WHERE fit_id = ?", [fit_id]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def fit_data(unit, ctx, entry):
+    """FitData for ``entry``: the fit datasets formatted for this model, the reference model loaded."""
+    from shb import datasets as ds
+    from shb.baselines.base import FitData
+
+    fit = entry.get("fit") or {}
+    by_id = {d.id: d for d in ctx.suite.datasets}
+
+    def prompts(key):
+        if not fit.get(key):
+            return []
+        d = by_id[fit[key]]
+        return [ds.format_prompt(p.text, d.get("format", "direct"), ctx.lm.tokenizer, d.get("system"))
+                for p in ds.load(d.spec())]
+
+    reference = None
+    if fit.get("reference"):
+        reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
+    return FitData(harmful=prompts("harmful"), harmless=prompts("harmless"), reference=reference,
+                   max_new_tokens=fit.get("max_new_tokens", 32))
+
+
+def _load_reference(ctx, model_id: str):
+    from shb.registry import MODELS, resolve
+
+    spec = next(m for m in ctx.suite.models if m.id == model_id).spec()
+    return resolve(MODELS, spec["kind"], "model")(spec, dtype=ctx.suite.defaults.get("dtype", "float32"),
+                                                   device=ctx.device, quiet=True)
+
+
+def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
+    """The ``fit`` chunk of an asr unit: the fits row, or nothing when the fit is already stored."""
+    key = unit.spec["intervention"]
+    if _stored(ctx.store, key["fit_id"]) is not None:
+        return {}
+    entry = ctx.suite.intervention(unit.metric.get("intervention"))
+    module = _module(entry.kind)
+    started = time.perf_counter()
+    artefact = module.fit(ctx.lm, fit_data(unit, ctx, entry), method_params(entry),
+                          progress=ctx.advance_fn(f"  fitting {entry.kind}"))
+    blob = artefact.to_bytes()
+    artefact.meta["_sha256"] = hashlib.sha256(blob).hexdigest()
+    counted = _build(module, artefact, entry, ctx).parameters_modified(ctx.lm)
+    return {"fits": [{"fit_id": key["fit_id"], "kind": entry.kind, "intervention_id": entry.id,
+                      "model_id": unit.model.id, "spec": key["fit"], "meta": _json_safe(artefact.meta),
+                      "artefact": blob, "artefact_sha256": artefact.meta["_sha256"],
+                      "params_entries": counted.entries, "params_dof": counted.dof, "n_params": ctx.lm.n_params(),
+                      "seconds": time.perf_counter() - started, "unit_id": unit.unit_id}]}
+
+
+def _build(module, artefact, entry, ctx):
+    """module.intervention(artefact, params), with the reference model for methods that patch from it (DAP)."""
+    import inspect
+
+    fit = entry.get("fit") or {}
+    if fit.get("reference") and "reference" in inspect.signature(module.intervention).parameters:
+        reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
+        return module.intervention(artefact, method_params(entry), reference=reference)
+    return module.intervention(artefact, method_params(entry))
+
+
+def _json_safe(value):
+    """NaN and infinities are not JSON: stored as null."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def intervention_for(unit, ctx):
+    """The Intervention an asr unit applies (loaded from the fits table for fitted kinds)."""
+    key = unit.spec["intervention"]
+    if key["kind"] == "heads":
+        from shb.ablation import parse_heads
+        from shb.interventions import HeadAblation
+
+        return HeadAblation(tuple(parse_heads(key["heads"])), key["ablation"], key["epsilon"], key["site"])
+
+    def load():
+        from shb.baselines.base import Artefact
+
+        blob = _stored(ctx.store, key["fit_id"])
+        if blob is None:
+            raise UsageError(f"fit {key['fit_id']} of intervention '{unit.metric.get('intervention')}' is not stored: "
+                             "its unit's `fit` chunk must run first")
+        artefact = Artefact.from_bytes(blob)
+        artefact.meta["_sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
+        entry = ctx.suite.intervention(unit.metric.get("intervention"))
+        return _build(_module(key["kind"]), artefact, entry, ctx)
+
+    return ctx.cached(("intervention", key["fit_id"]), load)

@@ -1,0 +1,140 @@
+"""Safety layers: the contiguous run of decoder layers whose removal most lowers refusal.
+
+Two published locators, one procedure (Zhou et al.'s Table 1 row "LSP", layer-specific pruning,
+Zhao et al. 2024; and the "safety layers" of Li et al. 2024):
+
+- candidates: every run [s, s + w) of ``widths`` consecutive layers (default widths [1]; LED's
+  analysis uses runs of 3-8 from the early layers, restrict with ``first``/``last``);
+- ``mode: "skip"`` (LED's pruning analysis: each layer of the run passes its input through) or
+  ``mode: "scale"`` (Li et al.: every weight matrix of the run's attention and MLP times ``alpha``);
+- score: greedy answers of ``max_new_tokens`` tokens (the fit data's) to the harmful fit prompts,
+  judged by ``judge`` (keyword-paper): refusal rate under the candidate. The chosen run is the one
+  with the lowest refusal rate (ties: narrower, then earlier); every candidate's rate is stored.
+
+Parameters modified: a skipped layer removes all of its parameters (entries = degrees of freedom =
+the layer's parameter count, as a head counts its slice); scaling changes every entry of the scaled
+matrices (counted from the edit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from shb.baselines.base import Artefact, FitData
+from shb.errors import UsageError
+from shb.interventions import Intervention, ParamCount
+
+KIND = "layers"
+DEFAULTS = {"widths": [1], "mode": "skip", "alpha": 0.0, "first": 0, "last": None, "judge": "keyword-paper",
+            "batch_size": 16}
+
+
+def options(params: dict) -> dict:
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"layers: unknown parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **params}
+    if opts["mode"] not in ("skip", "scale"):
+        raise UsageError(f"layers: mode must be 'skip' or 'scale', got {opts['mode']!r}")
+    return opts
+
+
+def runs(n_layers: int, opts: dict) -> list[tuple[int, ...]]:
+    last = n_layers - 1 if opts["last"] is None else min(opts["last"], n_layers - 1)
+    out = []
+    for width in sorted(set(opts["widths"])):
+        for start in range(opts["first"], last - width + 2):
+            out.append(tuple(range(start, start + width)))
+    if not out:
+        raise UsageError(f"layers: no run of widths {opts['widths']} fits layers {opts['first']}..{last}")
+    return out
+
+
+def refusal_rate(lm, prompts: list[str], max_new_tokens: int, judge, batch_size: int) -> float:
+    from shb.generate import generate
+
+    answers = generate(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    verdicts = judge.judge(prompts, [a.text for a in answers])
+    return sum(not v.harmful for v in verdicts) / len(verdicts)
+
+
+def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
+    import torch
+
+    from shb import judges
+
+    opts = options(params)
+    if not data.harmful:
+        raise UsageError("layers: the fit needs harmful prompts")
+    judge = judges.get(opts["judge"])
+    rate = lambda: refusal_rate(lm, data.harmful, data.max_new_tokens, judge, opts["batch_size"])  # noqa: E731
+    base = rate()
+    rows = []
+    for run in runs(lm.n_layers, opts):
+        with LayerEdit(run, opts["mode"], opts["alpha"]).applied(lm):
+            rows.append({"layers": list(run), "refusal_rate": rate()})
+        if progress is not None:
+            progress(1)
+    best = min(rows, key=lambda r: (r["refusal_rate"], len(r["layers"]), r["layers"][0]))
+    meta = {"base_refusal_rate": base, "selected": best, "candidates": rows, "mode": opts["mode"],
+            "alpha": opts["alpha"], "judge": opts["judge"], "max_new_tokens": data.max_new_tokens,
+            "n_prompts": len(data.harmful)}
+    return Artefact(KIND, {"layers": torch.tensor(best["layers"], dtype=torch.long)}, meta)
+
+
+def scaled_modules(lm, layer: int):
+    """Every weight matrix (2-D parameter) of a decoder layer's attention and MLP, norms excluded."""
+    module = lm.layout.layers(lm.model)[layer]
+    return [p for name, p in module.named_parameters() if p.dim() == 2 and "norm" not in name]
+
+
+class LayerEdit(Intervention):
+    kind = KIND
+
+    def __init__(self, layers, mode: str = "skip", alpha: float = 0.0, fit_hash: str | None = None):
+        self.layers = tuple(int(x) for x in layers)
+        self.mode, self.alpha, self.fit_hash = mode, float(alpha), fit_hash
+
+    def identity(self) -> dict:
+        return {"kind": KIND, "layers": list(self.layers), "mode": self.mode,
+                "alpha": self.alpha if self.mode == "scale" else None, "artefact": self.fit_hash}
+
+    def applied(self, lm):
+        if self.mode == "skip":
+            from shb.baselines.residual import skip_layers
+
+            return skip_layers(lm, self.layers)
+        return self._scaled(lm)
+
+    @contextlib.contextmanager
+    def _scaled(self, lm):
+        saved = []
+        try:
+            for layer in self.layers:
+                for p in scaled_modules(lm, layer):
+                    saved.append((p, p.data.clone()))
+                    p.data.mul_(self.alpha)
+            yield
+        finally:
+            for p, old in saved:
+                p.data.copy_(old)
+
+    def parameters_modified(self, lm) -> ParamCount:
+        decoder = lm.layout.layers(lm.model)
+        if self.mode == "skip":
+            n = sum(p.numel() for layer in self.layers for p in decoder[layer].parameters())
+            return ParamCount(n, n)
+        entries = sum(int((p.data * self.alpha != p.data).sum()) for layer in self.layers
+                      for p in scaled_modules(lm, layer))
+        # Scaling fits one number per run; what it edits is every entry of the scaled matrices.
+        return ParamCount(entries, entries)
+
+    @property
+    def label(self) -> str:
+        span = f"{self.layers[0]}-{self.layers[-1]}" if len(self.layers) > 1 else str(self.layers[0])
+        return f"layers {span} ({self.mode})"
+
+
+def intervention(artefact: Artefact, params: dict) -> LayerEdit:
+    opts = options(params)
+    return LayerEdit(artefact.tensors["layers"].tolist(), opts["mode"], opts["alpha"], artefact.meta.get("_sha256"))
