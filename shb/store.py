@@ -16,7 +16,6 @@ from pathlib import Path
 from shb.errors import DatabaseBusy, UsageError
 
 DEFAULT_DB = "results.duckdb"
-SCHEMA_VERSION = 1
 
 # Each migration takes the database from version i to i + 1. Never edit a released one; append.
 MIGRATIONS: list[list[str]] = [
@@ -67,7 +66,23 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    [
+        # Reports never pool different interventions: each generation records which random draw it
+        # belongs to, and the asr view carries a stable head-set identity (the sorted head list, or the
+        # source where every prompt has its own set) and the draw, so two head sets never share a row.
+        "ALTER TABLE generations ADD COLUMN draw INTEGER DEFAULT 0",
+        """CREATE OR REPLACE VIEW asr AS
+            SELECT g.model_id, g.dataset_id, g.ablation_id, g.head_source,
+                   CASE WHEN g.head_source = 'ships_per_prompt' THEN 'ships_per_prompt'
+                        ELSE array_to_string(list_sort(g.heads), ',') END AS head_set,
+                   g.k, coalesce(g.draw, 0) AS draw, j.judge_id, j.judge_hash,
+                   g.decoding, g.max_new_tokens, g.unit_id,
+                   count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr
+            FROM generations g JOIN judgments j USING (generation_id)
+            GROUP BY ALL""",
+    ],
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLE_KEYS = {
     "ships": ("unit_id", "prompt_id", "layer", "head"),
