@@ -119,3 +119,29 @@ def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.Da
     frame = require(frame, "ASR results", "run a suite with an `asr` metric (e.g. suites/demo.json)",
                     [model, dataset, ablation, judge])
     return with_decoding_label(frame)
+
+
+def _with_interval(rate, lo, hi, n) -> str | None:
+    if rate is None:
+        return None
+    return f"{rate:.3f} [{lo:.2f}, {hi:.2f}] n={n}"
+
+
+def for_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """The terminal view: each ASR with its interval and n in one cell; JSON and CSV keep every column."""
+    rows = []
+    for r in frame.iter_rows(named=True):
+        spread = None
+        if r["draws"] and r["draws"] > 1 and r["draw_mean"] is not None:
+            spread = f"{r['draw_mean']:.3f} ± {r['draw_sd']:.3f} ({r['draws']} draws)"
+        rows.append({
+            "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
+            "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
+            "decoding": r["decoding"], "judge": r["judge_id"],
+            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"], r["baseline_n"]),
+            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"], r["n"]),
+            "change": r["change"], "draws: mean ± sd": spread})
+    out = pl.DataFrame(rows, infer_schema_length=None)
+    if out["draws: mean ± sd"].null_count() == out.height:
+        out = out.drop("draws: mean ± sd")
+    return out
