@@ -33,7 +33,7 @@ def db(tmp_path_factory):
 
 def test_every_unit_is_done(db):
     units = json.loads(shb("sql", "SELECT status, count(*) AS n FROM units GROUP BY 1", "--db", str(db), "--format", "json"))
-    assert units == [{"status": "done", "n": 33}]
+    assert units == [{"status": "done", "n": 43}]
 
 
 @pytest.mark.parametrize("report", sorted(FORMATS))
