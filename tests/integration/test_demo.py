@@ -122,7 +122,7 @@ def test_demo_report_shows_the_asr_jump(demo_db):
     assert (first["head_set"],) == tuple(f"{a}-{b}" for a, b in planted_heads())  # Sahara's first head: the planted one
 
 
-def test_random_control_draws_show_a_spread(tmp_path, demo_db):
+def test_random_control_draws_show_a_spread(tmp_path):
     """A random control with several draws: each draw its own head set (stored with its draw number), and the
     report's mean and spread over draws agree with the generations table."""
     suite = {
@@ -134,10 +134,10 @@ def test_random_control_draws_show_a_spread(tmp_path, demo_db):
                      "judge": "keyword-paper", "decoding": {"mode": "greedy"}, "max_new_tokens": 32}],
         "defaults": {"device": "cpu", "dtype": "float32"},
     }
-    path = tmp_path / "random.json"
+    path, db = tmp_path / "random.json", tmp_path / "random.duckdb"
     path.write_text(json.dumps(suite))
-    shb("run", str(path), "--db", str(demo_db), "--quiet", cwd=tmp_path)
-    with Store(demo_db, read_only=True) as store:
+    shb("run", str(path), "--db", str(db), "--quiet", cwd=tmp_path)
+    with Store(db, read_only=True) as store:
         per_draw = store.con.execute(
             "SELECT g.draw, any_value(array_to_string(list_sort(g.heads), ',')), count(DISTINCT g.heads), count(*),"
             " avg(j.harmful::INT) FROM generations g JOIN judgments j USING (generation_id) JOIN units u USING (unit_id)"
@@ -146,7 +146,7 @@ def test_random_control_draws_show_a_spread(tmp_path, demo_db):
     assert all(n_sets == 1 and n == 24 for _, _, n_sets, n, _ in per_draw)
     assert len({heads for _, heads, *_ in per_draw}) == 4                # four different head sets
     rates = [rate for *_, rate in per_draw]
-    rows = json.loads(shb("report", "asr", "--db", str(demo_db), "--format", "json", cwd=tmp_path))
+    rows = json.loads(shb("report", "asr", "--db", str(db), "--format", "json", cwd=tmp_path))
     (row,) = [r for r in rows if r["metric_id"] == "random8"]
     print(f"\nrandom 8-head control, 4 draws: per draw {rates}; mean {row['draw_mean']:.3f} sd {row['draw_sd']:.3f};"
           f" pooled {row['ablated_asr']:.3f} [{row['ablated_lo']:.2f}, {row['ablated_hi']:.2f}]")
