@@ -140,7 +140,7 @@ def test_random_control_draws_show_a_spread(tmp_path):
     with Store(db, read_only=True) as store:
         per_draw = store.con.execute(
             "SELECT g.draw, any_value(array_to_string(list_sort(g.heads), ',')), count(DISTINCT g.heads), count(*),"
-            " avg(j.harmful::INT) FROM generations g JOIN judgments j USING (generation_id) JOIN units u USING (unit_id)"
+            " avg(j.harmful::INT) FROM generations g JOIN judgments j USING (generation_id) JOIN units u ON u.unit_id = g.unit_id"
             " WHERE u.metric_id = 'random8' GROUP BY 1 ORDER BY 1").fetchall()
     assert [d for d, *_ in per_draw] == [0, 1, 2, 3]
     assert all(n_sets == 1 and n == 24 for _, _, n_sets, n, _ in per_draw)
