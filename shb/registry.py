@@ -43,6 +43,8 @@ METRICS = {
 
 JUDGES = {
     "keyword-paper": ("shb.judges.keyword:paper_judge", "the paper's 41 refusal keywords + length and repetition rules, bugs fixed"),
+    "keyword-paper-periodic": ("shb.judges.keyword:paper_periodic_judge",
+                               "keyword-paper with the narrower repetition rule: only an entirely periodic answer"),
     "keyword-gcg": ("shb.judges.keyword:gcg_judge", "GCG's refusal prefixes (Zou et al. 2023)"),
     "classifier": ("shb.judges.classifier:classifier_judge", "an LLM judge (HarmBench classifier or Llama Guard prompt)"),
 }

@@ -141,6 +141,21 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE generations ADD COLUMN params_entries BIGINT",
         "ALTER TABLE generations ADD COLUMN params_dof BIGINT",
     ],
+    [
+        # Reports never pool different interventions: each generation records which random draw it
+        # belongs to, and the asr view carries a stable head-set identity (the sorted head list, or the
+        # source where every prompt has its own set) and the draw, so two head sets never share a row.
+        "ALTER TABLE generations ADD COLUMN draw INTEGER DEFAULT 0",
+        """CREATE OR REPLACE VIEW asr AS
+            SELECT g.model_id, g.dataset_id, g.ablation_id, g.head_source,
+                   CASE WHEN g.head_source = 'ships_per_prompt' THEN 'ships_per_prompt'
+                        ELSE array_to_string(list_sort(g.heads), ',') END AS head_set,
+                   g.k, coalesce(g.draw, 0) AS draw, j.judge_id, j.judge_hash,
+                   g.decoding, g.max_new_tokens, g.unit_id,
+                   count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr
+            FROM generations g JOIN judgments j USING (generation_id)
+            GROUP BY ALL""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

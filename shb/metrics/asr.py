@@ -4,11 +4,19 @@ Head-set sources (the ``heads`` parameter):
   ``sahara:<metric id>``  the first k heads chosen by that Sahara unit (k = 0: no ablation);
   ``ships_per_prompt``    each prompt's own top-k Ships heads (the paper's per-query experiment);
   ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
+                          ``draws: n`` draws n such head sets, each with its own seed (a control with a spread);
   ``["2-26", ...]``       an explicit set (an empty list: no ablation).
 Or ``intervention: <id>`` (instead of heads): an entry of the suite's interventions section (a
 fitted baseline or a fixed head set; shb.baselines), applied with k = 1 and heads = [];
 a fitted one has a first chunk ``fit`` (shb.baselines.fits).
-Chunks are (k, batch of prompts): a crash loses at most one batch of generations.
+Chunks are (k, batch of prompts), or (k, draw, batch) when a random control has several draws: a crash
+loses at most one batch of generations.
+
+Random draws: draw 0 shuffles with ``seed`` itself (so ``draws: 1``, the default, is the single fixed
+control shb always drew, with the same generation ids); draw d > 0 shuffles with a seed derived from
+(seed, d) by SHA-256, so the draws of two controls with different seeds do not overlap. At k = 0 no
+head is ablated and every draw would be the same, so k = 0 runs draw 0 only. Each generation row
+stores its ``draw``; ``shb report asr`` shows the mean and spread over draws beside the pooled ASR.
 """
 
 from __future__ import annotations
@@ -33,6 +41,28 @@ def ks_of(params: dict) -> list[int]:
     return sorted(k) if isinstance(k, list) else [k]
 
 
+def draws_of(params: dict) -> int:
+    draws = params.get("draws", 1)
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+        raise UsageError(f"asr: draws must be an integer >= 1, got {draws!r}")
+    if draws > 1 and params.get("heads") != "random":
+        raise UsageError(f"asr: draws = {draws} needs heads 'random' (other head sources are deterministic;"
+                         f" got heads {params.get('heads')!r})")
+    return draws
+
+
+def draws_at(params: dict, k: int) -> list[int]:
+    """The draws run at k: all of them, except at k = 0 (no head ablated: one draw)."""
+    return [0] if k == 0 else list(range(draws_of(params)))
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The shuffle seed of one random draw: ``seed`` itself for draw 0, else derived from (seed, draw)."""
+    if draw == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"shb-random-heads:{seed}:{draw}".encode()).digest()[:8], "big")
+
+
 def source_of(params: dict) -> str:
     return "explicit" if isinstance(params["heads"], list) else params["heads"]
 
@@ -42,12 +72,6 @@ def judges_of(params: dict) -> list[str]:
     return judge if isinstance(judge, list) else [judge]
 
 
-def chunk_k_batch(chunk: str) -> tuple[int, int]:
-    """"k{k:03d}-b{batch:04d}" -> (k, batch); k may have more than three digits (k = 1000 is "k1000")."""
-    k_part, batch_part = chunk.split("-b")
-    return int(k_part[1:]), int(batch_part)
-
-
 class AsrMetric(Metric):
     kind = "asr"
 
@@ -55,15 +79,29 @@ class AsrMetric(Metric):
         params = unit.spec["metric"]
         n = (params.get("decoding") or {}).get("n", 1)
         per_answer = 1 + params.get("max_new_tokens", 128) / ASSUMED_PROMPT_TOKENS  # decode steps as prompt-forwards
-        return int(unit.n_prompts * n * len(ks_of(params)) * per_answer)
+        settings = sum(len(draws_at(params, k)) for k in ks_of(params))
+        return int(unit.n_prompts * n * settings * per_answer)
 
     def chunks(self, unit, ctx) -> list[str]:
         n_batches = -(-len(ctx.prompts) // CHUNK_PROMPTS)
+        several = draws_of(ctx.metric) > 1
         fit = ["fit"] if "fit_id" in (unit.spec.get("intervention") or {}) else []
-        return fit + [f"k{k:03d}-b{b:04d}" for k in ks_of(ctx.metric) for b in range(n_batches)]
+        out = []
+        for k in ks_of(ctx.metric):
+            for d in draws_at(ctx.metric, k):
+                # one draw keeps the chunk names shb always used, so existing databases resume
+                middle = f"-d{d:03d}" if several else ""
+                out += [f"k{k:03d}{middle}-b{b:04d}" for b in range(n_batches)]
+        return fit + out
+
+    @staticmethod
+    def parse_chunk(chunk: str) -> tuple[int, int, int]:
+        """(k, draw, batch) of a chunk name; k may have more than three digits (k = 1000 is "k1000")."""
+        parts = dict((p[0], int(p[1:])) for p in chunk.split("-"))
+        return parts["k"], parts.get("d", 0), parts["b"]
 
     # -- head sets ---------------------------------------------------------------------------------
-    def head_sets(self, unit, ctx, k: int, prompts) -> list[list[tuple[int, int]]]:
+    def head_sets(self, unit, ctx, k: int, prompts, draw: int = 0) -> list[list[tuple[int, int]]]:
         """One head set per prompt of this chunk."""
         from shb.ablation import parse_heads
 
@@ -77,7 +115,7 @@ class AsrMetric(Metric):
         if heads.startswith("sahara:"):
             return [self._sahara_heads(unit, ctx, k)] * len(prompts)
         if heads == "random":
-            return [self._random_heads(ctx, k)] * len(prompts)
+            return [self._random_heads(ctx, k, draw)] * len(prompts)
         if heads == "ships_per_prompt":
             return self._ships_heads(unit, ctx, k, prompts)
         raise UsageError(f"metric '{unit.metric.id}': unknown head source '{heads}'")
@@ -92,9 +130,9 @@ class AsrMetric(Metric):
                              f"which has {len(rows)}: run that Sahara metric with steps >= {k} first")
         return [tuple(r) for r in rows[:k]]
 
-    def _random_heads(self, ctx, k):
+    def _random_heads(self, ctx, k, draw=0):
         everything = [(layer, head) for layer in range(ctx.lm.n_layers) for head in range(ctx.lm.n_heads)]
-        random.Random(ctx.metric.get("seed", 0)).shuffle(everything)
+        random.Random(draw_seed(ctx.metric.get("seed", 0), draw)).shuffle(everything)
         return everything[:k]
 
     def _ships_heads(self, unit, ctx, k, prompts):
@@ -135,10 +173,10 @@ class AsrMetric(Metric):
 
         if chunk == "fit":
             return baselines.fit_chunk(unit, ctx)
-        k, batch = chunk_k_batch(chunk)
+        k, draw, batch = self.parse_chunk(chunk)
         lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
-        sets = self.head_sets(unit, ctx, k, prompts)
+        sets = self.head_sets(unit, ctx, k, prompts, draw)
         decoding = normalize_decoding(ctx.metric.get("decoding"))
         batch_size = ctx.batch_size  # an int, or "auto": sized by shb.generate from free memory (KV cache counted)
         target = baselines.target(unit, ctx, k, sets)  # intervention applied (or heads), parameters modified
@@ -147,17 +185,18 @@ class AsrMetric(Metric):
                 ctx.lm, texts, head_sets=sets, **target.head_ablation, decoding=decoding,
                 max_new_tokens=ctx.metric.get("max_new_tokens", 128), batch_size=batch_size,
                 answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
-                progress=ctx.advance_fn(f"  generating k={k}", total=len(texts) * decoding["n"]))
+                progress=ctx.advance_fn(f"  generating k={k}" + (f" draw {draw}" if draw else ""),
+                                        total=len(texts) * decoding["n"]))
         rows, answers, questions = [], [], []
         for g in generations:
             prompt = ctx.prompts[g.prompt_index]
             heads = sets[g.prompt_index - lo]
-            key = f"{unit.unit_id}:{prompt.prompt_id}:{k}:{g.sample_index}"
+            key = f"{unit.unit_id}:{prompt.prompt_id}:{k}:{g.sample_index}" + (f":d{draw}" if draw else "")
             rows.append({
                 "generation_id": "g" + hashlib.sha256(key.encode()).hexdigest()[:20], "unit_id": unit.unit_id,
                 "model_id": unit.model.id, "dataset_id": unit.dataset.id, "prompt_id": prompt.prompt_id,
                 "heads": [format_head(h) for h in heads], "head_source": target.source or source_of(ctx.metric), "k": k,
-                "ablation_id": target.ablation_id, "decoding": decoding, **target.columns(heads),
+                "draw": draw, "ablation_id": target.ablation_id, "decoding": decoding, **target.columns(heads),
                 "max_new_tokens": ctx.metric.get("max_new_tokens", 128), "sample_index": g.sample_index,
                 "text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason})
             answers.append(g.text)

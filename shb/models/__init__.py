@@ -272,10 +272,18 @@ def load(source: str, dtype: str | None = None, device: str | None = None, *, re
 
 # -- suite model kinds (registered in shb.registry.MODELS) -------------------------------------------
 def toy_variant(spec: dict) -> dict:
-    return {k: spec[k] for k in ("base_seed", "align_seed", "align_data") if k in spec}
+    return {k: spec[k] for k in ("base_seed", "align_seed", "align_data", "align") if k in spec}
 
 
 def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
+    if spec.get("stage", "aligned") == "base":
+        # the stage-1 toy before alignment: an unaligned reference for baselines that compare two models
+        from shb.models import toy
+
+        device = resolve_device(device)
+        path = toy.ensure_base(spec.get("seed", 0), quiet=quiet, **toy_variant(spec))
+        return _load_directory(str(path), source_of(spec), resolve_dtype(spec.get("dtype", dtype), device), device,
+                               None, False, False)
     return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device,
                 toy_variant=toy_variant(spec), quiet=quiet, attn_implementation=spec.get("attn_implementation"))
 
@@ -287,4 +295,6 @@ def load_hf_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedM
 
 
 def source_of(spec: dict) -> str:
-    return f"toy:{spec.get('seed', 0)}" if spec["kind"] == "toy" else spec["path"]
+    if spec["kind"] != "toy":
+        return spec["path"]
+    return f"toy:{spec.get('seed', 0)}" + ("/base" if spec.get("stage") == "base" else "")

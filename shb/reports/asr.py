@@ -1,10 +1,23 @@
-"""``shb report asr``: baseline (k = 0, no head ablated) against ablated ASR, by model, dataset, prompt
-format, ablation, head source, decoding and judge.
+"""``shb report asr``: baseline (k = 0, no head ablated) against ablated ASR, one row per intervention.
 
-The prompt format is not a column of the ``asr`` view; it is part of the unit's resolved spec
-(units.spec -> dataset -> format). A baseline matches an ablated row on model, dataset, format,
-judge (id and hash), decoding and max_new_tokens; at k = 0 the ablation kind does not matter, so
-any ablation's k = 0 row of that cell serves. No torch here.
+Reports never pool different interventions. A row is one unit's head set at one k: the unit fixes
+every parameter that changes its numbers (model, prompts and their format, ablation kind and
+epsilon, decoding, max_new_tokens, answer prefix, judge), and ``head_set`` (from the ``asr`` view:
+the sorted head list, or the source where every prompt has its own set) keeps apart two explicit
+lists of one size. A random control with several draws is one row per k: the ASR pooled over its
+draws (with its interval) and the mean and spread of the per-draw ASRs (``draw_mean``, ``draw_sd``),
+because a random control is a distribution over head sets, not one head set.
+
+Every ASR carries its n and a 95% Wilson interval (``*_lo``, ``*_hi``; shb.reports.stats), so two
+numbers can be told apart.
+
+Baseline: the unit's own k = 0 row when it has one; otherwise the k = 0 row of another unit of the
+same model, dataset, prompt format, judge (id and hash), decoding, max_new_tokens and answer
+prefix (at k = 0 no head is ablated, so the ablation does not matter). Several such units hold the
+same answers (greedy decoding, per-row sampling seeds), so one is taken (the largest n, then the
+smallest unit id), never their sum: duplicates would narrow the interval for nothing.
+``baseline_from`` says which. The prompt format is not a column of the ``asr`` view; it comes from
+the unit's resolved spec (units.spec -> dataset -> format). No torch here.
 """
 
 from __future__ import annotations
@@ -12,44 +25,123 @@ from __future__ import annotations
 import polars as pl
 
 from shb.reports.render import require, where, with_decoding_label
+from shb.reports.stats import mean_and_spread, with_wilson
+
+# What a baseline must share with the ablated row it is compared to.
+_CELL = ["model_id", "dataset_id", "format", "judge_id", "judge_hash", "decoding", "max_new_tokens", "answer_prefix"]
+
+COLUMNS = ["model_id", "dataset_id", "format", "ablation_id", "metric_id", "head_source", "head_set", "k", "draws",
+           "decoding", "max_new_tokens", "judge_id", "baseline_asr", "baseline_lo", "baseline_hi", "baseline_n",
+           "ablated_asr", "ablated_lo", "ablated_hi", "n", "change", "draw_mean", "draw_sd", "baseline_from",
+           "unit_id"]
+
+
+def _rows(store, body, params) -> pl.DataFrame:
+    """The asr view with the unit's metric id, prompt format and answer prefix."""
+    return store.query(f"""
+        SELECT a.unit_id, u.metric_id, a.model_id, a.dataset_id,
+               coalesce(json_extract_string(u.spec, '$.dataset.format'), 'direct') AS format,
+               coalesce(json_extract_string(u.spec, '$.metric.answer_prefix'), '') AS answer_prefix,
+               a.ablation_id, a.head_source, a.head_set, a.k, a.draw, a.judge_id, a.judge_hash,
+               CAST(a.decoding AS VARCHAR) AS decoding, a.max_new_tokens, a.n, a.asr
+        FROM asr a LEFT JOIN units u USING (unit_id) WHERE {body}
+        ORDER BY a.unit_id, a.k, a.draw, a.head_set, a.judge_id""", params)
+
+
+def _per_intervention(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per (unit, head set or random control, k, judge): pooled ASR, n, draws, per-draw ASRs."""
+    keyed = rows.with_columns(
+        # a random control's draws are one row; every other source keeps each head set apart
+        pl.when(pl.col("head_source") == "random").then(pl.lit("<random>")).otherwise(pl.col("head_set"))
+        .alias("_set"))
+    keys = ["unit_id", "_set", "k", "judge_id", "judge_hash", "decoding", "max_new_tokens"]
+    grouped = keyed.group_by(keys, maintain_order=True).agg(
+        *[pl.col(c).first() for c in ("metric_id", "model_id", "dataset_id", "format", "answer_prefix",
+                                      "ablation_id", "head_source")],
+        pl.col("head_set").unique(maintain_order=True).alias("_sets"),
+        pl.len().alias("draws"),
+        pl.col("n").sum().alias("n"),
+        ((pl.col("asr") * pl.col("n")).sum() / pl.col("n").sum()).alias("asr"),
+        pl.col("asr").alias("_draw_asrs"))
+    sets = grouped["_sets"].to_list()
+    spreads = [mean_and_spread(list(v)) for v in grouped["_draw_asrs"].to_list()]
+    return grouped.with_columns(
+        pl.Series("head_set", [s[0] if len(s) == 1 else f"{len(s)} random sets" for s in sets], dtype=pl.String),
+        pl.Series("draw_mean", [m if d > 1 else None for (m, _, d) in spreads], dtype=pl.Float64),
+        pl.Series("draw_sd", [sd if d > 1 else None for (_, sd, d) in spreads], dtype=pl.Float64),
+    ).drop("_set", "_sets", "_draw_asrs")
+
+
+def _baselines(inter: pl.DataFrame, ablated: pl.DataFrame) -> pl.DataFrame:
+    """For every ablated row, its baseline: the same unit's k = 0, else one other unit's k = 0 in its cell."""
+    base = inter.filter(pl.col("k") == 0).select(
+        "unit_id", *_CELL, pl.col("asr").alias("baseline_asr"), pl.col("n").alias("baseline_n"))
+    same = base.select("unit_id", "judge_id", "judge_hash", "decoding", "max_new_tokens",
+                       pl.col("baseline_asr").alias("_same_asr"), pl.col("baseline_n").alias("_same_n"))
+    other = (base.sort(["baseline_n", "unit_id"], descending=[True, False])
+             .group_by(_CELL, maintain_order=True).first()
+             .select(*_CELL, pl.col("baseline_asr").alias("_other_asr"), pl.col("baseline_n").alias("_other_n"),
+                     pl.col("unit_id").alias("_other_unit")))
+    out = ablated.join(same, on=["unit_id", "judge_id", "judge_hash", "decoding", "max_new_tokens"], how="left",
+                       nulls_equal=True)
+    out = out.join(other, on=_CELL, how="left", nulls_equal=True)
+    has_same = pl.col("_same_asr").is_not_null()
+    return out.with_columns(
+        pl.when(has_same).then(pl.col("_same_asr")).otherwise(pl.col("_other_asr")).alias("baseline_asr"),
+        pl.when(has_same).then(pl.col("_same_n")).otherwise(pl.col("_other_n")).alias("baseline_n"),
+        pl.when(has_same).then(pl.lit("same unit"))
+        .when(pl.col("_other_asr").is_not_null()).then(pl.lit("unit ") + pl.col("_other_unit"))
+        .otherwise(pl.lit(None)).alias("baseline_from"),
+    ).drop("_same_asr", "_same_n", "_other_asr", "_other_n", "_other_unit")
 
 
 def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
     body, params = where(**{"a.model_id": model, "a.dataset_id": dataset, "a.judge_id": judge})
-    ablation_body, ablation_params = where(ablation_id=ablation)
-    sql = f"""
-        WITH a AS (
-            SELECT a.model_id, a.dataset_id, coalesce(json_extract_string(u.spec, '$.dataset.format'), 'direct') AS format,
-                   a.ablation_id, a.head_source, a.k, a.judge_id, a.judge_hash,
-                   CAST(a.decoding AS VARCHAR) AS decoding, a.max_new_tokens, a.n, a.asr
-            FROM asr a LEFT JOIN units u USING (unit_id) WHERE {body}),
-        base AS (
-            SELECT model_id, dataset_id, format, judge_id, judge_hash, decoding, max_new_tokens,
-                   sum(asr * n) / sum(n) AS baseline_asr, sum(n) AS baseline_n
-            FROM a WHERE k = 0 GROUP BY ALL),
-        ablated AS (
-            SELECT model_id, dataset_id, format, ablation_id, head_source, k, judge_id, judge_hash, decoding,
-                   max_new_tokens, sum(asr * n) / sum(n) AS ablated_asr, sum(n) AS n
-            FROM a WHERE k > 0 AND {ablation_body} GROUP BY ALL)
-        SELECT x.model_id, x.dataset_id, x.format, x.ablation_id, x.head_source, x.k, x.decoding,
-               x.max_new_tokens, x.judge_id, b.baseline_asr, x.ablated_asr,
-               x.ablated_asr - b.baseline_asr AS change, b.baseline_n, x.n
-        FROM ablated x LEFT JOIN base b ON b.model_id = x.model_id AND b.dataset_id = x.dataset_id
-             AND b.format = x.format AND b.judge_id = x.judge_id AND b.judge_hash IS NOT DISTINCT FROM x.judge_hash
-             AND b.decoding = x.decoding AND b.max_new_tokens IS NOT DISTINCT FROM x.max_new_tokens
-        ORDER BY ALL"""
-    frame = store.query(sql, params + ablation_params)
-    if frame.is_empty():
-        # Only baselines (k = 0) so far: still worth showing, with the ablated columns empty.
-        frame = store.query(f"""
-            WITH a AS (
-                SELECT a.model_id, a.dataset_id, coalesce(json_extract_string(u.spec, '$.dataset.format'), 'direct') AS format,
-                       a.judge_id, CAST(a.decoding AS VARCHAR) AS decoding, a.max_new_tokens, a.n, a.asr
-                FROM asr a LEFT JOIN units u USING (unit_id) WHERE {body} AND a.k = 0)
-            SELECT model_id, dataset_id, format, NULL::VARCHAR AS ablation_id, NULL::VARCHAR AS head_source,
-                   0 AS k, decoding, max_new_tokens, judge_id, sum(asr * n) / sum(n) AS baseline_asr,
-                   NULL::DOUBLE AS ablated_asr, NULL::DOUBLE AS change, sum(n) AS baseline_n, NULL::BIGINT AS n
-            FROM a GROUP BY ALL ORDER BY ALL""", params)
-    frame = require(frame, "ASR results", "run a suite with an `asr` metric (e.g. suites/paper-mini.json)",
+    rows = _rows(store, body, params)
+    frame = pl.DataFrame()
+    if not rows.is_empty():
+        inter = _per_intervention(rows)
+        ablated = inter.filter(pl.col("k") > 0)
+        if ablation is not None:
+            ablated = ablated.filter(pl.col("ablation_id") == ablation)
+        if not ablated.is_empty():
+            frame = _baselines(inter, ablated.rename({"asr": "ablated_asr"}))
+            frame = frame.with_columns((pl.col("ablated_asr") - pl.col("baseline_asr")).alias("change"))
+        else:
+            # Only baselines (k = 0) so far: still worth showing, with the ablated columns empty.
+            frame = inter.filter(pl.col("k") == 0).rename({"asr": "baseline_asr", "n": "baseline_n"}).with_columns(
+                pl.lit(None, pl.Float64).alias("ablated_asr"), pl.lit(None, pl.Int64).alias("n"),
+                pl.lit(None, pl.Float64).alias("change"), pl.lit("same unit").alias("baseline_from"))
+        frame = with_wilson(frame, "baseline_asr", "baseline_n", "baseline")
+        frame = with_wilson(frame, "ablated_asr", "n", "ablated")
+        frame = frame.select(COLUMNS).sort(["model_id", "dataset_id", "format", "ablation_id", "head_source", "k",
+                                            "head_set", "decoding", "judge_id", "unit_id"], nulls_last=True)
+    frame = require(frame, "ASR results", "run a suite with an `asr` metric (e.g. suites/demo.json)",
                     [model, dataset, ablation, judge])
     return with_decoding_label(frame)
+
+
+def _with_interval(rate, lo, hi, n) -> str | None:
+    if rate is None:
+        return None
+    return f"{rate:.3f} [{lo:.2f}, {hi:.2f}] n={n}"
+
+
+def for_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """The terminal view: each ASR with its interval and n in one cell; JSON and CSV keep every column."""
+    rows = []
+    for r in frame.iter_rows(named=True):
+        spread = None
+        if r["draws"] and r["draws"] > 1 and r["draw_mean"] is not None:
+            spread = f"{r['draw_mean']:.3f} ± {r['draw_sd']:.3f} ({r['draws']} draws)"
+        rows.append({
+            "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
+            "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
+            "decoding": r["decoding"], "judge": r["judge_id"],
+            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"], r["baseline_n"]),
+            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"], r["n"]),
+            "change": r["change"], "draws: mean ± sd": spread})
+    out = pl.DataFrame(rows, infer_schema_length=None)
+    if out["draws: mean ± sd"].null_count() == out.height:
+        out = out.drop("draws: mean ± sd")
+    return out

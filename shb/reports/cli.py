@@ -200,7 +200,10 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
-    emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated", frame)], None, out)
+    if fmt == "table":
+        frame = asr.for_table(frame)
+    emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated (95% Wilson intervals)", frame)],
+         None, out)
 
 
 @report.command("utility")

@@ -24,7 +24,10 @@ def asr_by_k(store, model=None, dataset=None, ablation=None, judge=None) -> pl.D
     ablation_body, ablation_params = where(ablation_id=ablation)
     sql = f"""
         WITH a AS (
-            SELECT model_id, dataset_id, ablation_id, head_source, k, judge_id, judge_hash,
+            -- two explicit lists are two interventions: keep them apart (the view's sorted head list)
+            SELECT model_id, dataset_id, ablation_id,
+                   CASE WHEN head_source = 'explicit' THEN 'explicit ' || head_set ELSE head_source END AS head_source,
+                   k, judge_id, judge_hash,
                    CAST(decoding AS VARCHAR) AS decoding, max_new_tokens, n, asr
             FROM asr WHERE {body}),
         -- several units can hold the same cell (reruns, two suites): pool them, weighted by n

@@ -58,8 +58,17 @@ def test_paper_suite_declares_the_papers_experiment():
 def test_paper_mini_is_the_same_structure_on_toy_models():
     suite = load(MINI)
     assert all(m.kind == "toy" for m in suite.models)
-    bases = [m.get("base_seed") for m in suite.models]
-    assert len(suite.models) == 3 and len(set(bases)) == 2 and max(bases.count(b) for b in bases) == 2
+    planted = [m for m in suite.models if m.get("align", "head") == "head" and m.get("stage", "aligned") == "aligned"]
+    bases = [m.get("base_seed") for m in planted]
+    assert len(planted) == 3 and len(set(bases)) == 2 and max(bases.count(b) for b in bases) == 2
+    # and one toy whose safety is not planted: toy-a's recipe, aligned by training every weight
+    (full,) = [m for m in suite.models if m.get("align") == "full"]
+    toy_a = next(m for m in planted if m.id == "toy-a")
+    assert {k: v for k, v in full.params.items() if k not in ("align", "description")} == toy_a.params
+    # toy-a before alignment: the safety-neuron baseline's reference, on which no metric runs
+    (base,) = [m for m in suite.models if m.get("stage") == "base"]
+    assert base.get("base_seed") == toy_a.get("base_seed")
+    assert all(base.id not in (m.get("models") or []) and m.get("models") for m in suite.metrics)
     assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
     heads = {m.get("heads") for m in suite.metrics if m.kind == "utility"}
     assert heads == {"sahara:sahara", "random"}   # the Sahara heads beside a random set of the same size

@@ -6,6 +6,7 @@ so the whole shb loop (find the safety heads, ablate them, watch refusals
 drop) runs on a laptop with no download.
 
     ensure(seed=0, **variant) -> Path   # cached build under $SHB_CACHE/toy/<key>
+    ensure_base(seed=0, **variant) -> Path   # the stage-1 model before alignment (cached)
     build(out, seed=0, **variant) -> Path
     prompts.harmful(split, n=None, seed=0), prompts.benign(split, n=None, seed=0)
     config_dict(seed=0, **variant) -> dict   # geometry without building (no torch)
@@ -18,7 +19,8 @@ from shb.models.toy.build import (
     cache_root,
     config_dict,
     ensure,
+    ensure_base,
     resolve,
 )
 
-__all__ = ["TOY_VERSION", "build", "cache_root", "config_dict", "ensure", "prompts", "resolve"]
+__all__ = ["TOY_VERSION", "build", "cache_root", "config_dict", "ensure", "ensure_base", "prompts", "resolve"]

@@ -12,8 +12,16 @@ Variant keys (all optional; every one is part of the cache key):
                             its own: the toy plants the paper's observation that safety heads are
                             shaped by pre-training (Zhou et al. 2025, Sec. 5), and paper-mini's
                             overlap report checks that shb recovers it
+    align                   "head" (default): stage 2 trains only align_heads, a safety head
+                            planted by construction (the tests' ground truth); "full": stage 2
+                            trains every weight (train.align_full), so nothing decides in advance
+                            which heads, if any, carry the refusal. Only "full" enters the recipe
+                            and the cache key: every "head" toy keeps the key it always had.
     base_steps, align_steps training steps of each stage (reduce for quick tests)
     layers, heads, hidden, intermediate   model size
+
+``ensure_base(seed, **variant)`` gives the stage-1 model itself (complies with everything): the
+unaligned reference of an aligned toy, shared by every alignment of that base.
 
 Two aligned variants of one base (same base_seed and size, different
 align_seed / align_data) share one cached base under $SHB_CACHE/toy/base-<key>,
@@ -43,6 +51,7 @@ DEFAULTS = {
     "layers": 4, "heads": 8, "hidden": 64, "intermediate": 192,
 }
 _SEED_KEYS = ("base_seed", "align_seed")
+ALIGN_MODES = ("head", "full")
 _SIZE_KEYS = ("layers", "heads", "hidden", "intermediate")
 
 
@@ -60,13 +69,21 @@ def _normalise_heads(heads) -> list[list[int]]:
 
 def resolve(seed: int = 0, **variant) -> dict:
     """The full, JSON-able recipe of a toy model: defaults filled in, heads chosen."""
-    unknown = set(variant) - set(DEFAULTS) - set(_SEED_KEYS)
+    unknown = set(variant) - set(DEFAULTS) - set(_SEED_KEYS) - {"align"}
     if unknown:
         raise ValueError(f"unknown toy variant keys {sorted(unknown)}; "
-                         f"known: {sorted(set(DEFAULTS) | set(_SEED_KEYS))}")
+                         f"known: {sorted(set(DEFAULTS) | set(_SEED_KEYS) | {'align'})}")
     if not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    align = variant.pop("align", "head")
+    if align not in ALIGN_MODES:
+        raise ValueError(f"align must be one of {list(ALIGN_MODES)}, got {align!r}")
     recipe = {**DEFAULTS, "base_seed": seed, "align_seed": seed, **variant}
+    if align == "full":
+        if recipe["align_heads"] is not None:
+            raise ValueError("align 'full' trains every weight; it takes no align_heads")
+        recipe["align"] = "full"  # present only when not the default, so "head" keys stay as they were
+        return recipe
     if recipe["align_heads"] is None:
         rng = random.Random(recipe["base_seed"])
         layer = rng.randrange(1, recipe["layers"] - 1) if recipe["layers"] > 2 else recipe["layers"] - 1
@@ -202,6 +219,10 @@ def _train_base(recipe: dict, make_bar):
 def _align(model, tok, recipe: dict, make_bar):
     from shb.models.toy import train
 
+    if recipe.get("align") == "full":
+        return train.align_full(model, tok, recipe["align_seed"], steps=recipe["align_steps"],
+                                align_data=recipe["align_data"],
+                                on_step=make_bar("align (all weights) ", recipe["align_steps"]))
     heads = [tuple(h) for h in recipe["align_heads"]]
     return train.align(model, tok, recipe["align_seed"], heads, steps=recipe["align_steps"],
                        align_data=recipe["align_data"],
@@ -233,6 +254,13 @@ def _ensure_base(recipe: dict, quiet: bool) -> Path:
             if not (path / "toy.json").exists():  # not a concurrent build that finished first
                 raise
     return path
+
+
+def ensure_base(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
+    """The stage-1 (base, unaligned) model directory of (seed, variant), built on first use and cached.
+
+    Only base_seed, base_steps and the size keys matter; every alignment of this base starts from it."""
+    return _ensure_base(resolve(seed, **variant), quiet)
 
 
 def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:

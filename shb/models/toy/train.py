@@ -205,3 +205,24 @@ def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: i
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def align_full(model, tokenizer, seed: int, *, steps: int = 250, lr: float = 1e-3, batch_size: int = 16,
+               align_data: str = "default", on_step=None):
+    """Stage 2 without a planted head: train *every* weight on the same alignment data as ``align``.
+
+    Nothing here decides where the refusal decision lives, so whether it ends up in a few heads
+    (as the paper finds in real chat models) is an empirical question, not a construction. The
+    learning rate is lower than ``align``'s (1e-3, a tenth): every weight moves, as in ordinary
+    full fine-tuning, and 1e-2 on all weights wipes out what stage 1 learnt. Modifies and returns
+    `model`."""
+    import torch
+
+    torch.manual_seed(seed)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    examples = align_examples(tokenizer, seed, align_data)
+    _loop(model, params, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+          pad_id=tokenizer.pad_token_id, on_step=on_step)
+    return model
