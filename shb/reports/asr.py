@@ -124,7 +124,9 @@ def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.Da
 def _with_interval(rate, lo, hi, n) -> str | None:
     if rate is None:
         return None
-    return f"{rate:.3f} [{lo:.2f}, {hi:.2f}] n={n}"
+    from shb.reports.render import number
+
+    return f"{number(rate)} [{number(lo)}, {number(hi)}] n={n}"
 
 
 def for_table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -133,7 +135,9 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
     for r in frame.iter_rows(named=True):
         spread = None
         if r["draws"] and r["draws"] > 1 and r["draw_mean"] is not None:
-            spread = f"{r['draw_mean']:.3f} ± {r['draw_sd']:.3f} ({r['draws']} draws)"
+            from shb.reports.render import number
+
+            spread = f"{number(r['draw_mean'])} ± {number(r['draw_sd'])} ({r['draws']} draws)"
         rows.append({
             "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
             "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],

@@ -280,14 +280,16 @@ def _fits(shown: list[Shown], rows, width: int, split: bool) -> bool:
 
 
 def _group(frame: pl.DataFrame, shown: list[Shown], width: int, split: bool):
-    """Group rows by leading label columns while the table does not fit and groups keep 2+ rows."""
+    """Group rows by label columns (fewest distinct values first) while the table does not fit and
+    groups keep 2+ rows."""
     all_rows = range(frame.height)
     if _fits(shown, all_rows, width, split):
         return [([], all_rows)], shown
     keys: list[Shown] = []
-    for col in shown:
-        if not is_label(col.name, frame.schema[col.name]):
-            break
+    # Label columns with the fewest distinct values first (decoding, format, ...), wherever they stand.
+    labels = [c for c in shown if is_label(c.name, frame.schema[c.name])]
+    labels.sort(key=lambda c: len(set(c.cells)))
+    for col in labels:
         trial = keys + [col]
         n_groups = len({tuple(c.cells[r] for c in trial) for r in all_rows})
         if n_groups > max(1, frame.height // 2):
@@ -317,11 +319,16 @@ def _how_to_see_all() -> str:
 
 
 def _least_important(shown: list[Shown]) -> Shown:
-    """Detail columns (counts, medians, versions, ...) go first, rightmost first; then labels after the
-    first two columns (the measurements are what a table is for); then the rightmost."""
+    """What a too-wide table gives up first: detail columns (counts, medians, versions, ...), then labels
+    after the first two columns, then other numbers, rightmost first; the measurements with an interval
+    (the numbers a table is for) go last."""
     detail = [c for c in shown if DETAIL.search(c.name) or c.name in ("se", "sd")]
-    labels = [c for c in shown[2:] if not c.numeric]
-    return (detail or labels or shown[1:])[-1]
+    if detail:
+        return detail[-1]
+    primary = [c for c in shown if any(" [" in cell for cell in c.cells)]
+    labels = [c for c in shown[2:] if not c.numeric and c not in primary]
+    rest = [c for c in shown[1:] if c not in primary]
+    return (labels or rest or shown[1:])[-1]
 
 
 def flat(frame: pl.DataFrame) -> pl.DataFrame:
@@ -387,7 +394,10 @@ def decoding_label(text: str | None) -> str | None:
         return str(text)
     mode = spec.pop("mode", "?")
     spec.pop("seed", None)  # a seed changes samples, not the kind of decoding a reader compares
-    return " ".join([mode] + [f"{k}={v}" for k, v in sorted(spec.items())])
+    # Parameters at their neutral value say nothing (temperature 1, top_p 1, top_k 0, one sample).
+    neutral = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "n": 1}
+    shown = {k: v for k, v in spec.items() if k not in neutral or v != neutral[k]}
+    return " ".join([mode] + [f"{k}={v}" for k, v in sorted(shown.items())])
 
 
 def with_decoding_label(frame: pl.DataFrame, column: str = "decoding") -> pl.DataFrame:

@@ -187,7 +187,7 @@ def test_label_contents_do_not_depend_on_labels(tmp_path, model_dir):
     assert contents[("model", "m")] == renamed[("model", "renamed")]
 
 
-def test_shipped_suites_can_share_one_database(monkeypatch):
+def test_shipped_suites_can_share_one_database(monkeypatch, tmp_path):
     """`shb run suites/demo.json` then `shb run suites/paper-mini.json` into one results.duckdb must not be
     refused: a label the shipped suites share names the same content in each."""
     from shb.identity import content_identity
@@ -197,8 +197,14 @@ def test_shipped_suites_can_share_one_database(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fpmod._COMMITS.clear()
     seen: dict[tuple, dict[str, str]] = {}
+    stand_in = tmp_path / "alpaca_data.json"   # paper-table1's Alpaca is a local file users supply
+    stand_in.write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Blue."}] * 200))
     for path in sorted((repo / "suites").glob("*.json")):
-        for key, content in plan.label_contents(suite.load(path)).items():
+        data = json.loads(path.read_text())
+        for entry in data["datasets"]:
+            if entry["kind"] == "alpaca" and not (repo / entry["path"]).is_file():
+                entry["path"] = str(stand_in)
+        for key, content in plan.label_contents(suite.from_dict(data, str(path))).items():
             seen.setdefault(key, {}).setdefault(content_identity(content), path.name)
     clashes = {key: sorted(v.values()) for key, v in seen.items() if len(v) > 1}
     assert not clashes, f"labels reused for different content across suites/: {clashes}"

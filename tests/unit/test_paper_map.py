@@ -54,9 +54,12 @@ PAPER_MAP: dict[str, list[tuple[str, dict]]] = {
 ASR_COMMON = {"k": [0, 1, 2, 3, 4, 5], "max_new_tokens": 128, "judge": "keyword-paper"}
 
 # ---- Table 1 (baselines: ActSVD, GTAC&DAP, LSP vs Ships) ---------------------------------------------
-# PENDING h-baselines (issue 11): they add the metrics `asr-table1-*` to suites/paper.json. Until then
-# the Table 1 test skips; once those metrics exist it requires each to be planned on Llama-2-7b-chat.
+# suites/paper-table1.json holds it: its harmless fit data (Alpaca) is a local file, since shb has no
+# verified upstream hash for it, and paper.json must plan offline. Every method of the paper's Table 1
+# (and the Sahara heads they are compared with) is an `asr-table1-*` metric on Llama-2-7b-chat.
 TABLE1_PREFIX = "asr-table1-"
+TABLE1 = PAPER.parent / "paper-table1.json"
+TABLE1_KINDS = {"refusal_direction", "layers", "actsvd", "setdiff", "safety_neurons"}
 
 
 def _suite():
@@ -93,12 +96,15 @@ def test_the_suite_runs_as_the_paper_did():
 
 
 def test_table1_baselines_map_to_metrics():
-    suite = _suite()
+    suite = load(TABLE1)
     table1 = [m for m in suite.metrics if m.id.startswith(TABLE1_PREFIX)]
-    if not table1:
-        pytest.skip(f"Table 1: no '{TABLE1_PREFIX}*' metrics yet (pending h-baselines, issue 11)")
+    applied = {suite_entry.kind for suite_entry in suite.interventions
+               if any(m.get("intervention") == suite_entry.id for m in table1)}
+    assert TABLE1_KINDS <= applied, f"Table 1 methods without an asr-table1-* metric: {TABLE1_KINDS - applied}"
+    assert any(m.get("heads") for m in table1), "Table 1 compares the methods with the Sahara heads"
     for metric in table1:
         assert _applies(metric, "models", "llama-2-7b-chat"), metric.id
+        assert metric.get("judge") == "keyword-paper" and metric.get("decoding") == {"mode": "greedy"}, metric.id
 
 
 @pytest.fixture(scope="module")
