@@ -75,17 +75,22 @@ def _model_rows(model_id: str, spec: dict, lm) -> dict:
 
 
 def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_units=None, log=print,
-              on_chunk=None) -> dict:
+              on_chunk=None, executor: str | None = None, executor_options: dict | None = None) -> dict:
     """Run every pending unit of ``suite``; returns counts {done, skipped, failed}.
 
     ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
+    ``executor``: "local" (this process) or "ray" (shb.executors.ray_executor; default: the suite's
+    ``defaults.executor``, else local); ``executor_options``: address, num_gpus, workers, retries.
     """
-    from shb.datasets import format_prompt
     from shb.models import resolve_device
     from shb.progress import NullProgress
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
+    from shb.executors import resolve_executor
+
+    executor = resolve_executor(executor, executor_options, suite)  # a missing `ray` fails here, before any work
+    device_request = device or suite.defaults.get("device")
     prompts = load_prompts(suite)
     units = _order(expand(suite, prompts), suite)
     if only_units:
@@ -104,7 +109,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
             return counts
         store.start_run({"run_id": run_id, "suite_name": suite.name, "suite_path": suite.path,
                          "suite_sha256": suite.sha256, "started_at": None, "status": "running",
-                         "git_commit": git_commit(), "hostname": socket.gethostname(), "device": device,
+                         "git_commit": git_commit(), "hostname": socket.gethostname(), "device": executor.device_label(device),
                          "dtype": dtype, "argv": " ".join(sys.argv), **_versions()})
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
         with store.transaction():
@@ -116,6 +121,14 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
                                           "dataset_hash": digest} for p in prompts[dataset.id]])
         models = {m.id: m for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
+        if executor.name == "ray":  # Ray actors compute the chunks; this process alone writes the database
+            from shb.executors.ray_executor import run_units
+
+            counts.update(run_units(pending, suite=suite, prompts=prompts, store=store, run_id=run_id,
+                                    device=device_request, dtype=dtype, progress=progress, on_chunk=on_chunk,
+                                    options=executor, log=log))
+            store.end_run(run_id, "failed" if counts["failed"] else "done")
+            return counts
         unit_bar = progress.add_task("units", total=len(pending))
         loaded_id, lm, shared = None, None, {}
         final = "done"
@@ -127,14 +140,12 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
                 gc.collect()
                 progress.update(unit_bar, description=f"loading {unit.model.id}")
                 spec = models[unit.model.id].spec()
-                lm = resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device,
-                                                            quiet=isinstance(progress, NullProgress))
+                lm = load_model(spec, dtype, device, quiet=isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
                 with store.transaction():
                     store.insert("models", [_model_rows(unit.model.id, spec, lm)])
             dataset = datasets[unit.dataset.id]
-            formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer, dataset.get("system"))
-                         for p in prompts[dataset.id]]
+            formatted = format_prompts(dataset, prompts[dataset.id], lm.tokenizer)
             progress.update(unit_bar, description=f"unit {unit.label}")
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
@@ -154,8 +165,20 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     return counts
 
 
-def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,
-              on_chunk=None) -> bool:
+def load_model(spec: dict, dtype, device, quiet: bool = True):
+    """Load one suite model (the local loop and every Ray worker load through here)."""
+    return resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device, quiet=quiet)
+
+
+def format_prompts(dataset, prompts, tokenizer) -> list[str]:
+    """A dataset's prompts as fed to the model (chat template, system prompt)."""
+    from shb.datasets import format_prompt
+
+    return [format_prompt(p.text, dataset.get("format", "direct"), tokenizer, dataset.get("system")) for p in prompts]
+
+
+def unit_context(unit: WorkUnit, lm, prompts, formatted, store, progress, shared, suite, device):
+    """(metric, UnitContext) of one unit; a Ray worker builds the same with a read-only snapshot as ``store``."""
     metric = resolve(METRICS, unit.metric.kind, "metric")()
     params = {**unit.spec["metric"], **{k: v for k, v in unit.metric.params.items() if k in ("strategy", "batch_size")}}
     ctx = UnitContext(
@@ -164,10 +187,28 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
              "ablation_id": unit.ablation.id, "metric_id": unit.metric.id},
         device=device, batch_size=params.get("batch_size", suite.defaults.get("batch_size", "auto")),
         seed=suite.defaults.get("seed", 0), progress=progress, shared=shared)
-    row = {"unit_id": unit.unit_id, "run_id": run_id, "suite_name": suite.name, "model_id": unit.model.id,
-           "dataset_id": unit.dataset.id, "ablation_id": unit.ablation.id, "metric_id": unit.metric.id,
-           "metric_kind": unit.metric.kind, "spec": unit.spec, "status": "running", "error": None,
-           "seconds": None, "n_chunks": None}
+    return metric, ctx
+
+
+def unit_row(unit: WorkUnit, run_id: str, suite) -> dict:
+    """The unit's ``units`` row as written when it starts (status running)."""
+    return {"unit_id": unit.unit_id, "run_id": run_id, "suite_name": suite.name, "model_id": unit.model.id,
+            "dataset_id": unit.dataset.id, "ablation_id": unit.ablation.id, "metric_id": unit.metric.id,
+            "metric_kind": unit.metric.kind, "spec": unit.spec, "status": "running", "error": None,
+            "seconds": None, "n_chunks": None}
+
+
+def compute_chunk(metric, unit: WorkUnit, ctx, chunk: str) -> tuple[dict, float]:
+    """One chunk's rows (table -> rows) and the seconds it took; writes nothing."""
+    t0 = time.perf_counter()
+    rows = metric.run_chunk(unit, ctx, chunk)
+    return rows, time.perf_counter() - t0
+
+
+def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,
+              on_chunk=None) -> bool:
+    metric, ctx = unit_context(unit, lm, prompts, formatted, store, progress, shared, suite, device)
+    row = unit_row(unit, run_id, suite)
     store.upsert_unit(row)
     started = time.perf_counter()
     try:
@@ -177,9 +218,8 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
         for chunk in chunks:
             if chunk in done:
                 continue
-            t0 = time.perf_counter()
-            rows = metric.run_chunk(unit, ctx, chunk)
-            store.commit_chunk(unit.unit_id, chunk, run_id, rows, time.perf_counter() - t0)
+            rows, seconds = compute_chunk(metric, unit, ctx, chunk)
+            store.commit_chunk(unit.unit_id, chunk, run_id, rows, seconds)
             if on_chunk is not None:
                 on_chunk(unit.unit_id, chunk)
             progress.advance(bar)
@@ -189,12 +229,17 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
     except ShbError:
         raise
     except Exception as exc:  # a unit's failure is recorded and the run goes on with the next unit
-        import traceback
-
-        store.upsert_unit({**row, "status": "failed", "error": "".join(traceback.format_exception(exc))[-4000:],
+        store.upsert_unit({**row, "status": "failed", "error": format_error(exc),
                            "seconds": time.perf_counter() - started})
         if os.environ.get("SHB_RAISE"):
             raise
         return False
     store.upsert_unit({**row, "status": "done", "seconds": time.perf_counter() - started, "n_chunks": len(chunks)})
     return True
+
+
+def format_error(exc: BaseException) -> str:
+    """A failed unit's ``error`` text: the traceback's last 4000 characters."""
+    import traceback
+
+    return "".join(traceback.format_exception(exc))[-4000:]
