@@ -139,7 +139,8 @@ class _Driver:
         self.inflight: dict[Any, tuple] = {}
         self.specs = {m.id: m.spec() for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
-        self.host_args = (dtype, device, ray.put(suite), ray.put(prompts), ray.put(datasets))
+        # By value, not ray.put: Ray can then rebuild a restarted actor without the driver's references.
+        self.host_args = (dtype, device, suite, prompts, datasets)
         self.actor = ray.remote(ModelHost).options(num_cpus=1, num_gpus=self.num_gpus,
                                                    max_restarts=options.retries, max_task_retries=options.retries)
         self.unit_bar = progress.add_task("units", total=len(pending))
