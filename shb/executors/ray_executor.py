@@ -1,11 +1,12 @@
 """The Ray executor: actors hold one loaded model each and compute chunks; this process writes.
 
 The driver (shb.run.run_suite) plans as for a local run and hands the pending units here. Each
-actor (``shb.executors.worker.ModelHost`` under ``ray.remote``) loads its model on first use and
-keeps it, so a model loads once per actor, not once per unit. The driver hands out one task per
-actor at a time: a unit's chunk list, or one chunk with a snapshot of the rows it reads, and
-commits each returned chunk with ``Store.commit_chunk``, the same transaction a local run uses,
-so the tables are the same and a run resumes with either executor.
+actor (``shb.executors.worker.ModelHost`` under ``ray.remote``) loads the model of its first task
+and keeps it while its tasks are for that model, so a model loads once per actor, not once per
+unit. The driver hands out one task per actor at a time: a unit's chunk list, or one chunk with a
+snapshot of the rows it reads, and commits each returned chunk with ``Store.commit_chunk``, the
+same transaction a local run uses, so the tables are the same and a run resumes with either
+executor.
 
 Order: a unit starts once its upstream unit (the Sahara or Ships unit whose heads it ablates) has
 settled. Inside a unit, chunks run in parallel where they are independent: every layer of a head
@@ -137,7 +138,6 @@ class _Driver:
         self.slots = [_Slot() for _ in range(n_workers)]
         self.counts["workers"] = n_workers
         self.inflight: dict[Any, tuple] = {}
-        self.specs = {m.id: m.spec() for m in suite.models}
         datasets = {d.id: d for d in suite.datasets}
         # By value, not ray.put: Ray can then rebuild a restarted actor without the driver's references.
         self.host_args = (dtype, device, suite, prompts, datasets)
@@ -172,9 +172,9 @@ class _Driver:
                 model_id = self._switch_to(slot)
                 if model_id is None:
                     continue
-                if slot.handle is not None:
-                    self.ray.kill(slot.handle)
-                slot.handle, slot.model_id = self.actor.remote(model_id, self.specs[model_id], *self.host_args), model_id
+                if slot.handle is None:
+                    slot.handle = self.actor.remote(*self.host_args)
+                slot.model_id = model_id  # the actor loads it with this task, in place of its current model
                 task = self._next_task(model_id)
             self._start(slot, *task)
 
@@ -192,7 +192,8 @@ class _Driver:
         return None
 
     def _switch_to(self, slot):
-        """The model an idle actor should load: its own model is finished, or another has work and no actor."""
+        """The model an idle actor should load next: another with work, when its own model is finished or when
+        that one has no actor and its own has others. (The actor process stays; only the model changes.)"""
         holders = {m: sum(s.model_id == m for s in self.slots) for m in self.model_order}
         mine_left = slot.model_id is not None and any(
             s.unit.model.id == slot.model_id and s.phase not in ("done", "failed") for s in self.units.values())

@@ -53,27 +53,39 @@ class ChunkResult:
 
 
 class ModelHost:
-    """Holds one model (loaded on first use, so a restarted worker reloads it) and computes chunks."""
+    """Holds one model at a time and computes chunks. The model a task needs (its unit's) is loaded on
+    first use and kept; a task for another model replaces it. Every task names its model, so a
+    restarted worker (which starts empty) reloads the right one."""
 
-    def __init__(self, model_id: str, spec: dict, dtype, device, suite, prompts: dict, datasets: dict):
-        self.model_id, self.spec, self.dtype, self.request = model_id, spec, dtype, device
+    def __init__(self, dtype, device, suite, prompts: dict, datasets: dict):
+        self.dtype, self.request = dtype, device
         self.suite, self.prompts, self.datasets = suite, prompts, datasets
-        self.lm, self.device, self.loads = None, None, 0
+        self.specs = {m.id: m.spec() for m in suite.models}
+        self.model_id, self.lm, self.device, self.loads = None, None, None, 0
         self.shared, self.formatted, self.units = {}, {}, {}
 
-    def _ensure_loaded(self) -> dict | None:
-        if self.lm is not None:
+    def _ensure_loaded(self, model_id: str) -> dict | None:
+        if self.lm is not None and self.model_id == model_id:
             return None
+        import gc
+
         from shb.models import resolve_device
         from shb.run import _model_rows, load_model
 
+        self.lm, self.model_id, self.shared, self.formatted, self.units = None, None, {}, {}, {}
+        gc.collect()  # the previous model's memory goes before the next one loads
         request = self.request
         if request and request.startswith("cuda"):
             request = "cuda"  # Ray shows each actor only its own GPU(s), as cuda:0
         self.device = resolve_device(request)
-        self.lm = load_model(self.spec, self.dtype, self.device, quiet=True)
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        self.lm = load_model(self.specs[model_id], self.dtype, self.device, quiet=True)
+        self.model_id = model_id
         self.loads += 1
-        return _model_rows(self.model_id, self.spec, self.lm)
+        return _model_rows(model_id, self.specs[model_id], self.lm)
 
     def _context(self, unit, store):
         from shb.progress import NullProgress
@@ -103,7 +115,7 @@ class ModelHost:
         result = ChunkResult(unit.unit_id, chunk, pid=os.getpid())
         snapshot = None
         try:
-            result.model_row = self._ensure_loaded()
+            result.model_row = self._ensure_loaded(unit.model.id)
             _maybe_fault(chunk)
             snapshot = Snapshot(tables or {})
             metric, ctx = self._context(unit, snapshot)

@@ -88,14 +88,13 @@ def toy(tmp_path_factory):
 
 
 def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fault_dir, toy, tmp_path):
-    """Workers die inside the ships unit and inside Sahara's first step (os._exit, once each); an asr
-    chunk raises every time. The run finishes, every chunk is committed exactly once, ships and Sahara
+    """A worker dies inside Sahara's first step (os._exit, once); an asr chunk raises every time. The run finishes, every chunk is committed exactly once, ships and Sahara
     equal the local run's exactly, asr is failed with the error; a local rerun completes it."""
     from shb.store import Store
 
     suite, local_db = toy
     db = tmp_path / "ray.duckdb"
-    crashes = [fault_dir / f"crash-{chunk}" for chunk in ("layer-001", "step-00-layer-002")]
+    crashes = [fault_dir / "crash-step-00-layer-002"]  # a middle layer: the step's last layer waits for it
     for marker in crashes:
         marker.write_text("")
     (fault_dir / "fail-k001-b0000").write_text("")
@@ -106,7 +105,7 @@ def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fa
         (fault_dir / "fail-k001-b0000").unlink()
     assert all(marker.with_name(marker.name + ".taken").exists() for marker in crashes)  # the workers did die
     assert (counts["done"], counts["failed"], counts["workers"]) == (2, 1, 2)
-    assert counts["model_loads"] >= 3  # a restarted actor loads its model again
+    assert counts["model_loads"] >= 2 + 1  # two actors, and the restarted one loads its model again
     assert len(committed) == len(set(committed)) and len(committed) >= 4 + 2 * 4  # exactly once each
     expected, got = tables(local_db), tables(db)
     assert len(expected["ships"]) == 8 * 4 * 8 and len(expected["sahara_steps"]) == 32 + 31
