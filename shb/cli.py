@@ -73,7 +73,8 @@ def plan(suite_path, db, fmt):
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="local (this process) or ray (actors on a Ray cluster); default: the suite's, else local")
 @click.option("--address", default=None, help="ray: an existing cluster (auto, HOST:6379, ray://HOST:10001)")
-@click.option("--num-gpus", type=float, default=None, help="ray: GPUs per worker, fractions share a GPU (default 1, 0 without GPUs)")
+@click.option("--num-gpus", type=float, default=None,
+              help="ray: GPUs per worker, fractions share a GPU (default 1, 0 without GPUs)")
 @click.option("--workers", type=int, default=None, help="ray: number of workers (default: as many as the GPUs allow)")
 @friendly
 def run(suite_path, db, device, quiet, verbose, executor, address, num_gpus, workers):

@@ -160,7 +160,7 @@ class _Driver:
             for slot in self.slots:
                 if slot.handle is not None:
                     self.ray.kill(slot.handle)
-            self.progress.remove_task(self.unit_bar)
+            self.progress.update(self.unit_bar, description="units")
         return self.counts
 
     def _dispatch(self) -> None:

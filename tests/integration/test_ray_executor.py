@@ -88,8 +88,9 @@ def toy(tmp_path_factory):
 
 
 def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fault_dir, toy, tmp_path):
-    """A worker dies inside Sahara's first step (os._exit, once); an asr chunk raises every time. The run finishes, every chunk is committed exactly once, ships and Sahara
-    equal the local run's exactly, asr is failed with the error; a local rerun completes it."""
+    """A worker dies inside Sahara's first step (os._exit, once); an asr chunk raises every time. The run
+    finishes, every chunk is committed exactly once, ships and Sahara equal the local run's exactly, asr is
+    failed with the error; a local rerun completes it."""
     from shb.store import Store
 
     suite, local_db = toy
