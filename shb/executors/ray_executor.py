@@ -62,6 +62,33 @@ def chunk_dependencies(kind: str, chunks: list[str]) -> list[set[int]]:
     return [{i - 1} if i else set() for i in range(len(chunks))]
 
 
+def _reads(store, unit) -> list[tuple[str, str]]:
+    reads = READS.get(unit.metric.kind)
+    if reads is None:
+        unit_tables = [r[0] for r in store.con.execute(
+            "SELECT DISTINCT table_name FROM information_schema.columns WHERE column_name = 'unit_id'"
+            " AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE')"
+            " AND table_name NOT IN ('units', 'chunks')").fetchall()]
+        reads = [(table, who) for table in unit_tables for who in ("self", "upstream")]
+    return list(reads)
+
+
+def reads_own_rows(unit) -> bool:
+    reads = READS.get(unit.metric.kind)
+    return reads is None or any(who == "self" for _, who in reads)
+
+
+def snapshot_tables(store, unit) -> dict:
+    """What a worker needs of the database for one chunk of ``unit`` (see READS): table -> polars frame."""
+    wanted: dict[str, list[str]] = {}
+    for table, who in _reads(store, unit):
+        unit_id = unit.unit_id if who == "self" else unit.spec.get("upstream")
+        if unit_id:
+            wanted.setdefault(table, []).append(unit_id)
+    return {table: store.query(f'SELECT * FROM "{table}" WHERE unit_id IN ({", ".join("?" * len(ids))})', ids)
+            for table, ids in wanted.items()}
+
+
 @dataclass
 class _Unit:
     unit: Any
@@ -220,30 +247,14 @@ class _Driver:
         self.inflight[ref] = (slot, what, state, chunk)
 
     def _snapshot(self, state):
-        """The rows the chunk reads (see READS): a dict table -> polars frame, or an ObjectRef of one."""
-        unit = state.unit
+        """The rows the chunk reads: a dict table -> polars frame, or an ObjectRef of one."""
         if state.snapshot is not None:
             return state.snapshot
-        reads = READS.get(unit.metric.kind)
-        if reads is None:
-            reads = [(t, who) for t in self._unit_tables() for who in ("self", "upstream")]
-        wanted: dict[str, list[str]] = {}
-        for table, who in reads:
-            unit_id = unit.unit_id if who == "self" else unit.spec.get("upstream")
-            if unit_id:
-                wanted.setdefault(table, []).append(unit_id)
-        tables = {table: self.store.query(f'SELECT * FROM "{table}" WHERE unit_id IN ({", ".join("?" * len(ids))})',
-                                          ids) for table, ids in wanted.items()}
-        if all(who == "upstream" for _, who in reads):  # fixed for the unit's lifetime: ship it once
+        tables = snapshot_tables(self.store, state.unit)
+        if not reads_own_rows(state.unit):  # upstream rows are fixed for the unit's lifetime: ship them once
             state.snapshot = self.ray.put(tables)
             return state.snapshot
         return tables
-
-    def _unit_tables(self) -> list[str]:
-        return [r[0] for r in self.store.con.execute(
-            "SELECT DISTINCT table_name FROM information_schema.columns WHERE column_name = 'unit_id'"
-            " AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE')"
-            " AND table_name NOT IN ('units', 'chunks')").fetchall()]
 
     # -- results ----------------------------------------------------------------------------------
     def _collect(self, ref) -> None:

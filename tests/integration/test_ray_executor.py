@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_executor_worker import tables
+
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = {"log": lambda *a, **k: None}
-TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at"}
 TOY = {
     "name": "ray-toy",
     "models": [{"id": "toy", "kind": "toy", "seed": 0}],
@@ -58,23 +59,6 @@ def run(suite_path, db, executor="local", **kwargs):
     from shb.suite import load
 
     return run_suite(load(suite_path), db, executor=executor, **QUIET, **kwargs)
-
-
-def tables(db) -> dict:
-    """Every table's rows, sorted, without run ids and timings (which differ between any two runs)."""
-    from shb.store import Store
-
-    out = {}
-    with Store(db, read_only=True) as store:
-        names = [r[0] for r in store.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-            " AND table_name NOT IN ('runs', 'shb_meta')").fetchall()]
-        for name in sorted(names):
-            cols = [r[0] for r in store.con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [name]).fetchall() if r[0] not in TIMING]
-            out[name] = store.con.execute(f'SELECT {", ".join(cols)} FROM "{name}" ORDER BY ALL').fetchall()
-    return out
 
 
 @pytest.fixture(scope="module")
