@@ -110,7 +110,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         store.start_run({"run_id": run_id, "suite_name": suite.name, "suite_path": suite.path,
                          "suite_sha256": suite.sha256, "started_at": None, "status": "running",
                          "git_commit": git_commit(), "hostname": socket.gethostname(),
-                         "device": executor.device_label(device),
+                         "device": executor.device_label(device, device_request),
                          "dtype": dtype, "argv": " ".join(sys.argv), **_versions()})
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
         with store.transaction():

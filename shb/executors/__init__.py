@@ -26,9 +26,10 @@ class ExecutorOptions:
     workers: int | None = None      # actors at most; None: as many as the cluster's GPUs (or CPUs) allow
     retries: int = 3                # restarts of a dead worker per chunk before its unit is marked failed
 
-    def device_label(self, device: str) -> str:
-        """``runs.device``: the driver's device, or where Ray workers run (they resolve "auto" themselves)."""
-        return device if self.name == "local" else f"ray:{device}"
+    def device_label(self, device: str, request: str | None) -> str:
+        """``runs.device``: the local run's device, or ``ray:`` and the device asked of the workers (each
+        resolves "auto" itself: cuda:0 is its own GPU)."""
+        return device if self.name == "local" else f"ray:{request or 'auto'}"
 
 
 def resolve_executor(name: str | None, options: dict | None, suite) -> ExecutorOptions:
@@ -54,7 +55,25 @@ def resolve_executor(name: str | None, options: dict | None, suite) -> ExecutorO
             raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in ignored)} only apply to --executor ray")
         return ExecutorOptions()
     require_ray()
+    check_address(merged.get("address"))
     return ExecutorOptions(name=name, **merged)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster address that cannot be reached fails now, with its name (ray.init would retry for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    import socket
+
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Ray cluster at {address} ({exc}): start it with `ray start --head` "
+                         "on that machine, or check --address") from None
 
 
 def require_ray():

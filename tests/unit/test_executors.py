@@ -55,9 +55,22 @@ def test_suite_ray_options_are_checked_and_flags_win(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", SimpleNamespace())
     options = resolve_executor(None, {"workers": 3, "num_gpus": None}, suite(executor="ray", ray={"num_gpus": 0.5}))
     assert options == ExecutorOptions(name="ray", num_gpus=0.5, workers=3)
-    assert options.device_label("cuda") == "ray:cuda"
+    assert options.device_label("cpu", None) == "ray:auto" and ExecutorOptions().device_label("cpu", None) == "cpu"
     with pytest.raises(UsageError, match="--num-gpus -1"):
         resolve_executor("ray", {"num_gpus": -1}, suite())
+    with pytest.raises(UsageError, match="expected HOST:PORT"):
+        resolve_executor("ray", {"address": "headnode"}, suite())
+
+
+def test_an_unreachable_cluster_fails_at_once_with_its_address(monkeypatch):
+    import socket
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace())
+    with socket.socket() as sock:  # a port that nothing listens on: bind, then close
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(UsageError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        resolve_executor("ray", {"address": f"127.0.0.1:{port}"}, suite())
 
 
 def test_workers_fill_the_cluster_by_gpus_per_worker():
