@@ -65,10 +65,10 @@ def chunk_dependencies(kind: str, chunks: list[str]) -> list[set[int]]:
 def _reads(store, unit) -> list[tuple[str, str]]:
     reads = READS.get(unit.metric.kind)
     if reads is None:
-        unit_tables = [r[0] for r in store.con.execute(
+        unit_tables = [r[0] for r in store.query(
             "SELECT DISTINCT table_name FROM information_schema.columns WHERE column_name = 'unit_id'"
             " AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE')"
-            " AND table_name NOT IN ('units', 'chunks')").fetchall()]
+            " AND table_name NOT IN ('units', 'chunks') ORDER BY 1").rows()]
         reads = [(table, who) for table in unit_tables for who in ("self", "upstream")]
     return list(reads)
 

@@ -110,3 +110,27 @@ def test_cli_refuses_ray_options_for_a_local_run_before_any_work(tmp_path):
                                        "--executor", "local", "--workers", "2"])
     assert result.exit_code == 2, result.output
     assert "--workers only apply to --executor ray" in result.output and not db.exists()
+
+
+def test_a_snapshot_holds_the_rows_of_the_unit_and_its_upstream_that_the_metric_reads(tmp_path):
+    from shb.executors.ray_executor import snapshot_tables
+    from shb.store import Store
+
+    def unit(kind, unit_id, upstream=None):
+        return SimpleNamespace(unit_id=unit_id, metric=SimpleNamespace(kind=kind),
+                               spec={"upstream": upstream} if upstream else {})
+
+    with Store(tmp_path / "r.duckdb") as store:
+        with store.transaction():
+            store.insert("sahara_steps", [{"unit_id": u, "step": 0, "layer": 1, "head": 2, "score": 1.0, "chosen": True}
+                                          for u in ("u1", "u2", "u3")])
+            store.insert("ships", [{"unit_id": u, "prompt_id": 0, "layer": 1, "head": 2, "score": 0.5}
+                                   for u in ("u1", "u2")])
+        assert snapshot_tables(store, unit("ships", "u1")) == {}
+        sahara = snapshot_tables(store, unit("sahara", "u1"))
+        assert list(sahara) == ["sahara_steps"] and sahara["sahara_steps"]["unit_id"].to_list() == ["u1"]
+        asr = snapshot_tables(store, unit("asr", "u3", upstream="u2"))
+        assert {t: f["unit_id"].to_list() for t, f in asr.items()} == {"sahara_steps": ["u2"], "ships": ["u2"]}
+        other = snapshot_tables(store, unit("someday", "u1", upstream="u2"))  # an unlisted kind: every unit table
+        assert {"generations", "judgments", "ships_dataset", "ships", "sahara_steps"} <= set(other)
+        assert sorted(other["sahara_steps"]["unit_id"].to_list()) == ["u1", "u2"]
