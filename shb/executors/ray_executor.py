@@ -162,6 +162,9 @@ class _Driver:
         self.model_order = list(dict.fromkeys(u.model.id for u in pending))
         self.counts = {"done": 0, "failed": 0, "model_loads": 0}
         self.num_gpus, n_workers = worker_resources(ray.cluster_resources(), options)
+        if self.num_gpus == 0 and (device or "").startswith("cuda"):
+            raise UsageError(f"device {device} asked, but the Ray workers get no GPU (--num-gpus 0, or a cluster "
+                             "without GPUs): pass --num-gpus, or run with --device cpu")
         self.slots = [_Slot() for _ in range(n_workers)]
         self.counts["workers"] = n_workers
         self.inflight: dict[Any, tuple] = {}
