@@ -80,8 +80,14 @@ def plan(suite_path, db, fmt, device):
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the suite's, else auto)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("-v", "--verbose", is_flag=True, help="log every committed chunk")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="local (this process) or ray (actors on a Ray cluster); default: the suite's, else local")
+@click.option("--address", default=None, help="ray: an existing cluster (auto, HOST:6379, ray://HOST:10001)")
+@click.option("--num-gpus", type=float, default=None,
+              help="ray: GPUs per worker, fractions share a GPU (default 1, 0 without GPUs)")
+@click.option("--workers", type=int, default=None, help="ray: number of workers (default: as many as the GPUs allow)")
 @friendly
-def run(suite_path, db, device, quiet, verbose):
+def run(suite_path, db, device, quiet, verbose, executor, address, num_gpus, workers):
     """Run a suite's pending work units; results go to the database. Safe to interrupt and rerun."""
     from shb.progress import make_progress
     from shb.run import run_suite
@@ -93,7 +99,9 @@ def run(suite_path, db, device, quiet, verbose):
     with make_progress(not quiet) as progress:
         on_chunk = (lambda unit_id, chunk: print(f"committed {unit_id} {chunk}", file=sys.stderr, flush=True)
                     ) if verbose else None
-        counts = run_suite(suite, db, device=device, progress=progress, log=console.print, on_chunk=on_chunk)
+        counts = run_suite(suite, db, device=device, progress=progress, log=console.print, on_chunk=on_chunk,
+                           executor=executor,
+                           executor_options={"address": address, "num_gpus": num_gpus, "workers": workers})
     console.print(f"{suite.name}: {counts['done']} unit(s) run, {counts['skipped']} already done, "
                   f"{counts['failed']} failed -> {db_path(db)}")
     if counts["failed"]:

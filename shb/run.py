@@ -107,18 +107,24 @@ def _formatted_rows(model_id: str, dataset, prompts, formatted, tokenizer) -> li
 
 
 def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_units=None, log=print,
-              on_chunk=None) -> dict:
+              on_chunk=None, executor: str | None = None, executor_options: dict | None = None) -> dict:
     """Run every pending unit of ``suite``; returns counts {done, skipped, failed}.
 
     ``on_chunk(unit_id, chunk)`` is called after each chunk is committed (``shb run -v`` logs it).
+    ``executor``: "local" (this process) or "ray" (shb.executors.ray_executor; default: the suite's
+    ``defaults.executor``, else local); ``executor_options``: address, num_gpus, workers, retries.
     """
     from shb import preflight
     from shb.models import resolve_device, resolve_dtype_name
     from shb.plan import label_contents
     from shb.progress import NullProgress
 
+    from shb.executors import resolve_executor
+
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
+    executor = resolve_executor(executor, executor_options, suite)  # a missing `ray` fails here, before any work
+    device_request = device or suite.defaults.get("device")
     preflight.run_problems(suite, device)  # device, cache, architectures, heads
     prompts = load_prompts(suite)
     device = resolve_device(device or suite.defaults.get("device"))
@@ -132,14 +138,16 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
         # hold=False: the database is opened only to commit, so reports and shb sql can read during the run.
         store = Store(db, hold=False)
         store.mark_killed(dead_runs(store, lock_free=True))  # we hold the run lock: no other run is alive
-        return _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk)
+        return _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk,
+                           executor, device_request)
 
 
-def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk) -> dict:
+def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk,
+                executor, device_request) -> dict:
     import gc
 
     from shb import preflight
-    from shb.datasets import content_hash, format_prompt
+    from shb.datasets import content_hash
     from shb.identity import check_labels, label_rows
     from shb.progress import NullProgress
 
@@ -157,7 +165,8 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
             return counts
         store.start_run({"run_id": run_id, "suite_name": suite.name, "suite_path": suite.path,
                          "suite_sha256": suite.sha256, "started_at": None, "status": "running",
-                         "git_commit": git_commit(), "hostname": socket.gethostname(), "device": device,
+                         "git_commit": git_commit(), "hostname": socket.gethostname(),
+                         "device": executor.device_label(device, device_request),
                          "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
         store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
@@ -165,6 +174,18 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
         datasets = {d.id: d for d in suite.datasets}
         unit_bar = progress.add_task("units", total=len(pending))
         labels = label_rows(contents, run_id)  # written with the rows they describe, once those passed every check
+        if executor.name == "ray":  # Ray actors compute the chunks; this process alone writes the database
+            from shb.executors.ray_executor import run_units
+
+            with store.transaction():
+                for dataset in suite.datasets:
+                    _write_dataset(store, dataset.id, prompts, labels, set())
+                store.insert("labels", [r for r in labels if r["kind"] == "model"])
+            counts.update(run_units(pending, suite=suite, prompts=prompts, store=store, run_id=run_id,
+                                    device=device_request, dtype=dtype, progress=progress, on_chunk=on_chunk,
+                                    options=executor, log=log, fingerprints=fps))
+            store.end_run(run_id, "failed" if counts["failed"] else "done")
+            return counts
         loaded_id, lm, spec, shared, fitted, written = None, None, None, {}, {}, set()
         final = "done"
         for unit in pending:
@@ -173,13 +194,12 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                 gc.collect()
                 progress.update(unit_bar, description=f"loading {unit.model.id}")
                 spec = _pinned(models[unit.model.id].spec(), fps[unit.model.id])
-                lm = _load_model(spec, dtype, device, isinstance(progress, NullProgress))
+                lm = load_model(spec, dtype, device, isinstance(progress, NullProgress))
                 loaded_id = unit.model.id
                 preflight.loaded_problems(suite, unit.model.id, lm)
             dataset = datasets[unit.dataset.id]
             if dataset.id not in fitted:
-                formatted = [format_prompt(p.text, dataset.get("format", "direct"), lm.tokenizer,
-                                           dataset.get("system")) for p in prompts[dataset.id]]
+                formatted = format_prompts(dataset, prompts[dataset.id], lm.tokenizer)
                 pointer = f"{suite.path}: /datasets/{[d.id for d in suite.datasets].index(dataset.id)}"
                 formatted, cut = preflight.fit_prompts(dataset, prompts[dataset.id], formatted, lm, pointer)
                 # Rows describing the inputs are written only once they passed every check.
@@ -238,9 +258,10 @@ def _write_dataset(store, dataset_id: str, prompts: dict, labels: list[dict], wr
     written.add(("dataset", dataset_id))
 
 
-def _load_model(spec: dict, dtype, device, quiet: bool):
-    """Load a suite's model; a library failure (a broken checkpoint, an unknown config) is the user's to fix,
-    so it becomes one message naming the model rather than transformers' stack."""
+def load_model(spec: dict, dtype, device, quiet: bool = True):
+    """Load one suite model (the local loop and every Ray worker load through here). A library failure (a
+    broken checkpoint, an unknown config) is the user's to fix, so it becomes one message naming the model
+    rather than transformers' stack."""
     try:
         return resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device, quiet=quiet)
     except (ShbError, KeyboardInterrupt, MemoryError):
@@ -251,8 +272,15 @@ def _load_model(spec: dict, dtype, device, quiet: bool):
                        f"{type(exc).__name__}: {first}") from exc
 
 
-def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,
-              on_chunk=None) -> bool:
+def format_prompts(dataset, prompts, tokenizer) -> list[str]:
+    """A dataset's prompts as fed to the model (chat template, system prompt)."""
+    from shb.datasets import format_prompt
+
+    return [format_prompt(p.text, dataset.get("format", "direct"), tokenizer, dataset.get("system")) for p in prompts]
+
+
+def unit_context(unit: WorkUnit, lm, prompts, formatted, store, progress, shared, suite, device):
+    """(metric, UnitContext) of one unit; a Ray worker builds the same with a read-only snapshot as ``store``."""
     metric = resolve(METRICS, unit.metric.kind, "metric")()
     params = {**unit.spec["metric"], **{k: v for k, v in unit.metric.params.items() if k in ("strategy", "batch_size")}}
     ctx = UnitContext(
@@ -261,10 +289,28 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
              "ablation_id": unit.ablation.id, "metric_id": unit.metric.id},
         device=device, batch_size=params.get("batch_size", suite.defaults.get("batch_size", "auto")),
         seed=suite.defaults.get("seed", 0), progress=progress, shared=shared, suite=suite)
-    row = {"unit_id": unit.unit_id, "run_id": run_id, "suite_name": suite.name, "model_id": unit.model.id,
-           "dataset_id": unit.dataset.id, "ablation_id": unit.ablation.id, "metric_id": unit.metric.id,
-           "metric_kind": unit.metric.kind, "spec": unit.spec, "status": "running", "error": None,
-           "seconds": None, "n_chunks": None}
+    return metric, ctx
+
+
+def unit_row(unit: WorkUnit, run_id: str, suite) -> dict:
+    """The unit's ``units`` row as written when it starts (status running)."""
+    return {"unit_id": unit.unit_id, "run_id": run_id, "suite_name": suite.name, "model_id": unit.model.id,
+            "dataset_id": unit.dataset.id, "ablation_id": unit.ablation.id, "metric_id": unit.metric.id,
+            "metric_kind": unit.metric.kind, "spec": unit.spec, "status": "running", "error": None,
+            "seconds": None, "n_chunks": None}
+
+
+def compute_chunk(metric, unit: WorkUnit, ctx, chunk: str) -> tuple[dict, float]:
+    """One chunk's rows (table -> rows) and the seconds it took; writes nothing."""
+    t0 = time.perf_counter()
+    rows = metric.run_chunk(unit, ctx, chunk)
+    return rows, time.perf_counter() - t0
+
+
+def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, progress, shared, suite, device,
+              on_chunk=None) -> bool:
+    metric, ctx = unit_context(unit, lm, prompts, formatted, store, progress, shared, suite, device)
+    row = unit_row(unit, run_id, suite)
     store.upsert_unit(row)
     started = time.perf_counter()
     try:
@@ -274,9 +320,8 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
         for chunk in chunks:
             if chunk in done:
                 continue
-            t0 = time.perf_counter()
-            rows = metric.run_chunk(unit, ctx, chunk)
-            store.commit_chunk(unit.unit_id, chunk, run_id, rows, time.perf_counter() - t0)
+            rows, seconds = compute_chunk(metric, unit, ctx, chunk)
+            store.commit_chunk(unit.unit_id, chunk, run_id, rows, seconds)
             if on_chunk is not None:
                 on_chunk(unit.unit_id, chunk)
             progress.advance(bar)
@@ -286,9 +331,7 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
     except ShbError:
         raise
     except Exception as exc:  # a unit's failure is recorded and the run goes on with the next unit
-        import traceback
-
-        store.upsert_unit({**row, "status": "failed", "error": "".join(traceback.format_exception(exc))[-4000:],
+        store.upsert_unit({**row, "status": "failed", "error": format_error(exc),
                            "seconds": time.perf_counter() - started})
         if os.environ.get("SHB_RAISE"):
             raise
@@ -296,3 +339,10 @@ def _run_unit(unit: WorkUnit, lm, prompts, formatted, store: Store, run_id, prog
     store.upsert_unit({**row, "status": "done", "seconds": time.perf_counter() - started, "n_chunks": len(chunks),
                        "batch_size": ctx.batch_size_used()})
     return True
+
+
+def format_error(exc: BaseException) -> str:
+    """A failed unit's ``error`` text: the traceback's last 4000 characters."""
+    import traceback
+
+    return "".join(traceback.format_exception(exc))[-4000:]
