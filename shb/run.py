@@ -115,11 +115,10 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     ``defaults.executor``, else local); ``executor_options``: address, num_gpus, workers, retries.
     """
     from shb import preflight
+    from shb.executors import resolve_executor
     from shb.models import resolve_device, resolve_dtype_name
     from shb.plan import label_contents
     from shb.progress import NullProgress
-
-    from shb.executors import resolve_executor
 
     progress = progress or NullProgress()
     check_models(suite)  # first: a missing 7B download is the error a user most needs to see
