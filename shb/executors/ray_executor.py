@@ -279,6 +279,10 @@ class _Driver:
             self.counts["model_loads"] += 1
             with self.store.transaction():
                 self.store.insert("models", [result.model_row])
+        if result.input_rows:
+            with self.store.transaction():
+                for table, rows in result.input_rows.items():
+                    self.store.insert(table, rows)
         if state.phase == "failed":
             return  # a chunk of a unit that already failed: dropped
         if result.shb_error is not None:

@@ -49,6 +49,7 @@ class ChunkResult:
     error: str | None = None          # traceback text of an ordinary exception: the unit fails
     shb_error: Exception | None = None  # a UsageError etc.: the run stops, as a local run does
     model_row: dict | None = None     # set on the call that loaded the model (the driver upserts `models`)
+    input_rows: dict | None = None    # table -> rows describing inputs (formatted_prompts), first use only
     pid: int = 0
 
 
@@ -67,6 +68,7 @@ class ModelHost:
         self.specs = {m.id: _pinned(m.spec(), self.fingerprints.get(m.id, {})) for m in suite.models}
         self.model_id, self.lm, self.device, self.loads = None, None, None, 0
         self.shared, self.formatted, self.units = {}, {}, {}
+        self.new_inputs: dict[str, list] = {}
 
     def _ensure_loaded(self, model_id: str) -> dict | None:
         if self.lm is not None and self.model_id == model_id:
@@ -98,8 +100,14 @@ class ModelHost:
         if unit.unit_id not in self.units:
             dataset_id = unit.dataset.id
             if dataset_id not in self.formatted:
+                from shb.run import _formatted_rows
+
                 self.formatted[dataset_id] = format_prompts(self.datasets[dataset_id], self.prompts[dataset_id],
                                                             self.lm.tokenizer)
+                # what was fed to the model, as a local run records it (the driver upserts the rows)
+                self.new_inputs.setdefault("formatted_prompts", []).extend(_formatted_rows(
+                    self.model_id, self.datasets[dataset_id], self.prompts[dataset_id], self.formatted[dataset_id],
+                    self.lm.tokenizer))
             self.units[unit.unit_id] = unit_context(unit, self.lm, self.prompts[dataset_id], self.formatted[dataset_id],
                                                     None, NullProgress(), self.shared, self.suite, self.device)
         metric, ctx = self.units[unit.unit_id]
@@ -123,6 +131,7 @@ class ModelHost:
             _maybe_fault(chunk)
             snapshot = Snapshot(tables or {})
             metric, ctx = self._context(unit, snapshot)
+            result.input_rows, self.new_inputs = self.new_inputs or None, {}
             result.rows, result.seconds = work(metric, ctx)
         except ShbError as exc:
             result.shb_error = exc

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at"}
+# How a run ran, not what it found: timings, and the batch size an engine settled on (each worker sizes its own).
+TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at", "batch_size"}
 
 
 def tables(db) -> dict:
@@ -18,7 +19,7 @@ def tables(db) -> dict:
     with Store(db, read_only=True) as store:
         names = [r[0] for r in store.con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-            " AND table_name NOT IN ('runs', 'shb_meta')").fetchall()]
+            " AND table_name NOT IN ('runs', 'shb_meta', 'labels')").fetchall()]  # labels: run_suite's, not a worker's
         for name in sorted(names):
             cols = [r[0] for r in store.con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
@@ -59,7 +60,9 @@ def test_a_model_host_fed_snapshots_gives_the_local_tables(tmp_path, suite_file)
     # dependencies allow (reversed where they allow it), each committed from the host's rows.
     suite = load(suite_file)
     prompts = load_prompts(suite)
-    host = ModelHost("float32", "cpu", suite, prompts, {d.id: d for d in suite.datasets})
+    from shb.run import _fingerprints
+
+    host = ModelHost("float32", "cpu", suite, prompts, {d.id: d for d in suite.datasets}, _fingerprints(suite))
     with Store(tmp_path / "host.duckdb") as store:
         with store.transaction():
             store.insert("prompts", [{"dataset_id": "p", "prompt_id": p.prompt_id, "text": p.text,
@@ -68,9 +71,12 @@ def test_a_model_host_fed_snapshots_gives_the_local_tables(tmp_path, suite_file)
         for unit in expand(suite, prompts):
             planned = host.chunks(unit)
             assert planned.error is None and planned.shb_error is None, planned.error
-            if planned.model_row is not None:
+            for result in (planned,):
                 with store.transaction():
-                    store.insert("models", [planned.model_row])
+                    if result.model_row is not None:
+                        store.insert("models", [result.model_row])
+                    for table, rows in (result.input_rows or {}).items():
+                        store.insert(table, rows)
             chunks = planned.rows["chunks"]
             deps = chunk_dependencies(unit.metric.kind, chunks)
             store.upsert_unit(unit_row(unit, "r", suite))
@@ -80,6 +86,9 @@ def test_a_model_host_fed_snapshots_gives_the_local_tables(tmp_path, suite_file)
                 i = ready[-1]  # the last ready one first: independent chunks need not run in order
                 result = host.run_chunk(unit, chunks[i], snapshot_tables(store, unit))
                 assert result.error is None and result.shb_error is None, result.error
+                with store.transaction():
+                    for table, rows in (result.input_rows or {}).items():
+                        store.insert(table, rows)
                 store.commit_chunk(unit.unit_id, chunks[i], "r", result.rows, result.seconds)
                 done.add(i)
             store.upsert_unit({**unit_row(unit, "r", suite), "status": "done", "n_chunks": len(chunks)})

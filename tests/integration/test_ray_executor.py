@@ -131,11 +131,13 @@ def test_part_of_paper_mini_gives_the_local_tables(fault_dir, tmp_path):
     data = json.loads((REPO / "suites" / "paper-mini.json").read_text())
     data["name"] = "paper-mini-part"
     data["models"] = [m for m in data["models"] if m["id"] in ("toy-a", "toy-b")]
-    data["datasets"] = [{**d, "limit": 6} for d in data["datasets"] if d["id"] == "toy-harmful"]
+    data["datasets"] = [{**d, "id": "toy-harmful-6", "limit": 6} for d in data["datasets"] if d["id"] == "toy-harmful-32"]
     data["ablations"] = [a for a in data["ablations"] if a["id"] == "ua"]
+    data.pop("interventions", None)
     data["metrics"] = [m for m in data["metrics"] if m["id"] in ("ships_dataset", "sahara", "asr-greedy")]
     for metric in data["metrics"]:
-        metric.pop("ablations", None)
+        for key in ("ablations", "models", "datasets"):
+            metric.pop(key, None)
         if metric["kind"] == "sahara":
             metric["steps"] = 2
         if metric["kind"] == "asr":
