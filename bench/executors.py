@@ -21,23 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at"}
-
-
-def tables(db) -> dict:
-    from shb.store import Store
-
-    out = {}
-    with Store(db, read_only=True) as store:
-        names = [r[0] for r in store.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-            " AND table_name NOT IN ('runs', 'shb_meta')").fetchall()]
-        for name in sorted(names):
-            cols = [r[0] for r in store.con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [name]).fetchall() if r[0] not in TIMING]
-            out[name] = store.con.execute(f'SELECT {", ".join(cols)} FROM "{name}" ORDER BY ALL').fetchall()
-    return out
+# The same comparison the executor tests make (every table's rows, without timings and batch sizes).
+from tests.integration.test_executor_worker import tables  # noqa: E402
 
 
 def main() -> None:

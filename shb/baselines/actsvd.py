@@ -29,10 +29,9 @@ so directions that lie inside the utility subspace up to rounding are no edit at
 
 from __future__ import annotations
 
-import hashlib
-
 from shb.baselines.base import Artefact, FitData
 from shb.baselines.fitting import (
+    ArtefactEdit,
     from_oi,
     greedy_responses,
     layer_linears,
@@ -179,19 +178,11 @@ def _modules(lm, artefact: Artefact) -> dict:
     return out
 
 
-class LowRankEdit(Intervention):
+class LowRankEdit(ArtefactEdit, Intervention):
     """The fitted ActSVD edit: every map's weight swapped for W - A U^T W while applied."""
 
     kind = KIND
-
-    def __init__(self, artefact: Artefact, params: dict):
-        self.artefact = artefact
-        self.params = _params(params)
-        # the framework records the stored blob's hash in meta; hash the artefact only when it did not
-        self._digest = artefact.meta.get("_sha256") or hashlib.sha256(artefact.to_bytes()).hexdigest()
-
-    def identity(self) -> dict:
-        return {"kind": KIND, "params": self.params, "artefact": self._digest}
+    _params = staticmethod(_params)
 
     def _new_weights(self, lm) -> dict:
         return {m: _edited(m, *self._factors(key)) for key, m in _modules(lm, self.artefact).items()}

@@ -163,3 +163,25 @@ def run_until(lm, layer: int, input_ids, mask):
         pass
     finally:
         handle.remove()
+
+
+class ArtefactEdit:
+    """Mixin for interventions defined by a fitted artefact and their parameters: identity is the
+    kind, the parameters and the artefact's hash (the framework records the stored blob's hash in
+    meta; the artefact is hashed only when it did not)."""
+
+    kind = ""
+
+    def __init__(self, artefact, params: dict):
+        import hashlib
+
+        self.artefact = artefact
+        self.params = self._params(params)
+        self._digest = artefact.meta.get("_sha256") or hashlib.sha256(artefact.to_bytes()).hexdigest()
+
+    @staticmethod
+    def _params(params: dict) -> dict:
+        return dict(params)
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "params": self.params, "artefact": self._digest}

@@ -21,10 +21,9 @@ that change (a pruned entry that is already 0 does not count), dof = entries cho
 
 from __future__ import annotations
 
-import hashlib
-
 from shb.baselines.base import Artefact, FitData
 from shb.baselines.fitting import (
+    ArtefactEdit,
     fraction,
     from_oi,
     greedy_responses,
@@ -161,19 +160,11 @@ def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
     return Artefact(KIND, tensors, meta)
 
 
-class SetDifferencePruning(Intervention):
+class SetDifferencePruning(ArtefactEdit, Intervention):
     """Pruned weights (set to 0) while applied; the original tensors come back on exit."""
 
     kind = KIND
-
-    def __init__(self, artefact: Artefact, params: dict):
-        self.artefact = artefact
-        self.params = _params(params)
-        # the framework records the stored blob's hash in meta; hash the artefact only when it did not
-        self._digest = artefact.meta.get("_sha256") or hashlib.sha256(artefact.to_bytes()).hexdigest()
-
-    def identity(self) -> dict:
-        return {"kind": KIND, "params": self.params, "artefact": self._digest}
+    _params = staticmethod(_params)
 
     def _new_weights(self, lm) -> dict:
         import torch
