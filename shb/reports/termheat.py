@@ -69,7 +69,10 @@ def render(grid: list[list[float | None]], title: str, top_n: int = 10, width: i
     label = 6
     cell = 2 if label + 2 * n_heads + 3 + side <= width else 1
     beside = label + cell * n_heads + 3 + side <= width
-    out = [Text(title, style="bold")]
+    import textwrap
+
+    # a long model or dataset id must not push the title past the terminal
+    out = [Text(line, style="bold") for line in textwrap.wrap(title, width=max(20, width)) or [""]]
     if n_heads >= 10:
         out.append(Text(" " * label + "".join(f"{h // 10 if h % 10 == 0 else ' ':<{cell}}" for h in range(n_heads))))
     out.append(Text(" " * label + "".join(f"{h % 10:<{cell}}" for h in range(n_heads))
