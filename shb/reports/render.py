@@ -163,7 +163,11 @@ def shown_columns(frame: pl.DataFrame, lift: bool = True) -> tuple[list[Shown], 
     """The columns to print and the (name, value) pairs lifted into the title."""
     pairs = intervals(frame)
     bounds = {b for pair in pairs.values() for b in pair}
-    lifted_names = [n for n in constant_columns(frame) if n not in bounds and n not in pairs] if lift else []
+    # Only what names the rows (labels) and counts move to the title: a measurement stays in its column
+    # even where every row has the same value (the demo's ablated ASR is 1.0 at k = 1 and k = 2).
+    lifted_names = [n for n in constant_columns(frame) if n not in bounds and n not in pairs
+                    and (is_label(n, frame.schema[n]) or COUNT.search(n) or not frame.schema[n].is_numeric()
+                         and not n.endswith("]"))] if lift else []
     if len(lifted_names) >= len([n for n in frame.columns if n not in bounds]):
         lifted_names = lifted_names[:-1]  # never lift every column: something must stay in the table
     lifted = [(n, _cell(_as_count(frame[n][0]) if COUNT.search(n) or isinstance(frame.schema[n], pl.Decimal)
