@@ -11,8 +11,10 @@ shb.interventions). Rows from databases older than that fall back to the head ge
 One row per asr unit and k (two explicit head lists are two rows; a fitted intervention is one
 row per fit); the method label names the head set or the intervention. ASR carries a 95% Wilson
 interval over its n judged answers (shb.reports.stats). Rows carry ``source``: ``measured`` or
-``published (...)``, a number copied from the paper, never measured here. The columns leave room
-for utility (a later ``utility`` metric joins on model, dataset and method). No torch.
+``published (...)``, a number copied from the paper, never measured here. Where a ``utility`` metric
+measured the same head set on the same model and ablation, its changes against the unmodified model
+sit beside the ASR (lm-eval accuracy, over-refusal rate, benign NLL in nats): ASR gained against
+utility lost. No torch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ PUBLISHED = [
 ]
 
 COLUMNS = ["source", "model_id", "dataset_id", "format", "judge_id", "decoding", "max_new_tokens", "family", "method",
-           "k", "params_modified", "params_dof", "share_pct", "dof_share_pct", "n", "asr", "asr_lo", "asr_hi", "asr_pm"]
+           "k", "params_modified", "params_dof", "share_pct", "dof_share_pct", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
+           "utility_acc_change", "over_refusal_change", "benign_nll_change"]
 
 # Weights edited per ablated head, from geometry: only for rows stored before params were measured.
 PER_HEAD = """CASE json_extract_string(u.spec, '$.ablation.kind')
@@ -73,6 +76,8 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
                CASE WHEN any_value(g.iv_id) IS NOT NULL THEN any_value(g.iv_kind)
                     ELSE 'heads: ' || any_value(g.head_source) || ' (' || any_value(g.ablation_id) || ')' END AS family,
                any_value(g.iv_id) AS intervention_id, any_value(g.head_source) AS head_source,
+               CASE WHEN count(DISTINCT g.head_list) = 1
+                    THEN array_to_string(list_sort(any_value(g.heads)), ',') END AS head_key,
                any_value(g.ablation_id) AS ablation_id, g.k,
                CAST(round(avg(g.entries)) AS BIGINT) AS params_modified,
                CAST(round(avg(g.dof)) AS BIGINT) AS params_dof,
@@ -85,13 +90,33 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
     return with_wilson(frame, "asr", "n")
 
 
+def utility_changes(store) -> pl.DataFrame | None:
+    """Utility lost under each head set (shb report utility's change against the unmodified model),
+    keyed like the measured rows: model, ablation and the sorted head list. None without utility results."""
+    exists = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'utility_change'")
+    if not exists["n"][0]:
+        return None
+    frame = store.query("""
+        SELECT model_id, ablation_id, array_to_string(list_sort(heads), ',') AS head_key,
+               avg(CASE WHEN part = 'lm_eval' AND measure = 'acc' THEN change END) AS utility_acc_change,
+               avg(CASE WHEN part = 'over_refusal' THEN change END) AS over_refusal_change,
+               avg(CASE WHEN part = 'benign_loss' THEN change END) AS benign_nll_change
+        FROM utility_change WHERE heads IS NOT NULL AND len(heads) > 0 GROUP BY ALL""")
+    return None if frame.is_empty() else frame
+
+
 def published() -> pl.DataFrame:
     return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", "family": "published", **row}
                          for row in PUBLISHED])
 
 
 def report(store, model=None, dataset=None, include_published: bool = True) -> pl.DataFrame:
-    parts = [p for p in [measured(store, model, dataset)] if not p.is_empty()]
+    rows = measured(store, model, dataset)
+    utility = utility_changes(store)
+    if utility is not None and not rows.is_empty():
+        # ASR gained beside utility lost, for the head sets a `utility` metric measured too
+        rows = rows.join(utility, on=["model_id", "ablation_id", "head_key"], how="left", nulls_equal=False)
+    parts = [p for p in [rows] if not p.is_empty()]
     if not parts:
         require(pl.DataFrame(), "ASR results with a head set or an intervention",
                 "run a suite with an `asr` metric with k > 0 or an intervention (e.g. suites/paper-mini.json)",

@@ -280,3 +280,17 @@ def test_reports_never_import_torch():
             "import shb.reports.cli, shb.reports.ships, shb.reports.sahara, shb.reports.asr, shb.reports.overlap,"
             " shb.reports.efficiency, shb.reports.runs, shb.reports.html, shb.reports.figures")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_efficiency_puts_utility_lost_beside_asr_gained(store):
+    """The synthetic utility unit measured the 3 Sahara heads of toy-a (ua): accuracy 0.9 -> 0.7 and benign
+    NLL 2.0 -> 2.5 nats; the k = 3 efficiency rows carry those changes, the other rows none."""
+    from shb.reports import efficiency
+
+    frame = efficiency.report(store, include_published=False)
+    with_utility = frame.filter(pl.col("utility_acc_change").is_not_null())
+    assert sorted(with_utility["k"].to_list()) == [3, 3]   # greedy and sampled decoding, same head set
+    assert with_utility["utility_acc_change"].to_list() == pytest.approx([-0.2, -0.2])
+    assert with_utility["benign_nll_change"].to_list() == pytest.approx([0.5, 0.5], abs=0.02)
+    assert frame.filter(pl.col("k") != 3)["utility_acc_change"].null_count() == frame.filter(pl.col("k") != 3).height
+
