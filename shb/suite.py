@@ -183,6 +183,9 @@ def semantic_problems(data: dict) -> list[str]:
             from shb.utility.spec import problems as utility_problems
 
             problems += utility_problems(i, metric, ids.get("datasets"))
+            target = metric.get("intervention")
+            if isinstance(target, str) and target not in (ids.get("interventions") or {}):
+                problems.append(f"/metrics/{i}/intervention: no intervention with id '{target}' in this suite")
         if heads == "ships_per_prompt" and "ships" not in metric_kinds.values():
             problems.append(f"/metrics/{i}/heads: 'ships_per_prompt' needs a metric of kind ships in this suite")
         if metric.get("kind") == "asr":

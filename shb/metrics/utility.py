@@ -53,7 +53,8 @@ class UtilityMetric(Metric):
             from shb.utility import lmeval
 
             lmeval.require()  # before any work: a missing extra is the error to see first
-        out = []
+        fitted = "fit_id" in (unit.spec.get("intervention") or {})
+        out = ["fit"] if fitted else []  # the baseline's fit first (a no-op when another unit stored it)
         for k in uspec.ks(params):
             for i, _ in enumerate((params.get("lm_eval") or {}).get("tasks", [])):
                 out.append(f"k{k:03d}-lm-{i:02d}")
@@ -67,11 +68,15 @@ class UtilityMetric(Metric):
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         from shb.utility.intervention import intervention_for
 
+        if chunk == "fit":
+            from shb.baselines.fits import fit_chunk
+
+            return fit_chunk(unit, ctx)
         k = int(chunk[1:4])
         part = chunk.split("-")[1]
         intervention = intervention_for(unit, ctx, k)
         base = {**ctx.base_row(), "metric_id": ctx.ids["metric_id"], "k": k,
-                "head_source": "explicit" if isinstance(ctx.metric.get("heads"), list) else ctx.metric.get("heads"),
+                "head_source": _head_source(unit.metric.params),
                 "heads": list(intervention.identity().get("heads", [])), "intervention": intervention.identity(),
                 "intervention_kind": intervention.kind, "judge_id": "", "judge_hash": None, "sample_index": 0,
                 "lm_eval_version": None, "task_hash": None, "num_fewshot": None, "weight": 1.0}
@@ -163,3 +168,10 @@ class UtilityMetric(Metric):
             return prompts, formatted
 
         return ctx.cached(("utility-dataset", ref, ctx.ids["model_id"]), load)
+
+
+def _head_source(params: dict) -> str | None:
+    """How the head set was chosen, as generations.head_source says it (``intervention:<id>`` for a baseline)."""
+    if params.get("intervention") is not None:
+        return f"intervention:{params['intervention']}"
+    return "explicit" if isinstance(params.get("heads"), list) else params.get("heads")

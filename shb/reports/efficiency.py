@@ -76,8 +76,9 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
                CASE WHEN any_value(g.iv_id) IS NOT NULL THEN any_value(g.iv_kind)
                     ELSE 'heads: ' || any_value(g.head_source) || ' (' || any_value(g.ablation_id) || ')' END AS family,
                any_value(g.iv_id) AS intervention_id, any_value(g.head_source) AS head_source,
-               CASE WHEN count(DISTINCT g.head_list) = 1
+               CASE WHEN count(DISTINCT g.head_list) = 1 AND len(any_value(g.heads)) > 0
                     THEN array_to_string(list_sort(any_value(g.heads)), ',') END AS head_key,
+               json_extract_string(any_value(g.intervention), '$.fit_id') AS fit_key,
                any_value(g.ablation_id) AS ablation_id, g.k,
                CAST(round(avg(g.entries)) AS BIGINT) AS params_modified,
                CAST(round(avg(g.dof)) AS BIGINT) AS params_dof,
@@ -97,12 +98,26 @@ def utility_changes(store) -> pl.DataFrame | None:
     if not exists["n"][0]:
         return None
     frame = store.query("""
-        SELECT model_id, ablation_id, array_to_string(list_sort(heads), ',') AS head_key,
-               avg(CASE WHEN part = 'lm_eval' AND measure = 'acc' THEN change END) AS utility_acc_change,
-               avg(CASE WHEN part = 'over_refusal' THEN change END) AS over_refusal_change,
-               avg(CASE WHEN part = 'benign_loss' THEN change END) AS benign_nll_change
-        FROM utility_change WHERE heads IS NOT NULL AND len(heads) > 0 GROUP BY ALL""")
+        SELECT c.model_id, c.ablation_id,
+               CASE WHEN len(c.heads) > 0 THEN array_to_string(list_sort(c.heads), ',') END AS head_key,
+               json_extract_string(u.spec, '$.intervention.fit_id') AS fit_key,
+               avg(CASE WHEN c.part = 'lm_eval' AND c.measure = 'acc' THEN c.change END) AS utility_acc_change,
+               avg(CASE WHEN c.part = 'over_refusal' THEN c.change END) AS over_refusal_change,
+               avg(CASE WHEN c.part = 'benign_loss' THEN c.change END) AS benign_nll_change
+        FROM utility_change c JOIN units u USING (unit_id) GROUP BY ALL""")
     return None if frame.is_empty() else frame
+
+
+def _with_utility(rows: pl.DataFrame, utility: pl.DataFrame) -> pl.DataFrame:
+    """Head sets match on model, ablation and the sorted head list; fitted baselines on model and fit."""
+    measures = ["utility_acc_change", "over_refusal_change", "benign_nll_change"]
+    by_heads = utility.filter(pl.col("head_key").is_not_null()).select("model_id", "ablation_id", "head_key", *measures)
+    by_fit = (utility.filter(pl.col("fit_key").is_not_null()).select("model_id", "fit_key", *measures)
+              .unique(["model_id", "fit_key"], keep="first"))
+    heads = rows.filter(pl.col("fit_key").is_null()).join(by_heads, on=["model_id", "ablation_id", "head_key"],
+                                                          how="left")
+    fitted = rows.filter(pl.col("fit_key").is_not_null()).join(by_fit, on=["model_id", "fit_key"], how="left")
+    return pl.concat([heads, fitted], how="diagonal_relaxed").sort(rows.columns[:8], nulls_last=True, maintain_order=True)
 
 
 def published() -> pl.DataFrame:
@@ -115,7 +130,7 @@ def report(store, model=None, dataset=None, include_published: bool = True) -> p
     utility = utility_changes(store)
     if utility is not None and not rows.is_empty():
         # ASR gained beside utility lost, for the head sets a `utility` metric measured too
-        rows = rows.join(utility, on=["model_id", "ablation_id", "head_key"], how="left", nulls_equal=False)
+        rows = _with_utility(rows, utility)
     parts = [p for p in [rows] if not p.is_empty()]
     if not parts:
         require(pl.DataFrame(), "ASR results with a head set or an intervention",

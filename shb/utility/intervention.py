@@ -6,7 +6,8 @@ intervention (the baselines of issue 11) are a few lines here.
 - otherwise a ``HeadAblation`` of the head set that the ``asr`` metric would ablate for the same
   parameters (``sahara:<id>``: the first k heads Sahara chose; ``random``: k heads drawn with
   ``seed``; an explicit list), with the unit's ablation kind, epsilon and site.
-A baseline would add a branch: ``if "intervention" in ctx.metric: return <resolve it>``.
+- with ``intervention: <id>`` (a fitted baseline): at k = 1 the fitted intervention, loaded from the
+  ``fits`` table as the asr metric loads it (its unit's ``fit`` chunk fits it when no unit did).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def intervention_for(unit, ctx, k: int):
 
     if k == 0:
         return NoIntervention()
+    if unit.spec.get("intervention") is not None:
+        from shb.baselines.fits import intervention_for as fitted
+
+        return fitted(unit, ctx)
     # One head set for the whole unit: the asr metric's resolution, asked for a single "prompt".
     heads = AsrMetric().head_sets(unit, ctx, k, [None])[0]
     if not heads:

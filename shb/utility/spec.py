@@ -4,6 +4,7 @@ sizes are measured, and the checks JSON Schema cannot express. No torch here.
 Parameters (the suite schema's ``utility`` branch):
   heads, k, seed       the head set, as for ``asr`` (``sahara:<id>``, ``random``, an explicit list);
                        ``ships_per_prompt`` is refused: lm-eval documents share one model;
+  intervention         instead of heads: an id of the suite's interventions section (a fitted baseline);
   lm_eval              {tasks: [registry name | path/to/task.yaml | shb_toy_*], num_fewshot (0),
                         limit, apply_chat_template (false), docs (size of generated toy tasks)};
   over_refusal         {dataset: <suite dataset id>, judge, decoding, max_new_tokens};
@@ -34,7 +35,10 @@ def dataset_refs(params: dict) -> list[str]:
 
 
 def ks(params: dict) -> list[int]:
-    """Head-set sizes measured; 0 (the unmodified model) always comes first."""
+    """Head-set sizes measured; 0 (the unmodified model) always comes first. An intervention (a fitted
+    baseline) is measured at k = 1 beside k = 0, as the asr metric records it."""
+    if params.get("intervention") is not None or "heads" not in params:  # (a unit's spec drops the id)
+        return [0, 1]
     heads = params.get("heads")
     if isinstance(heads, list):
         sizes = [len(heads)]
@@ -57,9 +61,11 @@ def problems(i: int, metric: dict, dataset_ids) -> list[str]:
         found.append(f"{where}/heads: 'ships_per_prompt' gives every prompt its own heads, but utility measures one "
                      "model on shared documents (lm-eval tasks, benign prompts); use 'sahara:<metric id>', 'random' "
                      "or an explicit list such as [\"2-6\"]")
-    if "heads" not in metric:
+    if "heads" in metric and "intervention" in metric:
+        found.append(f"{where}: utility takes heads or intervention, not both")
+    elif "heads" not in metric and "intervention" not in metric:
         found.append(f"{where}: utility needs heads (sahara:<metric id>, random, or a list; [] measures only the "
-                     "unmodified model)")
+                     "unmodified model) or intervention (an id of the interventions section)")
     if not parts(metric):
         found.append(f"{where}: utility needs at least one of lm_eval, over_refusal, benign_loss")
     for part in READ_PARTS:

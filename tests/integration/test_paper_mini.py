@@ -34,7 +34,7 @@ def db(tmp_path_factory):
 
 def test_every_unit_is_done(db):
     units = json.loads(shb("sql", "SELECT status, count(*) AS n FROM units GROUP BY 1", "--db", str(db), "--format", "json"))
-    assert units == [{"status": "done", "n": 50}]
+    assert units == [{"status": "done", "n": 55}]
 
 
 def test_utility_of_sahara_heads_beside_random_heads(db):
@@ -97,3 +97,15 @@ def test_overlap_same_base_against_different_base(db):
     heads = {r["model_id"]: (r["layer"], r["head"]) for r in top1}
     assert heads["toy-a"] == heads["toy-b"] != heads["toy-c"]   # the planted head of each base, found blind
     assert same["spearman"] > other["spearman"]
+
+
+def test_every_table1_method_has_utility_beside_its_asr(db):
+    """paper-mini measures each baseline's utility too; the efficiency report puts it beside the ASR."""
+    rows = json.loads(shb("report", "efficiency", "--db", str(db), "--model", "toy-a", "--format", "json"))
+    fitted = [r for r in rows if r["source"] == "measured" and r["family"] in
+              ("refusal_direction", "layers", "actsvd", "setdiff", "safety_neurons")]
+    assert {r["family"] for r in fitted} == {"refusal_direction", "layers", "actsvd", "setdiff", "safety_neurons"}
+    for r in fitted:
+        assert r["utility_acc_change"] is not None and r["over_refusal_change"] is not None, r["method"]
+        assert r["benign_nll_change"] is not None, r["method"]
+

@@ -70,8 +70,11 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert base.get("base_seed") == toy_a.get("base_seed")
     assert all(base.id not in (m.get("models") or []) and m.get("models") for m in suite.metrics)
     assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
-    heads = {m.get("heads") for m in suite.metrics if m.kind == "utility"}
+    heads = {m.get("heads") for m in suite.metrics if m.kind == "utility" and m.get("heads")}
     assert heads == {"sahara:sahara", "random"}   # the Sahara heads beside a random set of the same size
+    # and every Table 1 baseline's utility, beside its ASR
+    assert {m.get("intervention") for m in suite.metrics if m.kind == "utility" and m.get("intervention")} \
+        == {i.id for i in suite.interventions}
     by_kind = {m.kind: m for m in suite.metrics}
     assert by_kind["sahara"].get("steps") == 3 and by_kind["asr"].get("max_new_tokens") == 32
     toy = [d for d in suite.datasets if d.kind == "toy-harmful"]

@@ -40,6 +40,7 @@ def test_valid_suite_and_parts():
     assert spec.ks(params) == [0, 2]                        # the unmodified model is always measured
     assert spec.ks({"heads": ["1-2", "0-3"]}) == [0, 2]
     assert spec.ks({"heads": []}) == [0]
+    assert spec.ks({"intervention": "rd"}) == [0, 1]        # a fitted baseline beside the unmodified model
 
 
 def test_ships_per_prompt_is_refused_with_the_reason():
@@ -54,6 +55,9 @@ def test_ships_per_prompt_is_refused_with_the_reason():
     (lambda m: m["over_refusal"].update(judge="classifier"), "/metrics/1/over_refusal/judge"),
     (lambda m: m["lm_eval"].update(shots=1), "/metrics/1/lm_eval"),
     (lambda m: m.pop("heads"), "utility needs heads"),
+    (lambda m: m.update(intervention="rd"), "utility takes heads or intervention, not both"),
+    (lambda m: (m.pop("heads"), m.pop("k"), m.update(intervention="nope")),
+     "/metrics/1/intervention: no intervention with id 'nope'"),
 ])
 def test_bad_utility_entries(change, expected):
     found = problems_of(change)
