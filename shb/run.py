@@ -126,7 +126,7 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     device_request = device or suite.defaults.get("device")
     preflight.run_problems(suite, device)  # device, cache, architectures, heads
     prompts = load_prompts(suite)
-    device = resolve_device(device or suite.defaults.get("device"))
+    device = resolve_device(device_request)
     fps = _fingerprints(suite)
     units = _order(expand(suite, prompts, device, fps), suite)
     if only_units:

@@ -114,10 +114,11 @@ def _with_utility(rows: pl.DataFrame, utility: pl.DataFrame) -> pl.DataFrame:
     by_heads = utility.filter(pl.col("head_key").is_not_null()).select("model_id", "ablation_id", "head_key", *measures)
     by_fit = (utility.filter(pl.col("fit_key").is_not_null()).select("model_id", "fit_key", *measures)
               .unique(["model_id", "fit_key"], keep="first"))
+    rows = rows.with_row_index("_row")  # the measured order (model, dataset, judge, decoding, family, share)
     heads = rows.filter(pl.col("fit_key").is_null()).join(by_heads, on=["model_id", "ablation_id", "head_key"],
                                                           how="left")
     fitted = rows.filter(pl.col("fit_key").is_not_null()).join(by_fit, on=["model_id", "fit_key"], how="left")
-    return pl.concat([heads, fitted], how="diagonal_relaxed").sort(rows.columns[:8], nulls_last=True, maintain_order=True)
+    return pl.concat([heads, fitted], how="diagonal_relaxed").sort("_row").drop("_row")
 
 
 def published() -> pl.DataFrame:
