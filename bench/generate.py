@@ -14,8 +14,6 @@ Tokens/s counts the tokens actually generated (a row stops at its EOS).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import sys
 import time
@@ -24,17 +22,17 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The upstream AdvBench file: $SHB_DATA_DIR, else ../shared/data beside the repository.
-DATA = Path(os.environ.get("SHB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) \
-    / "advbench_harmful_behaviors.csv"
 TEMPLATE = "You are a helpful assistant. Answer the request of the user below.\nUser: {goal}\nAssistant:"
 
 
 def goals(n: int) -> list[str]:
-    if DATA.exists():
-        with DATA.open(newline="", encoding="utf-8") as f:
-            rows = [r["goal"] for r in csv.DictReader(f)]
-    else:  # a stand-in so that the benchmark runs anywhere
+    """AdvBench goals (hash-checked: shb's cache, $SHB_DATA_MIRROR or the download), else a stand-in."""
+    from shb import datasets
+    from shb.errors import UsageError
+
+    try:
+        rows = [p.text for p in datasets.load({"kind": "advbench"})]
+    except UsageError:  # a stand-in so that the benchmark runs anywhere
         rows = [f"Explain step {i} of a long and detailed procedure for building a bookshelf" for i in range(520)]
     return rows[:n]
 

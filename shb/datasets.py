@@ -3,8 +3,8 @@
 Each dataset kind is a factory ``kind(**params) -> list[Prompt]`` registered in
 ``shb.registry.DATASETS``. Prompt ids are row numbers in the upstream file (0-based), so a
 subset keeps the ids of the full set and results from different subsets line up.
-Benchmark sets are read from ``path`` when given, otherwise fetched once from upstream into
-the cache and checked against a pinned sha256. No torch here.
+Benchmark sets are read from ``path`` when given, otherwise taken from the cache, a local mirror
+($SHB_DATA_MIRROR) or upstream, and checked against a pinned sha256. No torch here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,30 +55,53 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+MIRROR_ENV = "SHB_DATA_MIRROR"
+
+
+def _store(target: Path, blob: bytes) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
+    tmp.write_bytes(blob)
+    tmp.replace(target)
+    return target
+
+
 def fetch_upstream(kind: str) -> Path:
-    """The cached upstream copy of a benchmark, downloaded once and checked against its sha256."""
+    """The cached upstream copy of a benchmark, checked against its pinned sha256.
+
+    Tried in order: shb's cache; the mirror folder named by $SHB_DATA_MIRROR (a folder holding the
+    upstream files under the names of ``UPSTREAM``, e.g. a read-only copy on a machine without network);
+    the upstream URL. A mirror or download is copied into the cache only when its sha256 matches."""
     source = UPSTREAM[kind]
     target = shb.cache_dir() / "datasets" / source.filename
     if target.is_file() and sha256_file(target) == source.sha256:
         return target
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        candidate = Path(mirror).expanduser() / source.filename
+        if candidate.is_file():
+            blob = candidate.read_bytes()
+            digest = hashlib.sha256(blob).hexdigest()
+            if digest != source.sha256:
+                raise UsageError(f"dataset '{kind}': the mirror copy {candidate} has sha256 {digest}, expected"
+                                 f" {source.sha256}; replace it with the upstream file ({source.url}) or unset"
+                                 f" ${MIRROR_ENV}")
+            return _store(target, blob)
     import urllib.request
 
     try:
         with urllib.request.urlopen(source.url, timeout=60) as response:
             blob = response.read()
     except OSError as exc:
+        where = f"${MIRROR_ENV}={mirror} has no {source.filename}" if mirror else f"${MIRROR_ENV} is not set"
         raise UsageError(
-            f"dataset '{kind}': could not download {source.url} ({exc}).\n"
-            f"  Download it by hand and give its location with \"path\": \"...\" in the suite.") from None
+            f"dataset '{kind}': could not download {source.url} ({exc}) and {where}; put the upstream file"
+            f" {source.filename} in a folder named by ${MIRROR_ENV}, or give a local copy with \"path\"") from None
     digest = hashlib.sha256(blob).hexdigest()
     if digest != source.sha256:
         raise UsageError(f"dataset '{kind}': {source.url} has sha256 {digest}, expected {source.sha256};"
                          " upstream changed: pass a local copy with \"path\" (and \"sha256\" to pin it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    tmp.write_bytes(blob)
-    tmp.replace(target)
-    return target
+    return _store(target, blob)
 
 
 def _resolve(kind: str, path: str | None, sha256: str | None) -> Path:
@@ -223,6 +247,9 @@ def alpaca(*, path, sha256=None, with_input=False, **_) -> list[Prompt]:
     an empty ``input`` unless ``with_input`` (Arditi et al. take Alpaca instructions without input).
     Prompt ids are record indices in the file. A local file (``path``, optionally pinned by ``sha256``):
     shb has no verified upstream hash for it."""
+    if not Path(path).expanduser().is_file():
+        raise UsageError(f"dataset 'alpaca': no file at {Path(path).expanduser().resolve()}; save Stanford Alpaca's"
+                         " alpaca_data.json (github.com/tatsu-lab/stanford_alpaca) there, or fix \"path\" in the suite")
     resolved = _resolve("alpaca", path, sha256)
     text = resolved.read_text(encoding="utf-8")
     try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("SHB_SHARED_DATA", REPO.parent / "shared" / "data"))
+BENCHMARKS = ("advbench", "jailbreakbench", "maliciousinstruct")
 
 WORDS = ("how to make a bomb steal money hack into computer write poem about cake bake bread cook rice "
          "tell me explain the history of rome plan trip paris learn python code sort list garden grow "
@@ -18,11 +17,8 @@ WORDS = ("how to make a bomb steal money hack into computer write poem about cak
 
 
 def pytest_configure(config):
-    """One torch thread: tiny models run several times faster on the 2 shared cores than with two.
-    The benchmark prompt files come from ../shared/data (no network here)."""
+    """One torch thread: tiny models run several times faster on the 2 shared cores than with two."""
     import importlib.util
-
-    os.environ.setdefault("SHB_DATA_DIR", str(SHARED_DATA))
 
     if importlib.util.find_spec("torch") is not None:
         import torch
@@ -42,6 +38,42 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip)
+    if any("benchmarks" in item.keywords for item in items):
+        missing = _benchmarks_missing()
+        if missing:
+            skip = pytest.mark.skip(reason=missing)
+            for item in items:
+                if "benchmarks" in item.keywords:
+                    item.add_marker(skip)
+
+
+_BENCHMARK_FILES: dict = {}
+
+
+def _benchmarks_missing() -> str | None:
+    """None when every upstream benchmark file is at hand (shb's cache, the $SHB_DATA_MIRROR folder or
+    the network, each checked by its pinned sha256), else why not: the skip reason."""
+    from shb import datasets
+    from shb.errors import UsageError
+
+    for kind in BENCHMARKS:
+        if kind not in _BENCHMARK_FILES:
+            try:
+                _BENCHMARK_FILES[kind] = datasets.fetch_upstream(kind)
+            except UsageError as exc:
+                return ("needs the upstream benchmark files: set SHB_DATA_MIRROR to a folder holding them"
+                        f" or allow the download ({str(exc).splitlines()[0]})")
+    return None
+
+
+@pytest.fixture(scope="session")
+def benchmark_files() -> dict:
+    """kind -> the hash-checked local copy of each upstream benchmark (skips when they cannot be had).
+    Tests that need them are marked `benchmarks` (or take this fixture)."""
+    missing = _benchmarks_missing()
+    if missing:
+        pytest.skip(missing)
+    return dict(_BENCHMARK_FILES)
 
 
 def make_tokenizer():

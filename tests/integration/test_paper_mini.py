@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.benchmarks]  # paper-mini fetches MaliciousInstruct
 FORMATS = {"ships": ["table", "json", "csv", "png", "html"], "sahara": ["table", "json", "csv", "png", "html"],
            "asr": ["table", "json", "csv", "html"], "overlap": ["table", "json", "csv", "png", "html"],
            "efficiency": ["table", "json", "csv", "png", "html"], "runs": ["table", "json", "csv", "html"],

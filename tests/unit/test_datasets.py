@@ -7,42 +7,84 @@ import pytest
 from shb import datasets as ds
 from shb.errors import UsageError
 
-from ..conftest import SHARED_DATA
-
 FILES = {"advbench": ("advbench_harmful_behaviors.csv", 520), "jailbreakbench": ("jbb_harmful_behaviors.csv", 100),
          "maliciousinstruct": ("maliciousinstruct.txt", 100)}
 
 
 @pytest.mark.parametrize("kind", sorted(FILES))
-def test_benchmarks_read_upstream_format(kind):
+def test_benchmarks_read_upstream_format(kind, benchmark_files):
     name, rows = FILES[kind]
-    prompts = ds.load({"kind": kind, "path": str(SHARED_DATA / name)})
+    assert benchmark_files[kind].name == name
+    prompts = ds.load({"kind": kind, "path": str(benchmark_files[kind])})
     assert len(prompts) == rows
     assert [p.prompt_id for p in prompts] == list(range(rows))
     assert all(p.text and p.text == p.text.strip() for p in prompts)
 
 
 @pytest.mark.parametrize("kind", sorted(FILES))
-def test_pinned_sha256_matches_the_upstream_copies(kind):
-    name, _ = FILES[kind]
-    assert ds.sha256_file(SHARED_DATA / name) == ds.UPSTREAM[kind].sha256
+def test_pinned_sha256_matches_the_upstream_copies(kind, benchmark_files):
+    assert ds.sha256_file(benchmark_files[kind]) == ds.UPSTREAM[kind].sha256
 
 
-def test_fetch_uses_cached_copy_checked_by_sha256(tmp_path, monkeypatch):
+def test_fetch_uses_cached_copy_checked_by_sha256(tmp_path, monkeypatch, benchmark_files):
     monkeypatch.setenv("SHB_CACHE", str(tmp_path))
+    monkeypatch.delenv("SHB_DATA_MIRROR", raising=False)
     target = tmp_path / "datasets" / "maliciousinstruct.txt"
     target.parent.mkdir(parents=True)
-    target.write_bytes((SHARED_DATA / "maliciousinstruct.txt").read_bytes())
+    target.write_bytes(benchmark_files["maliciousinstruct"].read_bytes())
     assert len(ds.load({"kind": "maliciousinstruct"})) == 100
 
 
-def test_pinned_sha256_mismatch_is_an_error():
+def _offline(monkeypatch):
+    """No network: a download attempt fails at once, as on a machine without one."""
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_mirror_stands_in_for_the_download_and_fills_the_cache(tmp_path, monkeypatch, benchmark_files):
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    (mirror / "maliciousinstruct.txt").write_bytes(benchmark_files["maliciousinstruct"].read_bytes())
+    monkeypatch.setenv("SHB_CACHE", str(cache))
+    monkeypatch.setenv("SHB_DATA_MIRROR", str(mirror))
+    _offline(monkeypatch)
+    assert len(ds.load({"kind": "maliciousinstruct"})) == 100
+    assert ds.sha256_file(cache / "datasets" / "maliciousinstruct.txt") == ds.UPSTREAM["maliciousinstruct"].sha256
+    (mirror / "maliciousinstruct.txt").unlink()
+    assert len(ds.load({"kind": "maliciousinstruct"})) == 100   # the cache serves it now
+
+
+def test_a_mirror_copy_with_another_hash_is_refused(tmp_path, monkeypatch, benchmark_files):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "maliciousinstruct.txt").write_bytes(benchmark_files["maliciousinstruct"].read_bytes() + b"\nextra")
+    monkeypatch.setenv("SHB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SHB_DATA_MIRROR", str(mirror))
+    _offline(monkeypatch)
+    with pytest.raises(UsageError, match="mirror copy .* has sha256 .*, expected a64d69dd"):
+        ds.load({"kind": "maliciousinstruct"})
+    assert not (tmp_path / "cache" / "datasets" / "maliciousinstruct.txt").exists()
+
+
+def test_no_mirror_and_no_network_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SHB_DATA_MIRROR", str(tmp_path / "empty"))
+    _offline(monkeypatch)
+    with pytest.raises(UsageError, match="could not download .* has no jbb_harmful_behaviors.csv; put the upstream"):
+        ds.load({"kind": "jailbreakbench"})
+
+
+def test_pinned_sha256_mismatch_is_an_error(benchmark_files):
     with pytest.raises(UsageError, match="sha256"):
-        ds.load({"kind": "advbench", "path": str(SHARED_DATA / FILES["advbench"][0]), "sha256": "0" * 64})
+        ds.load({"kind": "advbench", "path": str(benchmark_files["advbench"]), "sha256": "0" * 64})
 
 
-def test_limit_and_seed_select_a_subset_with_upstream_ids():
-    spec = {"kind": "advbench", "path": str(SHARED_DATA / FILES["advbench"][0])}
+def test_limit_and_seed_select_a_subset_with_upstream_ids(benchmark_files):
+    spec = {"kind": "advbench", "path": str(benchmark_files["advbench"])}
     full = ds.load(spec)
     assert ds.load({**spec, "limit": 5}) == full[:5]
     sample = ds.load({**spec, "limit": 5, "seed": 1})

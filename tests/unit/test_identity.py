@@ -187,13 +187,13 @@ def test_label_contents_do_not_depend_on_labels(tmp_path, model_dir):
     assert contents[("model", "m")] == renamed[("model", "renamed")]
 
 
-def test_shipped_suites_can_share_one_database(monkeypatch, tmp_path):
+def test_shipped_suites_can_share_one_database(monkeypatch, tmp_path, benchmark_files):
     """`shb run suites/demo.json` then `shb run suites/paper-mini.json` into one results.duckdb must not be
     refused: a label the shipped suites share names the same content in each."""
     from shb.identity import content_identity
 
     repo = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(repo)  # paper-mini's ../shared/data paths resolve from the repository root
+    monkeypatch.chdir(repo)  # the suites' own files ("suites/data/...") resolve from the repository root
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fpmod._COMMITS.clear()
     seen: dict[tuple, dict[str, str]] = {}

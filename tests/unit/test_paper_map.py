@@ -18,7 +18,6 @@ import pytest
 from shb.suite import load
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("SHB_SHARED_DATA", REPO.parent / "shared" / "data"))
 PAPER = REPO / "suites" / "paper.json"
 MODELS = {"llama-2-7b-chat", "vicuna-7b-v1.5"}
 ABLATIONS = {"ua", "sc"}
@@ -108,14 +107,12 @@ def test_table1_baselines_map_to_metrics():
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"no benchmark copies at {SHARED_DATA}")
+def planned(tmp_path_factory, benchmark_files):
     tmp = tmp_path_factory.mktemp("paper-plan")
     cache = tmp / "cache" / "datasets"
     cache.mkdir(parents=True)
-    for name in ("advbench_harmful_behaviors.csv", "jbb_harmful_behaviors.csv", "maliciousinstruct.txt"):
-        (cache / name).symlink_to(SHARED_DATA / name)
+    for path in benchmark_files.values():  # the hash-checked copies; the plan itself must not download
+        (cache / path.name).symlink_to(path)
     env = {**os.environ, "SHB_CACHE": str(tmp / "cache"), "SHB_DB": str(tmp / "none.duckdb"), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp / "hf")}
     code = "import sys; sys.modules['torch'] = None; from shb.cli import main; main()"

@@ -15,7 +15,6 @@ import pytest
 from shb.suite import load
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("SHB_SHARED_DATA", REPO.parent / "shared" / "data"))
 PAPER = REPO / "suites" / "paper.json"
 MINI = REPO / "suites" / "paper-mini.json"
 NO_TORCH = "import sys; sys.modules['torch'] = None; from shb.cli import main; main()"
@@ -79,12 +78,9 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert by_kind["sahara"].get("steps") == 3 and by_kind["asr"].get("max_new_tokens") == 32
     toy = [d for d in suite.datasets if d.kind == "toy-harmful"]
     assert toy and toy[0].get("limit") <= 32
-    shared = [d for d in suite.datasets if d.get("path") and not d.get("path").startswith("suites/")]
-    assert all((REPO / d.get("path")).is_file() for d in suite.datasets if d.get("path", "").startswith("suites/"))
-    assert shared and all(d.get("path").startswith("../shared/data/") for d in shared)
-    # resolves from the repository root, as CI runs it
-    for d in shared:
-        assert (REPO / d.get("path")).resolve() == (SHARED_DATA / Path(d.get("path")).name).resolve()
+    # its files are the repository's own, or upstream benchmarks fetched and checked by their pinned hash
+    assert all((REPO / d.get("path")).is_file() for d in suite.datasets if d.get("path"))
+    assert any(d.kind == "maliciousinstruct" and not d.get("path") for d in suite.datasets)
 
 
 @pytest.mark.parametrize("path", [PAPER, MINI])
@@ -103,7 +99,7 @@ def _metric_modules_missing(path):
 
 
 @pytest.mark.parametrize("path", [PAPER, MINI])
-def test_plan_runs_without_torch(path, tmp_path):
+def test_plan_runs_without_torch(path, tmp_path, benchmark_files):
     suite = json.loads(path.read_text())
     missing = _metric_modules_missing(path)
     if missing:
@@ -117,15 +113,13 @@ def test_plan_runs_without_torch(path, tmp_path):
             pytest.skip(f"metric plug-ins not written yet: {', '.join(missing)}")
         path = tmp_path / path.name
         path.write_text(json.dumps(suite))
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"no benchmark copies at {SHARED_DATA}")
-    # No network here: seed shb's download cache with links to the shared read-only copies.
+    # Seed a private cache with links to the hash-checked copies: the plan itself must not download.
     cache = tmp_path / "cache" / "datasets"
     cache.mkdir(parents=True)
-    for name in ("advbench_harmful_behaviors.csv", "jbb_harmful_behaviors.csv", "maliciousinstruct.txt"):
-        (cache / name).symlink_to(SHARED_DATA / name)
+    for kind_path in benchmark_files.values():
+        (cache / kind_path.name).symlink_to(kind_path)
     env = {**os.environ, "SHB_CACHE": str(tmp_path / "cache"), "SHB_DB": str(tmp_path / "none.duckdb")}
-    # cwd is the repository root, as in CI: paper-mini's "../shared/data/..." resolves from there.
+    # cwd is the repository root, as in CI: the suites' own files ("suites/data/...") resolve from there.
     out = subprocess.run([sys.executable, "-c", NO_TORCH, "plan", str(path), "--format", "json"],
                          cwd=REPO, capture_output=True, text=True, env=env, check=False)
     assert out.returncode == 0, out.stderr

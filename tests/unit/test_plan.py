@@ -9,12 +9,13 @@ from pathlib import Path
 from shb import plan, suite
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
+# Any prompt file inside the repository serves: these tests are about ids, not about a benchmark.
+PROMPTS = {"kind": "jsonl", "path": str(REPO / "suites" / "data" / "toy-benign-chats.jsonl"), "column": "text"}
 
 BASE = {
     "name": "p",
     "models": [{"id": "m", "kind": "hf", "path": "some/model", "geometry": {"layers": 4, "heads": 8}}],
-    "datasets": [{"id": "mi", "kind": "maliciousinstruct", "path": str(DATA / "maliciousinstruct.txt"), "limit": 10}],
+    "datasets": [{"id": "mi", **PROMPTS, "limit": 10}],
     "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
     "metrics": [{"id": "ships", "kind": "ships"}],
 }
@@ -85,8 +86,7 @@ def test_asr_on_a_missing_upstream_result_is_a_plan_time_error():
     from shb.errors import UsageError
 
     data = copy.deepcopy(BASE)
-    data["datasets"].append({"id": "adv", "kind": "advbench", "path": str(DATA / "advbench_harmful_behaviors.csv"),
-                             "limit": 5})
+    data["datasets"].append({"id": "adv", **PROMPTS, "limit": 5, "seed": 1})
     data["metrics"] = [{"id": "sa", "kind": "sahara", "datasets": ["mi"]},
                        {"id": "asr", "kind": "asr", "heads": "sahara:sa", "k": [0, 1]}]
     with pytest.raises(UsageError, match="metric 'asr' takes its heads from metric 'sa', which does not run on .*'adv'"):

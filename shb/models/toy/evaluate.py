@@ -6,7 +6,6 @@ README numbers come from, independent of shb's engine.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 # The simple refusal check of the toy's acceptance test (not shb's judges).
@@ -99,14 +98,13 @@ KINDS = {"advbench": "advbench", "jbb": "jailbreakbench", "maliciousinstruct": "
 
 
 def benchmark_prompts(name: str, directory: Path | None = None) -> list[str]:
-    """Prompts of a benchmark, through shb's own dataset loaders: from ``directory`` (default:
-    $SHB_DATA_DIR) holding the upstream files, or else the cached upstream copy (fetched once)."""
+    """Prompts of a benchmark, through shb's own dataset loaders: from ``directory`` when given (a folder
+    holding the upstream files), else the hash-checked upstream copy (cache, $SHB_DATA_MIRROR or download)."""
     from shb import datasets
 
     if name not in KINDS:
         raise ValueError(f"unknown benchmark {name!r}; known: {BENCHMARKS}")
     kind = KINDS[name]
-    directory = directory or os.environ.get("SHB_DATA_DIR")
     spec = {"kind": kind}
     if directory:
         spec["path"] = str(Path(directory) / datasets.UPSTREAM[kind].filename)
