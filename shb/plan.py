@@ -66,7 +66,8 @@ class WorkUnit:
 
 
 # Model keys that name where the weights are, or how they may be read, not what they are.
-_MODEL_LOCATORS = {"description", "geometry", "dtype", "path", "revision", "allow_pickle", "attn_implementation"}
+_MODEL_LOCATORS = {"description", "geometry", "dtype", "path", "revision", "allow_pickle", "attn_implementation",
+                   "gguf_file", "fetch"}
 
 
 def model_key(model: Entry, defaults: dict, device: str | None = None, fp: dict | None = None) -> dict:
@@ -245,6 +246,13 @@ def geometry(model: Entry) -> dict | None:
 
     if model.kind == "toy":
         config = _toy_config()
+    elif model.get("gguf_file") or model.get("fetch"):
+        from shb.models import gguf
+
+        found = gguf.geometry(model.spec())
+        if found:
+            return found
+        config = None
     else:
         config = models.config_dict(model.get("path"), model.get("revision"))
     if config:

@@ -183,7 +183,7 @@ def run_problems(suite, device: str | None) -> None:
     check_device(device or suite.defaults.get("device"), "--device" if device else "the suite's defaults.device")
     problems = []
     for i, model in enumerate(suite.models):
-        if model.kind == "hf" and model.get("path"):
+        if model.kind == "hf" and model.get("path") and not model.get("gguf_file"):
             problems += config_problems(model.id, model.get("path"), f"/models/{i}",
                                         bool(model.get("trust_remote_code", False)))
     if problems:

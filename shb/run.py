@@ -37,15 +37,14 @@ def git_commit() -> str | None:
 
 def check_models(suite) -> None:
     """Fail before any work if any model's weights cannot be had, naming every missing one."""
-    from shb.models import check_available
+    from shb.models import check_spec
 
     missing = []
     for model in suite.models:
         if model.kind != "hf":
             continue
         try:
-            check_available(model.get("path"), revision=model.get("revision"),
-                            allow_pickle=model.get("allow_pickle", False), model_id=model.id)
+            check_spec(model.spec(), model.id)
         except ModelNotFound as exc:
             missing.append(str(exc))
     if missing:

@@ -63,7 +63,7 @@ def export(
         if baked != count:  # both count the same edit; a mismatch is a bug in shb, not bad input
             raise AssertionError(f"bake edited {baked} parameters but parameters_modified says {count}")
         out.mkdir(parents=True, exist_ok=True)
-        hf.save_pretrained(out)
+        save_plain(hf, out)
     finally:
         with torch.no_grad():
             for p, saved in originals:
@@ -87,6 +87,39 @@ def export(
     (out / "README.md").write_text(_model_card(summary, layout))
     summary["files"] = sorted(p.name for p in out.iterdir())
     return summary
+
+
+def save_plain(hf, out: Path) -> None:
+    """``save_pretrained``, also for a model loaded from GGUF, which transformers refuses to serialize
+    ("quantized with gguf"): its weights are already dequantized, so they go into a fresh model of the
+    same class whose config carries no quantization_config, sharing the tensors (no copy). The
+    directory is plain safetensors; config.json also gets a top-level ``rope_theta`` for readers older
+    than transformers 5, which look for it there (DESIGN.md section 10)."""
+    if getattr(hf, "hf_quantizer", None) is None and getattr(hf.config, "quantization_config", None) is None:
+        hf.save_pretrained(out)
+        return
+    import copy
+
+    import torch
+
+    config = copy.deepcopy(hf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = type(hf)(config)
+    plain.load_state_dict(hf.state_dict(), assign=True)  # tied weights stay tied: one tensor under both names
+    plain.tie_weights()
+    plain.eval()
+    plain.save_pretrained(out)
+    _top_level_rope_theta(out / "config.json")
+
+
+def _top_level_rope_theta(config_file: Path) -> None:
+    data = json.loads(config_file.read_text())
+    theta = (data.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and "rope_theta" not in data:
+        data["rope_theta"] = theta
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _model_card(s: dict, layout) -> str:

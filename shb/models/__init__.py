@@ -128,6 +128,17 @@ def _weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
     return safe, pickled
 
 
+def check_spec(spec: dict, model_id: str) -> None:
+    """Fail before any work unless an ``hf`` model spec's weights can be had (and, for a GGUF, read)."""
+    from shb.models import gguf
+
+    if gguf.is_gguf_spec(spec):
+        gguf.check(gguf.locate(spec, model_id), model_id)
+        return
+    check_available(spec.get("path"), revision=spec.get("revision"), allow_pickle=spec.get("allow_pickle", False),
+                    model_id=model_id)
+
+
 def check_available(source: str, *, revision: str | None = None, allow_pickle: bool = False, model_id: str | None = None) -> None:
     """Raise ModelNotFound (naming the model, where shb looked and how to supply it) unless weights can be had."""
     name = model_id or source
@@ -229,7 +240,7 @@ def geometry_from_config(config: dict) -> dict:
 
 
 def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle,
-                    attn_implementation: str | None = None) -> LoadedModel:
+                    attn_implementation: str | None = None, gguf_file: str | None = None) -> LoadedModel:
     import torch  # noqa: F401  (fail here, with a clear import error, before transformers)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -240,13 +251,20 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
 
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if gguf_file:  # weights dequantized to `dtype`; tokenizer and chat template read from the same file
+        kwargs["gguf_file"] = gguf_file
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
+        return _finish(model, AutoTokenizer.from_pretrained(path, **kwargs), device, source, path, detect)
     # safetensors only, unless the suite opts in; then pickle files are read by torch.load(weights_only=True),
     # which rebuilds tensors and plain containers and refuses any other object, so no code in them runs.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
                                                  weights_only=True, **extra, **kwargs)
+    return _finish(model, AutoTokenizer.from_pretrained(path, **kwargs), device, source, path, detect)
+
+
+def _finish(model, tokenizer, device, source, path, detect) -> LoadedModel:
     model.to(device).eval()
     model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     tokenizer.padding_side = "left"  # the last prompt token sits at position -1 in every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -255,12 +273,18 @@ def _load_directory(path: str, source: str, dtype, device, revision, trust_remot
 
 def load(source: str, dtype: str | None = None, device: str | None = None, *, revision: str | None = None,
          trust_remote_code: bool = False, allow_pickle: bool = False, toy_variant: dict | None = None,
-         quiet: bool = False, attn_implementation: str | None = None) -> LoadedModel:
-    """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id.
+         quiet: bool = False, attn_implementation: str | None = None, gguf_file: str | None = None) -> LoadedModel:
+    """Load a model: ``"toy"`` / ``"toy:SEED"``, a local directory, or a hub id; a GGUF file with
+    ``gguf_file`` (a file in that directory or repository) or as ``source`` itself (a path ending in .gguf).
 
     ``quiet`` hides the progress bar of a first-use toy build."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    if gguf_file or source.endswith(".gguf"):
+        from shb.models import gguf
+
+        spec = {"kind": "hf", "path": source, "gguf_file": gguf_file} if gguf_file else {"kind": "hf", "gguf_file": source}
+        return gguf.load({**spec, "revision": revision}, torch_dtype, device, attn_implementation)
     if _is_toy(source):
         seed = int(source.split(":", 1)[1]) if ":" in source else 0
         path = toy_path(seed, quiet=quiet, **(toy_variant or {}))
@@ -289,12 +313,21 @@ def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> Loaded
 
 
 def load_hf_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:
+    from shb.models import gguf
+
+    if gguf.is_gguf_spec(spec):
+        device = resolve_device(device)
+        return gguf.load(spec, resolve_dtype(spec.get("dtype", dtype), device), device, spec.get("attn_implementation"))
     return load(spec["path"], dtype=spec.get("dtype", dtype), device=device, revision=spec.get("revision"),
                 trust_remote_code=spec.get("trust_remote_code", False), allow_pickle=spec.get("allow_pickle", False),
                 attn_implementation=spec.get("attn_implementation"))
 
 
 def source_of(spec: dict) -> str:
+    from shb.models import gguf
+
+    if gguf.is_gguf_spec(spec):
+        return gguf.describe(spec)
     if spec["kind"] != "toy":
         return spec["path"]
     return f"toy:{spec.get('seed', 0)}" + ("/base" if spec.get("stage") == "base" else "")

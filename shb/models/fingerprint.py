@@ -8,6 +8,7 @@ No torch here: ``shb plan`` computes fingerprints offline.
   of the tokenizer files, and of the chat template text. A file's hash is cached under
   ``$SHB_CACHE/fingerprints`` keyed by (resolved path, size, mtime_ns, inode), so gigabytes of
   weights are read once, not on every ``shb plan`` or ``shb run``.
+- GGUF file (``gguf_file`` or ``fetch``): the file's sha256 (cached as above) for all three.
 - hub id: the resolved commit sha. A 40-hex ``revision`` is used as is; otherwise the hub API is
   asked (unless HF_HUB_OFFLINE is set), then the local Hugging Face cache's ``refs``. A commit
   pins weights, tokenizer and chat template together. ``shb run`` loads exactly that commit.
@@ -46,6 +47,10 @@ def fingerprint(spec: dict) -> dict:
     """{"weights", "tokenizer", "chat_template"} for a suite model spec (kind toy or hf)."""
     if spec["kind"] == "toy":
         return _toy(spec)
+    from shb.models import gguf
+
+    if gguf.is_gguf_spec(spec):  # one file holds weights, tokenizer and chat template
+        return gguf.fingerprint(spec)
     path = spec["path"]
     local = Path(path).expanduser()
     if local.exists() or path.startswith((".", "/", "~")):
