@@ -150,12 +150,43 @@ def identities(suite: Suite, prompts: dict[str, list] | None = None) -> dict[str
 
 def label_contents(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
                    fps: dict | None = None) -> dict[tuple[str, str], dict]:
-    """{("model" | "dataset", label): content}: what each suite-local label stands for. One database
-    holds one content per label (shb.run refuses a second), so reports never merge two under one name."""
+    """{(kind, label): content} for every label a suite names: models, datasets, ablations, metrics,
+    interventions and judges. One database holds one content per label (shb.run refuses a second),
+    so reports never merge two contents under one name (an ablation "ua" at epsilon 1e-5 and one at
+    0.5, a metric "harm" that screens and one that does not)."""
     fps = fps if fps is not None else fingerprints(suite)
     datasets = identities(suite, prompts)
     out = {("model", m.id): model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
     out.update({("dataset", d.id): dataset_key(d, datasets[d.id][0]) for d in suite.datasets})
+    out.update({("ablation", a.id): ablation_key(a) for a in suite.ablations})
+    out.update({("metric", m.id): metric_key(m, suite.defaults) for m in suite.metrics})
+    out.update({("intervention", i.id): {"kind": i.kind, **{k: v for k, v in i.params.items() if k != "description"}}
+                for i in suite.interventions})
+    out.update(judge_contents(suite))
+    return out
+
+
+def judge_contents(suite: Suite) -> dict[tuple[str, str], dict]:
+    """{("judge", id): its configuration} over every metric; one id configured two ways in one suite
+    (two classifier models under "classifier") is refused, naming both."""
+    from shb.metrics.asr import judges_of
+
+    out: dict[tuple[str, str], dict] = {}
+    where: dict[str, int] = {}
+    for i, metric in enumerate(suite.metrics):
+        if metric.kind != "asr":   # utility's judges are part of its own metric content
+            continue
+        for judge in judges_of(metric.params):
+            content = {"judge": judge}
+            if judge == "classifier":
+                content.update(model=metric.get("judge_model"), prompt=metric.get("judge_prompt", "harmbench"))
+            previous = out.get(("judge", judge))
+            if previous is not None and previous != content:
+                raise UsageError(f"/metrics/{i}/judge: judge '{judge}' is configured as {content} here and as "
+                                 f"{previous} in /metrics/{where[judge]}; one label names one judge: give the "
+                                 "metrics one judge configuration, or split them into two suites and databases")
+            out[("judge", judge)] = content
+            where[judge] = i
     return out
 
 

@@ -99,7 +99,13 @@ class HeadAblation(Intervention):
             return ParamCount(0, 0)
         # A head's edit is its slice of one projection (biases included): every entry of the slice
         # changes, and the slice is also what was chosen, so entries and degrees of freedom coincide.
-        count, _ = parameters_modified(lm, list(self.heads), self.ablation, self.site)
+        kind, site = self.ablation, self.site
+        if kind == "mean":
+            # The mean ablation replaces activations, not weights (it cannot be baked), so no stored
+            # weight changes; like the safety neurons, the slice it overrides is counted: the head's
+            # query rows (site q, as undifferentiated) or its o_proj columns (site output, as scaling).
+            kind, site = ("scaling", None) if site == "output" else ("undifferentiated", site)
+        count, _ = parameters_modified(lm, list(self.heads), kind, site)
         return ParamCount(count, count)
 
     @property

@@ -127,7 +127,8 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         grid = ships.heatmap(store, model, dataset, ablation)
         scores = ships.distribution(store, model, dataset, ablation) if fmt in ("png", "html") else None
         screened = ships.screening(store, model, dataset, ablation)
-    tables = [("heads ranked by mean Ships (KL, nats)", frame)]
+    mixed = ships.mixed_note(frame, "rankings")
+    tables = [("heads ranked by mean Ships (KL, nats)" + (f" ({mixed})" if mixed else ""), frame)]
     if not screened.is_empty():
         # Screened sweeps score only each prompt's top candidates exactly: say how many, so a mean
         # over fewer prompts is read as what it is.
