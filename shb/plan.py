@@ -114,6 +114,8 @@ def notes(suite: Suite, device: str | None = None, fps: dict | None = None) -> l
 def dataset_key(dataset: Entry, content: str) -> dict:
     fmt = dataset.get("format", "direct")
     key = {"kind": dataset.kind, "content": content, "format": fmt, "system": dataset.get("system")}
+    if dataset.get("holdout"):  # which part of which split: recorded with the label (the content hash covers it)
+        key["holdout"] = {**ds.HOLDOUT_DEFAULTS, **dataset.get("holdout")}
     if fmt == "template":  # the template's text is part of every formatted prompt
         key["template"] = hashlib.sha256(ds.PAPER_TEMPLATE.encode()).hexdigest()[:16]
     return key
@@ -236,11 +238,13 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
                         by_cell[(metric.id, model.id, dataset.id)] = True
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
-                        source = by_cell.get((model.id, dataset.id, ablation.id, upstream))
+                        # heads_dataset: the heads chosen on another dataset (a holdout's select part)
+                        source = by_cell.get((model.id, metric.get("heads_dataset", dataset.id), ablation.id, upstream))
                         if source is None:
                             raise UsageError(
                                 f"metric '{metric.id}' takes its heads from metric '{upstream}', which does not run on "
-                                f"model '{model.id}', dataset '{dataset.id}', ablation '{ablation.id}': "
+                                f"model '{model.id}', dataset '{metric.get('heads_dataset', dataset.id)}', "
+                                f"ablation '{ablation.id}': "
                                 f"add that combination to '{upstream}' or restrict '{metric.id}' with its "
                                 "models/datasets/ablations lists")
                         spec["upstream"] = source

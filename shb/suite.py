@@ -165,6 +165,12 @@ def semantic_problems(data: dict) -> list[str]:
                 if isinstance(ref, str) and ids.get(section) and ref not in ids[section]:
                     problems.append(f"/metrics/{i}/{section}/{j}: no {SECTIONS[section]} with id '{ref}' in this suite")
         heads = metric.get("heads")
+        if "heads_dataset" in metric:
+            ref = metric["heads_dataset"]
+            if not (isinstance(heads, str) and heads.startswith("sahara:")):
+                problems.append(f"/metrics/{i}/heads_dataset: only heads 'sahara:<id>' can come from another dataset")
+            elif isinstance(ref, str) and ids.get("datasets") is not None and ref not in ids["datasets"]:
+                problems.append(f"/metrics/{i}/heads_dataset: no dataset with id '{ref}' in this suite")
         if isinstance(heads, str) and heads.startswith("sahara:"):
             ref = heads.split(":", 1)[1]
             if metric_kinds.get(ref) != "sahara":

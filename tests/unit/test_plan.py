@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shb import plan, suite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +102,23 @@ def test_asr_upstream_runs_first_whatever_the_suite_order():
     data = copy.deepcopy(BASE)
     data["metrics"] = [{"id": "asr", "kind": "asr", "heads": "sahara:sa", "k": [1]}, {"id": "sa", "kind": "sahara"}]
     assert [u.metric.id for u in plan.expand(suite.from_dict(data))] == ["sa", "asr"]
+
+
+def test_heads_from_a_select_part_are_measured_on_the_held_out_part():
+    """asr with heads_dataset takes the heads Sahara chose on another dataset (issue 22's fair Table 1)."""
+    from shb import plan as plan_mod
+    from shb.suite import from_dict
+
+    data = {"name": "split", "models": [{"id": "toy", "kind": "toy", "seed": 0}],
+            "datasets": [{"id": "sel", "kind": "toy-harmful", "holdout": {"part": "select"}, "limit": 4},
+                         {"id": "meas", "kind": "toy-harmful", "holdout": {"part": "measure"}, "limit": 4}],
+            "ablations": [{"id": "ua", "kind": "undifferentiated"}],
+            "metrics": [{"id": "sahara", "kind": "sahara", "steps": 1, "datasets": ["sel"]},
+                        {"id": "asr", "kind": "asr", "heads": "sahara:sahara", "heads_dataset": "sel", "k": [1],
+                         "datasets": ["meas"]}]}
+    units = {u.metric.id: u for u in plan_mod.expand(from_dict(data))}
+    assert units["asr"].dataset.id == "meas" and units["asr"].spec["upstream"] == units["sahara"].unit_id
+    assert units["asr"].spec["dataset"]["holdout"] == {"part": "measure", "fraction": 0.5, "seed": 0}
+    bad = {**data, "metrics": [data["metrics"][0], {**data["metrics"][1], "heads_dataset": "nope"}]}
+    with pytest.raises(Exception, match="heads_dataset: no dataset with id 'nope'"):
+        from_dict(bad)
