@@ -123,11 +123,12 @@ class LayerEdit(Intervention):
         decoder = lm.layout.layers(lm.model)
         if self.mode == "skip":
             n = sum(p.numel() for layer in self.layers for p in decoder[layer].parameters())
-            return ParamCount(n, n)
+            return ParamCount(n, len(self.layers))   # the layers chosen
         entries = sum(int((p.data * self.alpha != p.data).sum()) for layer in self.layers
                       for p in scaled_modules(lm, layer))
-        # Scaling fits one number per run; what it edits is every entry of the scaled matrices.
-        return ParamCount(entries, entries)
+        # What it edits is every entry of the scaled matrices; what it chooses is the layers (the
+        # scale is a constant of the method, Li et al.'s 1.1, not fitted).
+        return ParamCount(entries, len(self.layers))
 
     @property
     def label(self) -> str:

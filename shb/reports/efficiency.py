@@ -3,10 +3,17 @@ and fitted interventions (refusal direction, layers, ActSVD, set difference, saf
 by side per model, dataset (and prompt format), judge and decoding, beside the paper's published
 Table 1 rows.
 
-Parameters modified are measured from the edit when the asr unit ran (generations.params_entries:
-weight entries whose value changes; generations.params_dof: the edit's degrees of freedom; see
-shb.interventions). Rows from databases older than that fall back to the head geometry of the
-``models`` table (one head edits head_dim x hidden_size weights). share = count / models.n_params.
+Cost, one definition for every method (shb.interventions.ParamCount, README "Cost of a method"),
+measured from the edit when the asr unit ran:
+- ``entries_changed`` (generations.params_entries): weight entries whose value changes (for an
+  intervention on activations, the entries of the weights whose output it overrides);
+  ``share_pct`` = entries_changed / models.n_params;
+- ``values_chosen`` (generations.params_dof): values the method chooses or fits (k heads, the
+  layers, the neurons, the pruned entries, a direction's d values, low-rank factors);
+- ``extra_runs``: further model runs per forward pass at inference (1 for DAP's reference model).
+Rows from databases older than that fall back to the head geometry of the ``models`` table (one
+head edits head_dim x hidden_size weights; k heads chosen). ``fit_note`` says where a fit fell
+back (the refusal direction when no candidate passed Arditi et al.'s filters).
 
 One row per asr unit and k (two explicit head lists are two rows; a fitted intervention is one
 row per fit); the method label names the head set or the intervention. ASR carries a 95% Wilson
@@ -37,8 +44,12 @@ PUBLISHED = [
 ]
 
 COLUMNS = ["source", "model_id", "dataset_id", "format", "judge_id", "decoding", "max_new_tokens", "family", "method",
-           "k", "params_modified", "params_dof", "share_pct", "dof_share_pct", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
-           "utility_acc_change", "over_refusal_change", "benign_nll_change"]
+           "k", "entries_changed", "share_pct", "values_chosen", "extra_runs", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
+           "utility_acc_change", "over_refusal_change", "benign_nll_change", "fit_note"]
+
+# Further model runs per forward pass at inference, by intervention kind (the same for every row of
+# that kind): DAP runs the unaligned reference model in lockstep to read the activations it patches.
+EXTRA_RUNS = {"safety_neurons": 1}
 
 # Weights edited per ablated head, from geometry: only for rows stored before params were measured.
 PER_HEAD = """CASE json_extract_string(u.spec, '$.ablation.kind')
@@ -55,7 +66,7 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
     has_params = "params_entries" in store.query(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'generations'")["column_name"].to_list()
     entries = f"coalesce(g.params_entries, len(g.heads) * {PER_HEAD})" if has_params else f"len(g.heads) * {PER_HEAD}"
-    dof = f"coalesce(g.params_dof, {entries})" if has_params else entries
+    dof = "coalesce(g.params_dof, len(g.heads))" if has_params else "len(g.heads)"
     iv_id = "g.intervention_id" if has_params else "NULL::VARCHAR"
     iv_kind = "json_extract_string(g.intervention, '$.kind')" if has_params else "NULL::VARCHAR"
     frame = store.query(f"""
@@ -80,15 +91,30 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
                     THEN array_to_string(list_sort(any_value(g.heads)), ',') END AS head_key,
                json_extract_string(any_value(g.intervention), '$.fit_id') AS fit_key,
                any_value(g.ablation_id) AS ablation_id, g.k,
-               CAST(round(avg(g.entries)) AS BIGINT) AS params_modified,
-               CAST(round(avg(g.dof)) AS BIGINT) AS params_dof,
+               CAST(round(avg(g.entries)) AS BIGINT) AS entries_changed,
+               CAST(round(avg(g.dof)) AS BIGINT) AS values_chosen,
                100.0 * avg(g.entries) / any_value(g.n_params) AS share_pct,
-               100.0 * avg(g.dof) / any_value(g.n_params) AS dof_share_pct,
                count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr
         FROM g JOIN judgments j USING (generation_id)
         GROUP BY g.unit_id, g.k, g.model_id, g.dataset_id, j.judge_id, j.judge_hash, g.decoding_text, g.max_new_tokens
         ORDER BY g.model_id, g.dataset_id, j.judge_id, decoding, g.max_new_tokens, family, share_pct, method""", params)
-    return with_wilson(frame, "asr", "n")
+    frame = frame.with_columns(
+        pl.col("family").replace_strict(EXTRA_RUNS, default=0, return_dtype=pl.Int64).alias("extra_runs"))
+    return with_wilson(_with_fit_notes(store, frame), "asr", "n")
+
+
+def _with_fit_notes(store, frame: pl.DataFrame) -> pl.DataFrame:
+    """``fit_note``: what a fit had to give up, from fits.meta (the refusal direction's fallback)."""
+    exists = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'fits'")["n"][0]
+    if not exists or frame.is_empty():
+        return frame.with_columns(pl.lit(None, pl.String).alias("fit_note"))
+    notes = store.query("""
+        SELECT fit_id AS fit_key,
+               CASE WHEN json_extract(meta, '$.fallback') = 'true'
+                    THEN 'fallback: no candidate passed every filter; the best under the layer bound was kept' END
+                   AS fit_note
+        FROM fits""")
+    return (frame.with_row_index("_row").join(notes, on="fit_key", how="left").sort("_row").drop("_row"))
 
 
 def utility_changes(store) -> pl.DataFrame | None:
@@ -121,9 +147,14 @@ def _with_utility(rows: pl.DataFrame, utility: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([heads, fitted], how="diagonal_relaxed").sort("_row").drop("_row")
 
 
+# The judge behind the published numbers: Zhou et al.'s own evaluation, not a judge run here, so a
+# published ASR is never comparable with (or ranked among) the measured rows.
+PUBLISHED_JUDGE = "Zhou et al.'s (as published)"
+
+
 def published() -> pl.DataFrame:
-    return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", "family": "published", **row}
-                         for row in PUBLISHED])
+    return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", "judge_id": PUBLISHED_JUDGE,
+                          "family": "published", **row} for row in PUBLISHED])
 
 
 def report(store, model=None, dataset=None, include_published: bool = True) -> pl.DataFrame:

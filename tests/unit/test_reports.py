@@ -199,13 +199,13 @@ def test_efficiency_parameter_counts_from_geometry(store):
     frame = efficiency.report(store)
     measured = frame.filter(pl.col("source") == "measured")
     for row in measured.iter_rows(named=True):
-        assert row["params_modified"] == row["k"] * HEAD_DIM * HIDDEN
+        assert row["entries_changed"] == row["k"] * HEAD_DIM * HIDDEN and row["values_chosen"] == row["k"]
         assert row["share_pct"] == pytest.approx(100.0 * row["k"] * HEAD_DIM * HIDDEN / N_PARAMS)
     greedy = measured.filter((pl.col("decoding") == "greedy") & (pl.col("k") == 2)).row(0, named=True)
     assert greedy["asr"] == pytest.approx(HARMFUL["greedy"][2] / N_PROMPTS)
     published = frame.filter(pl.col("source").str.starts_with("published"))
     assert published.height == len(efficiency.PUBLISHED)
-    assert published["params_modified"].null_count() == published.height  # never invented
+    assert published["entries_changed"].null_count() == published.height  # never invented
     assert measured.filter(pl.col("k") == 0).is_empty()
 
 
