@@ -127,14 +127,6 @@ def test_layer_scaling_by_one_changes_nothing_and_restores(lm):
     assert layer_method.LayerEdit([0], "scale", 0.5).parameters_modified(lm).entries == scaled
 
 
-def test_layer_fit_chooses_the_run_with_the_lowest_refusal(lm):
-    artefact = layer_method.fit(lm, FitData(chat(lm, HARMFUL[:3]), [], max_new_tokens=3), {"widths": [1, 2]})
-    rows = artefact.meta["candidates"]
-    assert [r["layers"] for r in rows] == [[0], [1], [2], [0, 1], [1, 2]]
-    assert artefact.meta["selected"]["refusal_rate"] == min(r["refusal_rate"] for r in rows)
-    assert artefact.tensors["layers"].tolist() == artefact.meta["selected"]["layers"]
-
-
 def test_head_ablation_parameters_are_its_slices(lm):
     one = HeadAblation(((0, 1),)).parameters_modified(lm)
     two = HeadAblation(((0, 1), (2, 3))).parameters_modified(lm)
