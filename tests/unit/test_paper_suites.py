@@ -71,7 +71,8 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert all(base.id not in (m.get("models") or []) and m.get("models") for m in suite.metrics)
     assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
     heads = {m.get("heads") for m in suite.metrics if m.kind == "utility" and m.get("heads")}
-    assert heads == {"sahara:sahara", "random"}   # the Sahara heads beside a random set of the same size
+    # the Sahara heads beside a random set of the same size, and Table 1's heads (chosen on the select part)
+    assert heads == {"sahara:sahara", "random", "sahara:sahara-select"}
     # and every Table 1 baseline's utility, beside its ASR
     assert {m.get("intervention") for m in suite.metrics if m.kind == "utility" and m.get("intervention")} \
         == {i.id for i in suite.interventions}
