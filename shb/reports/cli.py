@@ -94,9 +94,9 @@ def emit(fmt: str, title: str, tables: list[tuple[str, object]], make_figures=No
         return
     page = html.page(title, sections, note)
     if out:
-        from pathlib import Path
+        from shb.paths import write_out_file
 
-        Path(out).write_text(page, encoding="utf-8")
+        write_out_file(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         click.echo(out)
     else:
         click.echo(page, nl=False)
@@ -328,9 +328,9 @@ def report_html(db, out):
         gathered.append(entry)
     page = html.book(f"shb results: {db_path(db)}", gathered)
     if out:
-        from pathlib import Path
+        from shb.paths import write_out_file
 
-        Path(out).write_text(page, encoding="utf-8")
+        write_out_file(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         click.echo(out)
     else:
         click.echo(page, nl=False)

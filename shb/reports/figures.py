@@ -219,15 +219,11 @@ def scatter(points: list[dict], title: str, xlabel: str, ylabel: str) -> bytes:
 
 def write(figures: list[tuple[str, bytes]], out_dir) -> list[str]:
     """Write (name, png) pairs as out_dir/name.png; returns the paths written."""
-    from pathlib import Path
+    from shb.paths import check_out_dir, check_out_file, write_out_file
 
-    directory = Path(out_dir)
+    directory = check_out_dir(out_dir)
+    for name, _ in figures:  # every name first: refuse before writing any of them
+        check_out_file(directory / f"{name}.png")
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, blob in figures:
-        path = directory / f"{name}.png"
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(blob)
-        tmp.replace(path)  # never leave a half-written figure behind
-        paths.append(str(path))
-    return paths
+    return [str(write_out_file(directory / f"{name}.png", lambda tmp, blob=blob: tmp.write_bytes(blob)))
+            for name, blob in figures]
