@@ -376,7 +376,7 @@ def load(path) -> Suite:
     so a suite runs the same from anywhere: see ``anchor_paths``."""
     path = Path(path)
     data, blob = _read(path)
-    return from_dict(anchor_paths(data, path.parent), str(path), blob)
+    return from_dict(anchor_paths(data, Path(os.path.abspath(path.parent))), str(path), blob)
 
 
 def _anchored(value: str, base: Path) -> str:
