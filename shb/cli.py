@@ -229,8 +229,8 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     from shb.models import load
     from shb.preflight import config_problems, writable_dir
 
-    if not math.isfinite(epsilon) or epsilon < 0:
-        raise UsageError(f"--epsilon {epsilon}: must be a finite number >= 0")
+    if not math.isfinite(epsilon) or not 0 <= epsilon <= 65504:
+        raise UsageError(f"--epsilon {epsilon}: must be a finite number from 0 to 65504 (the largest float16)")
     try:
         head_list = parse_heads(heads)
     except ValueError as exc:
