@@ -173,8 +173,9 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
                               sahara.chosen_heads(store, model, dataset, ablation))
         except UsageError as exc:
             missing.append(exc)
-    if not found:
-        raise UsageError("; and ".join(str(exc) for exc in missing))
+    if not found:  # one problem per line: the ASR table's and the chosen heads' (often the same fix)
+        messages = list(dict.fromkeys(str(exc) for exc in missing))
+        raise UsageError("\n  ".join(messages))
     if fmt == "csv":
         if what not in found:
             raise missing[0]

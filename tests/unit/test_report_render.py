@@ -184,3 +184,17 @@ def test_key_columns_are_never_left_out_to_fit():
         assert key in text, text
     assert "left out to fit 40 columns" in text
     assert "median" not in text.split("left out")[0]
+
+
+def test_the_heatmap_legend_explains_every_glyph_in_the_grid():
+    from shb.reports import termheat
+
+    grid = [[10 ** -(i % 5) * (1 + j) for j in range(8)] for i in range(6)] + [[None, 0.0] + [1e-9] * 6]
+    lines = [t.plain for t in termheat.render(grid, "t", width=80)]
+    n_rows = len(grid)
+    rows = [line[6:6 + 16] for line in lines if line.startswith("  L")][:n_rows]
+    legend = " ".join(line for line in lines if not line.startswith(" ") and line != "t")
+    used = {ch for row in rows for ch in row}
+    assert len(used) > 4
+    for glyph in used:
+        assert f"'{glyph}'" in legend, (glyph, legend)
