@@ -191,20 +191,22 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
 @click.option("--judge", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out):
-    """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge."""
+    """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
+    png/html: ASR against k with 95% Wilson intervals."""
     from shb.reports import asr
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
+    full = frame
     if fmt == "table":
         frame = asr.for_table(frame)
     emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated (95% Wilson intervals)", frame)],
-         None, out)
+         lambda: asr.figures(full), out)
 
 
 @report.command("utility")
@@ -213,18 +215,20 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
 @click.option("--part", type=click.Choice(["lm_eval", "over_refusal", "benign_loss"]), default=None)
 @click.option("--task", default=None, help="lm-eval task, or the dataset id of benign prompts/texts")
 @click.option("--ablation", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_utility(db, model, part, task, ablation, fmt, out):
-    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model."""
+    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model.
+    png/html: each intervention's change, a panel per task and measure."""
     from shb.reports import utility
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = utility.summary(store, model, part, task, ablation)
     emit(fmt, "utility: each intervention beside the unmodified model (k = 0)",
-         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)], None, out)
+         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)],
+         lambda: utility.figures(frame), out)
 
 
 @report.command("overlap")
@@ -257,10 +261,12 @@ def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--no-published", is_flag=True, help="leave out the paper's published rows")
+@click.option("--one-axis", is_flag=True, help="png/html: draw published rows on the measured rows' axes "
+              "(default: a panel of their own; they are another model)")
 @format_option()
 @OUT_OPTION
 @friendly
-def report_efficiency(db, model, dataset, no_published, fmt, out):
+def report_efficiency(db, model, dataset, no_published, one_axis, fmt, out):
     """Parameters modified (count, share) against ASR, measured here and as published."""
     from shb.reports import efficiency
     from shb.store import Store
@@ -269,14 +275,14 @@ def report_efficiency(db, model, dataset, no_published, fmt, out):
         frame = efficiency.report(store, model, dataset, include_published=not no_published)
     emit(fmt, "efficiency: parameters modified against ASR",
          [("parameters modified against ASR (source says measured or published)", frame)],
-         lambda: efficiency.figure(frame), out)
+         lambda: efficiency.figure(frame, one_axis=one_axis), out)
 
 
 @report.command("runs")
 @DB_OPTION
 @click.option("--suite", default=None)
 @click.option("--run", "run_id", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_runs(db, suite, run_id, fmt, out):
@@ -285,6 +291,9 @@ def report_runs(db, suite, run_id, fmt, out):
     from shb.runlock import reap_dead_runs
     from shb.store import Store
 
+    if fmt == "png":
+        raise click.UsageError("report runs has no figure: it lists provenance (versions, commits, devices, "
+                               "seconds), which reads as a table; use --format table, json, csv or html")
     reap_dead_runs(db)  # a run left 'running' by a killed process is shown (and stored) as 'killed'
     with Store(db, read_only=True) as store:
         frame = runs.runs(store, suite, run_id)
