@@ -126,12 +126,14 @@ def _with_interval(rate, lo, hi, n) -> str | None:
         return None
     from shb.reports.render import number
 
-    return f"{number(rate)} [{number(lo)}, {number(hi)}] n={n}"
+    return f"{number(rate)} [{number(lo)}, {number(hi)}]" + (f" n={n}" if n is not None else "")
 
 
 def for_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """The terminal view: each ASR with its interval and n in one cell; JSON and CSV keep every column."""
+    """The terminal view: each ASR with its interval and n in one cell (or, where every ASR has the same
+    n, one ``n`` column, which the table lifts into its title); JSON and CSV keep every column."""
     rows = []
+    one_n = len(set(frame["n"].to_list()) | set(frame["baseline_n"].to_list())) == 1 if frame.height else False
     for r in frame.iter_rows(named=True):
         spread = None
         if r["draws"] and r["draws"] > 1 and r["draw_mean"] is not None:
@@ -142,9 +144,11 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
             "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
             "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
             "decoding": r["decoding"], "judge": r["judge_id"],
-            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"], r["baseline_n"]),
-            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"], r["n"]),
-            "change": r["change"], "draws: mean ± sd": spread})
+            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"],
+                                                    None if one_n else r["baseline_n"]),
+            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"],
+                                                   None if one_n else r["n"]),
+            "change": r["change"], "draws: mean ± sd": spread, **({"n": r["n"]} if one_n else {})})
     out = pl.DataFrame(rows, infer_schema_length=None)
     if out["draws: mean ± sd"].null_count() == out.height:
         out = out.drop("draws: mean ± sd")

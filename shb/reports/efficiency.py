@@ -190,10 +190,12 @@ def figure(frame: pl.DataFrame, one_axis: bool = False) -> list[tuple[str, bytes
 
     for ax in {id(a): a for a in (ax_measured, ax_paper)}.values():
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (3x10^0) crowd the decades
         ax.set_xlabel("weight entries modified (% of model, log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.margins(x=0.25, y=0.12)  # room inside the axes for the labels of the outermost points
+        low, high = ax.get_xlim()
+        if high / low > 10:  # a decade or more has labelled major ticks; minor labels (3x10^0) would crowd them
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax_measured.set_ylabel("ASR (95% Wilson interval)")
     if panels == 2:
         ax_measured.set_title("measured here" + (f"\n{shared}" if shared else ""), fontsize=9)
