@@ -112,7 +112,7 @@ def report():
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
-@top_option(20, "heads to list per model/dataset/ablation", zero="every head")
+@top_option(10, "heads to list per model/dataset/ablation (a line says how many more there are)", zero="every head")
 @format_option()
 @OUT_OPTION
 @friendly
@@ -122,8 +122,11 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
     from shb.reports import ships
     from shb.store import Store
 
+    import polars as pl
+
     with Store(db, read_only=True) as store:
-        frame = ships.ranking(store, model, dataset, ablation, top)
+        every = ships.ranking(store, model, dataset, ablation, None)
+        frame = every.filter(pl.col("rank") <= top) if top else every
         grid = ships.heatmap(store, model, dataset, ablation)
         scores = ships.distribution(store, model, dataset, ablation) if fmt in ("png", "html") else None
         screened = ships.screening(store, model, dataset, ablation)
@@ -134,6 +137,10 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         tables.append(("screened sweeps: heads verified exactly per prompt (the ranking uses exact scores only)",
                        screened))
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
+    if fmt == "table" and frame.height < every.height:  # the compact default says what it left out
+        groups = every.select(["model_id", "dataset_id", "ablation_id"]).n_unique()
+        click.echo(f"top {top} heads of each of {groups} model/dataset/ablation group(s); {every.height - frame.height}"
+                   f" more heads not listed (--top 0 lists every head)")
     if fmt == "table":
         from shb.reports.render import make_console
 

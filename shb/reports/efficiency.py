@@ -196,6 +196,12 @@ def figure(frame: pl.DataFrame, one_axis: bool = False) -> list[tuple[str, bytes
         low, high = ax.get_xlim()
         if high / low > 10:  # a decade or more has labelled major ticks; minor labels (3x10^0) would crowd them
             ax.xaxis.set_minor_formatter(NullFormatter())
+        else:  # within a decade: a few plain labels (2, 5, 10), not 3x10^0 crowding 10^1
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax_measured.set_ylabel("ASR (95% Wilson interval)")
     if panels == 2:
         ax_measured.set_title("measured here" + (f"\n{shared}" if shared else ""), fontsize=9)
