@@ -139,8 +139,13 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
     if fmt == "table" and frame.height < every.height:  # the compact default says what it left out
         groups = every.select(["model_id", "dataset_id", "ablation_id"]).n_unique()
-        click.echo(f"top {top} heads of each of {groups} model/dataset/ablation group(s); {every.height - frame.height}"
-                   f" more heads not listed (--top 0 lists every head)")
+        import textwrap
+
+        from shb.reports.render import make_console
+
+        click.echo(textwrap.fill(f"top {top} heads of each of {groups} model/dataset/ablation group(s);"
+                                 f" {every.height - frame.height} more heads not listed (--top 0 lists every head)",
+                                 width=make_console().width))
     if fmt == "table":
         from shb.reports.render import make_console
 
