@@ -9,7 +9,9 @@ A random-initialised Llama of the preset's shape and random-token prompts. The e
 engine on every single head (shb.engine); the screened sweep is the attribution estimate of every
 head (shb.scorers.attribution) plus the engine on each prompt's top-N candidates (what the ships
 metric does with ``screen``). Reported: wall time of each, their ratio, recall@10 and recall@5 of
-the screened ranking against the exact one, and the estimate's Spearman correlation.
+the screened ranking against the exact one, and the estimate's Spearman correlation; and the
+verification on one engine (``Engine.ships_pairs``) against a fresh engine per prompt (what screening
+did before), timed side by side with their largest difference (``--no-compare-rebuild`` skips it).
 
 Random weights give flat, tie-ridden head rankings (every head matters a little), the hard case
 for screening; ``--init`` raises the initialisation scale to make heads differ more, as trained

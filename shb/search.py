@@ -82,12 +82,16 @@ def screened_sahara_step(engine, chosen: Sequence[Head] = (), r: int = 1, layers
     est = estimate_step(engine.lm, engine.prompts, chosen, engine.base_hidden, kind=engine.kind,
                         epsilon=engine.epsilon, site=engine.site, r=r, directions=directions)  # (L, H)
     estimates = [(h, float(est[h])) for h in cands]
-    # Highest estimate first; NaN (a degenerate linearised Gram) last; ties in (layer, head) order.
-    ranked = sorted(estimates, key=lambda hv: (math.isnan(hv[1]), -hv[1] if not math.isnan(hv[1]) else 0.0, hv[0]))
+    ranked = _by_estimate(estimates)
     picked = sorted(h for h, _ in ranked[:top])
     verified = list(zip(picked, score_head_sets(engine, [[*chosen, h] for h in picked], score="ships_dataset", r=r)))
     head, value = best(verified)
     return {"chosen": head, "score": value, "verified": verified, "estimates": estimates}
+
+
+def _by_estimate(estimates: Iterable[tuple[Head, float]]) -> list[tuple[Head, float]]:
+    """Highest estimate first; NaN (a degenerate linearised Gram) last; ties in (layer, head) order."""
+    return sorted(estimates, key=lambda hv: (math.isnan(hv[1]), 0.0 if math.isnan(hv[1]) else -hv[1], hv[0]))
 
 
 def compare_screened(engine, screened: Sequence[dict], r: int = 1, layers: Iterable[int] | None = None) -> list[dict]:
@@ -99,7 +103,7 @@ def compare_screened(engine, screened: Sequence[dict], r: int = 1, layers: Itera
     out, chosen = [], []
     for step in screened:
         exact_head, exact_value = best(sahara_step(engine, chosen, score="ships_dataset", r=r, layers=layers))
-        ranked = sorted(step["estimates"], key=lambda hv: (math.isnan(hv[1]), -hv[1] if not math.isnan(hv[1]) else 0.0, hv[0]))
+        ranked = _by_estimate(step["estimates"])
         rank = next(i for i, (h, _) in enumerate(ranked) if h == exact_head) + 1
         verified = dict(step["candidates"])
         same, reason = step["chosen"] == exact_head, None

@@ -13,7 +13,7 @@ import torch
 from shb.engine import Engine
 from shb.search import compare_screened, sahara, sahara_step
 from shb.scorers.subspace_attribution import estimate_step
-from tests.integration.test_screening import _lm, _prompts, _random_model
+from tests.integration.test_screening import _lm, _prompts, _random_model, run_suite
 from tests.conftest import make_tokenizer
 
 
@@ -91,13 +91,8 @@ def test_screened_sahara_through_runner(tmp_path):
                     {"id": "screened", "kind": "sahara", "steps": 2, "screen": {"top": 4}}],
         "defaults": {"device": "cpu"},
     }
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(suite))
-    db = tmp_path / "r.duckdb"
-    result = CliRunner().invoke(main, ["run", str(path), "--db", str(db), "--quiet"])
-    assert result.exit_code == 0, result.output
+    db, units = run_suite(tmp_path, suite)
     with Store(db, read_only=True) as store:
-        units = dict(store.con.execute("SELECT metric_id, unit_id FROM units").fetchall())
         picks = {m: store.con.execute("SELECT layer, head FROM sahara_steps WHERE unit_id = ? AND chosen ORDER BY step",
                                       [u]).fetchall() for m, u in units.items()}
         assert picks["screened"] == picks["exact"]
@@ -111,6 +106,7 @@ def test_screened_sahara_through_runner(tmp_path):
             FROM sahara_estimates WHERE unit_id = ? GROUP BY 1 ORDER BY 1""", [units["screened"]]).fetchall()
         assert counts == [(0, 32, 4), (1, 31, 4)]
     bad = {**suite, "metrics": [{"id": "s", "kind": "sahara", "score": "ships_mean", "screen": {"top": 4}}]}
+    path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     result = CliRunner().invoke(main, ["run", str(path), "--db", str(tmp_path / "bad.duckdb"), "--quiet"])
     assert result.exit_code == 2 and "ships_dataset only" in result.output, result.output
