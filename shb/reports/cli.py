@@ -190,7 +190,7 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
 @click.option("--judge", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option(["table", "json", "csv", "png", "html"])
 @OUT_OPTION
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out):
@@ -200,10 +200,11 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
+    full = frame
     if fmt == "table":
         frame = asr.for_table(frame)
     emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated (95% Wilson intervals)", frame)],
-         None, out)
+         lambda: asr.figure(full), out)
 
 
 @report.command("utility")
