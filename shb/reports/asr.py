@@ -190,24 +190,34 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
             "decoding": r["decoding"], "judge": r["judge_id"],
             "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"], r["baseline_n"]),
             "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"], r["n"]),
-            "change": r["change"], "broken": _broken_cell(r), "draws: mean ± sd": spread})
+            "change": r["change"], "draws: mean ± sd": spread})
     out = pl.DataFrame(rows, infer_schema_length=None)
-    for optional in ("draws: mean ± sd", "broken"):
-        if out[optional].null_count() == out.height:
-            out = out.drop(optional)
+    if out["draws: mean ± sd"].null_count() == out.height:
+        out = out.drop("draws: mean ± sd")
     return out
 
 
-def _broken_cell(r) -> str | None:
-    """The broken share, baseline -> ablated, and the mark of an ASR fall that is mainly breakdown."""
-    from shb.reports.render import number
-
-    base, ablated = r["baseline_broken"], r["ablated_broken"]
-    if base is None and ablated is None:
-        return None
-    shown = lambda v: number(v) if v is not None else "-"  # noqa: E731
-    text = shown(base) if r["ablated_asr"] is None else f"{shown(base)} -> {shown(ablated)}"
-    return text + (" (ASR fell by breakdown)" if r["moved_by"] == "breakdown" else "")
+def outcome_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """The three outcomes beside each ASR, one row per setting: each baseline once (k = 0) and each ablated
+    row with ``ASR moved by``. Head set, k and the mark lead (a narrow table gives up trailing labels
+    first). Empty when no answer has an outcome."""
+    labels = ["metric_id", "model_id", "dataset_id", "format", "judge_id"]
+    rows, seen = [], set()
+    for r in frame.iter_rows(named=True):
+        which = "ablated" if r["ablated_asr"] is not None else "baseline"
+        base = r["unit_id"] if r["baseline_from"] == "same unit" else r["baseline_from"]
+        if which == "ablated" and r["baseline_broken"] is not None and base not in seen:
+            seen.add(base)
+            rows.append({"head_set": "-", "k": 0, "ASR moved by": None, "asr": r["baseline_asr"],
+                         **{o: r[f"baseline_{o}"] for o in OUTCOMES}, **{c: r[c] for c in labels}})
+        if r[f"{which}_broken"] is not None:
+            rows.append({"head_set": r["head_set"] if which == "ablated" else "-",
+                         "k": r["k"] if which == "ablated" else 0, "ASR moved by": r["moved_by"],
+                         "asr": r[f"{which}_asr"], **{o: r[f"{which}_{o}"] for o in OUTCOMES},
+                         **{c: r[c] for c in labels}})
+    schema = {"head_set": pl.String, "k": pl.Int64, "ASR moved by": pl.String, "asr": pl.Float64,
+              **{o: pl.Float64 for o in OUTCOMES}, **{c: pl.String for c in labels}}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
@@ -222,12 +232,14 @@ def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
         raise UsageError("no judged answers with outcomes (refused / complied / broken) to draw: these answers were"
                          " judged by an older shb; re-run the asr metric into a new database (--db PATH)")
     bars = []
+    order = ["complied", "broken", "refused"]   # complied first: its right edge sits near the ASR marker
     for r in rows:
         cell = f"{r['model_id']} / {r['dataset_id']} / {r['judge_id']}"
         if r["baseline_broken"] is not None:
-            bars.append((f"{cell}: k=0", [r[f"baseline_{o}"] for o in OUTCOMES], r["baseline_asr"]))
+            base = r["metric_id"] if r["baseline_from"] == "same unit" else r["baseline_from"]
+            bars.append((f"{cell}: {base} k=0", [r[f"baseline_{o}"] for o in order], r["baseline_asr"]))
         if r["ablated_broken"] is not None:
             bars.append((f"{cell}: {r['head_source']} {r['head_set']} k={r['k']}",
-                         [r[f"ablated_{o}"] for o in OUTCOMES], r["ablated_asr"]))
+                         [r[f"ablated_{o}"] for o in order], r["ablated_asr"]))
     bars = list(dict((b[0], b) for b in bars).values())   # one k = 0 bar per cell
-    return [("asr-outcomes", fig.stacked_shares(bars, OUTCOMES, "answers: refused / complied / broken (ASR marked)"))]
+    return [("asr-outcomes", fig.stacked_shares(bars, order, "answers: complied / broken / refused (ASR marked)"))]

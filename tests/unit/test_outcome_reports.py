@@ -80,9 +80,26 @@ def test_asr_report_marks_a_fall_that_is_mainly_breakdown(store):
     assert loop["moved_by"] == "breakdown"
     assert ref["change"] == pytest.approx(-0.45) and ref["broken_change"] == pytest.approx(0.0)
     assert ref["moved_by"] == "refusal"
-    cells = dict(zip(asr_report.for_table(frame)["head_set"].to_list(), asr_report.for_table(frame)["broken"].to_list()))
-    assert cells["2-6"] == "0.100 -> 0.700 (ASR fell by breakdown)"
-    assert cells["3-0"] == "0.100 -> 0.100"
+    table = asr_report.outcome_table(frame)
+    got = [(r["metric_id"], r["head_set"], r["k"], r["ASR moved by"], r["broken"]) for r in table.iter_rows(named=True)]
+    # each unit's baseline once, then its ablated row with the mark
+    assert got == [("u-loop", "-", 0, None, pytest.approx(0.1)), ("u-loop", "2-6", 1, "breakdown", pytest.approx(0.7)),
+                   ("u-ref", "-", 0, None, pytest.approx(0.1)), ("u-ref", "3-0", 1, "refusal", pytest.approx(0.1))]
+
+
+def test_asr_table_at_80_columns_keeps_the_breakdown_mark(store):
+    from click.testing import CliRunner
+
+    from shb.cli import main
+
+    result = CliRunner().invoke(main, ["report", "asr", "--db", str(store.path)], env={"COLUMNS": "80"},
+                                catch_exceptions=False)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.output
+    assert "refused / complied / broken" in result.output
+    (line,) = [line for line in lines if line.startswith("2-6 ")]
+    assert "breakdown" in line and "0.700" in line
 
 
 @pytest.mark.parametrize("change, broken, refused, expected", [
