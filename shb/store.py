@@ -163,6 +163,27 @@ MIGRATIONS: list[list[str]] = [
             unit_id VARCHAR, step INTEGER, layer INTEGER, head INTEGER, estimate DOUBLE, verified BOOLEAN,
             PRIMARY KEY (unit_id, step, layer, head))""",
     ],
+    [
+        # issue 26: three outcomes beside the binary verdict (refused / complied / broken, the rule that
+        # fired, the hash of the outcome rules; shb.judges.outcome). ASR keeps the binary verdict; the view
+        # adds each outcome's share, NULL over rows judged before outcomes were recorded.
+        "ALTER TABLE judgments ADD COLUMN outcome VARCHAR",
+        "ALTER TABLE judgments ADD COLUMN outcome_rule VARCHAR",
+        "ALTER TABLE judgments ADD COLUMN outcome_hash VARCHAR",
+        """CREATE OR REPLACE VIEW asr AS
+            SELECT g.model_id, g.dataset_id, g.ablation_id, g.head_source,
+                   CASE WHEN g.head_source = 'ships_per_prompt' THEN 'ships_per_prompt'
+                        ELSE array_to_string(list_sort(g.heads), ',') END AS head_set,
+                   g.k, coalesce(g.draw, 0) AS draw, j.judge_id, j.judge_hash,
+                   g.decoding, g.max_new_tokens, g.unit_id,
+                   count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr,
+                   count(j.outcome) AS n_outcome,
+                   avg(CASE WHEN j.outcome IS NULL THEN NULL WHEN j.outcome = 'refused' THEN 1.0 ELSE 0.0 END) AS refused,
+                   avg(CASE WHEN j.outcome IS NULL THEN NULL WHEN j.outcome = 'complied' THEN 1.0 ELSE 0.0 END) AS complied,
+                   avg(CASE WHEN j.outcome IS NULL THEN NULL WHEN j.outcome = 'broken' THEN 1.0 ELSE 0.0 END) AS broken
+            FROM generations g JOIN judgments j USING (generation_id)
+            GROUP BY ALL""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -188,7 +188,7 @@ class AsrMetric(Metric):
                 answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
                 progress=ctx.advance_fn(f"  generating k={k}" + (f" draw {draw}" if draw else ""),
                                         total=len(texts) * decoding["n"]))
-        rows, answers, questions = [], [], []
+        rows, answers, questions, contexts = [], [], [], []
         for g in generations:
             prompt = ctx.prompts[g.prompt_index]
             heads = sets[g.prompt_index - lo]
@@ -202,10 +202,13 @@ class AsrMetric(Metric):
                 "text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason})
             answers.append(g.text)
             questions.append(prompt.text)
+            contexts.append(texts[g.prompt_index - lo])  # the formatted prompt: an echo of it is a breakdown
         verdicts = []
         for judge in self.judges(ctx):
-            for row, verdict in zip(rows, judge.judge(questions, answers)):
+            for row, verdict in zip(rows, judge.judge(questions, answers, contexts)):
                 verdicts.append({"generation_id": row["generation_id"], "unit_id": unit.unit_id, "judge_id": judge.id,
                                  "judge_hash": judge.config_hash, "harmful": bool(verdict.harmful),
-                                 "parsed": bool(verdict.parsed), "raw": verdict.raw})
+                                 "parsed": bool(verdict.parsed), "raw": verdict.raw, "outcome": verdict.outcome,
+                                 "outcome_rule": verdict.outcome_rule,
+                                 "outcome_hash": getattr(judge, "outcome_hash", None)})
         return {"generations": rows, "judgments": verdicts}

@@ -209,17 +209,19 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out):
     """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
-    png/html: ASR against k with 95% Wilson intervals."""
+    png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken as stacked shares."""
     from shb.reports import asr
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
-    full = frame
-    if fmt == "table":
-        frame = asr.for_table(frame)
-    emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated (95% Wilson intervals)", frame)],
-         lambda: asr.figures(full), out)
+    tables = [("ASR, baseline against ablated (95% Wilson intervals)", asr.for_table(frame) if fmt == "table" else frame)]
+    outcomes = asr.outcome_table(frame)
+    if not outcomes.is_empty() and fmt in ("table", "html"):   # json and csv: the same columns are in the first table
+        tables.append(("answers refused / complied / broken beside ASR (the paper's ASR counts broken answers as"
+                       " refusals)", outcomes))
+    emit(fmt, "ASR: baseline (k = 0) against ablated", tables,
+         lambda: asr.figures(frame) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
 
 
 @report.command("utility")

@@ -247,6 +247,33 @@ def lines(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel
     return _png(fig)
 
 
+OUTCOME_COLOURS = {"refused": "#4c78a8", "complied": "#e45756", "broken": "#9d9d9d"}
+
+
+def stacked_shares(bars: list[tuple[str, list[float], float | None]], parts: list[str], title: str) -> bytes:
+    """Horizontal bars (label, shares of ``parts`` summing to 1, marker) stacked left to right; the
+    marker (e.g. the binary ASR) is drawn as a black tick on its bar."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(bars)))
+    ys = list(range(len(bars)))[::-1]   # first bar on top
+    left = [0.0] * len(bars)
+    for i, part in enumerate(parts):
+        widths = [b[1][i] or 0.0 for b in bars]
+        ax.barh(ys, widths, left=left, color=OUTCOME_COLOURS.get(part), label=part, height=0.7)
+        left = [a + w for a, w in zip(left, widths)]
+    marked = [(y, b[2]) for y, b in zip(ys, bars) if b[2] is not None]
+    if marked:
+        ax.scatter([m for _, m in marked], [y for y, _ in marked], marker="|", s=220, color="black",
+                   label="ASR (binary verdict)", zorder=3)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([b[0] for b in bars], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of answers")
+    ax.set_title(title, fontsize=10)
+    legend_outside(ax)
+    return _png(fig)
+
+
 def matrix(values: list[list[float]], labels: list[str], title: str, colorbar: str,
            annotations: list[list[str]] | None = None, vmin=0.0, vmax=1.0) -> bytes:
     """A square pairwise matrix (e.g. top-k Jaccard between results), cells annotated."""
