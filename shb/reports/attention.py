@@ -15,6 +15,15 @@ import polars as pl
 from shb.reports.render import require, where
 
 GROUP = ["model_id", "dataset_id", "role", "layer", "head", "prompt_set"]
+# Byte-level BPE vocabularies (GPT-2, Llama-3, SmolLM2) mark a leading space and a newline with
+# these characters; the rows keep the vocabulary's token, the report shows what it stands for.
+READABLE = {"\u0120": "\u2423", "\u010a": "\\n", "\u2581": "\u2423"}
+
+
+def readable(token: str) -> str:
+    for mark, shown in READABLE.items():
+        token = token.replace(mark, shown)
+    return token
 
 
 def token_weights(store, model=None, dataset=None) -> pl.DataFrame:
@@ -34,7 +43,8 @@ def token_weights(store, model=None, dataset=None) -> pl.DataFrame:
 
 def summary(store, model=None, dataset=None, top: int = 5) -> pl.DataFrame:
     """Per (model, head, prompt set): prompts, the top tokens with their mean weight, weight on last/first."""
-    tokens = token_weights(store, model, dataset)
+    tokens = token_weights(store, model, dataset).with_columns(
+        pl.col("token").map_elements(readable, return_dtype=pl.String))
     body, params = where(model_id=[model] if model else [], dataset_id=[dataset] if dataset else [])
     ends = store.query(f"""
         WITH rows AS (SELECT *, max(position) OVER (PARTITION BY unit_id, prompt_set, prompt_id, layer, head) AS last
@@ -69,7 +79,7 @@ def figure(tokens: pl.DataFrame, top: int = 8) -> list[tuple[str, bytes]]:
                 ax = axes[i][j]
                 panel = frame.filter((pl.col("role") == role) & (pl.col("prompt_set") == prompt_set)).sort(
                     ["mean_weight", "token"], descending=[True, False]).head(top)
-                labels = [repr(t)[1:-1] for t in panel["token"].to_list()][::-1]
+                labels = [readable(t) for t in panel["token"].to_list()][::-1]
                 ax.barh(range(len(labels)), panel["mean_weight"].to_list()[::-1],
                         color="tab:red" if role.startswith("safety") else "tab:gray")
                 ax.set_yticks(range(len(labels)), labels, fontsize=7)

@@ -3,21 +3,14 @@ and the closing note prints what they measured (method overlap, one attention fi
 swap's ASR, the AHD curve), whatever it shows."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.test_paper_mini import shb
+
 pytestmark = pytest.mark.slow
-
-
-def shb(*args):
-    result = subprocess.run([sys.executable, "-m", "shb.cli", *args], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, f"shb {' '.join(args)}:\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
