@@ -59,4 +59,10 @@ def test_closing_note(db, tmp_path):
     for model in ("toy-a", "toy-full", "toy-full-ahd"):
         lines.append(f"AHD curve {model}: " + "  ".join(f"k={r['k']}:{r['asr']:.2f}" for r in curve
                                                        if r["model_id"] == model))
+    ahd = {r["k"]: r["asr"] for r in curve if r["model_id"] == "toy-full-ahd"}
+    for ordinary in ("toy-a", "toy-full"):
+        target = next(r["asr"] for r in curve if r["model_id"] == ordinary and r["k"] == 1)
+        reached = [k for k in sorted(ahd) if ahd[k] >= target]
+        lines.append(f"ASR of one head on {ordinary}: {target:.2f}; toy-full-ahd reaches it at k = "
+                     f"{reached[0] if reached else f'none of {sorted(ahd)}'}")
     print("\n".join(lines))
