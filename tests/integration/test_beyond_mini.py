@@ -15,6 +15,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
+    import os
+
+    if os.environ.get("SHB_BEYOND_DB"):  # a database of a finished `shb run suites/beyond-mini.json`: its note only
+        return Path(os.environ["SHB_BEYOND_DB"])
     path = tmp_path_factory.mktemp("beyond-mini") / "results.duckdb"
     started = time.perf_counter()
     shb("run", "suites/beyond-mini.json", "--db", str(path), "--quiet")
