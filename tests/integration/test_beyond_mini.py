@@ -52,9 +52,9 @@ def test_closing_note(db, tmp_path):
     lines.append(f"attention figures: {', '.join(figures)}")
     summary = _tables("report", "attention", "--db", str(db), "--model", "toy-a")
     lines += [f"  {r['role']} {r['head']} {r['prompt_set']}: {', '.join(r['top_tokens'])}" for r in summary]
-    asr = _tables("sql", "SELECT a.model_id, g.intervention_id, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0 END) AS asr, "
-                  "count(*) AS n FROM generations g JOIN judgments j USING (generation_id) JOIN units a "
-                  "USING (unit_id) WHERE g.intervention_id IS NOT NULL GROUP BY ALL ORDER BY ALL", "--db", str(db))
+    asr = _tables("sql", "SELECT g.model_id, g.intervention_id, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0 END) AS asr, "
+                  "count(*) AS n FROM generations g JOIN judgments j USING (generation_id) "
+                  "WHERE g.intervention_id IS NOT NULL GROUP BY ALL ORDER BY ALL", "--db", str(db))
     assert {r["intervention_id"] for r in asr} == {"attention-from-base", "mlp-from-base"}
     lines += [f"swap ASR {r['model_id']} {r['intervention_id']}: {r['asr']:.3f} (n={r['n']})" for r in asr]
     curve = _tables("sql", "SELECT model_id, k, avg(asr) AS asr, sum(n) AS n FROM asr WHERE head_source = "
