@@ -61,17 +61,20 @@ def plan(suite_path, db, fmt, device):
     frame = pl.DataFrame([{
         "unit_id": u.unit_id, "model": u.model.id, "dataset": u.dataset.id, "ablation": u.ablation.id,
         "metric": u.metric.id, "prompts": u.n_prompts, "status": u.status,
-        "forwards": u.cost_forwards, "gpu_minutes": None if u.cost_gpu_seconds is None else u.cost_gpu_seconds / 60,
-    } for u in units], schema_overrides={"forwards": pl.Int64, "gpu_minutes": pl.Float64})
+        "forwards": u.cost_forwards, "minutes": None if u.cost_seconds is None else u.cost_seconds / 60,
+        "estimated_from": u.cost_basis,
+    } for u in units], schema_overrides={"forwards": pl.Int64, "minutes": pl.Float64, "estimated_from": pl.Utf8})
     text = to_text(frame, fmt, title=f"plan: {suite.name}")
     if text is not None:
         click.echo(text)
         return
     pending = [u for u in units if u.status != "done"]
-    known = [u.cost_gpu_seconds for u in pending if u.cost_gpu_seconds is not None]
-    click.echo(f"{len(units)} unit(s), {len(pending)} to run; estimated GPU time of the rest: "
-               f"{sum(known) / 3600:.2f} h" + (" (some units' geometry unknown)" if len(known) < len(pending) else "")
-               + f" (at {2e14:.0e} FLOP/s)")
+    known = [u for u in pending if u.cost_seconds is not None]
+    measured = sum(1 for u in known if u.cost_basis.startswith("measured"))
+    click.echo(f"{len(units)} unit(s), {len(pending)} to run; estimated time of the rest: "
+               f"{sum(u.cost_seconds for u in known) / 3600:.2f} h ({measured} unit(s) from measured rates, "
+               f"{len(known) - measured} from FLOPs; see estimated_from)"
+               + (" (some units' geometry unknown)" if len(known) < len(pending) else ""))
 
 
 @main.command()

@@ -156,6 +156,13 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    [
+        # Screened Sahara (issue 24): every candidate's estimate per step and whether the exact engine
+        # verified it (verified candidates also have an exact row in `sahara_steps`).
+        """CREATE TABLE sahara_estimates (
+            unit_id VARCHAR, step INTEGER, layer INTEGER, head INTEGER, estimate DOUBLE, verified BOOLEAN,
+            PRIMARY KEY (unit_id, step, layer, head))""",
+    ],
     # Issue 23: RDSHA head scores (per prompt, signed projection on the refusal direction) and the
     # last position's attention over the prompt of selected heads.
     [
@@ -184,6 +191,7 @@ TABLE_KEYS = {
     "ships_dataset": ("unit_id", "layer", "head"),
     "ships_estimates": ("unit_id", "prompt_id", "layer", "head"),
     "sahara_steps": ("unit_id", "step", "layer", "head"),
+    "sahara_estimates": ("unit_id", "step", "layer", "head"),
     "generations": ("generation_id",),
     "judgments": ("generation_id", "judge_id"),
     "prompts": ("dataset_id", "prompt_id"),

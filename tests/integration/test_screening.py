@@ -127,6 +127,22 @@ def test_screened_recall_on_toy(toy_lm_prompts):
     assert all(int(t) in est[p].topk(top).indices.tolist() for p, t in enumerate(top1))
 
 
+def run_suite(tmp_path, suite: dict):
+    """Run ``suite`` with `shb run` into tmp_path/r.duckdb -> (database path, {metric_id: unit_id})."""
+    from click.testing import CliRunner
+
+    from shb.cli import main
+    from shb.store import Store
+
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(suite))
+    db = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(main, ["run", str(path), "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    with Store(db, read_only=True) as store:
+        return db, dict(store.con.execute("SELECT metric_id, unit_id FROM units").fetchall())
+
+
 def test_screened_metric_through_runner(tmp_path):
     """Verified rows equal the exact sweep's; estimates are stored apart; the report says how many were verified."""
     from click.testing import CliRunner
@@ -143,13 +159,8 @@ def test_screened_metric_through_runner(tmp_path):
                     {"id": "screened", "kind": "ships", "screen": {"top": 3}}],
         "defaults": {"device": "cpu"},
     }
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(suite))
-    db = tmp_path / "r.duckdb"
-    result = CliRunner().invoke(main, ["run", str(path), "--db", str(db), "--quiet"])
-    assert result.exit_code == 0, result.output
+    db, units = run_suite(tmp_path, suite)
     with Store(db, read_only=True) as store:
-        units = dict(store.con.execute("SELECT metric_id, unit_id FROM units").fetchall())
         assert units["exact"] != units["screened"]
         pairs = store.con.execute("""
             SELECT e.score, s.score FROM ships s JOIN ships e USING (prompt_id, layer, head)
