@@ -261,7 +261,12 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
 
 
 def _reads(metric: Entry, suite: Suite, datasets: dict) -> dict:
-    """Datasets a metric reads besides its cell's (utility's benign prompts): their content keys its id."""
+    """Datasets a metric reads besides its cell's (utility's and attention's benign prompts): their
+    content keys its id."""
+    if metric.kind == "attention":
+        entries = {d.id: d for d in suite.datasets}
+        ref = metric.get("benign")
+        return {ref: dataset_key(entries[ref], datasets[ref][0])} if ref in entries else {}
     if metric.kind != "utility":
         return {}
     from shb.utility.spec import dataset_refs

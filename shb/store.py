@@ -184,6 +184,19 @@ MIGRATIONS: list[list[str]] = [
             FROM generations g JOIN judgments j USING (generation_id)
             GROUP BY ALL""",
     ],
+    # Issue 23: RDSHA head scores (per prompt, signed projection on the refusal direction) and the
+    # last position's attention over the prompt of selected heads.
+    [
+        """CREATE TABLE rdsha (
+            unit_id VARCHAR, model_id VARCHAR, dataset_id VARCHAR, ablation_id VARCHAR, fit_id VARCHAR,
+            prompt_id INTEGER, layer INTEGER, head INTEGER, projection DOUBLE,
+            PRIMARY KEY (unit_id, prompt_id, layer, head))""",
+        """CREATE TABLE head_attention (
+            unit_id VARCHAR, model_id VARCHAR, dataset_id VARCHAR, ablation_id VARCHAR, prompt_set VARCHAR,
+            prompts_dataset_id VARCHAR, prompt_id INTEGER, role VARCHAR, layer INTEGER, head INTEGER,
+            position INTEGER, token VARCHAR, weight DOUBLE,
+            PRIMARY KEY (unit_id, prompt_set, prompt_id, layer, head, position))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -209,6 +222,8 @@ TABLE_KEYS = {
     "formatted_prompts": ("model_id", "dataset_id", "prompt_id"),
     "truncations": ("model_id", "dataset_id", "prompt_id"),
     "fits": ("fit_id",),
+    "rdsha": ("unit_id", "prompt_id", "layer", "head"),
+    "head_attention": ("unit_id", "prompt_set", "prompt_id", "layer", "head", "position"),
 }
 
 

@@ -199,8 +199,23 @@ def semantic_problems(data: dict) -> list[str]:
             problems.append(f"/metrics/{i}/heads: 'ships_per_prompt' needs a metric of kind ships in this suite")
         if metric.get("kind") == "asr":
             problems += _asr_target_problems(metric, i, ids.get("interventions") or {})
+        if metric.get("kind") == "rdsha":
+            problems += _rdsha_problems(metric, i, data)
+        benign = metric.get("benign") if metric.get("kind") == "attention" else None
+        if isinstance(benign, str) and ids.get("datasets") is not None and benign not in ids["datasets"]:
+            problems.append(f"/metrics/{i}/benign: no dataset with id '{benign}' in this suite")
     problems += _intervention_problems(data, ids)
     return problems
+
+
+def _rdsha_problems(metric: dict, i: int, data: dict) -> list[str]:
+    """RDSHA scores heads against a refusal direction: its intervention must be one."""
+    target = metric.get("intervention")
+    kinds = {e.get("id"): e.get("kind") for e in data.get("interventions") or [] if isinstance(e, dict)}
+    if isinstance(target, str) and kinds.get(target) != "refusal_direction":
+        found = f"is of kind '{kinds[target]}'" if target in kinds else "does not exist"
+        return [f"/metrics/{i}/intervention: rdsha needs a refusal_direction intervention; '{target}' {found}"]
+    return []
 
 
 def _empty_list_problems(metric: dict, i: int) -> list[str]:
@@ -239,8 +254,11 @@ def _asr_target_problems(metric: dict, i: int, interventions: dict) -> list[str]
     return []
 
 
-# What each fitted kind needs beyond harmful prompts (harmless data to contrast, an unaligned reference).
-FIT_NEEDS = {"refusal_direction": ("harmless",), "setdiff": ("harmless",), "safety_neurons": ("reference",)}
+# What each fitted kind is fitted on: harmful prompts (all but the attention swap, which only loads
+# weights), harmless data to contrast, an unaligned reference.
+FIT_NEEDS = {"refusal_direction": ("harmful", "harmless"), "setdiff": ("harmful", "harmless"),
+             "safety_neurons": ("harmful", "reference"), "attention_swap": ("reference",)}
+FIT_NEEDS_DEFAULT = ("harmful",)
 
 
 def _intervention_problems(data: dict, ids: dict) -> list[str]:
@@ -250,7 +268,7 @@ def _intervention_problems(data: dict, ids: dict) -> list[str]:
         fit = entry.get("fit") if isinstance(entry, dict) else None
         if not isinstance(fit, dict):
             continue
-        for key in FIT_NEEDS.get(entry.get("kind"), ()):
+        for key in FIT_NEEDS.get(entry.get("kind"), FIT_NEEDS_DEFAULT):
             if key not in fit:
                 problems.append(f"/interventions/{i}/fit: {entry['kind']} is fitted on {key} data too: add \"{key}\"")
         for key, section in (("harmful", "datasets"), ("harmless", "datasets"), ("reference", "models")):

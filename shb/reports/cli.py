@@ -248,7 +248,8 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 
 @report.command("overlap")
 @DB_OPTION
-@click.option("--metric", type=click.Choice(["ships", "ships_dataset"]), default="ships", show_default=True)
+@click.option("--metric", type=click.Choice(["ships", "ships_dataset", "methods"]), default="ships", show_default=True,
+              help="methods: Ships, generalized Ships, Sahara and RDSHA compared on one model, dataset and ablation")
 @top_option(10, "k of the top-k head sets")
 @click.option("--model", "models", multiple=True, help="repeatable; default: every model")
 @click.option("--dataset", "datasets", multiple=True, help="repeatable; default: every dataset")
@@ -257,10 +258,13 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 @OUT_OPTION
 @friendly
 def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
-    """Do results share safety heads? Pairwise top-k intersection, Jaccard and Spearman (paper Fig. 5)."""
+    """Do results share safety heads? Pairwise top-k intersection, Jaccard and Spearman (paper Fig. 5).
+    With --metric methods: do Ships, generalized Ships, Sahara and RDSHA pick the same heads?"""
     from shb.reports import overlap
     from shb.store import Store
 
+    if metric == "methods":
+        return _overlap_methods(db, top, models, datasets, ablations, fmt, out)
     with Store(db, read_only=True) as store:
         scores = overlap.scores(store, metric, models, datasets, ablations)
     pairs = overlap.pairwise(scores, top)
@@ -269,6 +273,47 @@ def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
          [(f"pairwise overlap of top-{top} heads ({metric})", pairs),
           (f"heads in the top-{top} of two or more results", shared)],
          lambda: overlap.figure(pairs, metric, top), out)
+
+
+@report.command("attention")
+@DB_OPTION
+@click.option("--model", default=None)
+@click.option("--dataset", default=None)
+@top_option(5, "tokens listed per head and prompt set")
+@format_option()
+@OUT_OPTION
+@friendly
+def report_attention(db, model, dataset, top, fmt, out):
+    """Where safety heads look: the last position's attention over the prompt, harmful vs benign, beside a median head."""
+    from shb.reports import attention
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        frame = attention.summary(store, model, dataset, top)
+        tokens = attention.token_weights(store, model, dataset) if fmt in ("png", "html") else None
+    emit(fmt, "attention of safety heads",
+         [(f"top-{top} tokens by mean attention weight from the last position", frame)],
+         lambda: attention.figure(tokens), out)
+
+
+def _overlap_methods(db, top, models, datasets, ablations, fmt, out):
+    from shb.reports import method_overlap as mo
+    from shb.reports import overlap
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        model = mo.single(store, "model_id", models, "model", "--model")
+        dataset = mo.single(store, "dataset_id", datasets, "dataset", "--dataset")
+        ablation = mo.single(store, "ablation_id", ablations, "ablation", "--ablation",
+                             "units WHERE metric_kind IN ('ships', 'ships_dataset', 'sahara')")
+        scores = mo.scores(store, model, dataset, ablation)
+    cell = f"{model} / {dataset} / {ablation}"
+    pairs = overlap.pairwise(scores, top).rename({"result_a": "method_a", "result_b": "method_b"})
+    emit(fmt, f"method overlap of top-{top} heads ({cell})",
+         [(f"{mo.TITLE}: pairwise overlap of top-{top} heads ({cell})", pairs),
+          (f"which layers each method's top-{top} favours", mo.layers(scores, top))],
+         lambda: overlap.figure(pairs.rename({"method_a": "result_a", "method_b": "result_b"}), "methods", top,
+                                label=f"{mo.TITLE}, {cell}"), out)
 
 
 @report.command("efficiency")

@@ -124,8 +124,9 @@ def shared_heads(frame: pl.DataFrame, top: int = 10) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema).sort(["n_results", "layer", "head_index"], descending=[True, False, False])
 
 
-def figure(pairs: pl.DataFrame, metric: str, top: int) -> list[tuple[str, bytes]]:
-    """The pairwise top-k overlap matrix: colour = Jaccard, text = intersection / k."""
+def figure(pairs: pl.DataFrame, metric: str, top: int, label: str | None = None) -> list[tuple[str, bytes]]:
+    """The pairwise top-k overlap matrix: colour = Jaccard, text = intersection / k. ``label``: what
+    is compared (default: the metric's name)."""
     from shb.reports import figures as fig
 
     results = list(dict.fromkeys(pairs["result_a"].to_list() + pairs["result_b"].to_list()))
@@ -137,5 +138,5 @@ def figure(pairs: pl.DataFrame, metric: str, top: int) -> list[tuple[str, bytes]
         i, j = index[a], index[b]
         values[i][j] = values[j][i] = jac or 0.0
         notes[i][j] = notes[j][i] = f"{shared}/{top}\nJ={jac or 0:.2f}"
-    title = f"top-{top} head overlap ({METRICS[metric][2]})\ncolour: Jaccard index; text: shared heads / k"
+    title = f"top-{top} head overlap ({label or METRICS[metric][2]})\ncolour: Jaccard index; text: shared heads / k"
     return [(fig.slug("overlap", metric, f"top{top}"), fig.matrix(values, results, title, "Jaccard index", notes))]

@@ -176,7 +176,7 @@ def test_pickle_only_hub_model_is_refused_before_any_work_unless_allowed(hub_cac
 def test_paper_suite_fingerprints_are_reported_unknown_offline(hub_cache):
     repo = Path(__file__).resolve().parents[2]
     notes = plan.notes(suite.load(repo / "suites" / "paper.json"))
-    assert sorted(n.split("'")[1] for n in notes) == ["llama-2-7b-chat", "vicuna-7b-v1.5"]
+    assert sorted(n.split("'")[1] for n in notes) == ["llama-2-7b", "llama-2-7b-chat", "vicuna-7b-v1.5"]
 
 
 def test_label_contents_do_not_depend_on_labels(tmp_path, model_dir):

@@ -130,7 +130,8 @@ def test_database_from_before_outcomes_reads_none_and_migrates_with_null_outcome
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE shb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    before = len(MIGRATIONS) - 1
+    # the database as it was just before the migration that added judgments.outcome
+    before = next(i for i, m in enumerate(MIGRATIONS) if any("ADD COLUMN outcome " in st for st in m))
     for migration in MIGRATIONS[:before]:
         for statement in migration:
             con.execute(statement)

@@ -28,7 +28,9 @@ def _metrics(suite):
 def test_paper_suite_declares_the_papers_experiment():
     suite = load(PAPER)
     models = {m.id: m for m in suite.models}
-    assert {m.get("path") for m in models.values()} == {"meta-llama/Llama-2-7b-chat-hf", "lmsys/vicuna-7b-v1.5"}
+    # Llama-2-7b (base) is only the attention swap's reference (Fig. 6a): no head metric runs on it
+    assert {m.get("path") for m in models.values()} == {"meta-llama/Llama-2-7b-chat-hf", "lmsys/vicuna-7b-v1.5",
+                                                         "meta-llama/Llama-2-7b-hf"}
     assert all(m.get("geometry") == {"layers": 32, "heads": 32, "params": 6738415616} for m in models.values())
     kinds = {(d.kind, d.get("format")) for d in suite.datasets}
     assert kinds == {(k, f) for k in ("advbench", "jailbreakbench", "maliciousinstruct") for f in ("direct", "template")}
@@ -38,7 +40,9 @@ def test_paper_suite_declares_the_papers_experiment():
     assert {m.kind for m in metrics.values()} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
     sahara = [m for m in metrics.values() if m.kind == "sahara"]
     assert len(sahara) == 1 and sahara[0].get("steps") == 5
-    asr = [m for m in metrics.values() if m.kind == "asr"]
+    assert all(m.get("models") and "llama-2-7b" not in m.get("models") for m in metrics.values())
+    assert {e.kind for e in suite.interventions} == {"attention_swap"}
+    asr = [m for m in metrics.values() if m.kind == "asr" and not m.get("intervention")]
     # dataset-level (Sahara) and query-level (each prompt's top Ships heads), each greedy and top-5 sampled
     assert sorted((m.get("heads"), m.get("decoding")["mode"]) for m in asr) == sorted(
         (heads, mode) for heads in (f"sahara:{sahara[0].id}", "ships_per_prompt") for mode in ("greedy", "sample"))
