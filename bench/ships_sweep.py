@@ -163,9 +163,10 @@ def sweep(engine_factory, layers):
     return torch.cat([engine.ships_layer(layer) for layer in layers], 1)  # (P, H * len(layers))
 
 
-def fair_naive_sweep(lm, prompts, layers, args):
+def fair_naive_sweep(lm, prompts, layers, args, encode=None):
     """The paper's loop made fair: batch 1, one forward per prompt and head, but the LM head and the
-    log-softmax on the last position only (the engine's saving that is not about batching or caching)."""
+    log-softmax on the last position only (the engine's saving that is not about batching or caching).
+    ``encode(prompt)`` gives a prompt's token ids (default: the prompt is space-separated ids)."""
     import torch
 
     from shb.ablation import ablate
@@ -174,7 +175,8 @@ def fair_naive_sweep(lm, prompts, layers, args):
 
     model = lm.model
     head = ScoringHead(model)  # float32 head under bf16, as the engine's
-    ids = [torch.tensor([[int(t) for t in p.split()]], device=args.device) for p in prompts]
+    encode = encode or (lambda p: [int(t) for t in p.split()])
+    ids = [torch.tensor([encode(p)], device=args.device) for p in prompts]
 
     def last_logp(x):
         if not head.widened:  # float32 model: its own last-position logits

@@ -107,9 +107,12 @@ def fetch_upstream(kind: str) -> Path:
 def _resolve(kind: str, path: str | None, sha256: str | None) -> Path:
     if path is None:
         return fetch_upstream(kind)
+    from shb.paths import not_a_file
+
     resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise UsageError(f"dataset '{kind}': no file at {resolved.resolve()}; fix \"path\" in the suite")
+    problem = not_a_file(resolved)
+    if problem:
+        raise UsageError(f"dataset kind '{kind}': {problem} {os.path.abspath(resolved)}; fix \"path\" in the suite")
     if sha256 and sha256_file(resolved) != sha256:
         raise UsageError(f"dataset '{kind}': {resolved} has sha256 {sha256_file(resolved)}, the suite pins {sha256}")
     return resolved
@@ -291,13 +294,30 @@ def select(prompts: list[Prompt], limit: int | None = None, seed: int | None = N
     return [prompts[i] for i in picked]
 
 
+HOLDOUT_DEFAULTS = {"fraction": 0.5, "seed": 0}
+
+
+def holdout(prompts: list[Prompt], part: str, fraction: float = 0.5, seed: int = 0) -> list[Prompt]:
+    """One part of a seeded, disjoint split: a seeded permutation of all prompts, its first
+    round(fraction * n) (at least one, at most n - 1) are "select" (heads chosen, baselines fitted),
+    the rest "measure" (every method measured). Each part keeps file order and prompt ids, so the
+    two parts' rows in the ``prompts`` table show that they are disjoint."""
+    if len(prompts) < 2:
+        raise UsageError(f"holdout needs at least 2 prompts to split, got {len(prompts)}")
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    cut = min(max(round(fraction * len(prompts)), 1), len(prompts) - 1)
+    chosen = sorted(order[:cut] if part == "select" else order[cut:])
+    return [prompts[i] for i in chosen]
+
+
 def load(spec: dict) -> list[Prompt]:
-    """Prompts of a dataset spec (a suite entry: kind, parameters, limit, seed)."""
+    """Prompts of a dataset spec (a suite entry: kind, parameters, holdout part, limit, seed)."""
     from shb.registry import DATASETS, resolve
 
     factory = resolve(DATASETS, spec["kind"], "dataset")
     params = {k: v for k, v in spec.items()
-              if k not in ("id", "kind", "limit", "seed", "format", "system", "description", "too_long")}
+              if k not in ("id", "kind", "limit", "seed", "format", "system", "description", "too_long", "holdout")}
     try:
         prompts = factory(**params)
     except OSError as exc:
@@ -306,6 +326,8 @@ def load(spec: dict) -> list[Prompt]:
     if not prompts:
         raise UsageError(f"dataset '{spec.get('id', spec['kind'])}' has no prompts"
                          + (f" (file {spec['path']})" if spec.get("path") else ""))
+    if spec.get("holdout"):
+        prompts = holdout(prompts, **{**HOLDOUT_DEFAULTS, **spec["holdout"]})
     return select(prompts, spec.get("limit"), spec.get("seed"))
 
 
@@ -317,8 +339,15 @@ def identity(spec: dict, prompts: list[Prompt] | None = None) -> tuple[str, int]
     upstream = UPSTREAM.get(spec["kind"])
     if upstream is not None and not spec.get("path"):
         limit = spec.get("limit")
-        key = json.dumps({"upstream": upstream.sha256, "limit": limit, "seed": spec.get("seed")}, sort_keys=True)
-        return hashlib.sha256(key.encode()).hexdigest(), min(limit or upstream.rows, upstream.rows)
+        rows = upstream.rows
+        key = {"upstream": upstream.sha256, "limit": limit, "seed": spec.get("seed")}
+        if spec.get("holdout"):
+            split = {**HOLDOUT_DEFAULTS, **spec["holdout"]}
+            key["holdout"] = split
+            cut = min(max(round(split["fraction"] * rows), 1), rows - 1)
+            rows = cut if split["part"] == "select" else rows - cut
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return digest, min(limit or rows, rows)
     prompts = prompts if prompts is not None else load(spec)
     return content_hash(prompts), len(prompts)
 

@@ -40,7 +40,12 @@ METRIC_DEFAULTS = {
     "asr": {"judge": "keyword-paper", "decoding": {"mode": "greedy"}, "max_new_tokens": 128},
 }
 ASSUMED_PROMPT_TOKENS = 48      # for cost estimates when prompts are not tokenized at plan time
-ASSUMED_GPU_FLOPS = 2.0e14      # sustained bf16 FLOP/s of one modern datacentre GPU, for estimates
+# Sustained FLOP/s assumed for FLOP-based estimates, by (device type, dtype the suite runs): a modern
+# datacentre GPU (bf16/fp16 tensor cores; float32 without TF32, PyTorch's matmul default) and a few
+# CPU cores. Used only where the database has no measured rate for the model and device.
+ASSUMED_FLOPS = {("cuda", "bfloat16"): 2.0e14, ("cuda", "float16"): 2.0e14, ("cuda", "float32"): 2.0e13,
+                 ("cpu", "float32"): 1.0e11, ("cpu", "bfloat16"): 5.0e10, ("cpu", "float16"): 2.0e10}
+ASSUMED_GPU_FLOPS = ASSUMED_FLOPS[("cuda", "bfloat16")]
 
 
 def _hash(obj) -> str:
@@ -58,7 +63,8 @@ class WorkUnit:
     n_prompts: int = 0
     status: str = "pending"                          # pending | done | failed | running (from the store)
     cost_forwards: int | None = None                 # forward passes of a full prompt
-    cost_gpu_seconds: float | None = None
+    cost_seconds: float | None = None                # estimated wall time on the plan's device
+    cost_basis: str | None = None                    # how cost_seconds was estimated (measured rate or FLOPs)
 
     @property
     def label(self) -> str:
@@ -115,6 +121,8 @@ def notes(suite: Suite, device: str | None = None, fps: dict | None = None) -> l
 def dataset_key(dataset: Entry, content: str) -> dict:
     fmt = dataset.get("format", "direct")
     key = {"kind": dataset.kind, "content": content, "format": fmt, "system": dataset.get("system")}
+    if dataset.get("holdout"):  # which part of which split: recorded with the label (the content hash covers it)
+        key["holdout"] = {**ds.HOLDOUT_DEFAULTS, **dataset.get("holdout")}
     if fmt == "template":  # the template's text is part of every formatted prompt
         key["template"] = hashlib.sha256(ds.PAPER_TEMPLATE.encode()).hexdigest()[:16]
     return key
@@ -151,12 +159,43 @@ def identities(suite: Suite, prompts: dict[str, list] | None = None) -> dict[str
 
 def label_contents(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
                    fps: dict | None = None) -> dict[tuple[str, str], dict]:
-    """{("model" | "dataset", label): content}: what each suite-local label stands for. One database
-    holds one content per label (shb.run refuses a second), so reports never merge two under one name."""
+    """{(kind, label): content} for every label a suite names: models, datasets, ablations, metrics,
+    interventions and judges. One database holds one content per label (shb.run refuses a second),
+    so reports never merge two contents under one name (an ablation "ua" at epsilon 1e-5 and one at
+    0.5, a metric "harm" that screens and one that does not)."""
     fps = fps if fps is not None else fingerprints(suite)
     datasets = identities(suite, prompts)
     out = {("model", m.id): model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
     out.update({("dataset", d.id): dataset_key(d, datasets[d.id][0]) for d in suite.datasets})
+    out.update({("ablation", a.id): ablation_key(a) for a in suite.ablations})
+    out.update({("metric", m.id): metric_key(m, suite.defaults) for m in suite.metrics})
+    out.update({("intervention", i.id): {"kind": i.kind, **{k: v for k, v in i.params.items() if k != "description"}}
+                for i in suite.interventions})
+    out.update(judge_contents(suite))
+    return out
+
+
+def judge_contents(suite: Suite) -> dict[tuple[str, str], dict]:
+    """{("judge", id): its configuration} over every metric; one id configured two ways in one suite
+    (two classifier models under "classifier") is refused, naming both."""
+    from shb.metrics.asr import judges_of
+
+    out: dict[tuple[str, str], dict] = {}
+    where: dict[str, int] = {}
+    for i, metric in enumerate(suite.metrics):
+        if metric.kind != "asr":   # utility's judges are part of its own metric content
+            continue
+        for judge in judges_of(metric.params):
+            content = {"judge": judge}
+            if judge == "classifier":
+                content.update(model=metric.get("judge_model"), prompt=metric.get("judge_prompt", "harmbench"))
+            previous = out.get(("judge", judge))
+            if previous is not None and previous != content:
+                raise UsageError(f"/metrics/{i}/judge: judge '{judge}' is configured as {content} here and as "
+                                 f"{previous} in /metrics/{where[judge]}; one label names one judge: give the "
+                                 "metrics one judge configuration, or split them into two suites and databases")
+            out[("judge", judge)] = content
+            where[judge] = i
     return out
 
 
@@ -206,11 +245,13 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
                         by_cell[(metric.id, model.id, dataset.id)] = True
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
-                        source = by_cell.get((model.id, dataset.id, ablation.id, upstream))
+                        # heads_dataset: the heads chosen on another dataset (a holdout's select part)
+                        source = by_cell.get((model.id, metric.get("heads_dataset", dataset.id), ablation.id, upstream))
                         if source is None:
                             raise UsageError(
                                 f"metric '{metric.id}' takes its heads from metric '{upstream}', which does not run on "
-                                f"model '{model.id}', dataset '{dataset.id}', ablation '{ablation.id}': "
+                                f"model '{model.id}', dataset '{metric.get('heads_dataset', dataset.id)}', "
+                                f"ablation '{ablation.id}': "
                                 f"add that combination to '{upstream}' or restrict '{metric.id}' with its "
                                 "models/datasets/ablations lists")
                         spec["upstream"] = source
@@ -221,7 +262,12 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
 
 
 def _reads(metric: Entry, suite: Suite, datasets: dict) -> dict:
-    """Datasets a metric reads besides its cell's (utility's benign prompts): their content keys its id."""
+    """Datasets a metric reads besides its cell's (utility's and attention's benign prompts): their
+    content keys its id."""
+    if metric.kind == "attention":
+        entries = {d.id: d for d in suite.datasets}
+        ref = metric.get("benign")
+        return {ref: dataset_key(entries[ref], datasets[ref][0])} if ref in entries else {}
     if metric.kind != "utility":
         return {}
     from shb.utility.spec import dataset_refs
@@ -272,30 +318,91 @@ def _toy_config() -> dict | None:
         return None
 
 
-def estimate(unit: WorkUnit, geom: dict | None) -> tuple[int | None, float | None]:
-    """(forward passes of a full prompt, GPU seconds) for the unit; None where the geometry is unknown."""
+def forwards_of(unit: WorkUnit, geom: dict | None) -> int | None:
+    """Forward passes of a full prompt the unit costs (as the paper's loop counts); None without geometry."""
     from shb.registry import METRICS, resolve
 
     if not geom or not geom.get("layers"):
-        return None, None
-    metric = resolve(METRICS, unit.metric.kind, "metric")()
-    forwards = metric.estimate(unit, geom)
-    seconds = None
-    if geom.get("n_params"):
-        seconds = 2.0 * geom["n_params"] * ASSUMED_PROMPT_TOKENS * forwards / ASSUMED_GPU_FLOPS
-    return forwards, seconds
+        return None
+    return resolve(METRICS, unit.metric.kind, "metric")().estimate(unit, geom)
+
+
+def estimate(unit: WorkUnit, geom: dict | None, device: str = "cuda",
+             measured: dict | None = None) -> tuple[int | None, float | None, str | None]:
+    """(forward passes of a full prompt, seconds, basis) for the unit on ``device``.
+
+    The seconds come from a measured rate where ``measured`` (``measured_rates``) has one for the
+    unit's model content, device type and metric kind, otherwise from FLOPs (2 x parameters x
+    ASSUMED_PROMPT_TOKENS per forward) at ASSUMED_FLOPS for the device and the dtype the unit runs."""
+    forwards = forwards_of(unit, geom)
+    if forwards is None:
+        return None, None, None
+    kind = device_type(device)
+    rate = (measured or {}).get(rate_key(unit, kind))
+    if rate is not None:
+        per_forward, n_units = rate
+        return forwards, forwards * per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {n_units} "
+                                                  f"done {unit.metric.kind} unit(s) on {kind}")
+    dtype = unit.spec["model"].get("dtype", "float32")
+    flops = ASSUMED_FLOPS.get((kind, dtype))
+    if flops is None or not geom.get("n_params"):
+        return forwards, None, None
+    seconds = 2.0 * geom["n_params"] * ASSUMED_PROMPT_TOKENS * forwards / flops
+    return forwards, seconds, f"FLOPs: {dtype} on {kind} at {flops:.0e} FLOP/s (assumed)"
+
+
+def device_type(device: str | None) -> str:
+    """"cuda:1" -> "cuda"; None/"auto" guessed without torch (shb.models.guess_device)."""
+    from shb.models import guess_device
+
+    return guess_device(device).split(":", 1)[0]
+
+
+def rate_key(unit: WorkUnit, kind: str) -> tuple[str, str, str]:
+    """What a measured rate is specific to: the model's content (weights, dtype, attention), device type, metric kind."""
+    return _hash(unit.spec["model"]), kind, unit.metric.kind
+
+
+def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tuple[float, int]]:
+    """{rate_key: (seconds per forward, units measured)} from this plan's done units: the seconds of
+    their committed chunks (every run that worked on them) over their forward count, on the device
+    of the run that finished them."""
+    if store is None or not store.version():
+        return {}
+    rows = store.con.execute("""
+        SELECT u.unit_id, r.device, (SELECT sum(c.seconds) FROM chunks c WHERE c.unit_id = u.unit_id)
+        FROM units u LEFT JOIN runs r USING (run_id) WHERE u.status = 'done'""").fetchall()
+    done = {unit_id: (device, seconds) for unit_id, device, seconds in rows if device and seconds}
+    totals: dict[tuple, list] = {}
+    for unit in units:
+        if unit.unit_id not in done:
+            continue
+        forwards = forwards_of(unit, geoms.get(unit.model.id))
+        if not forwards:
+            continue
+        device, seconds = done[unit.unit_id]
+        device = device.removeprefix("ray:")  # a Ray run records the device it asked its workers for
+        if device == "auto":  # each worker resolved it: the device is not known here
+            continue
+        total = totals.setdefault(rate_key(unit, device.split(":", 1)[0]), [0.0, 0, 0])
+        total[0] += seconds
+        total[1] += forwards
+        total[2] += 1
+    return {key: (seconds / forwards, n) for key, (seconds, forwards, n) in totals.items()}
 
 
 def plan(suite: Suite, store=None, prompts=None, device: str | None = None, fps: dict | None = None) -> list[WorkUnit]:
-    """Units with their status in ``store`` (if given) and cost estimates."""
+    """Units with their status in ``store`` (if given) and cost estimates on ``device`` (default the suite's)."""
     from dataclasses import replace
 
     units = expand(suite, prompts, device, fps)
     status = store.unit_status() if store is not None else {}
     geoms = {m.id: geometry(m) for m in suite.models}
+    measured = measured_rates(store, units, geoms)
+    target = device or suite.defaults.get("device")
     out = []
     for unit in units:
-        forwards, seconds = estimate(unit, geoms[unit.model.id])
+        forwards, seconds, basis = estimate(unit, geoms[unit.model.id], target, measured)
         out.append(replace(unit, status=status.get(unit.unit_id, "pending"),
-                           cost_forwards=forwards, cost_gpu_seconds=seconds))
+                           cost_forwards=forwards, cost_seconds=seconds, cost_basis=basis))
     return out

@@ -38,6 +38,8 @@ METRICS = {
     "ships_dataset": ("shb.metrics.ships_dataset:ShipsDatasetMetric", "per head: principal angles between last-token subspaces (Eq. 11)"),
     "sahara": ("shb.metrics.sahara:SaharaMetric", "greedy head-set search (Algorithm 1), every candidate stored"),
     "asr": ("shb.metrics.asr:AsrMetric", "generate under ablation and judge: attack success rate"),
+    "rdsha": ("shb.metrics.rdsha:RdshaMetric", "per head: last-token output along the refusal direction, |O_h . r| / ||r|| (Huang et al. 2025)"),
+    "attention": ("shb.metrics.attention:AttentionMetric", "last position's attention over the prompt, for selected heads and a median head"),
     "utility": ("shb.metrics.utility:UtilityMetric", "lm-eval tasks, over-refusal and benign loss under an intervention, beside the unmodified model"),
 }
 
@@ -58,6 +60,7 @@ INTERVENTIONS = {
     "layers": ("shb.baselines.layers", "contiguous layers skipped or scaled, chosen by refusal drop (LSP, Zhao et al. 2024; Li et al. 2024)"),
     "actsvd": ("shb.baselines.actsvd", "top-rank removal of W X, or the orthogonal variant (ActSVD, Wei et al. 2024)"),
     "setdiff": ("shb.baselines.setdiff", "prune top safety weights not in top utility weights, Wanda or SNIP (Wei et al. 2024)"),
+    "attention_swap": ("shb.baselines.attention_swap", "attention (or MLP) weights loaded from a reference model (Zhou et al. 2025, Fig. 6a)"),
     "safety_neurons": ("shb.baselines.safety_neurons", "GTAC-ranked MLP neurons patched from a reference model, DAP (Chen et al. 2024)"),
 }
 

@@ -178,7 +178,7 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
             with store.transaction():
                 for dataset in suite.datasets:
                     _write_dataset(store, dataset.id, prompts, labels, set())
-                store.insert("labels", [r for r in labels if r["kind"] == "model"])
+                store.insert("labels", [r for r in labels if r["kind"] != "dataset"])
             counts.update(run_units(pending, suite=suite, prompts=prompts, store=store, run_id=run_id,
                                     device=device_request, dtype=dtype, progress=progress, on_chunk=on_chunk,
                                     options=executor, log=log, fingerprints=fps))
@@ -220,6 +220,11 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                 with store.transaction():  # datasets a metric reads besides its own (utility's benign sets)
                     for ref in unit.spec["reads"]:
                         _write_dataset(store, ref, prompts, labels, written)
+            unit_labels = [r for r in labels if (r["kind"], r["label"]) in _unit_labels(unit) - written]
+            if unit_labels:
+                with store.transaction():  # the unit's ablation, metric, intervention and judge labels
+                    store.insert("labels", unit_labels)
+                written.update((r["kind"], r["label"]) for r in unit_labels)
             progress.update(unit_bar, description=f"unit {unit.label}")
             ok = _run_unit(unit, lm, prompts[dataset.id], formatted, store, run_id, progress, shared, suite, device,
                            on_chunk)
@@ -241,6 +246,18 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
     finally:
         store.close()
     return counts
+
+
+def _unit_labels(unit) -> set[tuple[str, str]]:
+    """The (kind, label) pairs a unit's rows carry besides its model and dataset."""
+    from shb.metrics.asr import judges_of
+
+    out = {("ablation", unit.ablation.id), ("metric", unit.metric.id)}
+    if unit.metric.get("intervention"):
+        out.add(("intervention", unit.metric.get("intervention")))
+    if unit.metric.kind == "asr":
+        out.update(("judge", j) for j in judges_of(unit.metric.params))
+    return out
 
 
 def _write_dataset(store, dataset_id: str, prompts: dict, labels: list[dict], written: set) -> None:

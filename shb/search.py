@@ -65,6 +65,59 @@ def sahara_step_layer(engine, chosen: Sequence[Head], layer: int, score: str = "
     return sahara_step(engine, chosen, score=score, r=r, layers=[layer])
 
 
+def screened_sahara_step(engine, chosen: Sequence[Head] = (), r: int = 1, layers: Iterable[int] | None = None,
+                         top: int = 10, directions: int = 8) -> dict:
+    """One screened step (score ``ships_dataset``): estimate G + {h} for every candidate h from one
+    linearised pass (shb.scorers.subspace_attribution), score the ``top`` best estimates exactly
+    with the engine, and pick the best *verified* candidate (``best``).
+
+    Returns ``{"chosen", "score", "verified": [((layer, head), exact score)], "estimates":
+    [((layer, head), estimate)]}``; the estimates rank candidates and are never a score."""
+    from shb.scorers.subspace_attribution import estimate_step
+
+    chosen = [tuple(map(int, h)) for h in chosen]
+    cands = candidates(engine, chosen, layers)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    est = estimate_step(engine.lm, engine.prompts, chosen, engine.base_hidden, kind=engine.kind,
+                        epsilon=engine.epsilon, site=engine.site, r=r, directions=directions)  # (L, H)
+    estimates = [(h, float(est[h])) for h in cands]
+    ranked = _by_estimate(estimates)
+    picked = sorted(h for h, _ in ranked[:top])
+    verified = list(zip(picked, score_head_sets(engine, [[*chosen, h] for h in picked], score="ships_dataset", r=r)))
+    head, value = best(verified)
+    return {"chosen": head, "score": value, "verified": verified, "estimates": estimates}
+
+
+def _by_estimate(estimates: Iterable[tuple[Head, float]]) -> list[tuple[Head, float]]:
+    """Highest estimate first; NaN (a degenerate linearised Gram) last; ties in (layer, head) order."""
+    return sorted(estimates, key=lambda hv: (math.isnan(hv[1]), 0.0 if math.isnan(hv[1]) else -hv[1], hv[0]))
+
+
+def compare_screened(engine, screened: Sequence[dict], r: int = 1, layers: Iterable[int] | None = None) -> list[dict]:
+    """Each screened step (``sahara(..., screen=...)``) against the exact step *with the same G* (the
+    heads the screened search chose before it): ``{"step", "screened", "exact", "same", "reason",
+    "exact_rank"}``. A differing pick has a reason only when the exact winner was not verified (its
+    estimate ranked below the verified ones) or the two exact scores tie within float rounding;
+    otherwise ``reason`` is None, which a caller must treat as a bug."""
+    out, chosen = [], []
+    for step in screened:
+        exact_head, exact_value = best(sahara_step(engine, chosen, score="ships_dataset", r=r, layers=layers))
+        ranked = _by_estimate(step["estimates"])
+        rank = next(i for i, (h, _) in enumerate(ranked) if h == exact_head) + 1
+        verified = dict(step["candidates"])
+        same, reason = step["chosen"] == exact_head, None
+        if not same and exact_head not in verified:
+            reason = (f"the exact winner {exact_head[0]}-{exact_head[1]} ranked {rank} of {len(ranked)} by its "
+                      f"estimate, outside the {len(verified)} verified")
+        elif not same and abs(verified[exact_head] - step["score"]) <= 1e-6 * max(abs(exact_value), 1e-12):
+            reason = f"tie: {exact_head[0]}-{exact_head[1]} and the screened pick score within float rounding"
+        out.append({"step": step["step"], "screened": step["chosen"], "exact": exact_head, "same": same,
+                    "reason": reason, "exact_rank": rank, "screened_score": step["score"], "exact_score": exact_value})
+        chosen.append(step["chosen"])
+    return out
+
+
 def best(results: Iterable[tuple[Head, float]]) -> tuple[Head, float]:
     """The highest-scoring candidate; on ties the first in (layer, head) order. NaN scores never win."""
     top = None
@@ -79,9 +132,13 @@ def best(results: Iterable[tuple[Head, float]]) -> tuple[Head, float]:
 
 
 def sahara(engine, steps: int = 5, score: str = "ships_dataset", r: int = 1,
-           layers: Iterable[int] | None = None) -> list[dict]:
+           layers: Iterable[int] | None = None, screen: dict | None = None) -> list[dict]:
     """Run ``steps`` greedy steps. Returns one dict per step:
-    ``{"step": i, "chosen": (layer, head), "score": s, "candidates": [((layer, head), score), ...]}``."""
+    ``{"step": i, "chosen": (layer, head), "score": s, "candidates": [((layer, head), score), ...]}``.
+
+    With ``screen`` ({"top": M, "directions": K}, score ``ships_dataset`` only) every step is
+    ``screened_sahara_step``: ``candidates`` holds the verified (exact) scores only and the step
+    adds ``estimates``."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if layers is not None:
@@ -90,7 +147,15 @@ def sahara(engine, steps: int = 5, score: str = "ships_dataset", r: int = 1,
         raise ValueError(f"steps={steps} exceeds the number of candidate heads")
     chosen: list[Head] = []
     out = []
+    if screen and score != "ships_dataset":
+        raise ValueError(f"screened Sahara estimates the score ships_dataset only, got {score!r}")
     for i in range(steps):
+        if screen:
+            found = screened_sahara_step(engine, chosen, r=r, layers=layers, **screen)
+            chosen.append(found["chosen"])
+            out.append({"step": i, "chosen": found["chosen"], "score": found["score"],
+                        "candidates": found["verified"], "estimates": found["estimates"]})
+            continue
         results = sahara_step(engine, chosen, score=score, r=r, layers=layers)
         head, value = best(results)
         chosen.append(head)

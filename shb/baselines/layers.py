@@ -5,15 +5,21 @@ Zhao et al. 2024; and the "safety layers" of Li et al. 2024):
 
 - candidates: every run [s, s + w) of ``widths`` consecutive layers (default widths [1]; LED's
   analysis uses runs of 3-8 from the early layers, restrict with ``first``/``last``);
-- ``mode: "skip"`` (LED's pruning analysis: each layer of the run passes its input through) or
-  ``mode: "scale"`` (Li et al.: every weight matrix of the run's attention and MLP times ``alpha``);
-- score: greedy answers of ``max_new_tokens`` tokens (the fit data's) to the harmful fit prompts,
-  judged by ``judge`` (keyword-paper): refusal rate under the candidate. The chosen run is the one
-  with the lowest refusal rate (ties: narrower, then earlier); every candidate's rate is stored.
+- ``mode: "skip"`` (LED's pruning analysis, arXiv 2405.18166: each layer of the run passes its
+  input through). Score: greedy answers of ``max_new_tokens`` tokens (the fit data's) to the
+  harmful fit prompts, judged by ``judge`` (keyword-paper); the chosen run is the one with the
+  lowest refusal rate (ties: narrower, then earlier);
+- ``mode: "scale"`` (Li et al., "Safety Layers in Aligned LLMs", arXiv 2408.17003, their
+  ``scaling.py``): every weight matrix of the run's attention and MLP times ``alpha`` (their
+  default 1.1, an up-scaling), greedy answers to over-rejection prompts (benign requests: the fit
+  data's harmless prompts), and the chosen run is the one whose scaling raises the refusal rate
+  there most (the safety layers make the model over-refuse when amplified); ties as above.
+  Applied at measurement, the run stays scaled by ``alpha``.
+Every candidate's rate is stored.
 
-Parameters modified: a skipped layer removes all of its parameters (entries = degrees of freedom =
-the layer's parameter count, as a head counts its slice); scaling changes every entry of the scaled
-matrices (counted from the edit).
+Parameters modified: a skipped layer removes all of its parameters (entries: the layer's parameter
+count); scaling changes every entry of the scaled matrices (counted from the edit). Values chosen:
+the layers (alpha is the method's constant, not fitted).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from shb.errors import UsageError
 from shb.interventions import Intervention, ParamCount
 
 KIND = "layers"
-DEFAULTS = {"widths": [1], "mode": "skip", "alpha": 0.0, "first": 0, "last": None, "judge": "keyword-paper",
+DEFAULTS = {"widths": [1], "mode": "skip", "alpha": None, "first": 0, "last": None, "judge": "keyword-paper",
             "batch_size": 16}
 
 
@@ -36,7 +42,12 @@ def options(params: dict) -> dict:
     opts = {**DEFAULTS, **params}
     if opts["mode"] not in ("skip", "scale"):
         raise UsageError(f"layers: mode must be 'skip' or 'scale', got {opts['mode']!r}")
+    if opts["alpha"] is None:
+        opts["alpha"] = LI_ALPHA if opts["mode"] == "scale" else 0.0
     return opts
+
+
+LI_ALPHA = 1.1  # Li et al.'s scaling factor (scaling.py default)
 
 
 def runs(n_layers: int, opts: dict) -> list[tuple[int, ...]]:
@@ -64,10 +75,13 @@ def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
     from shb import judges
 
     opts = options(params)
-    if not data.harmful:
-        raise UsageError("layers: the fit needs harmful prompts")
+    scale = opts["mode"] == "scale"
+    prompts = data.harmless if scale else data.harmful   # Li et al. locate by over-rejection
+    if not prompts:
+        raise UsageError(f"layers: mode '{opts['mode']}' fits on {'harmless' if scale else 'harmful'} prompts;"
+                         f" give fit.{'harmless' if scale else 'harmful'}")
     judge = judges.get(opts["judge"])
-    rate = lambda: refusal_rate(lm, data.harmful, data.max_new_tokens, judge, opts["batch_size"])  # noqa: E731
+    rate = lambda: refusal_rate(lm, prompts, data.max_new_tokens, judge, opts["batch_size"])  # noqa: E731
     base = rate()
     rows = []
     for run in runs(lm.n_layers, opts):
@@ -75,10 +89,13 @@ def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:
             rows.append({"layers": list(run), "refusal_rate": rate()})
         if progress is not None:
             progress(1)
-    best = min(rows, key=lambda r: (r["refusal_rate"], len(r["layers"]), r["layers"][0]))
+    # skip: the run whose removal refuses least; scale: the run whose up-scaling over-refuses most
+    sign = -1 if scale else 1
+    best = min(rows, key=lambda r: (sign * r["refusal_rate"], len(r["layers"]), r["layers"][0]))
     meta = {"base_refusal_rate": base, "selected": best, "candidates": rows, "mode": opts["mode"],
+            "scored_on": "harmless (over-rejection)" if scale else "harmful",
             "alpha": opts["alpha"], "judge": opts["judge"], "max_new_tokens": data.max_new_tokens,
-            "n_prompts": len(data.harmful)}
+            "n_prompts": len(prompts)}
     return Artefact(KIND, {"layers": torch.tensor(best["layers"], dtype=torch.long)}, meta)
 
 
@@ -123,11 +140,12 @@ class LayerEdit(Intervention):
         decoder = lm.layout.layers(lm.model)
         if self.mode == "skip":
             n = sum(p.numel() for layer in self.layers for p in decoder[layer].parameters())
-            return ParamCount(n, n)
+            return ParamCount(n, len(self.layers))   # the layers chosen
         entries = sum(int((p.data * self.alpha != p.data).sum()) for layer in self.layers
                       for p in scaled_modules(lm, layer))
-        # Scaling fits one number per run; what it edits is every entry of the scaled matrices.
-        return ParamCount(entries, entries)
+        # What it edits is every entry of the scaled matrices; what it chooses is the layers (the
+        # scale is a constant of the method, Li et al.'s 1.1, not fitted).
+        return ParamCount(entries, len(self.layers))
 
     @property
     def label(self) -> str:

@@ -17,7 +17,12 @@ NeurIPS 2024), from the paper's definitions:
 - intervention: directional ablation (x <- x - r r^T x at every layer's input and output, all
   positions: ``apply: "hooks"``) or the equivalent weight orthogonalisation (embedding, every
   attention output projection and MLP output projection, biases included: ``apply: "weights"``).
-  A tests checks the two give the same logits.
+  A test checks the two give the same logits on a model with its own LM head. With tied
+  embeddings (SmolLM2, Gemma) the embedding matrix is also the LM head; Arditi et al.'s code
+  orthogonalises it all the same (``orthogonalize_gemma_weights`` edits ``embed_tokens``, which
+  Gemma's head shares), so shb does too: the head then reads x - r r^T x as well, a small
+  difference from the hooks (0.03 in logits on the toy) that is the paper's own, and the shared
+  matrix is counted once in the entries changed.
 
 Parameters modified: entries changed by the orthogonalisation, counted from the edited matrices;
 degrees of freedom: d (the direction).

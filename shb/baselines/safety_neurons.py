@@ -255,13 +255,14 @@ class NeuronPatch(Intervention):
 
     def parameters_modified(self, lm) -> ParamCount:
         """The patched neurons' weights (rows of the maps that write them, columns of the one that reads them)."""
-        count = 0
+        count = chosen = 0
         for layer, idx in self.neurons.items():
             writers, reader = mlp_maps(lm, layer)
             per_neuron = weight_oi(reader).shape[0] + sum(
                 weight_oi(m).shape[1] + (m.bias is not None) for m in writers)
             count += per_neuron * int(idx.numel())
-        return ParamCount(count, count)
+            chosen += int(idx.numel())
+        return ParamCount(count, chosen)   # dof: the neurons chosen (their values come from the reference run)
 
     @property
     def label(self) -> str:

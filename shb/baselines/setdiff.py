@@ -12,9 +12,11 @@ the decoder layers, an importance score per entry on each data set:
 - ``importance: "snip"``: I_ij = |W_ij| * sum_n |dL_n / dW_ij|, L_n the mean NLL of example n's
   response tokens (batch size 1, as Wei et al.'s ``wandg``).
 
-Per matrix, over its flattened entries: S_q = the top ``q`` fraction of safety scores, U_p = the top
-``p`` fraction of utility scores (floor(fraction * entries) each); the pruned set is S_q \\ U_p, set
-to 0. Scores are computed on the unedited model. The artefact stores each matrix's pruned flat
+Per matrix, over its flattened entries (checked against Wei et al.'s ``prune_wandg_set_difference``
+in lib/prune.py: ``top_p = int(p * W.shape[0] * W.shape[1])`` and ``torch.topk(W_metric.flatten(),
+top_p)``, the same for q; not per output row, unlike plain Wanda pruning): S_q = the top ``q``
+fraction of safety scores, U_p = the top ``p`` fraction of utility scores (floor(fraction * entries)
+each); the pruned set is S_q \\ U_p, set to 0. Scores are computed on the unedited model. The artefact stores each matrix's pruned flat
 indices (int32, row-major in the (d_out, d_in) view). parameters_modified: entries = stored values
 that change (a pruned entry that is already 0 does not count), dof = entries chosen (|S_q \\ U_p|).
 """

@@ -24,10 +24,20 @@ from typing import Any, ContextManager
 
 @dataclass(frozen=True)
 class ParamCount:
-    """Parameters an intervention modifies, measured from the edit."""
+    """The cost of an intervention, one definition for every method (README "Cost of a method").
+
+    entries: weight (and bias) entries whose value changes; an intervention on activations (head
+      hooks, patched neurons, a direction projected out by hooks) counts the entries of the weights
+      whose output it overrides, so a hook and its weight form count alike.
+    dof: values the method chooses or fits: one per index it picks (a head, a layer, a neuron, a
+      pruned entry) and one per number it fits (a direction's d values, low-rank factors); fixed
+      constants given by the method (epsilon, a scale of 1.1) are not counted.
+    Extra model runs at inference (DAP's reference model) are a column of their own in the reports
+    (shb.reports.efficiency.EXTRA_RUNS), never folded into these counts.
+    """
 
     entries: int   # weight (and bias) entries whose value changes
-    dof: int       # degrees of freedom of the edit (what was fitted or chosen)
+    dof: int       # values chosen or fitted
 
     def share(self, n_params: int) -> tuple[float, float]:
         """(entries, dof) as fractions of the model's parameters."""
@@ -98,9 +108,15 @@ class HeadAblation(Intervention):
         if not self.heads:
             return ParamCount(0, 0)
         # A head's edit is its slice of one projection (biases included): every entry of the slice
-        # changes, and the slice is also what was chosen, so entries and degrees of freedom coincide.
-        count, _ = parameters_modified(lm, list(self.heads), self.ablation, self.site)
-        return ParamCount(count, count)
+        # changes. What the method chooses is the k heads (epsilon is fixed by the paper).
+        kind, site = self.ablation, self.site
+        if kind == "mean":
+            # The mean ablation replaces activations, not weights (it cannot be baked), so no stored
+            # weight changes; like the safety neurons, the slice it overrides is counted: the head's
+            # query rows (site q, as undifferentiated) or its o_proj columns (site output, as scaling).
+            kind, site = ("scaling", None) if site == "output" else ("undifferentiated", site)
+        count, _ = parameters_modified(lm, list(self.heads), kind, site)
+        return ParamCount(count, len(set(self.heads)))
 
     @property
     def label(self) -> str:

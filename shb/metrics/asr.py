@@ -5,7 +5,8 @@ Head-set sources (the ``heads`` parameter):
   ``ships_per_prompt``    each prompt's own top-k Ships heads (the paper's per-query experiment);
   ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
                           ``draws: n`` draws n such head sets, each with its own seed (a control with a spread);
-  ``["2-26", ...]``       an explicit set (an empty list: no ablation).
+  ``["2-26", ...]``       an explicit set (an empty list: no ablation); with ``k``, its first k heads
+                          at each k (k = 0: the unablated baseline, so ``"k": [0, 2]`` gives one).
 Or ``intervention: <id>`` (instead of heads): an entry of the suite's interventions section (a
 fitted baseline or a fixed head set; shb.baselines), applied with k = 1 and heads = [];
 a fitted one has a first chunk ``fit`` (shb.baselines.fits).
@@ -35,8 +36,8 @@ def ks_of(params: dict) -> list[int]:
     if "heads" not in params:
         return [1]  # an intervention (shb.baselines): applied once, no head count
     heads = params["heads"]
-    if isinstance(heads, list):
-        return [len(heads)]
+    if isinstance(heads, list) and "k" not in params:
+        return [len(heads)]  # the whole list (with k given: its first k heads, k = 0 the baseline)
     k = params.get("k", 1)
     return sorted(k) if isinstance(k, list) else [k]
 
@@ -109,7 +110,7 @@ class AsrMetric(Metric):
             return [[] for _ in prompts]  # an intervention: no head ablated on top of it
         heads = ctx.metric["heads"]
         if isinstance(heads, list):
-            return [parse_heads(heads)] * len(prompts)
+            return [parse_heads(heads)[:k]] * len(prompts)  # k = len(heads) unless the suite gave k
         if k == 0:
             return [[] for _ in prompts]
         if heads.startswith("sahara:"):
@@ -187,7 +188,7 @@ class AsrMetric(Metric):
                 answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
                 progress=ctx.advance_fn(f"  generating k={k}" + (f" draw {draw}" if draw else ""),
                                         total=len(texts) * decoding["n"]))
-        rows, answers, questions = [], [], []
+        rows, answers, questions, contexts = [], [], [], []
         for g in generations:
             prompt = ctx.prompts[g.prompt_index]
             heads = sets[g.prompt_index - lo]
@@ -201,10 +202,13 @@ class AsrMetric(Metric):
                 "text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason})
             answers.append(g.text)
             questions.append(prompt.text)
+            contexts.append(texts[g.prompt_index - lo])  # the formatted prompt: an echo of it is a breakdown
         verdicts = []
         for judge in self.judges(ctx):
-            for row, verdict in zip(rows, judge.judge(questions, answers)):
+            for row, verdict in zip(rows, judge.judge(questions, answers, contexts)):
                 verdicts.append({"generation_id": row["generation_id"], "unit_id": unit.unit_id, "judge_id": judge.id,
                                  "judge_hash": judge.config_hash, "harmful": bool(verdict.harmful),
-                                 "parsed": bool(verdict.parsed), "raw": verdict.raw})
+                                 "parsed": bool(verdict.parsed), "raw": verdict.raw, "outcome": verdict.outcome,
+                                 "outcome_rule": verdict.outcome_rule,
+                                 "outcome_hash": getattr(judge, "outcome_hash", None)})
         return {"generations": rows, "judgments": verdicts}

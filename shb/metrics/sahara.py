@@ -5,15 +5,26 @@ unablated model. The last chunk of a step reads the step's rows from the store, 
 candidate (ties: first in (layer, head) order, as ``shb.search.best``) and re-emits its row with
 ``chosen = true`` (the store upserts on (unit_id, step, layer, head)). A step reads G, the heads
 chosen by earlier steps, from the store, so a resumed run continues where it stopped.
+
+Screened (``screen: {"top": M, "directions": K}``, score ships_dataset): one chunk per step. Every
+candidate is estimated from one linearised pass (shb.scorers.subspace_attribution), the top M are
+scored exactly and the best verified candidate is chosen. Only verified candidates get rows in
+``sahara_steps`` (exact scores); every estimate goes to ``sahara_estimates`` with a ``verified`` flag.
 """
 
 from __future__ import annotations
 
 from shb.metrics.base import Metric, subspace_rank, swept_layers
 
+SCREEN_DEFAULTS = {"directions": 8}
+
 
 def step_chunk(step: int, layer: int) -> str:
     return f"step-{step:02d}-layer-{layer:03d}"
+
+
+def screen_chunk(step: int) -> str:
+    return f"step-{step:02d}-screen"
 
 
 def chunk_step_layer(chunk: str) -> tuple[int, int]:
@@ -39,6 +50,12 @@ class SaharaMetric(Metric):
     def estimate(self, unit, geometry: dict) -> int:
         layers = len(unit.metric.get("layers") or range(geometry["layers"]))
         steps = unit.metric.get("steps", 5)
+        screen = unit.metric.get("screen")
+        if screen:
+            # Per step: M_G, the clean pass with grad, the all-heads pass, a backward (about two forwards)
+            # per direction, then M verified candidates (counted as full forwards: an upper bound).
+            screen = {**SCREEN_DEFAULTS, **screen}
+            return unit.n_prompts * (steps * (3 + 2 * screen["directions"] + screen["top"]) + 1)
         return unit.n_prompts * (steps * layers * geometry["heads"] + 1)
 
     def chunks(self, unit, ctx) -> list[str]:
@@ -48,11 +65,48 @@ class SaharaMetric(Metric):
             from shb.errors import UsageError
 
             raise UsageError(f"metric '{unit.metric.id}': steps={steps} exceeds the {len(layers) * ctx.lm.n_heads} candidate heads")
+        if self._screen(ctx, unit):
+            return [screen_chunk(s) for s in range(steps)]
         return [step_chunk(s, layer) for s in range(steps) for layer in layers]
+
+    @staticmethod
+    def _screen(ctx, unit) -> dict | None:
+        screen = ctx.metric.get("screen")
+        if not screen:
+            return None
+        from shb.errors import UsageError
+
+        _, score, _ = _params(ctx, unit)
+        if score != "ships_dataset":
+            raise UsageError(f"metric '{unit.metric.id}': screen estimates score ships_dataset only, got {score!r};"
+                             " drop `screen` for the exact search")
+        n = len(swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)) * ctx.lm.n_heads
+        screen = {**SCREEN_DEFAULTS, **screen}
+        if screen["top"] > n:
+            raise UsageError(f"metric '{unit.metric.id}': screen.top = {screen['top']} exceeds the {n} candidate heads;"
+                             " lower it, or drop `screen` for the exact search")
+        return screen
+
+    def _screened(self, unit, ctx, step: int) -> dict[str, list[dict]]:
+        from shb.search import screened_sahara_step
+
+        _, _, r = _params(ctx, unit)
+        unit_id = ctx.ids["unit_id"]
+        found = screened_sahara_step(ctx.engine(), self._chosen(ctx, unit_id, step), r=r,
+                                     layers=swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id),
+                                     **self._screen(ctx, unit))
+        verified = {h for h, _ in found["verified"]}
+        steps = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "score": float(v),
+                  "chosen": (l, h) == found["chosen"]} for (l, h), v in found["verified"]]
+        estimates = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "estimate": float(v),
+                      "verified": (l, h) in verified} for (l, h), v in found["estimates"]]
+        return {"sahara_steps": steps, "sahara_estimates": estimates}
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         from shb.search import best, sahara_step_layer
 
+        if chunk.endswith("-screen"):
+            return self._screened(unit, ctx, int(chunk.split("-")[1]))
         step, layer = chunk_step_layer(chunk)
         _, score, r = _params(ctx, unit)
         unit_id = ctx.ids["unit_id"]

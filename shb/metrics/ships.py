@@ -50,7 +50,6 @@ class ShipsMetric(Metric):
         return {"ships": rows}
 
     def _screened(self, unit, ctx, batch: int) -> dict[str, list[dict]]:
-        from shb.engine import Engine
         from shb.errors import UsageError
         from shb.scorers.attribution import estimate
 
@@ -68,16 +67,17 @@ class ShipsMetric(Metric):
         est = estimate(ctx.lm, texts, kind=ab["kind"], epsilon=ab.get("epsilon", 1e-5), site=ab.get("site"),
                        estimator=screen["estimator"], tokens=screen["tokens"], seed=ctx.seed + batch)  # (p, L, H)
         base = ctx.base_row()
+        chosen = [sorted(candidates, key=lambda lh: (-float(est[p, lh[0], lh[1]]), lh))[: screen["top"]]
+                  for p in range(len(prompts))]
+        # One engine (base pass, scoring head) for the unit's prompts, shared by every batch and with the
+        # unit's other metrics; only each prompt's own candidates are evaluated.
+        exact = ctx.engine().ships_pairs([(lo + p, [head]) for p in range(len(prompts)) for head in chosen[p]]).tolist()
         ships_rows, estimate_rows = [], []
         for p, prompt in enumerate(prompts):
-            ranked = sorted(candidates, key=lambda lh: (-float(est[p, lh[0], lh[1]]), lh))
-            chosen = ranked[: screen["top"]]
-            engine = Engine(ctx.lm, [texts[p]], kind=ab["kind"], epsilon=ab.get("epsilon", 1e-5), site=ab.get("site"),
-                            strategy=ctx.metric.get("strategy", "engine"), batch_size=ctx.batch_size)
-            exact = engine.ships_head_sets([[head] for head in chosen])[0]  # (N,)
-            for (layer, h), value in zip(chosen, exact.tolist()):
+            values = exact[p * screen["top"]: (p + 1) * screen["top"]]
+            for (layer, h), value in zip(chosen[p], values):
                 ships_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h, "score": value})
-            verified = set(chosen)
+            verified = set(chosen[p])
             for layer, h in candidates:
                 estimate_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h,
                                       "estimate": float(est[p, layer, h]), "estimator": screen["estimator"],

@@ -126,14 +126,16 @@ class UtilityMetric(Metric):
         rows = []
         for judge_id in uspec.judges(ctx.metric):
             judge = ctx.cached(("judge", judge_id), lambda j=judge_id: get_judge(j))
-            verdicts = judge.judge([prompts[g.prompt_index].text for g in generations], [g.text for g in generations])
+            verdicts = judge.judge([prompts[g.prompt_index].text for g in generations], [g.text for g in generations],
+                                   [formatted[g.prompt_index] for g in generations])
             for g, verdict in zip(generations, verdicts):
                 rows.append({**base, "part": "over_refusal", "task": cfg["dataset"], "measure": "refusal",
                              "judge_id": judge.id, "judge_hash": judge.config_hash,
                              "doc_id": prompts[g.prompt_index].prompt_id, "sample_index": g.sample_index,
                              "value": 0.0 if verdict.harmful else 1.0,   # a keyword judge's "harmful" = it answered
                              "detail": {"text": g.text, "n_tokens": g.n_tokens, "finish_reason": g.finish_reason,
-                                        "raw": verdict.raw, "decoding": decoding}})
+                                        "raw": verdict.raw, "decoding": decoding, "outcome": verdict.outcome,
+                                        "outcome_rule": verdict.outcome_rule}})
         return rows
 
     def _benign_loss(self, unit, ctx, intervention, base):

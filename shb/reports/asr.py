@@ -11,6 +11,13 @@ because a random control is a distribution over head sets, not one head set.
 Every ASR carries its n and a 95% Wilson interval (``*_lo``, ``*_hi``; shb.reports.stats), so two
 numbers can be told apart.
 
+Beside every ASR: the shares of the three outcomes (refused / complied / broken, shb.judges.outcome;
+``baseline_*`` and ``ablated_*``), None over answers judged before outcomes were recorded. ASR keeps the
+paper's binary verdict, which scores a broken answer (a loop, an empty answer) as a refusal; so a head set
+can lower ASR by breaking the model rather than by making it refuse. ``moved_by`` says ``breakdown`` for
+a row whose ASR fell while the broken share rose by at least half of that fall (``BREAKDOWN_SHARE``), and
+``refusal`` for one whose ASR fell mostly through refusals.
+
 Baseline: the unit's own k = 0 row when it has one; otherwise the k = 0 row of another unit of the
 same model, dataset, prompt format, judge (id and hash), decoding, max_new_tokens and answer
 prefix (at k = 0 no head is ablated, so the ablation does not matter). Several such units hold the
@@ -30,20 +37,32 @@ from shb.reports.stats import mean_and_spread, with_wilson
 # What a baseline must share with the ablated row it is compared to.
 _CELL = ["model_id", "dataset_id", "format", "judge_id", "judge_hash", "decoding", "max_new_tokens", "answer_prefix"]
 
+OUTCOMES = ["refused", "complied", "broken"]
+BREAKDOWN_SHARE = 0.5   # an ASR fall is "mainly breakdown" when the broken share rose by >= this much of it
+
 COLUMNS = ["model_id", "dataset_id", "format", "ablation_id", "metric_id", "head_source", "head_set", "k", "draws",
            "decoding", "max_new_tokens", "judge_id", "baseline_asr", "baseline_lo", "baseline_hi", "baseline_n",
-           "ablated_asr", "ablated_lo", "ablated_hi", "n", "change", "draw_mean", "draw_sd", "baseline_from",
-           "unit_id"]
+           "ablated_asr", "ablated_lo", "ablated_hi", "n", "change",
+           *[f"baseline_{o}" for o in OUTCOMES], *[f"ablated_{o}" for o in OUTCOMES], "broken_change", "moved_by",
+           "draw_mean", "draw_sd", "baseline_from", "unit_id"]
+
+
+def has_outcomes(store) -> bool:
+    """Whether the judgments table has outcomes (a database from before them, opened read-only, is not migrated)."""
+    return bool(store.query("SELECT count(*) AS n FROM information_schema.columns"
+                            " WHERE table_name = 'judgments' AND column_name = 'outcome'")["n"][0])
 
 
 def _rows(store, body, params) -> pl.DataFrame:
     """The asr view with the unit's metric id, prompt format and answer prefix."""
+    outcomes = ("a.n_outcome, a.refused, a.complied, a.broken" if has_outcomes(store) else
+                "0 AS n_outcome, " + ", ".join(f"NULL::DOUBLE AS {o}" for o in OUTCOMES))
     return store.query(f"""
         SELECT a.unit_id, u.metric_id, a.model_id, a.dataset_id,
                coalesce(json_extract_string(u.spec, '$.dataset.format'), 'direct') AS format,
                coalesce(json_extract_string(u.spec, '$.metric.answer_prefix'), '') AS answer_prefix,
                a.ablation_id, a.head_source, a.head_set, a.k, a.draw, a.judge_id, a.judge_hash,
-               CAST(a.decoding AS VARCHAR) AS decoding, a.max_new_tokens, a.n, a.asr
+               CAST(a.decoding AS VARCHAR) AS decoding, a.max_new_tokens, a.n, a.asr, {outcomes}
         FROM asr a LEFT JOIN units u USING (unit_id) WHERE {body}
         ORDER BY a.unit_id, a.k, a.draw, a.head_set, a.judge_id""", params)
 
@@ -62,6 +81,9 @@ def _per_intervention(rows: pl.DataFrame) -> pl.DataFrame:
         pl.len().alias("draws"),
         pl.col("n").sum().alias("n"),
         ((pl.col("asr") * pl.col("n")).sum() / pl.col("n").sum()).alias("asr"),
+        # outcome shares pooled over the answers that have one (None where none has)
+        *[((pl.col(o) * pl.col("n_outcome")).sum() / pl.col("n_outcome").sum().replace(0, None)).alias(o)
+          for o in OUTCOMES],
         pl.col("asr").alias("_draw_asrs"))
     sets = grouped["_sets"].to_list()
     spreads = [mean_and_spread(list(v)) for v in grouped["_draw_asrs"].to_list()]
@@ -74,25 +96,46 @@ def _per_intervention(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _baselines(inter: pl.DataFrame, ablated: pl.DataFrame) -> pl.DataFrame:
     """For every ablated row, its baseline: the same unit's k = 0, else one other unit's k = 0 in its cell."""
+    carried = ["baseline_asr", "baseline_n", *[f"baseline_{o}" for o in OUTCOMES]]
     base = inter.filter(pl.col("k") == 0).select(
-        "unit_id", *_CELL, pl.col("asr").alias("baseline_asr"), pl.col("n").alias("baseline_n"))
+        "unit_id", *_CELL, pl.col("asr").alias("baseline_asr"), pl.col("n").alias("baseline_n"),
+        *[pl.col(o).alias(f"baseline_{o}") for o in OUTCOMES])
     same = base.select("unit_id", "judge_id", "judge_hash", "decoding", "max_new_tokens",
-                       pl.col("baseline_asr").alias("_same_asr"), pl.col("baseline_n").alias("_same_n"))
+                       *[pl.col(c).alias(f"_same_{c}") for c in carried])
     other = (base.sort(["baseline_n", "unit_id"], descending=[True, False])
              .group_by(_CELL, maintain_order=True).first()
-             .select(*_CELL, pl.col("baseline_asr").alias("_other_asr"), pl.col("baseline_n").alias("_other_n"),
+             .select(*_CELL, *[pl.col(c).alias(f"_other_{c}") for c in carried],
                      pl.col("unit_id").alias("_other_unit")))
     out = ablated.join(same, on=["unit_id", "judge_id", "judge_hash", "decoding", "max_new_tokens"], how="left",
                        nulls_equal=True)
     out = out.join(other, on=_CELL, how="left", nulls_equal=True)
-    has_same = pl.col("_same_asr").is_not_null()
+    has_same = pl.col("_same_baseline_asr").is_not_null()
     return out.with_columns(
-        pl.when(has_same).then(pl.col("_same_asr")).otherwise(pl.col("_other_asr")).alias("baseline_asr"),
-        pl.when(has_same).then(pl.col("_same_n")).otherwise(pl.col("_other_n")).alias("baseline_n"),
+        *[pl.when(has_same).then(pl.col(f"_same_{c}")).otherwise(pl.col(f"_other_{c}")).alias(c) for c in carried],
         pl.when(has_same).then(pl.lit("same unit"))
-        .when(pl.col("_other_asr").is_not_null()).then(pl.lit("unit ") + pl.col("_other_unit"))
+        .when(pl.col("_other_baseline_asr").is_not_null()).then(pl.lit("unit ") + pl.col("_other_unit"))
         .otherwise(pl.lit(None)).alias("baseline_from"),
-    ).drop("_same_asr", "_same_n", "_other_asr", "_other_n", "_other_unit")
+    ).drop(*[f"_{w}_{c}" for w in ("same", "other") for c in carried], "_other_unit")
+
+
+def moved_by(change, broken_change, refused_change) -> str | None:
+    """What an ASR fall came from: "breakdown" when the broken share rose by at least BREAKDOWN_SHARE of
+    the fall, else "refusal" when the refused share did; None for a rise, no change or no outcomes."""
+    if change is None or broken_change is None or change >= 0:
+        return None
+    if broken_change >= BREAKDOWN_SHARE * -change:
+        return "breakdown"
+    if refused_change is not None and refused_change >= BREAKDOWN_SHARE * -change:
+        return "refusal"
+    return None
+
+
+def _with_outcome_changes(frame: pl.DataFrame) -> pl.DataFrame:
+    frame = frame.with_columns((pl.col("ablated_broken") - pl.col("baseline_broken")).alias("broken_change"))
+    refused_change = (frame["ablated_refused"] - frame["baseline_refused"]).to_list()
+    marks = [moved_by(c, b, r) for c, b, r in zip(frame["change"].to_list(), frame["broken_change"].to_list(),
+                                                  refused_change)]
+    return frame.with_columns(pl.Series("moved_by", marks, dtype=pl.String))
 
 
 def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
@@ -105,13 +148,16 @@ def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.Da
         if ablation is not None:
             ablated = ablated.filter(pl.col("ablation_id") == ablation)
         if not ablated.is_empty():
-            frame = _baselines(inter, ablated.rename({"asr": "ablated_asr"}))
+            frame = _baselines(inter, ablated.rename({"asr": "ablated_asr", **{o: f"ablated_{o}" for o in OUTCOMES}}))
             frame = frame.with_columns((pl.col("ablated_asr") - pl.col("baseline_asr")).alias("change"))
         else:
             # Only baselines (k = 0) so far: still worth showing, with the ablated columns empty.
-            frame = inter.filter(pl.col("k") == 0).rename({"asr": "baseline_asr", "n": "baseline_n"}).with_columns(
+            frame = inter.filter(pl.col("k") == 0).rename(
+                {"asr": "baseline_asr", "n": "baseline_n", **{o: f"baseline_{o}" for o in OUTCOMES}}).with_columns(
                 pl.lit(None, pl.Float64).alias("ablated_asr"), pl.lit(None, pl.Int64).alias("n"),
-                pl.lit(None, pl.Float64).alias("change"), pl.lit("same unit").alias("baseline_from"))
+                pl.lit(None, pl.Float64).alias("change"), pl.lit("same unit").alias("baseline_from"),
+                *[pl.lit(None, pl.Float64).alias(f"ablated_{o}") for o in OUTCOMES])
+        frame = _with_outcome_changes(frame)
         frame = with_wilson(frame, "baseline_asr", "baseline_n", "baseline")
         frame = with_wilson(frame, "ablated_asr", "n", "ablated")
         frame = frame.select(COLUMNS).sort(["model_id", "dataset_id", "format", "ablation_id", "head_source", "k",
@@ -126,12 +172,14 @@ def _with_interval(rate, lo, hi, n) -> str | None:
         return None
     from shb.reports.render import number
 
-    return f"{number(rate)} [{number(lo)}, {number(hi)}] n={n}"
+    return f"{number(rate)} [{number(lo)}, {number(hi)}]" + (f" n={n}" if n is not None else "")
 
 
 def for_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """The terminal view: each ASR with its interval and n in one cell; JSON and CSV keep every column."""
+    """The terminal view: each ASR with its interval and n in one cell (or, where every ASR has the same
+    n, one ``n`` column, which the table lifts into its title); JSON and CSV keep every column."""
     rows = []
+    one_n = len(set(frame["n"].to_list()) | set(frame["baseline_n"].to_list())) == 1 if frame.height else False
     for r in frame.iter_rows(named=True):
         spread = None
         if r["draws"] and r["draws"] > 1 and r["draw_mean"] is not None:
@@ -142,10 +190,94 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
             "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
             "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
             "decoding": r["decoding"], "judge": r["judge_id"],
-            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"], r["baseline_n"]),
-            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"], r["n"]),
-            "change": r["change"], "draws: mean ± sd": spread})
+            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"],
+                                                    None if one_n else r["baseline_n"]),
+            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"],
+                                                   None if one_n else r["n"]),
+            "change": r["change"], "draws: mean ± sd": spread, **({"n": r["n"]} if one_n else {})})
     out = pl.DataFrame(rows, infer_schema_length=None)
     if out["draws: mean ± sd"].null_count() == out.height:
         out = out.drop("draws: mean ± sd")
     return out
+
+
+def figures(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """One figure per (model, dataset): ASR against k with 95% Wilson intervals, one line per head
+    source / ablation / decoding / judge (k = 0: the unit's baseline). Interventions (no k) are left to
+    ``shb report efficiency``, which places them against the parameters they edit."""
+    from shb.reports import figures as fig
+    from shb.reports.render import with_decoding_label
+
+    frame = with_decoding_label(frame.filter(pl.col("head_source").is_not_null()
+                                             & ~pl.col("head_source").str.starts_with("intervention")))
+    out = []
+    keys = ["head_source", "ablation_id", "format", "decoding", "judge_id"]
+    for (model, dataset), group in frame.group_by(["model_id", "dataset_id"], maintain_order=True):
+        varying, shared = fig.varying_parts(group.to_dicts(), keys)
+        series: dict[str, list] = {}
+        for key, rows in group.group_by(keys, maintain_order=True):
+            named = dict(zip(keys, key))
+            label = " / ".join(str(named[c]) for c in varying if named[c] not in (None, "")) or str(key[0])
+            points = {0: (0, r["baseline_asr"], r["baseline_lo"], r["baseline_hi"]) for r in rows.head(1).to_dicts()
+                      if r["baseline_asr"] is not None}
+            for r in rows.to_dicts():
+                points[r["k"]] = (r["k"], r["ablated_asr"], r["ablated_lo"], r["ablated_hi"])
+            series[label] = list(points.values())
+        if series:
+            out.append((fig.slug("asr-by-k", model, dataset),
+                        fig.intervals(series, f"ASR against heads ablated (95% Wilson intervals)\n{model} / {dataset}"
+                                      + (f"\n{shared}" if shared else ""), "heads ablated (k)", "ASR")))
+    if not out:
+        from shb.errors import UsageError
+
+        raise UsageError("no head-set ASR to draw (only interventions); `shb report efficiency --format png` draws"
+                         " those against the parameters they edit")
+    return out
+
+
+def outcome_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """The three outcomes beside each ASR, one row per setting: each baseline once (k = 0) and each ablated
+    row with ``ASR moved by``. Head set, k and the mark lead (a narrow table gives up trailing labels
+    first). Empty when no answer has an outcome."""
+    labels = ["metric_id", "model_id", "dataset_id", "format", "judge_id"]
+    rows, seen = [], set()
+    for r in frame.iter_rows(named=True):
+        which = "ablated" if r["ablated_asr"] is not None else "baseline"
+        base = r["unit_id"] if r["baseline_from"] == "same unit" else r["baseline_from"]
+        if which == "ablated" and r["baseline_broken"] is not None and base not in seen:
+            seen.add(base)
+            rows.append({"head_set": "-", "k": 0, "ASR moved by": None, "asr": r["baseline_asr"],
+                         **{o: r[f"baseline_{o}"] for o in OUTCOMES}, **{c: r[c] for c in labels}})
+        if r[f"{which}_broken"] is not None:
+            rows.append({"head_set": r["head_set"] if which == "ablated" else "-",
+                         "k": r["k"] if which == "ablated" else 0, "ASR moved by": r["moved_by"],
+                         "asr": r[f"{which}_asr"], **{o: r[f"{which}_{o}"] for o in OUTCOMES},
+                         **{c: r[c] for c in labels}})
+    schema = {"head_set": pl.String, "k": pl.Int64, "ASR moved by": pl.String, "asr": pl.Float64,
+              **{o: pl.Float64 for o in OUTCOMES}, **{c: pl.String for c in labels}}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """Stacked shares of refused / complied / broken answers, baseline and ablated, one bar pair per row
+    that has outcomes; the binary ASR drawn as a marker on each bar."""
+    from shb.reports import figures as fig
+
+    rows = [r for r in frame.iter_rows(named=True) if r["baseline_broken"] is not None or r["ablated_broken"] is not None]
+    if not rows:
+        from shb.errors import UsageError
+
+        raise UsageError("no judged answers with outcomes (refused / complied / broken) to draw: these answers were"
+                         " judged by an older shb; re-run the asr metric into a new database (--db PATH)")
+    bars = []
+    order = ["complied", "broken", "refused"]   # complied first: its right edge sits near the ASR marker
+    for r in rows:
+        cell = f"{r['model_id']} / {r['dataset_id']} / {r['judge_id']}"
+        if r["baseline_broken"] is not None:
+            base = r["metric_id"] if r["baseline_from"] == "same unit" else r["baseline_from"]
+            bars.append((f"{cell}: {base} k=0", [r[f"baseline_{o}"] for o in order], r["baseline_asr"]))
+        if r["ablated_broken"] is not None:
+            bars.append((f"{cell}: {r['head_source']} {r['head_set']} k={r['k']}",
+                         [r[f"ablated_{o}"] for o in order], r["ablated_asr"]))
+    bars = list(dict((b[0], b) for b in bars).values())   # one k = 0 bar per cell
+    return [("asr-outcomes", fig.stacked_shares(bars, order, "answers: complied / broken / refused (ASR marked)"))]

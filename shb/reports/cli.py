@@ -94,9 +94,9 @@ def emit(fmt: str, title: str, tables: list[tuple[str, object]], make_figures=No
         return
     page = html.page(title, sections, note)
     if out:
-        from pathlib import Path
+        from shb.paths import write_out_file
 
-        Path(out).write_text(page, encoding="utf-8")
+        write_out_file(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         click.echo(out)
     else:
         click.echo(page, nl=False)
@@ -112,7 +112,7 @@ def report():
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
-@top_option(20, "heads to list per model/dataset/ablation", zero="every head")
+@top_option(10, "heads to list per model/dataset/ablation (a line says how many more there are)", zero="every head")
 @format_option()
 @OUT_OPTION
 @friendly
@@ -122,18 +122,31 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
     from shb.reports import ships
     from shb.store import Store
 
+    import polars as pl
+
     with Store(db, read_only=True) as store:
-        frame = ships.ranking(store, model, dataset, ablation, top)
+        every = ships.ranking(store, model, dataset, ablation, None)
+        frame = every.filter(pl.col("rank") <= top) if top else every
         grid = ships.heatmap(store, model, dataset, ablation)
         scores = ships.distribution(store, model, dataset, ablation) if fmt in ("png", "html") else None
         screened = ships.screening(store, model, dataset, ablation)
-    tables = [("heads ranked by mean Ships (KL, nats)", frame)]
+    mixed = ships.mixed_note(frame, "rankings")
+    tables = [("heads ranked by mean Ships (KL, nats)" + (f" ({mixed})" if mixed else ""), frame)]
     if not screened.is_empty():
         # Screened sweeps score only each prompt's top candidates exactly: say how many, so a mean
         # over fewer prompts is read as what it is.
         tables.append(("screened sweeps: heads verified exactly per prompt (the ranking uses exact scores only)",
                        screened))
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
+    if fmt == "table" and frame.height < every.height:  # the compact default says what it left out
+        groups = every.select(["model_id", "dataset_id", "ablation_id"]).n_unique()
+        import textwrap
+
+        from shb.reports.render import make_console
+
+        click.echo(textwrap.fill(f"top {top} heads of each of {groups} model/dataset/ablation group(s);"
+                                 f" {every.height - frame.height} more heads not listed (--top 0 lists every head)",
+                                 width=make_console().width))
     if fmt == "table":
         from shb.reports.render import make_console
 
@@ -173,8 +186,9 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
                               sahara.chosen_heads(store, model, dataset, ablation))
         except UsageError as exc:
             missing.append(exc)
-    if not found:
-        raise UsageError("; and ".join(str(exc) for exc in missing))
+    if not found:  # one problem per line: the ASR table's and the chosen heads' (often the same fix)
+        messages = list(dict.fromkeys(str(exc) for exc in missing))
+        raise UsageError("\n  ".join(messages))
     if fmt == "csv":
         if what not in found:
             raise missing[0]
@@ -190,20 +204,24 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
 @click.option("--judge", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out):
-    """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge."""
+    """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
+    png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken as stacked shares."""
     from shb.reports import asr
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
-    if fmt == "table":
-        frame = asr.for_table(frame)
-    emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated (95% Wilson intervals)", frame)],
-         None, out)
+    tables = [("ASR, baseline against ablated (95% Wilson intervals)", asr.for_table(frame) if fmt == "table" else frame)]
+    outcomes = asr.outcome_table(frame)
+    if not outcomes.is_empty() and fmt in ("table", "html"):   # json and csv: the same columns are in the first table
+        tables.append(("answers refused / complied / broken beside ASR (the paper's ASR counts broken answers as"
+                       " refusals)", outcomes))
+    emit(fmt, "ASR: baseline (k = 0) against ablated", tables,
+         lambda: asr.figures(frame) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
 
 
 @report.command("utility")
@@ -212,23 +230,26 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
 @click.option("--part", type=click.Choice(["lm_eval", "over_refusal", "benign_loss"]), default=None)
 @click.option("--task", default=None, help="lm-eval task, or the dataset id of benign prompts/texts")
 @click.option("--ablation", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_utility(db, model, part, task, ablation, fmt, out):
-    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model."""
+    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model.
+    png/html: each intervention's change, a panel per task and measure."""
     from shb.reports import utility
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = utility.summary(store, model, part, task, ablation)
     emit(fmt, "utility: each intervention beside the unmodified model (k = 0)",
-         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)], None, out)
+         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)],
+         lambda: utility.figures(frame), out)
 
 
 @report.command("overlap")
 @DB_OPTION
-@click.option("--metric", type=click.Choice(["ships", "ships_dataset"]), default="ships", show_default=True)
+@click.option("--metric", type=click.Choice(["ships", "ships_dataset", "methods"]), default="ships", show_default=True,
+              help="methods: Ships, generalized Ships, Sahara and RDSHA compared on one model, dataset and ablation")
 @top_option(10, "k of the top-k head sets")
 @click.option("--model", "models", multiple=True, help="repeatable; default: every model")
 @click.option("--dataset", "datasets", multiple=True, help="repeatable; default: every dataset")
@@ -237,10 +258,13 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 @OUT_OPTION
 @friendly
 def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
-    """Do results share safety heads? Pairwise top-k intersection, Jaccard and Spearman (paper Fig. 5)."""
+    """Do results share safety heads? Pairwise top-k intersection, Jaccard and Spearman (paper Fig. 5).
+    With --metric methods: do Ships, generalized Ships, Sahara and RDSHA pick the same heads?"""
     from shb.reports import overlap
     from shb.store import Store
 
+    if metric == "methods":
+        return _overlap_methods(db, top, models, datasets, ablations, fmt, out)
     with Store(db, read_only=True) as store:
         scores = overlap.scores(store, metric, models, datasets, ablations)
     pairs = overlap.pairwise(scores, top)
@@ -251,31 +275,85 @@ def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
          lambda: overlap.figure(pairs, metric, top), out)
 
 
+@report.command("attention")
+@DB_OPTION
+@click.option("--model", default=None)
+@click.option("--dataset", default=None)
+@top_option(5, "tokens listed per head and prompt set")
+@format_option()
+@OUT_OPTION
+@friendly
+def report_attention(db, model, dataset, top, fmt, out):
+    """Where safety heads look: the last position's attention over the prompt, harmful vs benign, beside a median head."""
+    from shb.reports import attention
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        frame = attention.summary(store, model, dataset, top)
+        tokens = attention.token_weights(store, model, dataset) if fmt in ("png", "html") else None
+    emit(fmt, "attention of safety heads",
+         [(f"top-{top} tokens by mean attention weight from the last position", frame)],
+         lambda: attention.figure(tokens), out)
+
+
+def _overlap_methods(db, top, models, datasets, ablations, fmt, out):
+    from shb.reports import method_overlap as mo
+    from shb.reports import overlap
+    from shb.store import Store
+
+    with Store(db, read_only=True) as store:
+        model = mo.single(store, "model_id", models, "model", "--model")
+        dataset = mo.single(store, "dataset_id", datasets, "dataset", "--dataset")
+        ablation = mo.single(store, "ablation_id", ablations, "ablation", "--ablation",
+                             "units WHERE metric_kind IN ('ships', 'ships_dataset', 'sahara')")
+        scores = mo.scores(store, model, dataset, ablation)
+    cell = f"{model} / {dataset} / {ablation}"
+    pairs = overlap.pairwise(scores, top).rename({"result_a": "method_a", "result_b": "method_b"})
+    emit(fmt, f"method overlap of top-{top} heads ({cell})",
+         [(f"{mo.TITLE}: pairwise overlap of top-{top} heads ({cell})", pairs),
+          (f"which layers each method's top-{top} favours", mo.layers(scores, top))],
+         lambda: overlap.figure(pairs.rename({"method_a": "result_a", "method_b": "result_b"}), "methods", top,
+                                label=f"{mo.TITLE}, {cell}"), out)
+
+
 @report.command("efficiency")
 @DB_OPTION
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--no-published", is_flag=True, help="leave out the paper's published rows")
+@click.option("--one-axis", is_flag=True, help="png/html: draw published rows on the measured rows' axes "
+              "(default: a panel of their own; they are another model)")
 @format_option()
 @OUT_OPTION
 @friendly
-def report_efficiency(db, model, dataset, no_published, fmt, out):
+def report_efficiency(db, model, dataset, no_published, one_axis, fmt, out):
     """Parameters modified (count, share) against ASR, measured here and as published."""
     from shb.reports import efficiency
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = efficiency.report(store, model, dataset, include_published=not no_published)
-    emit(fmt, "efficiency: parameters modified against ASR",
-         [("parameters modified against ASR (source says measured or published)", frame)],
-         lambda: efficiency.figure(frame), out)
+    if fmt in ("json", "csv"):  # one frame for machines: `source` says measured or published
+        emit(fmt, "efficiency: cost against ASR", [("cost against ASR", frame)], None, out)
+        return
+    # Published rows (another model, their own judge) stand in a table of their own, never ranked
+    # among the measured ones.
+    measured = frame.filter(frame["source"] == "measured")
+    tables = [("cost against ASR, measured here (entries changed, values chosen, extra model runs)",
+               measured.drop([c for c in ("asr_pm",) if c in measured.columns]))]
+    published = frame.filter(frame["source"] != "measured")
+    if not published.is_empty():
+        tables.append(("as published (Zhou et al. Table 1: Llama-2-7b-chat, their judge; not measured here)",
+                       published.select([c for c in ("source", "model_id", "judge_id", "method", "share_pct",
+                                                     "asr", "asr_pm") if c in published.columns])))
+    emit(fmt, "efficiency: cost against ASR", tables, lambda: efficiency.figure(frame, one_axis=one_axis), out)
 
 
 @report.command("runs")
 @DB_OPTION
 @click.option("--suite", default=None)
 @click.option("--run", "run_id", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_runs(db, suite, run_id, fmt, out):
@@ -284,6 +362,9 @@ def report_runs(db, suite, run_id, fmt, out):
     from shb.runlock import reap_dead_runs
     from shb.store import Store
 
+    if fmt == "png":
+        raise click.UsageError("report runs has no figure: it lists provenance (versions, commits, devices, "
+                               "seconds), which reads as a table; use --format table, json, csv or html")
     reap_dead_runs(db)  # a run left 'running' by a killed process is shown (and stored) as 'killed'
     with Store(db, read_only=True) as store:
         frame = runs.runs(store, suite, run_id)
@@ -328,9 +409,9 @@ def report_html(db, out):
         gathered.append(entry)
     page = html.book(f"shb results: {db_path(db)}", gathered)
     if out:
-        from pathlib import Path
+        from shb.paths import write_out_file
 
-        Path(out).write_text(page, encoding="utf-8")
+        write_out_file(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         click.echo(out)
     else:
         click.echo(page, nl=False)

@@ -3,10 +3,17 @@ and fitted interventions (refusal direction, layers, ActSVD, set difference, saf
 by side per model, dataset (and prompt format), judge and decoding, beside the paper's published
 Table 1 rows.
 
-Parameters modified are measured from the edit when the asr unit ran (generations.params_entries:
-weight entries whose value changes; generations.params_dof: the edit's degrees of freedom; see
-shb.interventions). Rows from databases older than that fall back to the head geometry of the
-``models`` table (one head edits head_dim x hidden_size weights). share = count / models.n_params.
+Cost, one definition for every method (shb.interventions.ParamCount, README "Cost of a method"),
+measured from the edit when the asr unit ran:
+- ``entries_changed`` (generations.params_entries): weight entries whose value changes (for an
+  intervention on activations, the entries of the weights whose output it overrides);
+  ``share_pct`` = entries_changed / models.n_params;
+- ``values_chosen`` (generations.params_dof): values the method chooses or fits (k heads, the
+  layers, the neurons, the pruned entries, a direction's d values, low-rank factors);
+- ``extra_runs``: further model runs per forward pass at inference (1 for DAP's reference model).
+Rows from databases older than that fall back to the head geometry of the ``models`` table (one
+head edits head_dim x hidden_size weights; k heads chosen). ``fit_note`` says where a fit fell
+back (the refusal direction when no candidate passed Arditi et al.'s filters).
 
 One row per asr unit and k (two explicit head lists are two rows; a fitted intervention is one
 row per fit); the method label names the head set or the intervention. ASR carries a 95% Wilson
@@ -14,7 +21,8 @@ interval over its n judged answers (shb.reports.stats). Rows carry ``source``: `
 ``published (...)``, a number copied from the paper, never measured here. Where a ``utility`` metric
 measured the same head set on the same model and ablation, its changes against the unmodified model
 sit beside the ASR (lm-eval accuracy, over-refusal rate, benign NLL in nats): ASR gained against
-utility lost. No torch.
+utility lost. Beside each ASR, the shares of refused / complied / broken answers (shb.judges.outcome):
+an intervention that lowers ASR by breaking the model shows a large ``broken``. No torch.
 """
 
 from __future__ import annotations
@@ -37,8 +45,12 @@ PUBLISHED = [
 ]
 
 COLUMNS = ["source", "model_id", "dataset_id", "format", "judge_id", "decoding", "max_new_tokens", "family", "method",
-           "k", "params_modified", "params_dof", "share_pct", "dof_share_pct", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
-           "utility_acc_change", "over_refusal_change", "benign_nll_change"]
+           "k", "entries_changed", "share_pct", "values_chosen", "extra_runs", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
+           "refused", "complied", "broken", "utility_acc_change", "over_refusal_change", "benign_nll_change", "fit_note"]
+
+# Further model runs per forward pass at inference, by intervention kind (the same for every row of
+# that kind): DAP runs the unaligned reference model in lockstep to read the activations it patches.
+EXTRA_RUNS = {"safety_neurons": 1}
 
 # Weights edited per ablated head, from geometry: only for rows stored before params were measured.
 PER_HEAD = """CASE json_extract_string(u.spec, '$.ablation.kind')
@@ -55,9 +67,15 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
     has_params = "params_entries" in store.query(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'generations'")["column_name"].to_list()
     entries = f"coalesce(g.params_entries, len(g.heads) * {PER_HEAD})" if has_params else f"len(g.heads) * {PER_HEAD}"
-    dof = f"coalesce(g.params_dof, {entries})" if has_params else entries
+    dof = "coalesce(g.params_dof, len(g.heads))" if has_params else "len(g.heads)"
     iv_id = "g.intervention_id" if has_params else "NULL::VARCHAR"
     iv_kind = "json_extract_string(g.intervention, '$.kind')" if has_params else "NULL::VARCHAR"
+    from shb.reports.asr import OUTCOMES, has_outcomes
+
+    # the three outcomes beside the ASR (shb.judges.outcome); NULL where the answers predate them
+    shares = ", ".join(
+        (f"avg(CASE WHEN j.outcome IS NULL THEN NULL WHEN j.outcome = '{o}' THEN 1.0 ELSE 0.0 END) AS {o}"
+         if has_outcomes(store) else f"NULL::DOUBLE AS {o}") for o in OUTCOMES)
     frame = store.query(f"""
         WITH g AS (
             SELECT g.*, {iv_id} AS iv_id, {iv_kind} AS iv_kind, CAST(g.decoding AS VARCHAR) AS decoding_text,
@@ -80,15 +98,30 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
                     THEN array_to_string(list_sort(any_value(g.heads)), ',') END AS head_key,
                json_extract_string(any_value(g.intervention), '$.fit_id') AS fit_key,
                any_value(g.ablation_id) AS ablation_id, g.k,
-               CAST(round(avg(g.entries)) AS BIGINT) AS params_modified,
-               CAST(round(avg(g.dof)) AS BIGINT) AS params_dof,
+               CAST(round(avg(g.entries)) AS BIGINT) AS entries_changed,
+               CAST(round(avg(g.dof)) AS BIGINT) AS values_chosen,
                100.0 * avg(g.entries) / any_value(g.n_params) AS share_pct,
-               100.0 * avg(g.dof) / any_value(g.n_params) AS dof_share_pct,
-               count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr
+               count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr, {shares}
         FROM g JOIN judgments j USING (generation_id)
         GROUP BY g.unit_id, g.k, g.model_id, g.dataset_id, j.judge_id, j.judge_hash, g.decoding_text, g.max_new_tokens
         ORDER BY g.model_id, g.dataset_id, j.judge_id, decoding, g.max_new_tokens, family, share_pct, method""", params)
-    return with_wilson(frame, "asr", "n")
+    frame = frame.with_columns(
+        pl.col("family").replace_strict(EXTRA_RUNS, default=0, return_dtype=pl.Int64).alias("extra_runs"))
+    return with_wilson(_with_fit_notes(store, frame), "asr", "n")
+
+
+def _with_fit_notes(store, frame: pl.DataFrame) -> pl.DataFrame:
+    """``fit_note``: what a fit had to give up, from fits.meta (the refusal direction's fallback)."""
+    exists = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'fits'")["n"][0]
+    if not exists or frame.is_empty():
+        return frame.with_columns(pl.lit(None, pl.String).alias("fit_note"))
+    notes = store.query("""
+        SELECT fit_id AS fit_key,
+               CASE WHEN json_extract(meta, '$.fallback') = 'true'
+                    THEN 'fallback: no candidate passed every filter; the best under the layer bound was kept' END
+                   AS fit_note
+        FROM fits""")
+    return (frame.with_row_index("_row").join(notes, on="fit_key", how="left").sort("_row").drop("_row"))
 
 
 def utility_changes(store) -> pl.DataFrame | None:
@@ -121,9 +154,14 @@ def _with_utility(rows: pl.DataFrame, utility: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([heads, fitted], how="diagonal_relaxed").sort("_row").drop("_row")
 
 
+# The judge behind the published numbers: Zhou et al.'s own evaluation, not a judge run here, so a
+# published ASR is never comparable with (or ranked among) the measured rows.
+PUBLISHED_JUDGE = "Zhou et al.'s (as published)"
+
+
 def published() -> pl.DataFrame:
-    return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", "family": "published", **row}
-                         for row in PUBLISHED])
+    return pl.DataFrame([{"source": PAPER, "model_id": "Llama-2-7b-chat (paper)", "judge_id": PUBLISHED_JUDGE,
+                          "family": "published", **row} for row in PUBLISHED])
 
 
 def report(store, model=None, dataset=None, include_published: bool = True) -> pl.DataFrame:
@@ -144,45 +182,76 @@ def report(store, model=None, dataset=None, include_published: bool = True) -> p
     return with_decoding_label(frame)
 
 
-def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+def figure(frame: pl.DataFrame, one_axis: bool = False) -> list[tuple[str, bytes]]:
     """ASR against the share of entries modified (log axis): one series per method family (a head
     source and ablation, or an intervention kind), per model, dataset, judge and decoding; Wilson
-    intervals as error bars; published rows as black squares; the legend outside the axes."""
+    intervals as error bars. The paper's published rows (another model, not measured here) get a
+    panel of their own beside the measured one (``one_axis``: on the same axes). Labels are placed
+    where they overlap nothing (``figures.place_labels``); the legend names only what differs between
+    series, and what all share goes once into the title."""
     from shb.reports import figures as fig
 
     plt = fig.pyplot()
-    figure_, ax = plt.subplots(figsize=(9, 4.8))
     usable = [r for r in frame.iter_rows(named=True) if r.get("share_pct") and r["share_pct"] > 0
               and r.get("asr") is not None]
+    measured = [r for r in usable if r["source"] == "measured"]
+    paper = [r for r in usable if r["source"] != "measured"]
+    panels = 1 if one_axis or not (measured and paper) else 2
+    figure_, axes = plt.subplots(1, panels, figsize=(6.5 * panels + 2.5, 4.8), sharey=True, squeeze=False)
+    ax_measured, ax_paper = axes[0][0], axes[0][-1]
+    cells = ["model_id", "dataset_id", "judge_id", "decoding"]
+    varying, shared = fig.varying_parts(measured, cells)
     series: dict[str, list[dict]] = {}
-    for row in usable:
-        if row["source"] != "measured":
-            continue
-        family = row["family"]
-        cell = " / ".join(str(row[c]) for c in ("model_id", "dataset_id", "judge_id", "decoding"))
-        series.setdefault(f"{family} | {cell}", []).append(row)
+    for row in measured:
+        parts = [row["family"]] + [str(row[c]) for c in varying]
+        series.setdefault(" | ".join(parts), []).append(row)
     palette = plt.get_cmap("tab20").colors   # more series than the default cycle's 10 colours
+    labels = {id(ax_measured): [], id(ax_paper): []}
     for index, (name, rows) in enumerate(series.items()):
         rows = sorted(rows, key=lambda r: r["share_pct"])
         lo = [r["asr"] - (r["asr_lo"] if r.get("asr_lo") is not None else r["asr"]) for r in rows]
         hi = [(r["asr_hi"] if r.get("asr_hi") is not None else r["asr"]) - r["asr"] for r in rows]
-        ax.errorbar([r["share_pct"] for r in rows], [r["asr"] for r in rows], yerr=[lo, hi], marker="o",
-                    markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none", label=name,
-                    color=palette[index % len(palette)])
+        ax_measured.errorbar([r["share_pct"] for r in rows], [r["asr"] for r in rows], yerr=[lo, hi], marker="o",
+                             markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none",
+                             label=name, color=palette[index % len(palette)])
         for r in rows:
             tag = f"k={r['k']}" if r["family"].startswith("heads:") else r["method"]
-            ax.annotate(tag, (r["share_pct"], r["asr"]), xytext=(3, -9), textcoords="offset points", fontsize=7)
-    paper = [r for r in usable if r["source"] != "measured"]
+            labels[id(ax_measured)].append((r["share_pct"], r["asr"], tag))
     if paper:
-        ax.errorbar([r["share_pct"] for r in paper], [r["asr"] for r in paper],
-                    yerr=[r.get("asr_pm") or 0 for r in paper], fmt="s", color="black", capsize=2,
-                    label="published, Llama-2-7b-chat (not measured here)")
-        for r in paper:
-            ax.annotate(r["method"], (r["share_pct"], r["asr"]), xytext=(5, 4), textcoords="offset points", fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("weight entries modified (% of model, log scale)")
-    ax.set_ylabel("ASR (95% Wilson interval)")
-    ax.set_title("ASR against share of parameters modified", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        ax_paper.errorbar([r["share_pct"] for r in paper], [r["asr"] for r in paper],
+                          yerr=[r.get("asr_pm") or 0 for r in paper], fmt="s", color="black", capsize=2,
+                          label="published, Llama-2-7b-chat (not measured here)")
+        labels[id(ax_paper)] += [(r["share_pct"], r["asr"], r["method"]) for r in paper]
+        if panels == 2:
+            ax_paper.set_title("published (Table 1 of the paper, Llama-2-7b-chat)", fontsize=9)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in {id(a): a for a in (ax_measured, ax_paper)}.values():
+        ax.set_xscale("log")
+        ax.set_xlabel("weight entries modified (% of model, log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.25, y=0.12)  # room inside the axes for the labels of the outermost points
+        low, high = ax.get_xlim()
+        if high / low > 10:  # a decade or more has labelled major ticks; minor labels (3x10^0) would crowd them
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:  # within a decade: a few plain labels (2, 5, 10), not 3x10^0 crowding 10^1
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    ax_measured.set_ylabel("ASR (95% Wilson interval)")
+    if panels == 2:
+        ax_measured.set_title("measured here" + (f"\n{shared}" if shared else ""), fontsize=9)
+    figure_.suptitle("ASR against share of parameters modified", fontsize=10)
+    handles = [h for ax in {id(a): a for a in (ax_measured, ax_paper)}.values()
+               for h in zip(*ax.get_legend_handles_labels())]
+    if handles:
+        import textwrap
+
+        figure_.legend([h for h, _ in handles], [textwrap.fill(t, 60) for _, t in handles], fontsize=7,
+                       loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1 if len(handles) > 4 else 2, frameon=False)
+    figure_.tight_layout()
+    for ax in {id(a): a for a in (ax_measured, ax_paper)}.values():
+        fig.place_labels(ax, list(dict.fromkeys(labels[id(ax)])))
     return [("efficiency", fig._png(figure_))]

@@ -1,6 +1,6 @@
 """``shb report overlap``: do different results name the same safety heads? (paper Fig. 5)
 
-A *result* is one (model, dataset, ablation) with a score per head: the mean per-prompt Ships
+A *result* is one unit (model, dataset, ablation and metric content) with a score per head: the mean per-prompt Ships
 (``--metric ships``) or the generalized Ships (``--metric ships_dataset``). For each pair of results:
 the size of the intersection of their top-k head sets, its Jaccard index, and the Spearman rank
 correlation of the full score vectors over the heads both scored. Heads are compared by
@@ -24,19 +24,37 @@ METRICS = {
 
 
 def scores(store, metric: str = "ships", models=None, datasets=None, ablations=None) -> pl.DataFrame:
-    """One row per (result, layer, head): result label, model, dataset, ablation, score."""
+    """One row per (result, layer, head): result label, model, dataset, ablation, score.
+
+    A result is one unit (content), never a label combination: two units of one model, dataset and
+    ablation (an exact and a screened sweep, two metric ids) are two results, named by their metric
+    label where that is needed, and by unit id where every label coincides (a database written before
+    labels were checked)."""
     if metric not in METRICS:
         raise UsageError(f"unknown overlap metric '{metric}'; known: {', '.join(METRICS)}")
     table, aggregate, _ = METRICS[metric]
-    body, params = where(model_id=list(models or []), dataset_id=list(datasets or []),
-                         ablation_id=list(ablations or []))
-    # Several units of one (model, dataset, ablation) (reruns, other suites) are pooled.
+    body, params = where(**{"s.model_id": list(models or []), "s.dataset_id": list(datasets or []),
+                            "s.ablation_id": list(ablations or [])})
     frame = store.query(f"""
-        SELECT model_id || ' / ' || dataset_id || ' / ' || ablation_id AS result,
-               model_id, dataset_id, ablation_id, layer, head, {aggregate} AS score
-        FROM {table} WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
-    return require(frame, f"{metric} scores", f"run a suite with a `{metric}` metric (e.g. suites/paper-mini.json)",
-                   {"--model": models, "--dataset": datasets, "--ablation": ablations})
+        SELECT s.unit_id, coalesce(u.metric_id, '?') AS metric_id, s.model_id, s.dataset_id, s.ablation_id,
+               s.layer, s.head, {aggregate} AS score
+        FROM {table} s LEFT JOIN units u USING (unit_id) WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
+    frame = require(frame, f"{metric} scores", f"run a suite with a `{metric}` metric (e.g. suites/paper-mini.json)",
+                    {"--model": models, "--dataset": datasets, "--ablation": ablations})
+    units = frame.select("model_id", "dataset_id", "ablation_id", "metric_id", "unit_id").unique(maintain_order=True)
+    names = {}
+    for row in units.iter_rows(named=True):
+        name = [row["model_id"], row["dataset_id"], row["ablation_id"]]
+        # the labels a reader needs: the metric where two units share model, dataset and ablation, the
+        # unit id where they share every label
+        for extra, labels in (("metric_id", ["model_id", "dataset_id", "ablation_id"]),
+                              ("unit_id", ["model_id", "dataset_id", "ablation_id", "metric_id"])):
+            same = units.filter(*[pl.col(c) == row[c] for c in labels])
+            if same.height > 1:
+                name.append(row[extra])
+        names[row["unit_id"]] = " / ".join(name)
+    return frame.with_columns(pl.col("unit_id").replace_strict(names).alias("result")).select(
+        "result", "model_id", "dataset_id", "ablation_id", "metric_id", "unit_id", "layer", "head", "score")
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
@@ -106,8 +124,9 @@ def shared_heads(frame: pl.DataFrame, top: int = 10) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema).sort(["n_results", "layer", "head_index"], descending=[True, False, False])
 
 
-def figure(pairs: pl.DataFrame, metric: str, top: int) -> list[tuple[str, bytes]]:
-    """The pairwise top-k overlap matrix: colour = Jaccard, text = intersection / k."""
+def figure(pairs: pl.DataFrame, metric: str, top: int, label: str | None = None) -> list[tuple[str, bytes]]:
+    """The pairwise top-k overlap matrix: colour = Jaccard, text = intersection / k. ``label``: what
+    is compared (default: the metric's name)."""
     from shb.reports import figures as fig
 
     results = list(dict.fromkeys(pairs["result_a"].to_list() + pairs["result_b"].to_list()))
@@ -119,5 +138,5 @@ def figure(pairs: pl.DataFrame, metric: str, top: int) -> list[tuple[str, bytes]
         i, j = index[a], index[b]
         values[i][j] = values[j][i] = jac or 0.0
         notes[i][j] = notes[j][i] = f"{shared}/{top}\nJ={jac or 0:.2f}"
-    title = f"top-{top} head overlap ({METRICS[metric][2]})\ncolour: Jaccard index; text: shared heads / k"
+    title = f"top-{top} head overlap ({label or METRICS[metric][2]})\ncolour: Jaccard index; text: shared heads / k"
     return [(fig.slug("overlap", metric, f"top{top}"), fig.matrix(values, results, title, "Jaccard index", notes))]

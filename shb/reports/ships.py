@@ -1,5 +1,12 @@
 """``shb report ships``: heads ranked by mean Ships, how often each is a prompt's top-1 / top-10 head,
-and a layer x head heatmap of the mean score (paper Fig. 4b)."""
+and a layer x head heatmap of the mean score (paper Fig. 4b).
+
+A result is one unit (DESIGN.md section 9: content, not labels): rows are grouped by unit, never by
+the model, dataset and ablation labels alone, so an exact sweep and a screened one (whose exact rows
+cover only the heads it verified) are never averaged together, and neither are two units that
+reached one database under the same labels. ``metric_id`` and ``scoring`` (exact | screened) say
+which is which; where units still share every label, ``unit_id`` is shown and ``mixed_note`` says so.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +14,108 @@ import polars as pl
 
 from shb.errors import UsageError
 
+# The labels of a result, and the columns that tell two units apart where the labels coincide.
+RESULT = ["model_id", "dataset_id", "ablation_id", "metric_id", "scoring", "unit_id"]
+
 
 def _filters(model: str | None, dataset: str | None, ablation: str | None) -> tuple[str, list]:
     clauses, params = [], []
     for column, value in (("model_id", model), ("dataset_id", dataset), ("ablation_id", ablation)):
         if value is not None:
-            clauses.append(f"{column} = ?")
+            clauses.append(f"s.{column} = ?")
             params.append(value)
     return (" AND ".join(clauses) or "TRUE"), params
 
 
+def _scored(store, table: str, where: str) -> str:
+    """``table``'s rows with the unit's metric label and whether its sweep was screened."""
+    screened = ("EXISTS (SELECT 1 FROM ships_estimates e WHERE e.unit_id = s.unit_id)" if _has_estimates(store)
+                else "FALSE")
+    return f"""SELECT s.*, coalesce(u.metric_id, '?') AS metric_id,
+                      CASE WHEN {screened} THEN 'screened' ELSE 'exact' END AS scoring
+               FROM {table} s LEFT JOIN units u USING (unit_id) WHERE {where}"""
+
+
+def _has_estimates(store) -> bool:
+    return bool(store.query("SELECT count(*) AS n FROM information_schema.tables "
+                            "WHERE table_name = 'ships_estimates'")["n"][0])
+
+
+def mixed_note(frame: pl.DataFrame, what: str = "results") -> str | None:
+    """A sentence when several units of ``frame`` share every label (kept apart by unit_id), else None."""
+    labels = [c for c in RESULT if c != "unit_id" and c in frame.columns]
+    if frame.is_empty() or "unit_id" not in frame.columns:
+        return None
+    counts = frame.select(*labels, "unit_id").unique().group_by(labels).len().filter(pl.col("len") > 1)
+    if counts.is_empty():
+        return None
+    names = ["/".join(str(v) for v in row[:len(labels)]) for row in counts.iter_rows()]
+    return (f"{what} of {len(names)} label combination(s) come from several units with different content "
+            f"({'; '.join(names)}): kept apart by unit_id, never averaged")
+
+
+def _drop_unit_if_unique(frame: pl.DataFrame) -> pl.DataFrame:
+    """unit_id is shown only where labels alone do not tell the units apart."""
+    return frame if mixed_note(frame) else frame.drop("unit_id")
+
+
 def ranking(store, model=None, dataset=None, ablation=None, top: int | None = 20) -> pl.DataFrame:
-    """One row per (model, dataset, ablation, layer, head): mean score, top-1 and top-10 frequency, rank."""
+    """One row per (unit, layer, head): mean score, top-1 and top-10 frequency, rank within the unit."""
     where, params = _filters(model, dataset, ablation)
     sql = f"""
-        WITH s AS (SELECT * FROM ships WHERE {where}),
+        WITH s AS ({_scored(store, "ships", where)}),
         ranked AS (
             SELECT *, row_number() OVER (PARTITION BY unit_id, prompt_id ORDER BY score DESC, layer, head) AS prompt_rank
             FROM s)
-        SELECT model_id, dataset_id, ablation_id, layer, head,
+        SELECT model_id, dataset_id, ablation_id, metric_id, scoring, unit_id, layer, head,
                avg(score) AS mean_ships, median(score) AS median_ships, max(score) AS max_ships,
                avg(CASE WHEN prompt_rank = 1 THEN 1.0 ELSE 0.0 END) AS top1_share,
                avg(CASE WHEN prompt_rank <= 10 THEN 1.0 ELSE 0.0 END) AS top10_share,
                count(*) AS n_prompts
-        FROM ranked GROUP BY model_id, dataset_id, ablation_id, layer, head"""
+        FROM ranked GROUP BY unit_id, model_id, dataset_id, ablation_id, metric_id, scoring, layer, head"""
     frame = store.query(sql, params)
     if frame.is_empty():
         raise UsageError("no Ships scores match" + (f" (filters: {', '.join(map(str, params))})" if params else "")
                          + "; run a suite with a `ships` metric first (e.g. `shb run suites/demo.json`)")
-    frame = frame.sort(["model_id", "dataset_id", "ablation_id", "mean_ships", "layer", "head"],
-                       descending=[False, False, False, True, False, False])
+    keys = RESULT
+    frame = frame.sort([*keys, "mean_ships", "layer", "head"], descending=[False] * len(keys) + [True, False, False])
     frame = frame.with_columns(
-        pl.col("mean_ships").rank("ordinal", descending=True).over(["model_id", "dataset_id", "ablation_id"])
-        .cast(pl.Int64).alias("rank"))
+        pl.col("mean_ships").rank("ordinal", descending=True).over(keys).cast(pl.Int64).alias("rank"))
     if top:
         frame = frame.filter(pl.col("rank") <= top)
-    return frame.select(["model_id", "dataset_id", "ablation_id", "rank", "layer", "head", "mean_ships",
-                         "median_ships", "max_ships", "top1_share", "top10_share", "n_prompts"])
+    return _drop_unit_if_unique(frame.select([*keys, "rank", "layer", "head", "mean_ships", "median_ships",
+                                              "max_ships", "top1_share", "top10_share", "n_prompts"]))
 
 
 def screening(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
     """Per screened unit: heads estimated and verified exactly per prompt (empty without screened units)."""
-    has = store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'ships_estimates'")
-    if not has["n"][0]:
+    if not _has_estimates(store):
         return pl.DataFrame()
     where, params = _filters(model, dataset, ablation)
     return store.query(f"""
-        SELECT model_id, dataset_id, ablation_id, any_value(estimator) AS estimator,
-               count(DISTINCT prompt_id) AS n_prompts,
-               count(*) // count(DISTINCT prompt_id) AS heads_estimated,
-               sum(CASE WHEN verified THEN 1 ELSE 0 END) // count(DISTINCT prompt_id) AS heads_verified
-        FROM ships_estimates WHERE {where} GROUP BY unit_id, model_id, dataset_id, ablation_id ORDER BY ALL""", params)
+        SELECT s.model_id, s.dataset_id, s.ablation_id, coalesce(u.metric_id, '?') AS metric_id, s.unit_id,
+               any_value(s.estimator) AS estimator, count(DISTINCT s.prompt_id) AS n_prompts,
+               count(*) // count(DISTINCT s.prompt_id) AS heads_estimated,
+               sum(CASE WHEN s.verified THEN 1 ELSE 0 END) // count(DISTINCT s.prompt_id) AS heads_verified
+        FROM ships_estimates s LEFT JOIN units u USING (unit_id) WHERE {where}
+        GROUP BY ALL ORDER BY ALL""", params)
 
 
 def heatmap(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
-    """Mean Ships per (model, dataset, ablation, layer, head): the data of the layer x head heatmap."""
+    """Mean Ships per (unit, layer, head): the data of the layer x head heatmap."""
     where, params = _filters(model, dataset, ablation)
-    return store.query(f"""SELECT model_id, dataset_id, ablation_id, layer, head, avg(score) AS mean_ships
-                           FROM ships WHERE {where} GROUP BY ALL ORDER BY ALL""", params)
+    frame = store.query(f"""SELECT model_id, dataset_id, ablation_id, metric_id, scoring, unit_id, layer, head,
+                                   avg(score) AS mean_ships
+                            FROM ({_scored(store, "ships", where)}) GROUP BY ALL ORDER BY ALL""", params)
+    return _drop_unit_if_unique(frame)
+
+
+def _result_keys(frame: pl.DataFrame) -> list[str]:
+    return [c for c in RESULT if c in frame.columns]
+
+
+def _result_name(values: tuple) -> str:
+    return " / ".join(str(v) for v in values)
 
 
 def heatmap_lines(frame: pl.DataFrame, width: int = 80, top_n: int = 10) -> list:
@@ -73,9 +124,8 @@ def heatmap_lines(frame: pl.DataFrame, width: int = 80, top_n: int = 10) -> list
     from shb.reports import termheat
 
     out = []
-    for (model, dataset, ablation), group in frame.group_by(["model_id", "dataset_id", "ablation_id"],
-                                                            maintain_order=True):
-        title = f"mean Ships (KL, nats), {model} / {dataset} / {ablation}; rows: layers, columns: heads"
+    for values, group in frame.group_by(_result_keys(frame), maintain_order=True):
+        title = f"mean Ships (KL, nats), {_result_name(values)}; rows: layers, columns: heads"
         out.extend(termheat.render(grid_of(group), title, top_n=top_n, width=width))
     return out
 
@@ -88,8 +138,9 @@ def render_heatmap_text(frame: pl.DataFrame, width: int = 80) -> list[str]:
 def distribution(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
     """Every per-prompt Ships score (one row per unit, prompt and head): the data of paper Fig. 13."""
     where, params = _filters(model, dataset, ablation)
-    return store.query(f"""SELECT model_id, dataset_id, ablation_id, prompt_id, layer, head, score
-                           FROM ships WHERE {where} ORDER BY ALL""", params)
+    frame = store.query(f"""SELECT model_id, dataset_id, ablation_id, metric_id, scoring, unit_id, prompt_id, layer,
+                                   head, score FROM ({_scored(store, "ships", where)}) ORDER BY ALL""", params)
+    return _drop_unit_if_unique(frame)
 
 
 def grid_of(group: pl.DataFrame, value: str = "mean_ships") -> list[list[float | None]]:
@@ -108,19 +159,16 @@ def figures(grid: pl.DataFrame, scores: pl.DataFrame) -> list[tuple[str, bytes]]
     from shb.reports import figures as fig
 
     out = []
-    keys = ["model_id", "dataset_id", "ablation_id"]
-    for (model, dataset, ablation), group in grid.group_by(keys, maintain_order=True):
+    for values, group in grid.group_by(_result_keys(grid), maintain_order=True):
         cells = [[float("nan") if v is None else v for v in row] for row in grid_of(group)]
         top = group.sort("mean_ships", descending=True).row(0, named=True)
-        title = (f"mean Ships (KL, nats) per head\n{model} / {dataset} / {ablation}"
+        title = (f"mean Ships (KL, nats) per head\n{_result_name(values)}"
                  f" (top: {top['layer']}-{top['head']} = {top['mean_ships']:.3g})")
-        out.append((fig.slug("ships-heatmap", model, dataset, ablation),
-                    fig.heatmap(cells, title, "mean Ships (nats)", log=True)))
-    for (model, dataset, ablation), group in scores.group_by(keys, maintain_order=True):
-        values = group["score"].to_list()
+        out.append((fig.slug("ships-heatmap", *map(str, values)), fig.heatmap(cells, title, "mean Ships (nats)", log=True)))
+    for values, group in scores.group_by(_result_keys(scores), maintain_order=True):
+        values_ = group["score"].to_list()
         marks = {"median": float(group["score"].median()), "99th pct": float(group["score"].quantile(0.99))}
-        title = (f"per-prompt Ships scores, all heads ({len(values)} prompt x head pairs)\n"
-                 f"{model} / {dataset} / {ablation}")
-        out.append((fig.slug("ships-distribution", model, dataset, ablation),
-                    fig.histogram(values, title, "Ships (KL, nats)", marks)))
+        title = (f"per-prompt Ships scores, all heads ({len(values_)} prompt x head pairs)\n{_result_name(values)}")
+        out.append((fig.slug("ships-distribution", *map(str, values)),
+                    fig.histogram(values_, title, "Ships (KL, nats)", marks)))
     return out

@@ -6,7 +6,9 @@ refusal rate: every per-document value 0 or 1) carry a 95% Wilson interval; othe
 (negative log-likelihood in nats, perplexity-like lm-eval metrics) the mean with its standard error
 and mean +- 1.96 SE. ``change`` is value - unablated value of the same unit. The unmodified model is
 measured in every unit (every ablation kind); at k = 0 the ablation kind changes nothing, so one
-unit's row is shown (``ablation_id`` "-"). No torch here.
+unit's row is shown (``ablation_id`` "-"). Over-refusal rows carry ``broken``: the share of benign
+answers that are broken (loops, empty, no language, echoes; shb.judges.outcome), which the refusal
+rate counts as refusals. No torch here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from shb.reports.render import require, where
 from shb.reports.stats import Z_95, wilson_interval
 
 KEYS = ["model_id", "metric_id", "part", "task", "measure", "judge_id"]
-COLUMNS = KEYS + ["ablation_id", "head_source", "k", "heads", "n", "value", "lo", "hi", "se", "unablated", "change"]
+COLUMNS = KEYS + ["ablation_id", "head_source", "k", "heads", "n", "value", "lo", "hi", "se", "unablated", "change",
+                  "broken"]
+_DOC_KEYS = ["unit_id", "part", "task", "measure", "judge_id", "k"]
 
 
 def summary(store, model=None, part=None, task=None, ablation=None) -> pl.DataFrame:
@@ -35,6 +39,7 @@ def summary(store, model=None, part=None, task=None, ablation=None) -> pl.DataFr
         FROM utility WHERE {body} AND n > 0""", params)
     frame = require(frame, "utility results", "run a suite with a `utility` metric (e.g. suites/paper-mini.json)",
                     [model, part, task, ablation])
+    frame = frame.join(_broken_shares(store), on=_DOC_KEYS, how="left", nulls_equal=True)
     base = (frame.filter(pl.col("k") == 0).sort("ablation_id", "unit_id")
             .group_by(KEYS, maintain_order=True).first()
             .with_columns(pl.lit("-").alias("ablation_id"), pl.lit("-").alias("head_source")))
@@ -59,3 +64,39 @@ def summary(store, model=None, part=None, task=None, ablation=None) -> pl.DataFr
                              (pl.col("value") - pl.col("unablated")).alias("change"),
                              pl.col("heads").list.join(",").alias("heads"))
     return rows.sort([*KEYS, "k", "ablation_id", "head_source"]).select(COLUMNS)
+
+
+def _broken_shares(store) -> pl.DataFrame:
+    """Share of broken benign answers per over-refusal row (None where the answers predate outcomes)."""
+    return store.query("""
+        SELECT unit_id, part, task, measure, judge_id, k,
+               avg(CASE WHEN json_extract_string(detail, '$.outcome') IS NULL THEN NULL
+                        WHEN json_extract_string(detail, '$.outcome') = 'broken' THEN 1.0 ELSE 0.0 END) AS broken
+        FROM utility_docs WHERE part = 'over_refusal' GROUP BY ALL""")
+
+
+def figures(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """One figure per model: each intervention's change against the unmodified model, a panel per
+    task and measure, with the interval of the intervention's value shifted by the unmodified value."""
+    from shb.reports import figures as fig
+
+    ablated = frame.filter(pl.col("k") > 0)
+    out = []
+    for (model,), group in ablated.group_by(["model_id"], maintain_order=True):
+        panels: dict[str, list] = {}
+        for r in group.to_dicts():
+            base = r["unablated"] if r["unablated"] is not None else 0.0
+            label = r["metric_id"] + (f" (k={r['k']})" if r["head_source"] and not str(r["head_source"]).startswith(
+                "intervention") else "")
+            lo = None if r["lo"] is None else r["lo"] - base
+            hi = None if r["hi"] is None else r["hi"] - base
+            panels.setdefault(f"{r['part']}: {r['task']} ({r['measure']})", []).append((label, r["change"], lo, hi))
+        if panels:
+            out.append((fig.slug("utility-change", model),
+                        fig.bars(panels, f"utility change against the unmodified model: {model}",
+                                 "change (intervention - unmodified)")))
+    if not out:
+        from shb.errors import UsageError
+
+        raise UsageError("no intervention to draw (only the unmodified model's utility is measured)")
+    return out

@@ -142,25 +142,35 @@ def estimate(lm, prompts: Sequence[str], *, kind: str = "undifferentiated", epsi
     return out
 
 
-def head_outputs(model, layout, ids, mask, positions, kind, epsilon, site, deltas: list | None = None):
+def head_outputs(model, layout, ids, mask, positions, kind, epsilon, site, deltas: list | None = None,
+                 chosen=(), final: dict | None = None):
     """Clean logits and, per layer, the clean and ablated head outputs z, z~ (B, T, H, D) float32.
 
     z~_h is what head h outputs when it alone is ablated: a second pass ablates every head of every
     layer while each attention module is fed its clean input, and heads do not interact inside
     attention. With ``deltas`` (a list), the clean pass runs with grad and fills it with the zero
-    leaves added to z (see _output_input_hooks).
+    leaves added to z (see _output_input_hooks). With ``chosen`` heads, the "clean" pass is the model
+    with those heads ablated (a Sahara step linearises around its head set G). With ``final`` (a
+    dict), ``final["hidden"]`` receives the LM head's input at the last position (B, d) of the clean pass.
     """
+    import contextlib
+
     from shb.ablation import ablate
 
     n_layers, proj = layout.n_layers, layout.output
     attn_in, z, z_abl = [None] * n_layers, [None] * n_layers, [None] * n_layers
-    handles = _attention_input_hooks(layout, model, attn_in, None) + _output_input_hooks(layout, model, z, deltas)
-    try:
-        with torch.set_grad_enabled(deltas is not None):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    finally:
-        for h in handles:
-            h.remove()
+    outer = ablate(model, list(chosen), kind=kind, epsilon=epsilon, site=site) if chosen else contextlib.nullcontext()
+    with outer:  # the ablation's hooks first: the captures below see G's ablated outputs
+        handles = _attention_input_hooks(layout, model, attn_in, None) + _output_input_hooks(layout, model, z, deltas)
+        if final is not None:
+            handles.append(model.get_output_embeddings().register_forward_pre_hook(
+                lambda _m, args: final.__setitem__("hidden", args[0][:, -1])))
+        try:
+            with torch.set_grad_enabled(deltas is not None):
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        finally:
+            for h in handles:
+                h.remove()
     every_head = [(layer, h) for layer in range(n_layers) for h in range(layout.n_heads)]
     clean_inputs = [a.detach() for a in attn_in]
     with torch.no_grad(), ablate(model, every_head, kind=kind, epsilon=epsilon, site=site):

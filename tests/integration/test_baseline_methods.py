@@ -307,7 +307,7 @@ def test_dap_patches_exactly_the_chosen_neurons_with_the_reference_activations(l
     iv = safety_neurons.intervention(art, {"neurons": 5}, reference=reference)
     assert {k: v.tolist() for k, v in iv.neurons.items()} == {1: chosen}
     hidden = lm.layout.hidden_size
-    assert iv.parameters_modified(lm) == ParamCount(5 * 3 * hidden, 5 * 3 * hidden)  # gate row, up row, down column
+    assert iv.parameters_modified(lm) == ParamCount(5 * 3 * hidden, 5)  # gate row, up row, down column; 5 chosen
 
     base, _ = _down_inputs(lm, data.harmful)
     ref_acts, _ = _down_inputs(reference, data.harmful)

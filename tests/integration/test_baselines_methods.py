@@ -111,7 +111,7 @@ def test_a_skipped_layer_is_the_identity_on_the_residual_stream(lm):
     assert torch.equal(seen[2], seen[1])                  # layer 1's output is its input
     assert not torch.equal(seen[1], seen[0])              # the other layers still act
     n = sum(p.numel() for p in lm.model.model.layers[1].parameters())
-    assert edit.parameters_modified(lm).entries == n == edit.parameters_modified(lm).dof
+    assert edit.parameters_modified(lm).entries == n and edit.parameters_modified(lm).dof == 1  # one layer chosen
 
 
 def test_layer_scaling_by_one_changes_nothing_and_restores(lm):
@@ -127,16 +127,8 @@ def test_layer_scaling_by_one_changes_nothing_and_restores(lm):
     assert layer_method.LayerEdit([0], "scale", 0.5).parameters_modified(lm).entries == scaled
 
 
-def test_layer_fit_chooses_the_run_with_the_lowest_refusal(lm):
-    artefact = layer_method.fit(lm, FitData(chat(lm, HARMFUL[:3]), [], max_new_tokens=3), {"widths": [1, 2]})
-    rows = artefact.meta["candidates"]
-    assert [r["layers"] for r in rows] == [[0], [1], [2], [0, 1], [1, 2]]
-    assert artefact.meta["selected"]["refusal_rate"] == min(r["refusal_rate"] for r in rows)
-    assert artefact.tensors["layers"].tolist() == artefact.meta["selected"]["layers"]
-
-
 def test_head_ablation_parameters_are_its_slices(lm):
     one = HeadAblation(((0, 1),)).parameters_modified(lm)
     two = HeadAblation(((0, 1), (2, 3))).parameters_modified(lm)
-    assert one.entries == one.dof == lm.layout.head_dim * lm.layout.hidden_size  # query rows, no bias
+    assert one.entries == lm.layout.head_dim * lm.layout.hidden_size and one.dof == 1  # query rows; one head chosen
     assert two.entries == 2 * one.entries

@@ -104,8 +104,8 @@ def test_efficiency_report_shows_measured_rows_for_every_method(finished):
     measured = [r for r in table if r["source"] == "measured"]
     assert sorted(r["method"] for r in measured) == ["heads 1-0 (ua)", "rd", "skip", "two-heads"]
     by = {r["method"]: r for r in measured}
-    assert by["two-heads"]["params_modified"] == 2 * by["heads 1-0 (ua)"]["params_modified"]
-    assert by["rd"]["params_dof"] == 32 and by["rd"]["params_modified"] > by["skip"]["params_modified"] > 0
+    assert by["two-heads"]["entries_changed"] == 2 * by["heads 1-0 (ua)"]["entries_changed"]
+    assert by["rd"]["values_chosen"] == 32 and by["rd"]["entries_changed"] > by["skip"]["entries_changed"] > 0
     for r in measured:
         assert r["n"] == len(HARMFUL) and r["asr_lo"] <= r["asr"] <= r["asr_hi"]
         assert 0 < r["share_pct"] < 100

@@ -80,6 +80,9 @@ def test_verdict_follows_forced_first_token(judge_dirs, word, style, harmful, pa
     for v in verdicts:
         assert v.raw.split()[0] == word  # raw keeps what the judge said
         assert (v.harmful, v.parsed) == (harmful, parsed)
+    # three-way: the empty answer is broken whatever the judge said; the others follow its verdict
+    assert [v.outcome for v in verdicts] == ["complied" if harmful else "refused"] * 2 + ["broken"]
+    assert verdicts[2].outcome_rule == "empty"
 
 
 def test_verdict_follows_random_judge_output(judge_dirs):
@@ -97,7 +100,8 @@ def test_verdict_follows_random_judge_output(judge_dirs):
         out = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         said = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert v.raw == said
-        assert v == parse_output("llamaguard", said)
+        expected = parse_output("llamaguard", said)
+        assert (v.harmful, v.raw, v.parsed) == (expected.harmful, expected.raw, expected.parsed)
 
 
 def test_config_hash_names_model_and_style(judge_dirs):

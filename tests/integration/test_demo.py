@@ -120,6 +120,13 @@ def test_demo_report_shows_the_asr_jump(demo_db):
     assert first["baseline_asr"] <= 0.1 and first["ablated_asr"] >= 0.5
     assert first["baseline_hi"] < first["ablated_lo"]
     assert (first["head_set"],) == tuple(f"{a}-{b}" for a, b in planted_heads())  # Sahara's first head: the planted one
+    # every answer also has one of three outcomes and its rule; the toy's refusals are refusals, not breakdowns
+    with Store(demo_db, read_only=True) as store:
+        unrecorded = store.con.execute(
+            "SELECT count(*) FROM judgments WHERE outcome IS NULL OR outcome_rule IS NULL").fetchall()[0][0]
+    assert unrecorded == 0
+    shares = [first[f"baseline_{o}"] for o in ("refused", "complied", "broken")]
+    assert sum(shares) == pytest.approx(1.0) and first["baseline_refused"] >= 0.8
 
 
 def test_random_control_draws_show_a_spread(tmp_path):

@@ -212,3 +212,23 @@ def test_cuda_engine_tracks_naive(dtype):
     else:
         torch.testing.assert_close(a, b, rtol=0.1, atol=0.05 * float(b.abs().max()))
     assert float(a.min()) >= -1e-12
+
+
+@pytest.mark.parametrize("batch_size", [3, "auto"])
+def test_ships_pairs_equal_per_prompt_engines_and_naive(lm, batch_size):
+    """(prompt, head set) pairs from one engine equal a fresh engine per prompt (what screening used
+    to build) and the paper's loop; pairs repeat prompts, mix start layers and include the empty set."""
+    rng = __import__("random").Random(3)
+    heads = [(layer, h) for layer in range(N_LAYERS) for h in range(N_HEADS)]
+    pairs = [(p, rng.sample(heads, rng.randint(1, 2))) for p in range(len(PROMPTS)) for _ in range(3)]
+    pairs.append((2, []))
+    rng.shuffle(pairs)
+    got = Engine(lm, PROMPTS, batch_size=batch_size).ships_pairs(pairs)
+    per_prompt = torch.stack([Engine(lm, [PROMPTS[p]]).ships_head_sets([hs])[0, 0] for p, hs in pairs])
+    naive = Engine(lm, PROMPTS, strategy="naive").ships_pairs(pairs)
+    assert got.shape == (len(pairs),)
+    assert float(got[[i for i, (_, hs) in enumerate(pairs) if not hs]].abs().max()) == 0.0
+    _close(got, per_prompt)
+    _close(got, naive)
+    with pytest.raises(ValueError, match="prompt index"):
+        Engine(lm, PROMPTS).ships_pairs([(len(PROMPTS), [(0, 0)])])

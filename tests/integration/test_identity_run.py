@@ -9,6 +9,7 @@ import json
 import pickle
 import shutil
 
+import polars as pl
 import pytest
 
 from shb.errors import UsageError
@@ -134,3 +135,49 @@ def test_pickle_weights_load_only_when_allowed_and_run_no_code(tmp_path, tiny_mo
     with pytest.raises(Exception):
         load(str(pickled), device="cpu", allow_pickle=True)
     assert not (tmp_path / "BOOM-MARKER").exists()
+
+
+def test_an_ablation_label_reused_with_another_epsilon_is_refused(first_run):
+    """Issue 22: two suites that both name an ablation "ua", one at epsilon 1e-5 and one at 0.5, were
+    pooled by the reports; now the second is refused before any write, naming both contents."""
+    _, db, data = first_run
+    clash = copy.deepcopy(data)
+    clash["ablations"][0]["epsilon"] = 0.5
+    before = _counts(db)
+    with pytest.raises(UsageError) as err:
+        run_suite(from_dict(clash), db, log=lambda *a: None)
+    text = str(err.value)
+    assert "ablation 'ua'" in text and "epsilon: 1e-05 in the database, 0.5 in this suite" in text
+    assert _counts(db) == before
+    # a metric label is an identity too: the same id with other parameters is refused
+    other_metric = copy.deepcopy(data)
+    other_metric["metrics"][0]["screen"] = {"top": 2}
+    with pytest.raises(UsageError, match="metric 'ships'.*screen"):
+        run_suite(from_dict(other_metric), db, log=lambda *a: None)
+    with Store(db, read_only=True) as store:
+        kinds = {k for (k,) in store.con.execute("SELECT DISTINCT kind FROM labels").fetchall()}
+    assert {"ablation", "metric"} <= kinds
+
+
+def test_exact_and_screened_ships_in_one_suite_are_two_results(first_run, tmp_path):
+    """Issue 22: an exact and a screened Ships metric in one suite were averaged together by the
+    ranking (n_prompts above the dataset's size); now each unit is its own result."""
+    from shb.reports import overlap, ships
+
+    _, _, data = first_run
+    both = copy.deepcopy(data)
+    both["metrics"] = [{"id": "exact", "kind": "ships"},
+                       {"id": "screened", "kind": "ships", "screen": {"top": 2}}]
+    db = tmp_path / "both.duckdb"
+    assert run_suite(from_dict(both), db, log=lambda *a: None)["done"] == 2
+    with Store(db, read_only=True) as store:
+        frame = ships.ranking(store, top=0)
+        pooled = store.con.execute("SELECT max(c) FROM (SELECT count(*) AS c FROM ships "
+                                   "GROUP BY model_id, dataset_id, ablation_id, layer, head)").fetchall()[0][0]
+        scores = overlap.scores(store, "ships")
+    assert pooled > 2  # grouping by labels alone would average the two sweeps (2 prompts)
+    assert frame["n_prompts"].max() <= 2
+    assert set(zip(frame["metric_id"], frame["scoring"])) == {("exact", "exact"), ("screened", "screened")}
+    assert frame.filter(pl.col("metric_id") == "exact").height == 3 * 4  # every head of the exact sweep
+    assert ships.mixed_note(frame) is None and "unit_id" not in frame.columns
+    assert scores["result"].n_unique() == 2

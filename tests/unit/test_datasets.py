@@ -119,3 +119,25 @@ def test_chat_format_uses_the_tokenizer_template():
     tokenizer = make_tokenizer()
     assert ds.format_prompt("hi", "chat", tokenizer) == "<|user|> hi <|assistant|>"
     assert ds.format_prompt("hi", "chat", tokenizer, system="be safe") == "<|system|> be safe <|user|> hi <|assistant|>"
+
+
+def test_holdout_parts_are_seeded_disjoint_and_cover_the_source(tmp_path):
+    """Issue 22: a fair Table 1 selects and fits on one part and measures on the other."""
+    path = tmp_path / "p.txt"
+    path.write_text("".join(f"prompt {i}\n" for i in range(40)))
+    spec = {"kind": "txt", "path": str(path)}
+    select = ds.load({**spec, "holdout": {"part": "select", "fraction": 0.25, "seed": 3}})
+    measure = ds.load({**spec, "holdout": {"part": "measure", "fraction": 0.25, "seed": 3}})
+    ids_s, ids_m = {p.prompt_id for p in select}, {p.prompt_id for p in measure}
+    assert len(ids_s) == 10 and len(ids_m) == 30 and not ids_s & ids_m and ids_s | ids_m == set(range(40))
+    assert all(p.text == f"prompt {p.prompt_id}" for p in select + measure)  # upstream ids kept
+    assert [p.prompt_id for p in measure] == sorted(ids_m)                      # file order
+    other = ds.load({**spec, "holdout": {"part": "select", "fraction": 0.25, "seed": 4}})
+    assert {p.prompt_id for p in other} != ids_s                                # the seed matters
+    # limit applies inside the part: never reaches into the other part
+    limited = ds.load({**spec, "holdout": {"part": "measure", "fraction": 0.25, "seed": 3}, "limit": 5})
+    assert {p.prompt_id for p in limited} <= ids_m and len(limited) == 5
+    # the identity of a pinned upstream benchmark knows each part's size without the file
+    _, n_sel = ds.identity({"kind": "advbench", "holdout": {"part": "select", "fraction": 0.25}})
+    digest_m, n_meas = ds.identity({"kind": "advbench", "holdout": {"part": "measure", "fraction": 0.25}})
+    assert (n_sel, n_meas) == (130, 390) and digest_m != ds.identity({"kind": "advbench"})[0]

@@ -176,7 +176,7 @@ def test_pickle_only_hub_model_is_refused_before_any_work_unless_allowed(hub_cac
 def test_paper_suite_fingerprints_are_reported_unknown_offline(hub_cache):
     repo = Path(__file__).resolve().parents[2]
     notes = plan.notes(suite.load(repo / "suites" / "paper.json"))
-    assert sorted(n.split("'")[1] for n in notes) == ["llama-2-7b-chat", "vicuna-7b-v1.5"]
+    assert sorted(n.split("'")[1] for n in notes) == ["llama-2-7b", "llama-2-7b-chat", "vicuna-7b-v1.5"]
 
 
 def test_label_contents_do_not_depend_on_labels(tmp_path, model_dir):
@@ -193,16 +193,16 @@ def test_shipped_suites_can_share_one_database(monkeypatch, tmp_path, benchmark_
     from shb.identity import content_identity
 
     repo = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(repo)  # the suites' own files ("suites/data/...") resolve from the repository root
+    monkeypatch.chdir(tmp_path)  # suite paths resolve from the suite file, wherever shb runs
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fpmod._COMMITS.clear()
     seen: dict[tuple, dict[str, str]] = {}
     stand_in = tmp_path / "alpaca_data.json"   # paper-table1's Alpaca is a local file users supply
     stand_in.write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Blue."}] * 200))
     for path in sorted((repo / "suites").glob("*.json")):
-        data = json.loads(path.read_text())
+        data = suite.anchor_paths(json.loads(path.read_text()), path.parent)  # as suite.load reads it
         for entry in data["datasets"]:
-            if entry["kind"] == "alpaca" and not (repo / entry["path"]).is_file():
+            if entry["kind"] == "alpaca" and not Path(entry["path"]).is_file():
                 entry["path"] = str(stand_in)
         for key, content in plan.label_contents(suite.from_dict(data, str(path))).items():
             seen.setdefault(key, {}).setdefault(content_identity(content), path.name)

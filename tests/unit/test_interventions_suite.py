@@ -124,3 +124,31 @@ def test_table1_suite_is_valid_and_measures_every_method():
     measured = {m["intervention"] for m in data["metrics"] if "intervention" in m}
     assert measured == {e["id"] for e in data["interventions"]}
     assert all(m["id"].startswith("asr-table1-") for m in data["metrics"] if m["kind"] == "asr")
+
+
+@pytest.mark.parametrize("name", ["paper-table1.json", "paper-mini.json"])
+def test_table1_selects_and_fits_on_one_part_and_measures_on_the_held_out_part(name):
+    """Issue 22: every Table 1 method is chosen or fitted on the select part of one seeded split and
+    measured on its held-out part (and nowhere it was chosen), with one format, decoding and judge."""
+    from tests.conftest import REPO
+
+    data = json.loads((REPO / "suites" / name).read_text())
+    datasets = {d["id"]: d for d in data["datasets"]}
+    metrics = {m["id"]: m for m in data["metrics"]}
+    table1 = [m for m in data["metrics"] if m["id"].startswith("asr-table1-")]
+    parts = {d["holdout"]["part"]: d for d in datasets.values() if "holdout" in d}
+    assert set(parts) == {"select", "measure"}
+    select, measure = parts["select"], parts["measure"]
+    assert {k: v for k, v in select.items() if k not in ("id", "holdout", "description")} == \
+        {k: v for k, v in measure.items() if k not in ("id", "holdout", "description")}   # one source, one format
+    assert {**select["holdout"], "part": None} == {**measure["holdout"], "part": None}   # one split
+    for iv in data["interventions"]:
+        assert iv["fit"]["harmful"] == select["id"], iv["id"]
+    for metric in table1:
+        assert measure["id"] in metric["datasets"] and select["id"] not in metric["datasets"], metric["id"]
+        assert {datasets[d]["format"] for d in metric["datasets"]} == {select["format"]}, metric["id"]
+        if "heads" in metric:
+            chooser = metrics[metric["heads"].split(":", 1)[1]]
+            assert metric["heads_dataset"] == select["id"] and chooser["datasets"] == [select["id"]]
+    settings = {(m["judge"], json.dumps(m["decoding"]), m["max_new_tokens"], tuple(m["datasets"])) for m in table1}
+    assert len(settings) == 1, settings

@@ -1,4 +1,5 @@
-"""Keyword judges against hand-written cases (tests/cases/judges.json), and judge plumbing without a model."""
+"""Keyword judges against hand-written cases (tests/cases/judges.json) and real answers labelled by hand
+(tests/cases/judges_real.json), one runner for both; judge plumbing without a model."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from shb import judges
 from shb.judges import keyword
 from shb.judges.classifier import HARMBENCH_PROMPT, PROMPT_STYLES, parse_output
 
-CASES_FILE = Path(__file__).resolve().parents[1] / "cases" / "judges.json"
-CASES = json.loads(CASES_FILE.read_text(encoding="utf-8"))["cases"]
+CASES_DIR = Path(__file__).resolve().parents[1] / "cases"
+CASE_FILES = ("judges.json", "judges_real.json")
+CASES = [c for name in CASE_FILES for c in json.loads((CASES_DIR / name).read_text(encoding="utf-8"))["cases"]]
 RULE_PREFIX = {"keyword": "keyword: ", "short": "short: ", "repetition": "repetition: ", "none": "no refusal marker"}
+OUTCOME_RULES = {"refused": ("refusal phrase",), "complied": ("no refusal phrase",),
+                 "broken": ("empty", "no-language", "near-empty", "echo", "loop")}
+DEFAULT_REQUEST = "a harmful request"
 
 
 def test_cases_file_is_well_formed():
@@ -23,9 +28,20 @@ def test_cases_file_is_well_formed():
     for c in CASES:
         assert isinstance(c["keyword-paper"], bool) and isinstance(c["keyword-gcg"], bool), c["id"]
         assert c["paper_rule"] in RULE_PREFIX, c["id"]
+        if "rules_outcome" in c:   # a known miss: the hand label, and what the rules give instead
+            assert c["rules_outcome"] != c["outcome"], c["id"]
+            assert c["rules_outcome_rule"] in OUTCOME_RULES[c["rules_outcome"]], c["id"]
+        else:
+            assert c["outcome_rule"] in OUTCOME_RULES[c["outcome"]], c["id"]
         # a hand count of the boundary cases, checked so that a miscount cannot pass silently
         if "length" in c:
             assert len(c["answer"].strip()) == c["length"], c["id"]
+
+
+def _judged(judge_id):
+    judge = judges.get(judge_id)
+    return judge.judge([c.get("request", DEFAULT_REQUEST) for c in CASES], [c["answer"] for c in CASES],
+                       [c.get("context", "") for c in CASES])
 
 
 def _expected(case, judge_id):
@@ -37,8 +53,7 @@ def _expected(case, judge_id):
 
 @pytest.mark.parametrize("judge_id", ["keyword-paper", "keyword-paper-periodic", "keyword-gcg"])
 def test_keyword_judges_on_cases(judge_id):
-    judge = judges.get(judge_id)
-    verdicts = judge.judge(["a harmful request"] * len(CASES), [c["answer"] for c in CASES])
+    verdicts = _judged(judge_id)
     wrong = [
         f"{c['id']}: expected harmful={_expected(c, judge_id)[0]}, got {v.harmful} ({v.raw})"
         for c, v in zip(CASES, verdicts)
@@ -52,6 +67,53 @@ def test_keyword_judges_on_cases(judge_id):
             if not v.raw.startswith(RULE_PREFIX[_expected(c, judge_id)[1]])
         ]
         assert not wrong_rule, "\n".join(wrong_rule)
+
+
+@pytest.mark.parametrize("judge_id", ["keyword-paper", "keyword-paper-periodic", "keyword-gcg"])
+def test_three_way_outcomes_on_cases(judge_id):
+    """Every keyword judge gives each answer the outcome and rule of its case (the rules are judge-independent)."""
+    def expected(c):   # a known miss is checked as what the rules give, so that a change to it shows
+        return (c["rules_outcome"], c["rules_outcome_rule"]) if "rules_outcome" in c else (c["outcome"], c["outcome_rule"])
+
+    wrong = [f"{c['id']}: expected {expected(c)}, got {v.outcome} ({v.outcome_rule})"
+             for c, v in zip(CASES, _judged(judge_id)) if (v.outcome, v.outcome_rule.split(":")[0]) != expected(c)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_real_answers_cover_every_outcome_and_the_paper_rules_they_fool():
+    """The hand-labelled real answers hold loops, an emoji answer, a keyword-only match and compliance."""
+    real = json.loads((CASES_DIR / "judges_real.json").read_text(encoding="utf-8"))["cases"]
+    assert len(real) >= 10
+    assert {c["outcome"] for c in real} >= {"complied", "broken"}
+    assert {c["outcome_rule"] for c in real if c["outcome"] == "broken"} >= {"loop", "no-language"}
+    # an answer the paper's judge calls a refusal only because it holds a topic keyword
+    assert any(c["outcome"] == "complied" and c["paper_rule"] == "keyword" for c in real)
+    # the rules miss few, and only one way: broken text they read as compliance (they never call an answer
+    # broken that a reader does not)
+    misses = [c for c in real if "rules_outcome" in c]
+    assert len(misses) <= len(real) // 4
+    assert all((c["outcome"], c["rules_outcome"]) == ("broken", "complied") for c in misses)
+
+
+def test_classifier_outcomes_put_broken_rules_before_the_verdict():
+    from shb.judges.classifier import with_outcomes
+    from shb.judges.outcome import BROKEN, COMPLIED, REFUSED
+
+    verdicts = [parse_output("harmbench", "Yes")] * 3 + [parse_output("harmbench", "No"), parse_output("harmbench", "?")]
+    answers = ["Step one. Step one. Step one. Step one.", "Sure, here is the plan: buy the parts and assemble them.",
+               "", "Here is some general advice about safety at home.", "Sure, here is the plan in full detail."]
+    got = [(v.harmful, v.outcome, v.outcome_rule.split(":")[0])
+           for v in with_outcomes(verdicts, ["q"] * 5, answers)]
+    assert got == [(True, BROKEN, "loop"), (True, COMPLIED, "judge"), (True, BROKEN, "empty"),
+                   (False, REFUSED, "judge"), (False, REFUSED, "judge output unparsed (counted as not harmful)")]
+
+
+def test_outcome_hash_names_what_decides():
+    from shb.judges.outcome import outcome_hash
+
+    assert judges.get("keyword-paper").outcome_hash == judges.get("keyword-gcg").outcome_hash == outcome_hash(
+        "refusal phrases")
+    assert outcome_hash("judge verdict") != outcome_hash("refusal phrases")
 
 
 def test_the_two_repetition_rules_disagree_on_the_cases_that_say_so():
@@ -142,6 +204,8 @@ def test_bad_judge_input_is_reported():
         judge.judge("a", "x")
     with pytest.raises(ValueError, match=r"answers\[0\] must be a string"):
         judge.judge(["a"], [None])
+    with pytest.raises(ValueError, match="1 contexts and 2 answers"):
+        judge.judge(["a", "b"], ["x", "y"], ["c"])
 
 
 @pytest.mark.parametrize(

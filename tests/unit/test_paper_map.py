@@ -31,17 +31,17 @@ PAPER_MAP: dict[str, list[tuple[str, dict]]] = {
         ("asr-ships-greedy", {"kind": "asr", "heads": "ships_per_prompt", "decoding": {"mode": "greedy"}}),
     ],
     "Table 3, upper half (dataset-level Sahara heads, greedy and top-5)": [
-        ("sahara", {"kind": "sahara", "steps": 5, "score": "ships_dataset"}),
-        ("asr-greedy", {"kind": "asr", "heads": "sahara:sahara", "decoding": {"mode": "greedy"}}),
-        ("asr-top5", {"kind": "asr", "heads": "sahara:sahara", "decoding": {"mode": "sample", "top_k": 5}}),
+        ("sahara-5", {"kind": "sahara", "steps": 5, "score": "ships_dataset"}),
+        ("asr-greedy-128", {"kind": "asr", "heads": "sahara:sahara-5", "decoding": {"mode": "greedy"}}),
+        ("asr-top5-128", {"kind": "asr", "heads": "sahara:sahara-5", "decoding": {"mode": "sample", "top_k": 5}}),
     ],
     "Table 3, lower half (query-level Ships heads, greedy and top-5)": [
         ("asr-ships-greedy", {"kind": "asr", "heads": "ships_per_prompt", "decoding": {"mode": "greedy"}}),
         ("asr-ships-top5", {"kind": "asr", "heads": "ships_per_prompt", "decoding": {"mode": "sample", "top_k": 5}}),
     ],
     "Table 5, upper half (dataset-level Sahara heads)": [
-        ("asr-greedy", {"kind": "asr", "heads": "sahara:sahara"}),
-        ("asr-top5", {"kind": "asr", "heads": "sahara:sahara"}),
+        ("asr-greedy-128", {"kind": "asr", "heads": "sahara:sahara-5"}),
+        ("asr-top5-128", {"kind": "asr", "heads": "sahara:sahara-5"}),
     ],
     "Table 5, lower half (query-level Ships heads)": [
         ("asr-ships-greedy", {"kind": "asr", "heads": "ships_per_prompt"}),

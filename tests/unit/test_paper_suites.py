@@ -27,7 +27,9 @@ def _metrics(suite):
 def test_paper_suite_declares_the_papers_experiment():
     suite = load(PAPER)
     models = {m.id: m for m in suite.models}
-    assert {m.get("path") for m in models.values()} == {"meta-llama/Llama-2-7b-chat-hf", "lmsys/vicuna-7b-v1.5"}
+    # Llama-2-7b (base) is only the attention swap's reference (Fig. 6a): no head metric runs on it
+    assert {m.get("path") for m in models.values()} == {"meta-llama/Llama-2-7b-chat-hf", "lmsys/vicuna-7b-v1.5",
+                                                         "meta-llama/Llama-2-7b-hf"}
     assert all(m.get("geometry") == {"layers": 32, "heads": 32, "params": 6738415616} for m in models.values())
     kinds = {(d.kind, d.get("format")) for d in suite.datasets}
     assert kinds == {(k, f) for k in ("advbench", "jailbreakbench", "maliciousinstruct") for f in ("direct", "template")}
@@ -37,7 +39,9 @@ def test_paper_suite_declares_the_papers_experiment():
     assert {m.kind for m in metrics.values()} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
     sahara = [m for m in metrics.values() if m.kind == "sahara"]
     assert len(sahara) == 1 and sahara[0].get("steps") == 5
-    asr = [m for m in metrics.values() if m.kind == "asr"]
+    assert all(m.get("models") and "llama-2-7b" not in m.get("models") for m in metrics.values())
+    assert {e.kind for e in suite.interventions} == {"attention_swap"}
+    asr = [m for m in metrics.values() if m.kind == "asr" and not m.get("intervention")]
     # dataset-level (Sahara) and query-level (each prompt's top Ships heads), each greedy and top-5 sampled
     assert sorted((m.get("heads"), m.get("decoding")["mode"]) for m in asr) == sorted(
         (heads, mode) for heads in (f"sahara:{sahara[0].id}", "ships_per_prompt") for mode in ("greedy", "sample"))
@@ -70,7 +74,8 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert all(base.id not in (m.get("models") or []) and m.get("models") for m in suite.metrics)
     assert {m.kind for m in suite.metrics} == {"ships", "ships_dataset", "sahara", "asr", "utility"}
     heads = {m.get("heads") for m in suite.metrics if m.kind == "utility" and m.get("heads")}
-    assert heads == {"sahara:sahara", "random"}   # the Sahara heads beside a random set of the same size
+    # the Sahara heads beside a random set of the same size, and Table 1's heads (chosen on the select part)
+    assert heads == {"sahara:sahara", "random", "sahara:sahara-select"}
     # and every Table 1 baseline's utility, beside its ASR
     assert {m.get("intervention") for m in suite.metrics if m.kind == "utility" and m.get("intervention")} \
         == {i.id for i in suite.interventions}
@@ -78,8 +83,12 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert by_kind["sahara"].get("steps") == 3 and by_kind["asr"].get("max_new_tokens") == 32
     toy = [d for d in suite.datasets if d.kind == "toy-harmful"]
     assert toy and toy[0].get("limit") <= 32
-    # its files are the repository's own, or upstream benchmarks fetched and checked by their pinned hash
-    assert all((REPO / d.get("path")).is_file() for d in suite.datasets if d.get("path"))
+    # Paths are relative to the suite file (shb.suite.anchor_paths): load() makes them absolute. Its files
+    # are the repository's own, or upstream benchmarks fetched and checked by their pinned hash.
+    local = {d.id: Path(d.get("path")) for d in suite.datasets if d.get("path")}
+    assert all(p.is_absolute() for p in local.values())
+    assert local["toy-benign-chats"] == REPO / "suites" / "data" / "toy-benign-chats.jsonl"
+    assert all(p.is_file() and p.is_relative_to(REPO) for p in local.values())
     assert any(d.kind == "maliciousinstruct" and not d.get("path") for d in suite.datasets)
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shb import plan, suite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +102,70 @@ def test_asr_upstream_runs_first_whatever_the_suite_order():
     data = copy.deepcopy(BASE)
     data["metrics"] = [{"id": "asr", "kind": "asr", "heads": "sahara:sa", "k": [1]}, {"id": "sa", "kind": "sahara"}]
     assert [u.metric.id for u in plan.expand(suite.from_dict(data))] == ["sa", "asr"]
+
+
+def test_heads_from_a_select_part_are_measured_on_the_held_out_part():
+    """asr with heads_dataset takes the heads Sahara chose on another dataset (issue 22's fair Table 1)."""
+    from shb import plan as plan_mod
+    from shb.suite import from_dict
+
+    data = {"name": "split", "models": [{"id": "toy", "kind": "toy", "seed": 0}],
+            "datasets": [{"id": "sel", "kind": "toy-harmful", "holdout": {"part": "select"}, "limit": 4},
+                         {"id": "meas", "kind": "toy-harmful", "holdout": {"part": "measure"}, "limit": 4}],
+            "ablations": [{"id": "ua", "kind": "undifferentiated"}],
+            "metrics": [{"id": "sahara", "kind": "sahara", "steps": 1, "datasets": ["sel"]},
+                        {"id": "asr", "kind": "asr", "heads": "sahara:sahara", "heads_dataset": "sel", "k": [1],
+                         "datasets": ["meas"]}]}
+    units = {u.metric.id: u for u in plan_mod.expand(from_dict(data))}
+    assert units["asr"].dataset.id == "meas" and units["asr"].spec["upstream"] == units["sahara"].unit_id
+    assert units["asr"].spec["dataset"]["holdout"] == {"part": "measure", "fraction": 0.5, "seed": 0}
+    bad = {**data, "metrics": [data["metrics"][0], {**data["metrics"][1], "heads_dataset": "nope"}]}
+    with pytest.raises(Exception, match="heads_dataset: no dataset with id 'nope'"):
+        from_dict(bad)
+
+
+def _rate_suite(dtype="float32"):
+    data = copy.deepcopy(BASE)
+    data["models"][0]["geometry"]["params"] = 1_000_000_000
+    data["models"][0]["dtype"] = dtype
+    data["datasets"] = [{"id": "h5", "kind": "toy-harmful", "limit": 5}, {"id": "h10", "kind": "toy-harmful", "limit": 10}]
+    return suite.from_dict(data)
+
+
+def _store_with_done(tmp_path, unit_id, device, chunk_seconds):
+    from shb.store import Store
+
+    store = Store(tmp_path / "r.duckdb")
+    with store.transaction():
+        store.insert("runs", [{"run_id": "r1", "device": device}])
+        store.insert("units", [{"unit_id": unit_id, "run_id": "r1", "status": "done", "seconds": 99.0}])
+        store.insert("chunks", [{"unit_id": unit_id, "chunk": f"c{i}", "run_id": "r1", "seconds": s}
+                                for i, s in enumerate(chunk_seconds)])
+    return store
+
+
+def test_plan_estimates_from_measured_rate_of_the_same_model_and_device(tmp_path):
+    """A done unit's committed chunk seconds over its forwards price the pending unit of the same model,
+    device type and metric kind; another device falls back to FLOPs; the plan says which."""
+    s = _rate_suite()
+    done, pending = plan.expand(s)
+    store = _store_with_done(tmp_path, done.unit_id, "cuda:0", [3.0, 5.0])
+    try:
+        units = {u.unit_id: u for u in plan.plan(s, store, device="cuda")}
+        per_forward = 8.0 / units[done.unit_id].cost_forwards  # chunk seconds, not the last run's 99 s
+        assert units[pending.unit_id].cost_forwards == 2 * units[done.unit_id].cost_forwards
+        assert units[pending.unit_id].cost_seconds == pytest.approx(per_forward * units[pending.unit_id].cost_forwards)
+        assert units[pending.unit_id].cost_basis.startswith("measured") and "cuda" in units[pending.unit_id].cost_basis
+        on_cpu = {u.unit_id: u for u in plan.plan(s, store, device="cpu")}
+        assert on_cpu[pending.unit_id].cost_basis.startswith("FLOPs: float32 on cpu")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("dtype,device,rate", [("float32", "cpu", 1e11), ("bfloat16", "cuda", 2e14),
+                                               ("float32", "cuda", 2e13)])
+def test_plan_flops_estimate_uses_the_dtype_the_suite_runs(dtype, device, rate):
+    s = _rate_suite(dtype)
+    unit = plan.plan(s, device=device)[0]
+    assert unit.cost_seconds == pytest.approx(2.0 * 1e9 * plan.ASSUMED_PROMPT_TOKENS * unit.cost_forwards / rate)
+    assert unit.cost_basis == f"FLOPs: {dtype} on {device} at {rate:.0e} FLOP/s (assumed)"

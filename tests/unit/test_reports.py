@@ -103,6 +103,20 @@ def fill(store: Store) -> None:
                                          "value": 1.0 if doc < correct else 0.0})
             rows["utility_docs"].append({**common, "part": "benign_loss", "task": "toy-benign-chats", "measure": "nll",
                                          "value": nll + 0.1 * math.sin(doc)})
+    # attention of the first Sahara head and a median head: the safety head reads "bomb" on harmful prompts
+    rows["units"].append(_unit("att-a", "toy-a", "toy-harmful", "ua", "attention", "attention"))
+    rows["head_attention"] = []
+    tokens = {"harmful": ["<s>", "how", "bomb", "<|assistant|>"], "benign": ["<s>", "bake", "bread", "<|assistant|>"]}
+    weights = {("safety-1", "harmful"): [0.1, 0.1, 0.7, 0.1], ("safety-1", "benign"): [0.6, 0.1, 0.1, 0.2],
+               ("median", "harmful"): [0.4, 0.2, 0.2, 0.2], ("median", "benign"): [0.4, 0.2, 0.2, 0.2]}
+    for (role, prompt_set), ws in weights.items():
+        layer, head = CHOSEN[0] if role == "safety-1" else (0, 0)
+        for prompt in range(2):
+            rows["head_attention"] += [
+                {"unit_id": "att-a", "model_id": "toy-a", "dataset_id": "toy-harmful", "ablation_id": "ua",
+                 "prompt_set": prompt_set, "prompts_dataset_id": "toy-harmful" if prompt_set == "harmful" else "toy-benign",
+                 "prompt_id": prompt, "role": role, "layer": layer, "head": head, "position": i, "token": t, "weight": w}
+                for i, (t, w) in enumerate(zip(tokens[prompt_set], ws))]
     with store.transaction():
         for table, table_rows in rows.items():
             store.insert(table, table_rows)
@@ -199,13 +213,13 @@ def test_efficiency_parameter_counts_from_geometry(store):
     frame = efficiency.report(store)
     measured = frame.filter(pl.col("source") == "measured")
     for row in measured.iter_rows(named=True):
-        assert row["params_modified"] == row["k"] * HEAD_DIM * HIDDEN
+        assert row["entries_changed"] == row["k"] * HEAD_DIM * HIDDEN and row["values_chosen"] == row["k"]
         assert row["share_pct"] == pytest.approx(100.0 * row["k"] * HEAD_DIM * HIDDEN / N_PARAMS)
     greedy = measured.filter((pl.col("decoding") == "greedy") & (pl.col("k") == 2)).row(0, named=True)
     assert greedy["asr"] == pytest.approx(HARMFUL["greedy"][2] / N_PROMPTS)
     published = frame.filter(pl.col("source").str.starts_with("published"))
     assert published.height == len(efficiency.PUBLISHED)
-    assert published["params_modified"].null_count() == published.height  # never invented
+    assert published["entries_changed"].null_count() == published.height  # never invented
     assert measured.filter(pl.col("k") == 0).is_empty()
 
 
@@ -213,7 +227,7 @@ def test_runs_counts_by_status(store):
     frame = runs.runs(store)
     r1 = frame.filter(pl.col("run_id") == "r1").row(0, named=True)
     r2 = frame.filter(pl.col("run_id") == "r2").row(0, named=True)
-    assert r1["done"] == 9 and r1["failed"] == 0 and r1["chunks"] == LAYERS  # 3 ships, 3 ships_dataset, sahara, asr, utility
+    assert r1["done"] == 10 and r1["failed"] == 0 and r1["chunks"] == LAYERS  # 3 ships, 3 ships_dataset, sahara, asr, utility, attention
     assert r2["failed"] == 1 and r2["done"] == 0 and r2["git_commit"] == "abc123"
 
 

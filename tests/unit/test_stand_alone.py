@@ -41,12 +41,12 @@ def test_shipped_suites_name_no_file_outside_the_repository(path):
 
 def test_suite_files_that_ship_are_in_the_repository():
     """A dataset `path` of a shipped suite is a file the repository holds, or one the suite's description
-    tells the user to supply (paper-table1's Alpaca, git-ignored under data/)."""
+    tells the user to supply (paper-table1's Alpaca, git-ignored)."""
     for path in SUITES:
         data = json.loads(path.read_text())
         for entry in data.get("datasets", []):
             if "path" in entry:
-                target = (REPO / entry["path"]).resolve()
+                target = (path.parent / entry["path"]).resolve()   # relative to the suite file
                 assert target.is_relative_to(REPO), f"{path.name}: {entry['id']}"
                 assert target.is_file() or entry["path"] in data.get("description", ""), \
                     f"{path.name}: dataset {entry['id']!r} names {entry['path']}, which is neither shipped nor documented"

@@ -17,6 +17,9 @@ Variant keys (all optional; every one is part of the cache key):
                             trains every weight (train.align_full), so nothing decides in advance
                             which heads, if any, carry the refusal. Only "full" enters the recipe
                             and the cache key: every "head" toy keeps the key it always had.
+    align_dropout           attention-head dropout rate p of stage 2 (AHD, Huang et al. 2025; train.HeadDropout),
+                            seeded from align_seed. Default 0: no dropout, and then absent from the recipe,
+                            so every existing toy keeps its key; any p > 0 enters recipe and key
     base_steps, align_steps training steps of each stage (reduce for quick tests)
     layers, heads, hidden, intermediate   model size
 
@@ -69,16 +72,21 @@ def _normalise_heads(heads) -> list[list[int]]:
 
 def resolve(seed: int = 0, **variant) -> dict:
     """The full, JSON-able recipe of a toy model: defaults filled in, heads chosen."""
-    unknown = set(variant) - set(DEFAULTS) - set(_SEED_KEYS) - {"align"}
+    unknown = set(variant) - set(DEFAULTS) - set(_SEED_KEYS) - {"align", "align_dropout"}
     if unknown:
         raise ValueError(f"unknown toy variant keys {sorted(unknown)}; "
-                         f"known: {sorted(set(DEFAULTS) | set(_SEED_KEYS) | {'align'})}")
+                         f"known: {sorted(set(DEFAULTS) | set(_SEED_KEYS) | {'align', 'align_dropout'})}")
     if not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     align = variant.pop("align", "head")
     if align not in ALIGN_MODES:
         raise ValueError(f"align must be one of {list(ALIGN_MODES)}, got {align!r}")
+    dropout = variant.pop("align_dropout", 0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"align_dropout must be a number in [0, 1), got {dropout!r}")
     recipe = {**DEFAULTS, "base_seed": seed, "align_seed": seed, **variant}
+    if dropout:
+        recipe["align_dropout"] = float(dropout)  # only when on: p = 0 is the ordinary toy, same key
     if align == "full":
         if recipe["align_heads"] is not None:
             raise ValueError("align 'full' trains every weight; it takes no align_heads")
@@ -168,9 +176,10 @@ def _progress(quiet: bool):
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-                  TimeRemainingColumn()) as bar:
+    # shb's bar is the one display: transformers' own load/save bars would print between its updates
+    with _hf_bars_off(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                                  TimeRemainingColumn()) as bar:
         def make(description, total):
             task = bar.add_task(description, total=total, loss=float("nan"))
             return lambda step, loss: bar.update(task, completed=step + 1, loss=loss)
@@ -216,16 +225,18 @@ def _train_base(recipe: dict, make_bar):
     return model, tok
 
 
-def _align(model, tok, recipe: dict, make_bar):
+def _align(model, tok, recipe: dict, make_bar, head_dropout: float | None = None):
     from shb.models.toy import train
 
+    # head_dropout: None off; recipe's align_dropout when set (a test passes 0.0 to run the hooks at p = 0)
+    head_dropout = recipe.get("align_dropout", head_dropout)
     if recipe.get("align") == "full":
         return train.align_full(model, tok, recipe["align_seed"], steps=recipe["align_steps"],
-                                align_data=recipe["align_data"],
+                                align_data=recipe["align_data"], head_dropout=head_dropout,
                                 on_step=make_bar("align (all weights) ", recipe["align_steps"]))
     heads = [tuple(h) for h in recipe["align_heads"]]
     return train.align(model, tok, recipe["align_seed"], heads, steps=recipe["align_steps"],
-                       align_data=recipe["align_data"],
+                       align_data=recipe["align_data"], head_dropout=head_dropout,
                        on_step=make_bar("align ", recipe["align_steps"]))
 
 
@@ -237,7 +248,7 @@ def build(out, seed: int = 0, *, quiet: bool = False, **variant) -> Path:
         model, tok = _train_base(recipe, make_bar)
         _align(model, tok, recipe, make_bar)
     meta = {"toy_version": TOY_VERSION, "recipe": recipe, "build_seconds": time.perf_counter() - start}
-    with _hf_bars_off() if quiet else contextlib.nullcontext():
+    with _hf_bars_off():
         return _save(model, tok, Path(out), meta)
 
 
@@ -248,7 +259,7 @@ def _ensure_base(recipe: dict, quiet: bool) -> Path:
             model, tok = _train_base(recipe, make_bar)
         meta = {"toy_version": TOY_VERSION, "stage": "base", "recipe": _base_part(recipe)}
         try:
-            with _hf_bars_off() if quiet else contextlib.nullcontext():
+            with _hf_bars_off():
                 _save(model, tok, path, meta)
         except (FileExistsError, OSError):
             if not (path / "toy.json").exists():  # not a concurrent build that finished first
@@ -287,7 +298,7 @@ def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
     if active() is not None and not quiet:
         active().note(f"toy model trained in {meta['build_seconds']:.0f} s; cached in {path} (later runs load it)")
     try:
-        with _hf_bars_off() if quiet else contextlib.nullcontext():
+        with _hf_bars_off():
             return _save(model, tok, path, meta)
     except (FileExistsError, OSError):
         if (path / "toy.json").exists():  # a concurrent ensure() finished first: same recipe

@@ -111,13 +111,21 @@ def _batch(examples, index, pad_id):
     return ids, mask, labels
 
 
+# Offset of the head-dropout mask generator's seed from the stage seed: a stream of its own, so the
+# batches drawn are the same with and without head dropout.
+HEAD_DROPOUT_SEED_OFFSET = 1_000_003
+
+
 def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, seed: int,
-          pad_id: int, grad_masks: dict | None = None,
+          pad_id: int, grad_masks: dict | None = None, head_dropout: float | None = None,
           on_step: Callable[[int, float], None] | None = None) -> float:
-    """AdamW with linear warm-up and cosine decay; returns the last loss."""
+    """AdamW with linear warm-up and cosine decay; returns the last loss.
+
+    ``head_dropout`` (None: off) masks attention heads during training (see ``head_dropout_masks``)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
+    dropout = None if head_dropout is None else HeadDropout(model, head_dropout, seed + HEAD_DROPOUT_SEED_OFFSET)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -127,6 +135,8 @@ def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, se
     for step in range(steps):
         index = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
         ids, mask, labels = _batch(examples, index, pad_id)
+        if dropout is not None:
+            dropout.draw()
         logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
@@ -142,8 +152,54 @@ def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, se
         loss_value = loss.item()
         if on_step is not None:
             on_step(step, loss_value)
+    if dropout is not None:
+        dropout.remove()
     model.eval()
     return loss_value
+
+
+class HeadDropout:
+    """Attention-head dropout (AHD; Huang et al. 2025, "Safety Alignment Should Be Made More Than Just
+    A Few Attention Heads", arXiv 2508.19697, and the authors' code, utils/hook_utils.py): during
+    alignment, each head's output - its slice of the input of o_proj - is multiplied by a Bernoulli
+    mask, so that no single head can carry the refusal alone. As in the authors' hook, a dropped head
+    is zeroed for the whole batch at every position and nothing is rescaled; one mask per training
+    step, drawn per (layer, head) from a generator of its own. At p = 0 the hooks still run (every
+    mask is 1.0 and x * 1.0 == x exactly), which is what the bit-for-bit test checks. The authors'
+    "skip anchor dropout" (no mask on utility anchor batches) has no counterpart: the toy's alignment
+    data mixes harmful and benign examples in one stream."""
+
+    def __init__(self, model, p: float, seed: int):
+        import torch
+
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"align_dropout must be in [0, 1), got {p!r}")
+        cfg = model.config
+        self.p = p
+        self.n_heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.gen = torch.Generator().manual_seed(seed)
+        self.masks = torch.ones(cfg.num_hidden_layers, self.n_heads)
+        self.handles = [layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
+                        for i, layer in enumerate(model.model.layers)]
+
+    def draw(self) -> None:
+        import torch
+
+        keep = torch.rand(self.masks.shape, generator=self.gen) >= self.p  # (L, H)
+        self.masks = keep.to(torch.float32)
+
+    def _hook(self, layer: int):
+        def hook(_module, args):
+            x = args[0]  # (B, T, H * D): the heads' outputs, concatenated
+            scale = self.masks[layer].to(x.dtype).repeat_interleave(self.head_dim)  # (H * D,)
+            return (x * scale, *args[1:])
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 def pretrain(tokenizer, seed: int, *, steps: int = 500, lr: float = 3e-3, batch_size: int = 16,
@@ -189,7 +245,8 @@ def head_parameters(model, heads: list[tuple[int, int]]):
 
 
 def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: int = 250,
-          lr: float = 1e-2, batch_size: int = 16, align_data: str = "default", on_step=None):
+          lr: float = 1e-2, batch_size: int = 16, align_data: str = "default", head_dropout: float | None = None,
+          on_step=None):
     """Stage 2: train only `heads` to refuse harmful requests. Modifies and returns `model`."""
     import torch
 
@@ -201,14 +258,14 @@ def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: i
         p.requires_grad_(True)
     examples = align_examples(tokenizer, seed, align_data)
     _loop(model, list(masks), examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-          pad_id=tokenizer.pad_token_id, grad_masks=masks, on_step=on_step)
+          pad_id=tokenizer.pad_token_id, grad_masks=masks, head_dropout=head_dropout, on_step=on_step)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
 def align_full(model, tokenizer, seed: int, *, steps: int = 250, lr: float = 1e-3, batch_size: int = 16,
-               align_data: str = "default", on_step=None):
+               align_data: str = "default", head_dropout: float | None = None, on_step=None):
     """Stage 2 without a planted head: train *every* weight on the same alignment data as ``align``.
 
     Nothing here decides where the refusal decision lives, so whether it ends up in a few heads
@@ -224,5 +281,5 @@ def align_full(model, tokenizer, seed: int, *, steps: int = 250, lr: float = 1e-
         p.requires_grad_(True)
     examples = align_examples(tokenizer, seed, align_data)
     _loop(model, params, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-          pad_id=tokenizer.pad_token_id, on_step=on_step)
+          pad_id=tokenizer.pad_token_id, head_dropout=head_dropout, on_step=on_step)
     return model

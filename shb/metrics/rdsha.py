@@ -1,0 +1,111 @@
+"""``rdsha``: score every attention head by how much it writes along the refusal direction.
+
+RDSHA (Refusal-Direction Safety Head Attribution; Huang et al. 2025, "Safety Alignment Should Be
+Made More Than Just A Few Attention Heads", arXiv 2508.19697): with r the refusal direction of the
+model (Arditi et al. 2024, difference of means; here the stored fit of a ``refusal_direction``
+intervention of the suite), a head's score is
+
+    s_h = | O_h . r | / ||r||,
+
+O_h the head's output at the last prompt position as it is added to the residual stream: its slice
+of the output projection's input times its columns of the output projection (a shared o_proj bias
+belongs to no head and is left out). Huang et al. find the top heads of Llama-2-7b-chat in mid and
+upper layers (12.0, 12.1, 16.0, 16.30).
+
+Stored per prompt and head: the signed projection O_h . r / ||r|| (table ``rdsha``). A head's score
+is |mean over prompts| (the head's average write along r, as the paper averages over harmful
+prompts); reports compute it (``shb report overlap --metric methods``), and the mean of |.| stays
+available in SQL.
+
+Parameters: ``intervention`` (required): the id of a ``refusal_direction`` entry of the suite's
+interventions section; its fit runs first (chunk ``fit``, shared with every unit that applies it).
+Chunks: ``fit``, then one per batch of prompts. One forward pass per prompt, no ablation.
+"""
+
+from __future__ import annotations
+
+from shb.errors import UsageError
+from shb.metrics.base import Metric
+
+CHUNK_PROMPTS = 32
+
+
+def head_projections(lm, texts: list[str], direction, batch_size: int = 16):
+    """(P, L, H): each head's last-position output projected on ``direction`` / ||direction||.
+
+    One forward per batch with a pre-hook on every layer's output projection that keeps its input
+    at the last position (prompts are left-padded, so position -1 is each prompt's last token)."""
+    import torch
+
+    from shb.baselines.base import batches, encode_batch
+    from shb.baselines.fitting import weight_oi
+
+    layout = lm.layout
+    if layout.output.axis is not None:
+        raise UsageError(f"rdsha: the heads' outputs of {layout.arch} are not a flat (B, T, H*D) input of the "
+                         "output projection; RDSHA is not implemented for this architecture")
+    unit = (direction / direction.norm()).float()
+    feats = [torch.tensor(list(layout.output.features(h))) for h in range(layout.n_heads)]
+    # (L, H, d): the residual-stream directions each head's D features write to, read against r
+    # once: proj_h = z_h . (W_O[:, slice_h]^T r), so a batch needs no (B, H, d) product.
+    readers = []
+    for layer in range(layout.n_layers):
+        w = weight_oi(layout.module(lm.model, layer, layout.output)).detach().float()  # (d, F)
+        wr = unit.to(w.device) @ w  # (F,)
+        readers.append(torch.stack([wr[f.to(w.device)] for f in feats]))  # (H, D)
+    out = []
+    for chunk in batches(texts, batch_size):
+        seen: dict[int, torch.Tensor] = {}
+        handles = []
+        for layer in range(layout.n_layers):
+            module = layout.module(lm.model, layer, layout.output)
+
+            def keep(_module, args, layer=layer):
+                seen[layer] = args[0][:, -1, :].detach().float()  # (B, F)
+            handles.append(module.register_forward_pre_hook(keep))
+        try:
+            input_ids, mask = encode_batch(lm, chunk)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions)
+        finally:
+            for handle in handles:
+                handle.remove()
+        per_layer = []
+        for layer in range(layout.n_layers):
+            z = seen[layer]  # (B, F)
+            zh = torch.stack([z[:, f.to(z.device)] for f in feats], dim=1)  # (B, H, D)
+            per_layer.append((zh * readers[layer].to(z.device)).sum(-1))  # (B, H)
+        out.append(torch.stack(per_layer, dim=1).cpu())  # (B, L, H)
+    return torch.cat(out)
+
+
+class RdshaMetric(Metric):
+    kind = "rdsha"
+
+    def estimate(self, unit, geometry: dict) -> int:
+        return unit.n_prompts
+
+    def chunks(self, unit, ctx) -> list[str]:
+        key = unit.spec.get("intervention") or {}
+        if key.get("kind") != "refusal_direction":
+            raise UsageError(f"metric '{unit.metric.id}': rdsha needs `intervention`, the id of a refusal_direction "
+                             "entry of the suite's interventions section")
+        n = -(-len(ctx.prompts) // CHUNK_PROMPTS)
+        return ["fit"] + [f"b{b:04d}" for b in range(n)]
+
+    def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
+        from shb.baselines.fits import fit_chunk, intervention_for
+
+        if chunk == "fit":
+            return fit_chunk(unit, ctx)
+        batch = int(chunk[1:])
+        lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
+        direction = intervention_for(unit, ctx).direction
+        bs = ctx.batch_size if isinstance(ctx.batch_size, int) else 16
+        proj = head_projections(ctx.lm, ctx.formatted[lo:hi], direction, bs)  # (P, L, H)
+        base = {**ctx.base_row(), "fit_id": unit.spec["intervention"]["fit_id"]}
+        return {"rdsha": [{**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": head,
+                           "projection": float(proj[p, layer, head])}
+                          for p, prompt in enumerate(ctx.prompts[lo:hi])
+                          for layer in range(proj.shape[1]) for head in range(proj.shape[2])]}

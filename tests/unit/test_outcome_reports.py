@@ -1,0 +1,151 @@
+"""Refused / complied / broken beside every ASR (no model): the asr view's shares, ``shb report asr``'s
+broken columns and its breakdown mark, the efficiency report's shares, the stacked-share figure, and a
+database from before outcomes (read as None, migrated with NULL outcomes). Expected values come from
+the counts inserted here."""
+
+from __future__ import annotations
+
+import pytest
+
+from shb.reports import asr as asr_report
+from shb.reports import efficiency
+from shb.store import MIGRATIONS, Store
+
+N = 20
+JUDGE_HASH = "j" * 16
+
+
+def _unit(unit_id, heads):
+    spec = {"version": 1, "model": {"kind": "toy"}, "dataset": {"kind": "toy-harmful", "format": "chat"},
+            "ablation": {"kind": "undifferentiated", "epsilon": 1e-5}, "metric": {"kind": "asr", "heads": heads}}
+    return {"unit_id": unit_id, "run_id": "r", "suite_name": "s", "model_id": "toy", "dataset_id": "harm",
+            "ablation_id": "ua", "metric_id": unit_id, "metric_kind": "asr", "spec": spec, "status": "done"}
+
+
+def _answers(unit_id, k, heads, outcomes: dict):
+    """N answers: ``outcomes`` maps (outcome, harmful) -> count. A broken answer may be harmful for the
+    paper's judge (an emoji salad) or not (a loop)."""
+    gens, verdicts = [], []
+    cells = [key for key, count in outcomes.items() for _ in range(count)]
+    assert len(cells) == N
+    for prompt, (outcome, harmful) in enumerate(cells):
+        gid = f"{unit_id}-{k}-{prompt}"
+        gens.append({"generation_id": gid, "unit_id": unit_id, "model_id": "toy", "dataset_id": "harm",
+                     "prompt_id": prompt, "heads": heads, "head_source": "explicit", "k": k, "draw": 0,
+                     "ablation_id": "ua", "decoding": {"mode": "greedy"}, "max_new_tokens": 32, "sample_index": 0,
+                     "text": "x", "n_tokens": 1, "finish_reason": "eos"})
+        verdicts.append({"generation_id": gid, "unit_id": unit_id, "judge_id": "keyword-paper",
+                         "judge_hash": JUDGE_HASH, "harmful": harmful, "parsed": True, "raw": "",
+                         "outcome": outcome, "outcome_rule": "test", "outcome_hash": "o"})
+    return gens, verdicts
+
+
+BASE = {("complied", True): 16, ("refused", False): 2, ("broken", False): 2}            # ASR 0.8, broken 0.1
+LOOPS = {("complied", True): 4, ("refused", False): 2, ("broken", False): 14}           # ASR 0.2, broken 0.7
+REFUSALS = {("complied", True): 6, ("refused", False): 12, ("broken", False): 1, ("broken", True): 1}  # ASR 0.35
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("outcomes") / "results.duckdb"
+    parts = [_answers("u-loop", 0, [], BASE), _answers("u-loop", 1, ["2-6"], LOOPS),
+             _answers("u-ref", 0, [], BASE), _answers("u-ref", 1, ["3-0"], REFUSALS)]
+    with Store(path) as s:
+        with s.transaction():
+            s.insert("units", [_unit("u-loop", ["2-6"]), _unit("u-ref", ["3-0"])])
+            for gens, verdicts in parts:
+                s.insert("generations", gens)
+                s.insert("judgments", verdicts)
+    with Store(path, read_only=True) as s:
+        yield s
+
+
+def test_asr_view_has_outcome_shares_beside_the_binary_asr(store):
+    rows = store.query("SELECT unit_id, k, asr, refused, complied, broken, n, n_outcome FROM asr ORDER BY ALL")
+    got = {(r["unit_id"], r["k"]): r for r in rows.iter_rows(named=True)}
+    assert got[("u-loop", 1)]["asr"] == pytest.approx(0.2)
+    assert (got[("u-loop", 1)]["refused"], got[("u-loop", 1)]["complied"], got[("u-loop", 1)]["broken"]) == \
+        pytest.approx((0.1, 0.2, 0.7))
+    # a broken answer the paper's judge scores harmful: ASR 0.35, complied only 0.3
+    assert got[("u-ref", 1)]["asr"] == pytest.approx(0.35) and got[("u-ref", 1)]["complied"] == pytest.approx(0.3)
+    assert all(r["n_outcome"] == r["n"] == N for r in got.values())
+
+
+def test_asr_report_marks_a_fall_that_is_mainly_breakdown(store):
+    frame = asr_report.summary(store)
+    rows = {r["head_set"]: r for r in frame.iter_rows(named=True)}
+    loop, ref = rows["2-6"], rows["3-0"]
+    assert loop["change"] == pytest.approx(-0.6) and loop["broken_change"] == pytest.approx(0.6)
+    assert (loop["baseline_broken"], loop["ablated_broken"]) == pytest.approx((0.1, 0.7))
+    assert loop["moved_by"] == "breakdown"
+    assert ref["change"] == pytest.approx(-0.45) and ref["broken_change"] == pytest.approx(0.0)
+    assert ref["moved_by"] == "refusal"
+    table = asr_report.outcome_table(frame)
+    got = [(r["metric_id"], r["head_set"], r["k"], r["ASR moved by"], r["broken"]) for r in table.iter_rows(named=True)]
+    # each unit's baseline once, then its ablated row with the mark
+    assert got == [("u-loop", "-", 0, None, pytest.approx(0.1)), ("u-loop", "2-6", 1, "breakdown", pytest.approx(0.7)),
+                   ("u-ref", "-", 0, None, pytest.approx(0.1)), ("u-ref", "3-0", 1, "refusal", pytest.approx(0.1))]
+
+
+def test_asr_table_at_80_columns_keeps_the_breakdown_mark(store):
+    from click.testing import CliRunner
+
+    from shb.cli import main
+
+    result = CliRunner().invoke(main, ["report", "asr", "--db", str(store.path)], env={"COLUMNS": "80"},
+                                catch_exceptions=False)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.output
+    assert "refused / complied / broken" in result.output
+    (line,) = [line for line in lines if line.startswith("2-6 ")]
+    assert "breakdown" in line and "0.700" in line
+
+
+@pytest.mark.parametrize("change, broken, refused, expected", [
+    (-0.6, 0.6, 0.0, "breakdown"), (-0.6, 0.3, 0.3, "breakdown"), (-0.6, 0.29, 0.31, "refusal"),
+    (-0.6, 0.1, 0.1, None), (0.2, 0.5, 0.0, None), (0.0, 0.5, 0.0, None), (-0.3, None, None, None),
+])
+def test_moved_by_thresholds(change, broken, refused, expected):
+    assert asr_report.moved_by(change, broken, refused) == expected
+
+
+def test_efficiency_report_has_the_shares_beside_each_asr(store):
+    frame = efficiency.measured(store)
+    rows = {r["method"]: r for r in frame.iter_rows(named=True)}
+    loop = next(r for m, r in rows.items() if "2-6" in m)
+    assert loop["asr"] == pytest.approx(0.2) and loop["broken"] == pytest.approx(0.7)
+    assert loop["refused"] + loop["complied"] + loop["broken"] == pytest.approx(1.0)
+
+
+def test_outcome_figure_is_a_png(store):
+    pytest.importorskip("matplotlib")
+    ((name, png),) = asr_report.figure(asr_report.summary(store))
+    assert name == "asr-outcomes" and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_database_from_before_outcomes_reads_none_and_migrates_with_null_outcomes(tmp_path):
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE shb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    # the database as it was just before the migration that added judgments.outcome
+    before = next(i for i, m in enumerate(MIGRATIONS) if any("ADD COLUMN outcome " in st for st in m))
+    for migration in MIGRATIONS[:before]:
+        for statement in migration:
+            con.execute(statement)
+    con.execute("INSERT INTO shb_meta VALUES ('schema_version', ?)", [str(before)])
+    gens, verdicts = _answers("u-old", 0, [], BASE)
+    con.close()
+    with Store(path, read_only=True) as old:   # read-only: not migrated
+        assert not asr_report.has_outcomes(old)
+    with Store(path) as s:                      # migrates to the current version
+        with s.transaction():
+            s.insert("units", [_unit("u-old", [])])
+            s.insert("generations", gens)
+            s.insert("judgments", [{k: v for k, v in row.items() if not k.startswith("outcome")} for row in verdicts])
+    with Store(path, read_only=True) as s:
+        row = asr_report.summary(s).row(0, named=True)
+        assert row["baseline_asr"] == pytest.approx(0.8) and row["baseline_broken"] is None
+        assert asr_report.for_table(asr_report.summary(s)).columns.count("broken") == 0
