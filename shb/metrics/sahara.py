@@ -9,7 +9,8 @@ chosen by earlier steps, from the store, so a resumed run continues where it sto
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric, subspace_rank, swept_layers
+from shb.errors import UsageError
+from shb.metrics.base import Metric, subspace_rank, swept_layers, unit_rows
 
 
 def step_chunk(step: int, layer: int) -> str:
@@ -22,8 +23,7 @@ def chunk_step_layer(chunk: str) -> tuple[int, int]:
 
 
 def _params(ctx, unit) -> tuple[int, str, int]:
-    from shb.errors import UsageError
-    from shb.search import SCORES
+    from shb.search import SCORES  # torch: the metric's module stays importable without it (shb plan)
 
     steps, score = ctx.metric.get("steps", 5), ctx.metric.get("score", "ships_dataset")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -45,10 +45,28 @@ class SaharaMetric(Metric):
         steps, _, _ = _params(ctx, unit)
         layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
         if steps > len(layers) * ctx.lm.n_heads:
-            from shb.errors import UsageError
-
             raise UsageError(f"metric '{unit.metric.id}': steps={steps} exceeds the {len(layers) * ctx.lm.n_heads} candidate heads")
         return [step_chunk(s, layer) for s in range(steps) for layer in layers]
+
+    def reads(self, unit, chunk: str) -> list:
+        return [unit_rows("sahara_steps", unit.unit_id)]  # the heads chosen so far; the step's other layers
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        """The layers of one step run together; the step's last layer (it picks the winner from the others'
+        rows) waits for them, and the next step waits for that winner."""
+        steps = [chunk_step_layer(c)[0] for c in chunks]
+        members: dict[int, list[int]] = {}
+        for i, step in enumerate(steps):
+            members.setdefault(step, []).append(i)
+        ordered = sorted(members)
+        deps = []
+        for i, step in enumerate(steps):
+            position = ordered.index(step)
+            wait = {members[ordered[position - 1]][-1]} if position else set()
+            if i == members[step][-1]:
+                wait |= set(members[step][:-1])
+            deps.append(wait)
+        return deps
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         from shb.search import best, sahara_step_layer

@@ -82,12 +82,12 @@ def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fa
     crashes = [fault_dir / "crash-step-00-layer-002"]  # a middle layer: the step's last layer waits for it
     for marker in crashes:
         marker.write_text("")
-    (fault_dir / "fail-k001-b0000").write_text("")
+    (fault_dir / "fail-k001-p0000-0007").write_text("")
     committed = []
     try:
         counts = run(suite, db, executor="ray", on_chunk=lambda u, c: committed.append((u, c)))
     finally:
-        (fault_dir / "fail-k001-b0000").unlink()
+        (fault_dir / "fail-k001-p0000-0007").unlink()
     assert all(marker.with_name(marker.name + ".taken").exists() for marker in crashes)  # the workers did die
     assert (counts["done"], counts["failed"], counts["workers"]) == (2, 1, 2)
     assert counts["model_loads"] >= 2 + 1  # two actors, and the restarted one loads its model again
@@ -99,7 +99,7 @@ def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fa
     with Store(db, read_only=True) as store:
         [(kind, error)] = store.con.execute("SELECT metric_kind, error FROM units WHERE status = 'failed'").fetchall()
         assert store.con.execute("SELECT status, device FROM runs").fetchall() == [("failed", "ray:cpu")]
-    assert kind == "asr" and "injected failure in chunk k001-b0000" in error
+    assert kind == "asr" and "injected failure in chunk k001-p0000-0007" in error
     assert run(suite, db)["done"] == 1  # the failed unit reruns locally; the rest is kept
     assert tables(db) == expected
 
