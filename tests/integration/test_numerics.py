@@ -8,7 +8,12 @@ toy model (16 held-out harmful prompts, chat format, 32 heads; tests below):
   median 0.032; fp16 max 0.035, median 0.002 (its 11-bit mantissa).
 * head means over prompts (what ranks heads), fp32 mean >= 1e-3 nats (10 of 32 heads): bf16 max 0.22,
   median 0.036; fp16 max 0.012. The top head is the same in all three dtypes.
-The tolerances below leave about 30% headroom over these. The floor is where bf16 stops being
+On a second CPU (Xeon with AMX-BF16 and AVX512-FP16, whose reduced-precision kernels accumulate
+differently) the same test measured bf16 max 0.41, median 0.025, head-mean max 0.34; fp16 max 0.032,
+median 0.003, head-mean max 0.022 (11 of 32 heads above the floor). The error is the format's
+rounding, so the tolerances are stated in units of each format's machine epsilon (bf16 2^-7, fp16
+2^-10): the worst value measured on either CPU is 53 eps (bf16 max), the worst head mean 43 eps and
+the worst median 6.4 eps; the bounds leave at least 20% headroom over those. The floor is where bf16 stops being
 usable: at 1e-3 nats per value the bf16 max error passes 100% (on 32 prompts: 1.08; 2.5 at 1e-4).
 Below 0.01 nats a bf16 forward pass moves single values by more than half: the long tail of the
 paper's Fig. 13 needs float32 (what suites/paper.json runs).
@@ -27,9 +32,10 @@ from shb.scorers.head import ScoringHead
 
 FLOOR = 1e-2  # nats, per (prompt, head)
 MEAN_FLOOR = 1e-3  # nats, head means over prompts
-TOL = {torch.bfloat16: 0.4, torch.float16: 0.05}  # max relative error above FLOOR
-MEDIAN_TOL = {torch.bfloat16: 0.05, torch.float16: 0.005}
-MEAN_TOL = {torch.bfloat16: 0.3, torch.float16: 0.02}
+# Relative-error bounds in units of the format's epsilon (see the docstring for what was measured).
+TOL = {dt: 64 * torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16)}  # max above FLOOR
+MEDIAN_TOL = {dt: 8 * torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16)}
+MEAN_TOL = {dt: 52 * torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16)}
 
 
 @pytest.fixture(scope="module")
