@@ -130,7 +130,6 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                          "device": executor.device_label(device, device_request),
                          "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
-        store.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [run_id])
         writer = RunWriter(store, run_id, suite, label_rows(contents, run_id), log, on_chunk)
         runner_args = {"suite": suite, "prompts": prompts, "dtype": dtype, "device": device_request,
                        "fingerprints": fps}

@@ -408,8 +408,10 @@ class Store:
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, now())", [unit_id, chunk, run_id, seconds])
 
     def start_run(self, row: dict) -> None:
+        """The run's row, ``started_at`` set by the database clock (as ``ended_at`` is)."""
         with self.transaction():
             self.insert("runs", [row])
+            self.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [row["run_id"]])
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self.con.execute("UPDATE runs SET ended_at = now(), status = ?, error = ? WHERE run_id = ?",
@@ -525,7 +527,3 @@ def _jsonable(rows: list[dict]) -> list[dict]:
     for row in rows:
         out.append({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()})
     return out
-
-
-def open_store(path=None, read_only: bool = False) -> Store:
-    return Store(path, read_only=read_only)

@@ -1,9 +1,10 @@
 """Fits of interventions: keyed by content, computed once, stored in the ``fits`` table, reused.
 
-A fit's id hashes what changes its artefact: the model's identity (as in unit ids), the content of
-the fit datasets (harmful, harmless) with their prompt format, the reference model's identity, the
-method's kind and parameters, and FIT_VERSION; never labels, device or batch size. An ``asr`` unit
-that applies a fitted intervention has the chunk ``fit`` first: it computes and commits the fit
+A fit's id (``shb.plan.intervention_key``, computed at plan time) hashes what changes its artefact:
+the model's identity (as in unit ids), the content of the fit datasets (harmful, harmless) with their
+prompt format, the reference model's identity, the method's kind and parameters, and FIT_VERSION;
+never labels, device or batch size. An ``asr`` or ``utility`` unit that applies a fitted
+intervention has the chunk ``fit`` first (every other chunk waits for it; ``Metric.after``): it computes and commits the fit
 (artefact bytes, meta, parameters modified) in one transaction with its done mark, or finds it
 already stored by another unit or run and commits nothing. A SIGKILL during a fit loses that fit
 (one chunk); fits are deterministic, so the rerun stores the same artefact. No torch here.
@@ -12,7 +13,6 @@ already stored by another unit or run and commits nothing. A SIGKILL during a fi
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
 from shb.errors import UsageError
@@ -22,37 +22,8 @@ FIT_KEYS = ("harmful", "harmless", "reference", "max_new_tokens")
 HEAD_DEFAULTS = {"ablation": "undifferentiated", "epsilon": 1e-5, "site": None}
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def method_params(entry) -> dict:
     return {k: v for k, v in entry.params.items() if k not in ("fit", "description")}
-
-
-def fit_spec(suite, entry, model_entry, datasets: dict) -> dict:
-    """What the fit id hashes. ``datasets``: dataset id -> (content hash, size), as plan computes."""
-    from shb.plan import dataset_key, model_key
-
-    fit = entry.get("fit") or {}
-    by_id = {d.id: d for d in suite.datasets}
-    models = {m.id: m for m in suite.models}
-    spec = {"version": FIT_VERSION, "kind": entry.kind, "model": model_key(model_entry, suite.defaults),
-            "params": method_params(entry), "max_new_tokens": fit.get("max_new_tokens", 32)}
-    for key in ("harmful", "harmless"):
-        ref = fit.get(key)
-        spec[key] = dataset_key(by_id[ref], datasets[ref][0]) if ref else None
-    ref = fit.get("reference")
-    spec["reference"] = model_key(models[ref], suite.defaults) if ref else None
-    return spec
-
-
-def intervention_key(suite, entry, model_entry, datasets: dict) -> dict:
-    """The part of an asr unit's spec that says which intervention it applies (content, not labels)."""
-    if entry.kind == "heads":
-        return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
-    spec = fit_spec(suite, entry, model_entry, datasets)
-    return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
 
 
 # -- run time (torch from here on, imported inside the functions) -------------------------------
