@@ -7,15 +7,23 @@ never labels, device or batch size. An ``asr`` or ``utility`` unit that applies 
 intervention has the chunk ``fit`` first (every other chunk waits for it; ``Metric.after``): it computes and commits the fit
 (artefact bytes, meta, parameters modified) in one transaction with its done mark, or finds it
 already stored by another unit or run and commits nothing. A SIGKILL during a fit loses that fit
-(one chunk); fits are deterministic, so the rerun stores the same artefact. No torch here.
+(one chunk); fits are deterministic, so the rerun stores the same artefact. No torch at import
+(the methods' modules, resolved through shb.registry, import it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import math
 import time
 
+from shb import datasets as ds
+from shb.ablation import parse_heads
+from shb.baselines.base import Artefact, FitData
 from shb.errors import UsageError
+from shb.interventions import HeadAblation
+from shb.registry import INTERVENTIONS, MODELS, resolve
 
 FIT_VERSION = 1
 FIT_KEYS = ("harmful", "harmless", "reference", "max_new_tokens")
@@ -26,10 +34,8 @@ def method_params(entry) -> dict:
     return {k: v for k, v in entry.params.items() if k not in ("fit", "description")}
 
 
-# -- run time (torch from here on, imported inside the functions) -------------------------------
+# -- run time (torch in the methods' modules, resolved by kind) -----------------------------------
 def _module(kind: str):
-    from shb.registry import INTERVENTIONS, resolve
-
     return resolve(INTERVENTIONS, kind, "intervention")
 
 
@@ -40,9 +46,6 @@ def _stored(store, fit_id: str):
 
 def fit_data(unit, ctx, entry):
     """FitData for ``entry``: the fit datasets formatted for this model, the reference model loaded."""
-    from shb import datasets as ds
-    from shb.baselines.base import FitData
-
     fit = entry.get("fit") or {}
     by_id = {d.id: d for d in ctx.suite.datasets}
 
@@ -61,8 +64,6 @@ def fit_data(unit, ctx, entry):
 
 
 def _load_reference(ctx, model_id: str):
-    from shb.registry import MODELS, resolve
-
     spec = next(m for m in ctx.suite.models if m.id == model_id).spec()
     return resolve(MODELS, spec["kind"], "model")(spec, dtype=ctx.suite.defaults.get("dtype", "float32"),
                                                    device=ctx.device, quiet=True)
@@ -90,8 +91,6 @@ def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
 
 def _build(module, artefact, entry, ctx):
     """module.intervention(artefact, params), with the reference model for methods that patch from it (DAP)."""
-    import inspect
-
     fit = entry.get("fit") or {}
     if fit.get("reference") and "reference" in inspect.signature(module.intervention).parameters:
         reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
@@ -101,8 +100,6 @@ def _build(module, artefact, entry, ctx):
 
 def _json_safe(value):
     """NaN and infinities are not JSON: stored as null."""
-    import math
-
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -116,14 +113,9 @@ def intervention_for(unit, ctx):
     """The Intervention an asr unit applies (loaded from the fits table for fitted kinds)."""
     key = unit.spec["intervention"]
     if key["kind"] == "heads":
-        from shb.ablation import parse_heads
-        from shb.interventions import HeadAblation
-
         return HeadAblation(tuple(parse_heads(key["heads"])), key["ablation"], key["epsilon"], key["site"])
 
     def load():
-        from shb.baselines.base import Artefact
-
         blob = _stored(ctx.store, key["fit_id"])
         if blob is None:
             raise UsageError(f"fit {key['fit_id']} of intervention '{unit.metric.get('intervention')}' is not stored: "

@@ -25,7 +25,12 @@ from __future__ import annotations
 import hashlib
 import random
 
+from shb import judges as judge_registry
+from shb.ablation import format_head, parse_heads
+from shb.baselines import applied as baselines
+from shb.baselines.fits import fit_chunk
 from shb.errors import UsageError
+from shb.generate import generate, normalize_decoding
 from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks, unit_rows
 
 CHUNK_PROMPTS = 32
@@ -132,8 +137,6 @@ class AsrMetric(Metric):
     # -- head sets ---------------------------------------------------------------------------------
     def head_sets(self, unit, ctx, k: int, prompts, draw: int = 0) -> list[list[tuple[int, int]]]:
         """One head set per prompt of this chunk."""
-        from shb.ablation import parse_heads
-
         if "heads" not in ctx.metric:
             return [[] for _ in prompts]  # an intervention: no head ablated on top of it
         heads = ctx.metric["heads"]
@@ -182,8 +185,6 @@ class AsrMetric(Metric):
 
     # -- judges ------------------------------------------------------------------------------------
     def judges(self, ctx):
-        from shb import judges
-
         built = []
         for judge_id in judges_of(ctx.metric):
             config = {}
@@ -191,17 +192,13 @@ class AsrMetric(Metric):
                 config = {"model": ctx.metric.get("judge_model"), "prompt": ctx.metric.get("judge_prompt", "harmbench"),
                           "device": ctx.device}
             key = ("judge", judge_id, tuple(sorted((k, str(v)) for k, v in config.items())))
-            built.append(ctx.cached(key, lambda j=judge_id, c=config: judges.get(j, **c)))
+            built.append(ctx.cached(key, lambda j=judge_id, c=config: judge_registry.get(j, **c)))
         return built
 
     # -- one chunk ---------------------------------------------------------------------------------
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.ablation import format_head
-        from shb.baselines import applied as baselines
-        from shb.generate import generate, normalize_decoding
-
         if chunk == "fit":
-            return baselines.fit_chunk(unit, ctx)
+            return fit_chunk(unit, ctx)
         k, draw, lo, hi = self.parse_chunk(chunk)
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         sets = self.head_sets(unit, ctx, k, prompts, draw)

@@ -64,7 +64,7 @@ class UnitContext:
 
     def engine(self):
         """The scoring engine for this unit's model, prompts and ablation (built once, shared)."""
-        from shb.engine import Engine
+        from shb.engine import Engine  # torch at import (see shb.metrics)
 
         return self.cached(self._engine_key(), lambda: Engine(
             self.lm, self.formatted, kind=self.ablation["kind"], epsilon=self.ablation.get("epsilon", 1e-5),

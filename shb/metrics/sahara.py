@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from shb.errors import UsageError
 from shb.metrics.base import Metric, subspace_rank, swept_layers, unit_rows
+from shb.search import SCORES, best, sahara_step_layer
 
 
 def step_chunk(step: int, layer: int) -> str:
@@ -23,7 +24,6 @@ def chunk_step_layer(chunk: str) -> tuple[int, int]:
 
 
 def _params(ctx, unit) -> tuple[int, str, int]:
-    from shb.search import SCORES  # torch: the metric's module stays importable without it (shb plan)
 
     steps, score = ctx.metric.get("steps", 5), ctx.metric.get("score", "ships_dataset")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -69,8 +69,6 @@ class SaharaMetric(Metric):
         return deps
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.search import best, sahara_step_layer
-
         step, layer = chunk_step_layer(chunk)
         _, score, r = _params(ctx, unit)
         unit_id = ctx.ids["unit_id"]

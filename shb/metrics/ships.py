@@ -12,6 +12,7 @@ Only verified heads get rows in ``ships`` (exact, as in the full sweep); every e
 
 from __future__ import annotations
 
+from shb.errors import UsageError
 from shb.metrics.base import (Metric, chunk_layer, chunk_range, independent, layer_chunk, range_chunks, sweep_forwards,
                               swept_layers)
 
@@ -57,8 +58,7 @@ class ShipsMetric(Metric):
         return {"ships": rows}
 
     def _screened(self, unit, ctx, lo: int, hi: int) -> dict[str, list[dict]]:
-        from shb.engine import Engine
-        from shb.errors import UsageError
+        from shb.engine import Engine  # torch at import: metric modules stay torch-free for `shb plan`
         from shb.scorers.attribution import estimate
 
         screen = {**SCREEN_DEFAULTS, **ctx.metric["screen"]}

@@ -28,7 +28,7 @@ class ShipsDatasetMetric(Metric):
         return independent(chunks)
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.scorers.subspace import subspace_angle_scores
+        from shb.scorers.subspace import subspace_angle_scores  # torch at import (see shb.metrics)
 
         layer = chunk_layer(chunk)
         r = subspace_rank(ctx.metric, len(ctx.formatted), unit.metric.id)

@@ -18,10 +18,17 @@ intervention adds ``fit`` first, which every other chunk waits for.
 
 from __future__ import annotations
 
+from shb import datasets as ds
+from shb.baselines.fits import fit_chunk
 from shb.errors import ShbError, UsageError
+from shb.generate import generate, normalize_decoding
+from shb.judges import get as get_judge
 from shb.metrics.asr import fit_reads, head_set_reads
 from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks
+from shb.utility import lmeval
 from shb.utility import spec as uspec
+from shb.utility.intervention import intervention_for
+from shb.utility.loss import text_losses
 
 CHUNK_PROMPTS = 32
 NOMINAL_TASK_DOCS = 1000       # plan-time guess of an lm-eval task's size (unknown without lm-eval)
@@ -52,8 +59,6 @@ class UtilityMetric(Metric):
         if params.get("heads") == "ships_per_prompt":
             raise UsageError(f"metric '{unit.metric.id}': utility needs one head set, not ships_per_prompt")
         if params.get("lm_eval"):
-            from shb.utility import lmeval
-
             lmeval.require()  # before any work: a missing extra is the error to see first
         fitted = "fit_id" in (unit.spec.get("intervention") or {})
         out = ["fit"] if fitted else []  # the baseline's fit first (a no-op when another unit stored it)
@@ -77,11 +82,7 @@ class UtilityMetric(Metric):
         return fit_reads(unit) if chunk == "fit" else []  # the fit, which other units applying it read
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.utility.intervention import intervention_for
-
         if chunk == "fit":
-            from shb.baselines.fits import fit_chunk
-
             return fit_chunk(unit, ctx)
         k = int(chunk[1:4])
         part = chunk.split("-")[1]
@@ -103,8 +104,6 @@ class UtilityMetric(Metric):
 
     # -- parts -------------------------------------------------------------------------------------
     def _lm_eval(self, unit, ctx, index, intervention, base):
-        from shb.utility import lmeval
-
         cfg = ctx.metric["lm_eval"]
         tasks = list(cfg["tasks"])
         docs, seed = cfg.get("docs", 48), ctx.metric.get("seed", 0)
@@ -122,9 +121,6 @@ class UtilityMetric(Metric):
                 for d in run.docs]
 
     def _over_refusal(self, unit, ctx, lo, hi, intervention, base):
-        from shb.generate import generate, normalize_decoding
-        from shb.judges import get as get_judge
-
         cfg = ctx.metric["over_refusal"]
         prompts, formatted = self._dataset(unit, ctx, cfg["dataset"])
         decoding = normalize_decoding(cfg.get("decoding"))
@@ -147,8 +143,6 @@ class UtilityMetric(Metric):
         return rows
 
     def _benign_loss(self, unit, ctx, intervention, base):
-        from shb.utility.loss import text_losses
-
         ref = ctx.metric["benign_loss"]["dataset"]
         prompts, formatted = self._dataset(unit, ctx, ref)
         size = ctx.batch_size if isinstance(ctx.batch_size, int) else 8
@@ -163,8 +157,6 @@ class UtilityMetric(Metric):
     def _dataset(self, unit, ctx, ref: str):
         """(prompts, formatted texts) of suite dataset ``ref``, checked against the content the unit id hashed."""
         def load():
-            from shb import datasets as ds
-
             entries = {d.id: d for d in (ctx.suite.datasets if ctx.suite is not None else ())}
             if ref not in entries:
                 raise UsageError(f"metric '{unit.metric.id}' reads dataset '{ref}', which is not in the suite")
