@@ -22,7 +22,7 @@ from pathlib import Path
 from shb import __version__, preflight
 from shb.datasets import content_hash
 from shb.errors import ModelNotFound
-from shb.executors import resolve_executor
+from shb.executors import local, ray_executor, resolve_executor  # ray_executor imports ray only when it runs
 from shb.identity import check_labels, label_rows
 from shb.metrics.base import EVERY_UNIT_TABLE, Read
 from shb.models import check_available, resolve_device, resolve_dtype_name
@@ -133,10 +133,8 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
         writer = RunWriter(store, run_id, suite, label_rows(contents, run_id), log, on_chunk)
         runner_args = {"suite": suite, "prompts": prompts, "dtype": dtype, "device": device_request,
                        "fingerprints": fps}
-        if executor.name == "ray":  # Ray actors compute the chunks; this process alone writes the database
-            from shb.executors.ray_executor import run_units  # deferred: Ray is an optional dependency
-        else:
-            from shb.executors.local import run_units
+        # Ray actors or this process compute the chunks; this process alone writes the database
+        run_units = ray_executor.run_units if executor.name == "ray" else local.run_units
         counts.update(run_units(pending, runner_args=runner_args, writer=writer, progress=progress, options=executor,
                                 log=log))
         store.end_run(run_id, "failed" if counts["failed"] else "done")

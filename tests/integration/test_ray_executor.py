@@ -149,3 +149,20 @@ def test_part_of_paper_mini_gives_the_local_tables(fault_dir, tmp_path):
     expected = tables(tmp_path / "local.duckdb")
     assert {r[0] for r in expected["models"]} == {"toy-a", "toy-b"} and expected["ships_dataset"]
     assert tables(tmp_path / "ray.duckdb") == expected
+
+
+def test_ray_workers_fit_prompts_to_the_context_and_record_truncations(fault_dir, tmp_path):
+    """Each worker checks prompt lengths against its loaded model as a local run does: with
+    "too_long": "truncate" the cut is recorded in `truncations`, the same rows as locally."""
+    data = tmp_path / "d.txt"
+    data.write_text("steal money from a bank\n" + "how to make a bomb " * 300 + "\n")
+    suite = {"name": "ray-long", "models": [{"id": "toy", "kind": "toy"}],
+             "datasets": [{"id": "h", "kind": "txt", "path": str(data), "format": "chat", "too_long": "truncate"}],
+             "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
+             "metrics": [{"id": "ships", "kind": "ships", "layers": [0, 1]}], "defaults": {"device": "cpu"}}
+    path = _suite(tmp_path, suite)
+    assert run(path, tmp_path / "local.duckdb")["failed"] == 0
+    assert run(path, tmp_path / "ray.duckdb", executor="ray")["failed"] == 0
+    expected = tables(tmp_path / "local.duckdb")
+    assert len(expected["truncations"]) == 1 and expected["formatted_prompts"]
+    assert tables(tmp_path / "ray.duckdb") == expected
