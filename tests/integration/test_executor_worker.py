@@ -10,10 +10,13 @@ import pytest
 
 # How a run ran, not what it found: timings, and the batch size an engine settled on (each worker sizes its own).
 TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at", "batch_size"}
+# Which unit happened to compute a fit that several units apply (an asr and a utility unit): the first
+# to reach its `fit` chunk, which depends on scheduling (Ray) or on what an earlier run left (resume).
+PROVENANCE = {"fits": {"unit_id"}}
 
 
 def tables(db) -> dict:
-    """Every table's rows, sorted, without run ids and timings (which differ between any two runs)."""
+    """Every table's rows, sorted, without run ids, timings (which differ between any two runs) and PROVENANCE."""
     from shb.store import Store
 
     out = {}
@@ -24,7 +27,7 @@ def tables(db) -> dict:
         for name in sorted(names):
             cols = [r[0] for r in store.con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [name]).fetchall() if r[0] not in TIMING]
+                [name]).fetchall() if r[0] not in TIMING | PROVENANCE.get(name, set())]
             out[name] = store.con.execute(f'SELECT {", ".join(cols)} FROM "{name}" ORDER BY ALL').fetchall()
     return out
 

@@ -55,22 +55,6 @@ def paper_mini_cpu() -> dict:
     return data
 
 
-def comparable(db) -> dict:
-    """Every table, row for row; a fit's ``unit_id`` names whichever unit happened to compute it first (an
-    asr and a utility unit apply the same fit, and Ray may start either first), so it is left out, as run
-    ids and timings are."""
-    out = tables(db)
-    if out.get("fits"):
-        from shb.store import Store
-
-        with Store(db, read_only=True) as store:
-            cols = [r[0] for r in store.con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'fits' ORDER BY ordinal_position"
-            ).fetchall() if r[0] not in ("unit_id", "seconds")]
-            out["fits"] = store.con.execute(f"SELECT {', '.join(cols)} FROM fits ORDER BY ALL").fetchall()
-    return out
-
-
 @pytest.fixture(scope="module")
 def fault_dir(tmp_path_factory):
     """A local Ray instance of 2 CPUs; its workers inherit SHB_FAULT_DIR (the crash hook's folder)."""
@@ -104,9 +88,9 @@ def test_demo_gives_the_same_tables_locally_and_on_ray(fault_dir, tmp_path):
     local, local_db = run(data, tmp_path, "local")
     remote, ray_db = run(data, tmp_path, "ray")
     assert local["failed"] == remote["failed"] == 0 and local["done"] == remote["done"] == 3
-    expected = comparable(local_db)
+    expected = tables(local_db)
     assert len(expected["generations"]) == 64 * 3 and expected["truncations"] == []
-    assert comparable(ray_db) == expected
+    assert tables(ray_db) == expected
 
 
 def test_paper_mini_with_its_interventions_and_utility_gives_the_same_tables_with_workers_killed(fault_dir, tmp_path):
@@ -121,11 +105,11 @@ def test_paper_mini_with_its_interventions_and_utility_gives_the_same_tables_wit
     remote, ray_db = run(data, tmp_path, "ray")
     assert all(marker.with_name(marker.name + ".taken").exists() for marker in crashes)  # the workers did die
     assert remote["failed"] == 0 and remote["done"] == local["done"]
-    expected = comparable(local_db)
+    expected = tables(local_db)
     assert len(expected["fits"]) == len(data["interventions"])
     assert [r[0] for r in expected["models"]] == ["toy-a"]  # toy-a-base is loaded as a reference only
     assert len(expected["utility_docs"]) > 0 and len(expected["generations"]) > 0
-    got = comparable(ray_db)
+    got = tables(ray_db)
     assert sorted(got) == sorted(expected)
     for table in expected:
         assert got[table] == expected[table], table
