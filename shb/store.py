@@ -1,4 +1,5 @@
-"""The results database (DuckDB). This module holds the only SQL in shb that writes.
+"""The results database (DuckDB). This module holds the only SQL in shb that writes it (a chunk's
+snapshot, shb.runner.Snapshot, is an in-memory copy of rows read from it).
 
 Long tables, one row per observation. A unit's work is committed chunk by chunk: the rows of
 one chunk and its done mark go in one transaction, so a crash loses at most the chunk in
