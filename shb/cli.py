@@ -129,9 +129,13 @@ main.add_command(report)
 @DB_OPTION
 @click.option("--schema", "show_schema", is_flag=True, help="list tables and views with their columns")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--max-rows", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="rows to show at most (a note on stderr says when more were left out); 0: every row")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60, show_default=True,
+              help="seconds before the query is stopped; 0: no limit")
 @friendly
-def sql(query, db, show_schema, fmt):
-    """Run a read-only SQL query on the results database (DuckDB dialect)."""
+def sql(query, db, show_schema, fmt, max_rows, timeout):
+    """Run one read-only SQL statement on the results database (DuckDB dialect)."""
     from shb.reports.render import to_text
     from shb.store import Store
 
@@ -141,7 +145,10 @@ def sql(query, db, show_schema, fmt):
         if show_schema:
             query = ("SELECT table_name, list(column_name || ' ' || data_type ORDER BY ordinal_position) AS columns"
                      " FROM information_schema.columns WHERE table_schema = 'main' GROUP BY table_name ORDER BY table_name")
-        frame = store.read(query)
+        frame, cut = store.read_one(query, max_rows=max_rows, timeout=timeout)
+    if cut:
+        click.echo(f"note: showing the first {max_rows:,} rows; more were left out (--max-rows 0 shows every row)",
+                   err=True)
     text = to_text(frame, fmt)
     if text is not None:
         click.echo(text)
@@ -169,7 +176,8 @@ def toy():
 
 @toy.command("build")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="directory (default: the shb cache)")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="the toy's seed, 0 to 2**32 - 1 (as a suite's \"seed\")")
 @click.option("--eval", "evaluate", is_flag=True, help="also measure refusal rates")
 @friendly
 def toy_build(out, seed, evaluate):
@@ -182,6 +190,9 @@ def toy_build(out, seed, evaluate):
 
     # Check where the model goes before a minute of training, not after.
     if out:
+        from shb.paths import check_out_dir
+
+        check_out_dir(out)
         writable_dir(Path(out), "--out", "choose a directory you can write")
     else:
         writable_dir(shb.cache_dir() / "toy", "the shb cache (SHB_CACHE)", "set SHB_CACHE to a writable directory")
@@ -218,24 +229,27 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
     from shb.models import load
     from shb.preflight import config_problems, writable_dir
 
-    if not math.isfinite(epsilon) or epsilon < 0:
-        raise UsageError(f"--epsilon {epsilon}: must be a finite number >= 0")
+    if not math.isfinite(epsilon) or not 0 <= epsilon <= 65504:
+        raise UsageError(f"--epsilon {epsilon}: must be a finite number from 0 to 65504 (the largest float16)")
     try:
         head_list = parse_heads(heads)
     except ValueError as exc:
         raise UsageError(f"--heads {heads!r}: {exc}") from None
     if not head_list:
         raise UsageError(f"--heads {heads!r}: no heads given; name them as layer-head, e.g. 2-26,3-8")
-    if source.startswith("toy:") and not re.fullmatch(r"toy:[0-9]+", source):
-        raise UsageError(f"--model {source}: a toy model is 'toy' or 'toy:SEED' with an integer seed, e.g. toy:1")
+    if source.startswith("toy:") and not (re.fullmatch(r"toy:[0-9]{1,10}", source) and int(source[4:]) < 2**32):
+        raise UsageError(f"--model {source}: a toy model is 'toy' or 'toy:SEED' with an integer seed from 0 to"
+                         f" 2**32 - 1, e.g. toy:1")
     problems = [] if source == "toy" or source.startswith("toy:") else config_problems(
         source, source, "--model", trust_remote_code)
     if problems:
         raise UsageError(problems[0])
-    out_path = Path(out)
-    if out_path.exists() and not out_path.is_dir():
-        raise UsageError(f"--out {out}: is a file; give a directory (it is created if missing)")
-    writable_dir(out_path, "--out", "choose a directory you can write")  # before the model loads
+    from shb.paths import check_out_dir, fix_modes
+
+    out_path = check_out_dir(out)  # a file, a device, a link: refused before the model loads
+    if out_path.is_dir() and any(out_path.iterdir()):
+        raise UsageError(f"--out {out}: exists and is not empty; choose another directory or remove it")
+    writable_dir(out_path, "--out", "choose a directory you can write")
     from shb.errors import ShbError
 
     try:
@@ -256,6 +270,7 @@ def surgery(source, heads, kind, epsilon, site, out, dtype, trust_remote_code):
         raise UsageError(f"--out {out}: exists and is not empty; choose another directory or remove it") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    fix_modes(out_path)  # safetensors and tokenizer files get the umask's mode, like any file the user makes
     click.echo(f"wrote {summary['out']}: heads {','.join(summary['heads'])} ({summary['kind']}, epsilon "
                f"{summary['epsilon']:g}); {summary['parameters_modified']:,} parameters modified "
                f"({100 * summary['share_modified']:.4f}% of {summary['parameters_total']:,})")

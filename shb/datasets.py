@@ -15,6 +15,7 @@ import io
 import json
 import random
 from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import shb
@@ -83,9 +84,12 @@ def fetch_upstream(kind: str) -> Path:
 def _resolve(kind: str, path: str | None, sha256: str | None) -> Path:
     if path is None:
         return fetch_upstream(kind)
+    from shb.paths import not_a_file
+
     resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise UsageError(f"dataset '{kind}': no file at {resolved.resolve()}; fix \"path\" in the suite")
+    problem = not_a_file(resolved)
+    if problem:
+        raise UsageError(f"dataset kind '{kind}': {problem} {os.path.abspath(resolved)}; fix \"path\" in the suite")
     if sha256 and sha256_file(resolved) != sha256:
         raise UsageError(f"dataset '{kind}': {resolved} has sha256 {sha256_file(resolved)}, the suite pins {sha256}")
     return resolved

@@ -178,10 +178,28 @@ def config_problems(model_id: str, path: str, pointer: str, trust_remote_code: b
     return problems
 
 
+def dataset_path_problems(suite) -> list[str]:
+    """Each dataset file the suite names exists and is a regular file (not a pipe, a device, a link loop)."""
+    import os
+
+    from shb.paths import not_a_file
+
+    problems = []
+    for i, dataset in enumerate(suite.datasets):
+        path = dataset.get("path")
+        if isinstance(path, str):
+            problem = not_a_file(Path(path).expanduser())
+            if problem:
+                problems.append(f"/datasets/{i}/path: dataset '{dataset.id}': {problem}"
+                                f" {os.path.abspath(Path(path).expanduser())}; fix its \"path\" (relative paths"
+                                " start at the suite file's directory)")
+    return problems
+
+
 def run_problems(suite, device: str | None) -> None:
     """Everything about the machine and the model files that must hold before a run starts."""
     check_device(device or suite.defaults.get("device"), "--device" if device else "the suite's defaults.device")
-    problems = []
+    problems = dataset_path_problems(suite)
     for i, model in enumerate(suite.models):
         if model.kind == "hf" and model.get("path"):
             problems += config_problems(model.id, model.get("path"), f"/models/{i}",

@@ -356,6 +356,9 @@ class Store:
             listed = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
             raise UsageError(f"{self.path} is not an shb database (no shb_meta table; it holds {listed}); shb leaves"
                              " other programs' databases alone: give a new file with --db PATH")
+        if self.read_only:  # a reader has nothing to read in it (a writer would create shb's tables)
+            raise UsageError(f"{self.path} is not an shb database yet (an empty DuckDB file, no tables): run "
+                             f"`shb run SUITE --db {self.path}` first, or pass the --db of a run")
 
     # -- schema ---------------------------------------------------------------------------------
     def version(self) -> int:
@@ -469,12 +472,20 @@ class Store:
         """Run a query and return a polars DataFrame."""
         return self.con.sql(sql, params=params or None).pl()
 
-    def read(self, sql: str):
-        """A user's query: errors become a clear message (the connection is read-only for `shb sql`)."""
+    def read(self, sql: str, limit: int | None = None):
+        """A user's query: errors become a clear message (the connection is read-only for `shb sql`).
+        ``limit``: fetch at most that many rows (the relation is limited, so DuckDB stops early)."""
         import duckdb
 
         try:
-            return self.query(sql)
+            if limit is None:
+                return self.query(sql)
+            relation = self.con.sql(sql)
+            if relation is None:  # a statement without a result (SET, ...): run, nothing to show
+                import polars as pl
+
+                return pl.DataFrame()
+            return relation.limit(limit).pl()
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0]
             lower = first.lower()
@@ -486,28 +497,60 @@ class Store:
                                  f" (use `shb export` to write a file) ({first})") from None
             raise UsageError(f"SQL error: {first}") from None
 
+    def read_one(self, sql: str, max_rows: int = 0, timeout: float = 0):
+        """One user statement, at most ``max_rows`` rows (0: all), stopped after ``timeout`` s (0: never).
+
+        Returns (frame, cut): ``cut`` says rows past ``max_rows`` were left out. Several statements are
+        refused (DuckDB would run them all and show only the last result)."""
+        import threading
+
+        import duckdb
+
+        try:
+            statements = self.con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise UsageError(f"SQL error: {str(exc).splitlines()[0]}") from None
+        if len(statements) != 1:
+            raise UsageError(f"give one SQL statement; this query has {len(statements)}"
+                             + (" (separated by ';'): run them one at a time" if statements else ""))
+        timer = threading.Timer(timeout, self.con.interrupt) if timeout else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            frame = self.read(sql, limit=max_rows + 1 if max_rows else None)
+        except UsageError as exc:
+            if timer is not None and not timer.is_alive() and "interrupt" in str(exc).lower():
+                raise UsageError(f"the query ran past --timeout {timeout:g} s and was stopped; narrow it (a WHERE or"
+                                 " LIMIT) or give a longer --timeout (0: no limit)") from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        cut = bool(max_rows) and frame.height > max_rows
+        return (frame.head(max_rows) if cut else frame), cut
+
     def export(self, source: str, out, fmt: str) -> int:
         """Write a table, view or SELECT query to ``out`` as parquet, jsonl or csv; returns the row count."""
-        frame = self.read(source if " " in source.strip() else f'SELECT * FROM "{source}"')
-        out = Path(out)
-        blocking = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():
-            raise UsageError(f"--out {out}: {blocking} is a file, not a directory")
-        if out.is_dir():
-            raise UsageError(f"--out {out} is a directory; give a file name")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".part")
-        if fmt == "parquet":
-            frame.write_parquet(tmp)
-        elif fmt == "jsonl":
-            frame.write_ndjson(tmp)
-        elif fmt == "csv":
-            from shb.reports.render import flat
+        from shb.paths import check_out_file, write_out_file
 
-            flat(frame).write_csv(tmp)
-        else:
+        if fmt not in ("parquet", "jsonl", "csv"):
             raise UsageError(f"unknown export format '{fmt}'; known: parquet, jsonl, csv")
-        tmp.replace(out)  # never leave a half-written export behind
+        check_out_file(out)  # before the query: a device node or a directory at --out is refused at once
+        frame = self.read(source if " " in source.strip() else f'SELECT * FROM "{source}"')
+
+        def write(tmp):
+            if fmt == "parquet":
+                frame.write_parquet(tmp)
+            elif fmt == "jsonl":
+                frame.write_ndjson(tmp)
+            else:
+                from shb.reports.render import flat
+
+                flat(frame).write_csv(tmp)
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_out_file(out, write)  # never leave a half-written export behind, never replace a non-file
         return frame.height
 
     def close(self) -> None:

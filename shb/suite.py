@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -160,6 +161,8 @@ def semantic_problems(data: dict) -> list[str]:
     for i, metric in enumerate(data.get("metrics") or []):
         if not isinstance(metric, dict):
             continue
+        problems += _empty_list_problems(metric, i)
+        problems += _explicit_k_problems(metric, i)
         for section in ("models", "datasets", "ablations"):
             for j, ref in enumerate(metric.get(section) or []):
                 if isinstance(ref, str) and ids.get(section) and ref not in ids[section]:
@@ -192,6 +195,28 @@ def semantic_problems(data: dict) -> list[str]:
             problems += _asr_target_problems(metric, i, ids.get("interventions") or {})
     problems += _intervention_problems(data, ids)
     return problems
+
+
+def _empty_list_problems(metric: dict, i: int) -> list[str]:
+    """An empty filter would run the metric on nothing (or, for layers, read as "every layer"): refuse it."""
+    problems = []
+    for key, what in (("models", "model"), ("datasets", "dataset"), ("ablations", "ablation"), ("layers", "layer")):
+        if metric.get(key) == []:
+            problems.append(f"/metrics/{i}/{key}: an empty list selects no {what}; name at least one, or leave"
+                            f" \"{key}\" out for every {what}")
+    return problems
+
+
+def _explicit_k_problems(metric: dict, i: int) -> list[str]:
+    """With an explicit head list, k counts the list's first k heads (k = 0: the unablated baseline)."""
+    heads, ks = metric.get("heads"), metric.get("k")
+    if not isinstance(heads, list) or ks is None:
+        return []
+    too_big = [k for k in (ks if isinstance(ks, list) else [ks]) if isinstance(k, int) and k > len(heads)]
+    if too_big:
+        return [f"/metrics/{i}/k: {too_big} exceeds the {len(heads)} head(s) of the explicit list; with a list, k"
+                f" ablates its first k heads (0: none): lower k or name more heads"]
+    return []
 
 
 def _asr_target_problems(metric: dict, i: int, interventions: dict) -> list[str]:
@@ -244,9 +269,73 @@ def _read(path: Path) -> tuple[Any, bytes]:
         raise SuiteError(path, [f"/: not UTF-8 text at line {line}, column {column} (byte 0x{blob[exc.start]:02x});"
                                 " save the suite as UTF-8"]) from None
     try:
-        return json.loads(text), blob
+        data = json.loads(text, object_pairs_hook=_KeyedObject.from_pairs)
     except json.JSONDecodeError as exc:
         raise SuiteError(path, [f"/: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
+    except RecursionError:
+        raise SuiteError(path, ["/: nested too deeply to read (a suite needs a few levels of objects and lists);"
+                                " check the file for runaway brackets"]) from None
+    duplicates = list(_duplicate_keys(data))
+    if duplicates:
+        raise SuiteError(path, [f"{pointer}: key '{key}' appears more than once in this object (JSON keeps only the"
+                                f" last); keep one" for pointer, key in duplicates])
+    if _depth(data) > MAX_DEPTH:
+        raise SuiteError(path, [f"/: nested deeper than {MAX_DEPTH} levels; a suite needs a few levels of objects"
+                                " and lists: check the file for runaway brackets"])
+    return _plain(data), blob
+
+
+# Deeper values than this are never a suite (the deepest real one, a utility metric's options, is ~5).
+MAX_DEPTH = 32
+
+
+class _KeyedObject(dict):
+    """A JSON object that remembers the keys it saw twice (json keeps the last value silently)."""
+
+    duplicates: tuple = ()
+
+    @classmethod
+    def from_pairs(cls, pairs):
+        obj = cls(pairs)
+        if len(obj) < len(pairs):
+            seen, dups = set(), []
+            for key, _ in pairs:
+                if key in seen and key not in dups:
+                    dups.append(key)
+                seen.add(key)
+            obj.duplicates = tuple(dups)
+        return obj
+
+
+def _walk(data, path=()):
+    """(path, value) for every value, depth first, without recursion (the input may be deep)."""
+    stack = [(path, data)]
+    while stack:
+        here, value = stack.pop()
+        yield here, value
+        if isinstance(value, dict):
+            stack += [((*here, k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [((*here, i), v) for i, v in enumerate(value)]
+
+
+def _duplicate_keys(data):
+    for here, value in _walk(data):
+        for key in getattr(value, "duplicates", ()):
+            yield _pointer(here), key
+
+
+def _depth(data) -> int:
+    return max(len(here) for here, _ in _walk(data))
+
+
+def _plain(data):
+    """Plain dicts again (the suite is compared, hashed and stored as ordinary JSON)."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
 
 
 def problems(data: Any) -> list[str]:
@@ -281,7 +370,40 @@ def from_dict(data: dict, path: str = "<suite>", blob: bytes | None = None) -> S
 
 
 def load(path) -> Suite:
-    """Read and validate a suite file; raises SuiteError listing every problem."""
+    """Read and validate a suite file; raises SuiteError listing every problem.
+
+    Relative file paths in it are relative to the suite file's directory (not the working directory),
+    so a suite runs the same from anywhere: see ``anchor_paths``."""
     path = Path(path)
     data, blob = _read(path)
-    return from_dict(data, str(path), blob)
+    return from_dict(anchor_paths(data, Path(os.path.abspath(path.parent))), str(path), blob)
+
+
+def _anchored(value: str, base: Path) -> str:
+    expanded = Path(value).expanduser()
+    return value if expanded.is_absolute() else os.path.normpath(base / expanded)
+
+
+def anchor_paths(data: Any, base: Path) -> Any:
+    """The suite with its relative file paths made relative to ``base`` (the suite file's directory).
+
+    Anchored: a dataset's ``path``; an ``hf`` model's ``path`` when it starts with ``.`` or names an
+    existing path there (otherwise it is a hub id such as ``meta-llama/Llama-2-7b-chat-hf``); an lm-eval
+    task given as a ``.yaml`` file. Absolute paths and ``~`` stay as written."""
+    if not isinstance(data, dict):
+        return data
+    data = json.loads(json.dumps(data))  # a copy: the caller's dict stays as read
+    for entry in data.get("datasets") if isinstance(data.get("datasets"), list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"]:
+            entry["path"] = _anchored(entry["path"], base)
+    for entry in data.get("models") if isinstance(data.get("models"), list) else []:
+        path = entry.get("path") if isinstance(entry, dict) and entry.get("kind") == "hf" else None
+        if isinstance(path, str) and path and (path.startswith(".") or (base / path).exists()):
+            entry["path"] = _anchored(path, base)
+    for entry in data.get("metrics") if isinstance(data.get("metrics"), list) else []:
+        tasks = (entry.get("lm_eval") or {}).get("tasks") if isinstance(entry, dict) and isinstance(
+            entry.get("lm_eval"), dict) else None
+        if isinstance(tasks, list):
+            entry["lm_eval"]["tasks"] = [_anchored(t, base) if isinstance(t, str) and t.endswith((".yaml", ".yml"))
+                                         else t for t in tasks]
+    return data

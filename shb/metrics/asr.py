@@ -5,7 +5,8 @@ Head-set sources (the ``heads`` parameter):
   ``ships_per_prompt``    each prompt's own top-k Ships heads (the paper's per-query experiment);
   ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
                           ``draws: n`` draws n such head sets, each with its own seed (a control with a spread);
-  ``["2-26", ...]``       an explicit set (an empty list: no ablation).
+  ``["2-26", ...]``       an explicit set (an empty list: no ablation); with ``k``, its first k heads
+                          at each k (k = 0: the unablated baseline, so ``"k": [0, 2]`` gives one).
 Or ``intervention: <id>`` (instead of heads): an entry of the suite's interventions section (a
 fitted baseline or a fixed head set; shb.baselines), applied with k = 1 and heads = [];
 a fitted one has a first chunk ``fit`` (shb.baselines.fits).
@@ -41,8 +42,8 @@ def ks_of(params: dict) -> list[int]:
     if "heads" not in params:
         return [1]  # an intervention (shb.baselines): applied once, no head count
     heads = params["heads"]
-    if isinstance(heads, list):
-        return [len(heads)]
+    if isinstance(heads, list) and "k" not in params:
+        return [len(heads)]  # the whole list (with k given: its first k heads, k = 0 the baseline)
     k = params.get("k", 1)
     return sorted(k) if isinstance(k, list) else [k]
 
@@ -141,7 +142,7 @@ class AsrMetric(Metric):
             return [[] for _ in prompts]  # an intervention: no head ablated on top of it
         heads = ctx.metric["heads"]
         if isinstance(heads, list):
-            return [parse_heads(heads)] * len(prompts)
+            return [parse_heads(heads)[:k]] * len(prompts)  # k = len(heads) unless the suite gave k
         if k == 0:
             return [[] for _ in prompts]
         if heads.startswith("sahara:"):

@@ -126,12 +126,14 @@ def _with_interval(rate, lo, hi, n) -> str | None:
         return None
     from shb.reports.render import number
 
-    return f"{number(rate)} [{number(lo)}, {number(hi)}] n={n}"
+    return f"{number(rate)} [{number(lo)}, {number(hi)}]" + (f" n={n}" if n is not None else "")
 
 
 def for_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """The terminal view: each ASR with its interval and n in one cell; JSON and CSV keep every column."""
+    """The terminal view: each ASR with its interval and n in one cell (or, where every ASR has the same
+    n, one ``n`` column, which the table lifts into its title); JSON and CSV keep every column."""
     rows = []
+    one_n = len(set(frame["n"].to_list()) | set(frame["baseline_n"].to_list())) == 1 if frame.height else False
     for r in frame.iter_rows(named=True):
         spread = None
         if r["draws"] and r["draws"] > 1 and r["draw_mean"] is not None:
@@ -142,10 +144,46 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
             "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
             "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
             "decoding": r["decoding"], "judge": r["judge_id"],
-            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"], r["baseline_n"]),
-            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"], r["n"]),
-            "change": r["change"], "draws: mean ± sd": spread})
+            "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"],
+                                                    None if one_n else r["baseline_n"]),
+            "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"],
+                                                   None if one_n else r["n"]),
+            "change": r["change"], "draws: mean ± sd": spread, **({"n": r["n"]} if one_n else {})})
     out = pl.DataFrame(rows, infer_schema_length=None)
     if out["draws: mean ± sd"].null_count() == out.height:
         out = out.drop("draws: mean ± sd")
+    return out
+
+
+def figures(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """One figure per (model, dataset): ASR against k with 95% Wilson intervals, one line per head
+    source / ablation / decoding / judge (k = 0: the unit's baseline). Interventions (no k) are left to
+    ``shb report efficiency``, which places them against the parameters they edit."""
+    from shb.reports import figures as fig
+    from shb.reports.render import with_decoding_label
+
+    frame = with_decoding_label(frame.filter(pl.col("head_source").is_not_null()
+                                             & ~pl.col("head_source").str.starts_with("intervention")))
+    out = []
+    keys = ["head_source", "ablation_id", "format", "decoding", "judge_id"]
+    for (model, dataset), group in frame.group_by(["model_id", "dataset_id"], maintain_order=True):
+        varying, shared = fig.varying_parts(group.to_dicts(), keys)
+        series: dict[str, list] = {}
+        for key, rows in group.group_by(keys, maintain_order=True):
+            named = dict(zip(keys, key))
+            label = " / ".join(str(named[c]) for c in varying if named[c] not in (None, "")) or str(key[0])
+            points = {0: (0, r["baseline_asr"], r["baseline_lo"], r["baseline_hi"]) for r in rows.head(1).to_dicts()
+                      if r["baseline_asr"] is not None}
+            for r in rows.to_dicts():
+                points[r["k"]] = (r["k"], r["ablated_asr"], r["ablated_lo"], r["ablated_hi"])
+            series[label] = list(points.values())
+        if series:
+            out.append((fig.slug("asr-by-k", model, dataset),
+                        fig.intervals(series, f"ASR against heads ablated (95% Wilson intervals)\n{model} / {dataset}"
+                                      + (f"\n{shared}" if shared else ""), "heads ablated (k)", "ASR")))
+    if not out:
+        from shb.errors import UsageError
+
+        raise UsageError("no head-set ASR to draw (only interventions); `shb report efficiency --format png` draws"
+                         " those against the parameters they edit")
     return out

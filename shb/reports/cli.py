@@ -94,9 +94,9 @@ def emit(fmt: str, title: str, tables: list[tuple[str, object]], make_figures=No
         return
     page = html.page(title, sections, note)
     if out:
-        from pathlib import Path
+        from shb.paths import write_out_file
 
-        Path(out).write_text(page, encoding="utf-8")
+        write_out_file(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         click.echo(out)
     else:
         click.echo(page, nl=False)
@@ -112,7 +112,7 @@ def report():
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
-@top_option(20, "heads to list per model/dataset/ablation", zero="every head")
+@top_option(10, "heads to list per model/dataset/ablation (a line says how many more there are)", zero="every head")
 @format_option()
 @OUT_OPTION
 @friendly
@@ -122,8 +122,11 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
     from shb.reports import ships
     from shb.store import Store
 
+    import polars as pl
+
     with Store(db, read_only=True) as store:
-        frame = ships.ranking(store, model, dataset, ablation, top)
+        every = ships.ranking(store, model, dataset, ablation, None)
+        frame = every.filter(pl.col("rank") <= top) if top else every
         grid = ships.heatmap(store, model, dataset, ablation)
         scores = ships.distribution(store, model, dataset, ablation) if fmt in ("png", "html") else None
         screened = ships.screening(store, model, dataset, ablation)
@@ -134,6 +137,15 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         tables.append(("screened sweeps: heads verified exactly per prompt (the ranking uses exact scores only)",
                        screened))
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
+    if fmt == "table" and frame.height < every.height:  # the compact default says what it left out
+        groups = every.select(["model_id", "dataset_id", "ablation_id"]).n_unique()
+        import textwrap
+
+        from shb.reports.render import make_console
+
+        click.echo(textwrap.fill(f"top {top} heads of each of {groups} model/dataset/ablation group(s);"
+                                 f" {every.height - frame.height} more heads not listed (--top 0 lists every head)",
+                                 width=make_console().width))
     if fmt == "table":
         from shb.reports.render import make_console
 
@@ -173,8 +185,9 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
                               sahara.chosen_heads(store, model, dataset, ablation))
         except UsageError as exc:
             missing.append(exc)
-    if not found:
-        raise UsageError("; and ".join(str(exc) for exc in missing))
+    if not found:  # one problem per line: the ASR table's and the chosen heads' (often the same fix)
+        messages = list(dict.fromkeys(str(exc) for exc in missing))
+        raise UsageError("\n  ".join(messages))
     if fmt == "csv":
         if what not in found:
             raise missing[0]
@@ -190,20 +203,22 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @click.option("--dataset", default=None)
 @click.option("--ablation", default=None)
 @click.option("--judge", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out):
-    """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge."""
+    """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
+    png/html: ASR against k with 95% Wilson intervals."""
     from shb.reports import asr
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
+    full = frame
     if fmt == "table":
         frame = asr.for_table(frame)
     emit(fmt, "ASR: baseline (k = 0) against ablated", [("ASR, baseline against ablated (95% Wilson intervals)", frame)],
-         None, out)
+         lambda: asr.figures(full), out)
 
 
 @report.command("utility")
@@ -212,18 +227,20 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
 @click.option("--part", type=click.Choice(["lm_eval", "over_refusal", "benign_loss"]), default=None)
 @click.option("--task", default=None, help="lm-eval task, or the dataset id of benign prompts/texts")
 @click.option("--ablation", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_utility(db, model, part, task, ablation, fmt, out):
-    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model."""
+    """lm-eval accuracy, over-refusal and benign loss under each intervention, beside the unmodified model.
+    png/html: each intervention's change, a panel per task and measure."""
     from shb.reports import utility
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = utility.summary(store, model, part, task, ablation)
     emit(fmt, "utility: each intervention beside the unmodified model (k = 0)",
-         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)], None, out)
+         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)],
+         lambda: utility.figures(frame), out)
 
 
 @report.command("overlap")
@@ -256,10 +273,12 @@ def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
 @click.option("--model", default=None)
 @click.option("--dataset", default=None)
 @click.option("--no-published", is_flag=True, help="leave out the paper's published rows")
+@click.option("--one-axis", is_flag=True, help="png/html: draw published rows on the measured rows' axes "
+              "(default: a panel of their own; they are another model)")
 @format_option()
 @OUT_OPTION
 @friendly
-def report_efficiency(db, model, dataset, no_published, fmt, out):
+def report_efficiency(db, model, dataset, no_published, one_axis, fmt, out):
     """Parameters modified (count, share) against ASR, measured here and as published."""
     from shb.reports import efficiency
     from shb.store import Store
@@ -268,14 +287,14 @@ def report_efficiency(db, model, dataset, no_published, fmt, out):
         frame = efficiency.report(store, model, dataset, include_published=not no_published)
     emit(fmt, "efficiency: parameters modified against ASR",
          [("parameters modified against ASR (source says measured or published)", frame)],
-         lambda: efficiency.figure(frame), out)
+         lambda: efficiency.figure(frame, one_axis=one_axis), out)
 
 
 @report.command("runs")
 @DB_OPTION
 @click.option("--suite", default=None)
 @click.option("--run", "run_id", default=None)
-@format_option(["table", "json", "csv", "html"])
+@format_option()
 @OUT_OPTION
 @friendly
 def report_runs(db, suite, run_id, fmt, out):
@@ -284,6 +303,9 @@ def report_runs(db, suite, run_id, fmt, out):
     from shb.runlock import reap_dead_runs
     from shb.store import Store
 
+    if fmt == "png":
+        raise click.UsageError("report runs has no figure: it lists provenance (versions, commits, devices, "
+                               "seconds), which reads as a table; use --format table, json, csv or html")
     reap_dead_runs(db)  # a run left 'running' by a killed process is shown (and stored) as 'killed'
     with Store(db, read_only=True) as store:
         frame = runs.runs(store, suite, run_id)
@@ -328,9 +350,9 @@ def report_html(db, out):
         gathered.append(entry)
     page = html.book(f"shb results: {db_path(db)}", gathered)
     if out:
-        from pathlib import Path
+        from shb.paths import write_out_file
 
-        Path(out).write_text(page, encoding="utf-8")
+        write_out_file(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         click.echo(out)
     else:
         click.echo(page, nl=False)

@@ -144,45 +144,76 @@ def report(store, model=None, dataset=None, include_published: bool = True) -> p
     return with_decoding_label(frame)
 
 
-def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+def figure(frame: pl.DataFrame, one_axis: bool = False) -> list[tuple[str, bytes]]:
     """ASR against the share of entries modified (log axis): one series per method family (a head
     source and ablation, or an intervention kind), per model, dataset, judge and decoding; Wilson
-    intervals as error bars; published rows as black squares; the legend outside the axes."""
+    intervals as error bars. The paper's published rows (another model, not measured here) get a
+    panel of their own beside the measured one (``one_axis``: on the same axes). Labels are placed
+    where they overlap nothing (``figures.place_labels``); the legend names only what differs between
+    series, and what all share goes once into the title."""
     from shb.reports import figures as fig
 
     plt = fig.pyplot()
-    figure_, ax = plt.subplots(figsize=(9, 4.8))
     usable = [r for r in frame.iter_rows(named=True) if r.get("share_pct") and r["share_pct"] > 0
               and r.get("asr") is not None]
+    measured = [r for r in usable if r["source"] == "measured"]
+    paper = [r for r in usable if r["source"] != "measured"]
+    panels = 1 if one_axis or not (measured and paper) else 2
+    figure_, axes = plt.subplots(1, panels, figsize=(6.5 * panels + 2.5, 4.8), sharey=True, squeeze=False)
+    ax_measured, ax_paper = axes[0][0], axes[0][-1]
+    cells = ["model_id", "dataset_id", "judge_id", "decoding"]
+    varying, shared = fig.varying_parts(measured, cells)
     series: dict[str, list[dict]] = {}
-    for row in usable:
-        if row["source"] != "measured":
-            continue
-        family = row["family"]
-        cell = " / ".join(str(row[c]) for c in ("model_id", "dataset_id", "judge_id", "decoding"))
-        series.setdefault(f"{family} | {cell}", []).append(row)
+    for row in measured:
+        parts = [row["family"]] + [str(row[c]) for c in varying]
+        series.setdefault(" | ".join(parts), []).append(row)
     palette = plt.get_cmap("tab20").colors   # more series than the default cycle's 10 colours
+    labels = {id(ax_measured): [], id(ax_paper): []}
     for index, (name, rows) in enumerate(series.items()):
         rows = sorted(rows, key=lambda r: r["share_pct"])
         lo = [r["asr"] - (r["asr_lo"] if r.get("asr_lo") is not None else r["asr"]) for r in rows]
         hi = [(r["asr_hi"] if r.get("asr_hi") is not None else r["asr"]) - r["asr"] for r in rows]
-        ax.errorbar([r["share_pct"] for r in rows], [r["asr"] for r in rows], yerr=[lo, hi], marker="o",
-                    markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none", label=name,
-                    color=palette[index % len(palette)])
+        ax_measured.errorbar([r["share_pct"] for r in rows], [r["asr"] for r in rows], yerr=[lo, hi], marker="o",
+                             markersize=5, capsize=2, linestyle="-" if name.startswith("heads:") else "none",
+                             label=name, color=palette[index % len(palette)])
         for r in rows:
             tag = f"k={r['k']}" if r["family"].startswith("heads:") else r["method"]
-            ax.annotate(tag, (r["share_pct"], r["asr"]), xytext=(3, -9), textcoords="offset points", fontsize=7)
-    paper = [r for r in usable if r["source"] != "measured"]
+            labels[id(ax_measured)].append((r["share_pct"], r["asr"], tag))
     if paper:
-        ax.errorbar([r["share_pct"] for r in paper], [r["asr"] for r in paper],
-                    yerr=[r.get("asr_pm") or 0 for r in paper], fmt="s", color="black", capsize=2,
-                    label="published, Llama-2-7b-chat (not measured here)")
-        for r in paper:
-            ax.annotate(r["method"], (r["share_pct"], r["asr"]), xytext=(5, 4), textcoords="offset points", fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("weight entries modified (% of model, log scale)")
-    ax.set_ylabel("ASR (95% Wilson interval)")
-    ax.set_title("ASR against share of parameters modified", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        ax_paper.errorbar([r["share_pct"] for r in paper], [r["asr"] for r in paper],
+                          yerr=[r.get("asr_pm") or 0 for r in paper], fmt="s", color="black", capsize=2,
+                          label="published, Llama-2-7b-chat (not measured here)")
+        labels[id(ax_paper)] += [(r["share_pct"], r["asr"], r["method"]) for r in paper]
+        if panels == 2:
+            ax_paper.set_title("published (Table 1 of the paper, Llama-2-7b-chat)", fontsize=9)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in {id(a): a for a in (ax_measured, ax_paper)}.values():
+        ax.set_xscale("log")
+        ax.set_xlabel("weight entries modified (% of model, log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.25, y=0.12)  # room inside the axes for the labels of the outermost points
+        low, high = ax.get_xlim()
+        if high / low > 10:  # a decade or more has labelled major ticks; minor labels (3x10^0) would crowd them
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:  # within a decade: a few plain labels (2, 5, 10), not 3x10^0 crowding 10^1
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    ax_measured.set_ylabel("ASR (95% Wilson interval)")
+    if panels == 2:
+        ax_measured.set_title("measured here" + (f"\n{shared}" if shared else ""), fontsize=9)
+    figure_.suptitle("ASR against share of parameters modified", fontsize=10)
+    handles = [h for ax in {id(a): a for a in (ax_measured, ax_paper)}.values()
+               for h in zip(*ax.get_legend_handles_labels())]
+    if handles:
+        import textwrap
+
+        figure_.legend([h for h, _ in handles], [textwrap.fill(t, 60) for _, t in handles], fontsize=7,
+                       loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1 if len(handles) > 4 else 2, frameon=False)
+    figure_.tight_layout()
+    for ax in {id(a): a for a in (ax_measured, ax_paper)}.values():
+        fig.place_labels(ax, list(dict.fromkeys(labels[id(ax)])))
     return [("efficiency", fig._png(figure_))]

@@ -74,6 +74,8 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list
     """Annotate each (x, y, text) beside its point where it overlaps neither an earlier label nor a
     marker nor leaves the axes: candidate offsets are tried in turn (right, left, above, below, then further out with a
     thin leader line); the first free one wins, else the one sharing the least area. Returns the annotations."""
+    from matplotlib.text import Text
+
     fig = ax.figure
     fig.canvas.draw()  # pixel positions need a laid-out figure
     renderer = fig.canvas.get_renderer()
@@ -82,6 +84,9 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list
     near = [(6, 3, "left", "bottom"), (6, -3, "left", "top"), (-6, 3, "right", "bottom"),
             (-6, -3, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top")]
     far = [(dx * k, dy * k, ha, va) for k in (3, 5) for dx, dy, ha, va in near]
+    # a crowded cluster: a column of spots to either side, reached by a leader line
+    far += [(sx * dx, 11 * i * sy, "left" if sx > 0 else "right", "center") for dx in (40, 90)
+            for i in range(0, 9) for sx in (1, -1) for sy in ((1, -1) if i else (1,))]
     taken, made = [], []
     for x, y, text in points:
         best = None
@@ -89,8 +94,12 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list
             leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.5} if n >= len(near) else None
             note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
                                ha=ha, va=va, arrowprops=leader)
-            box = note.get_window_extent(renderer).padded(4)
-            hits = (sum(_overlap(box, t) for t in taken) + 400 * sum(bool(box.contains(px, py)) for px, py in markers)
+            # the text's own box: an Annotation's extent also spans its leader line back to the point
+            note.update_positions(renderer)  # (Annotation.get_window_extent would; Text's does not)
+            box = Text.get_window_extent(note, renderer).padded(4)
+            # a label over another is unreadable; one over a marker or past the frame is only untidy
+            hits = (100 * sum(_overlap(box, t) for t in taken)
+                    + 400 * sum(bool(box.contains(px, py)) for px, py in markers)
                     + 10 * (box.width * box.height - _overlap(box, frame)))
             if best is None or hits < best[2]:
                 if best is not None:
@@ -103,6 +112,78 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize=7) -> list
         taken.append(best[1])
         made.append(best[0])
     return made
+
+
+def overlapping_texts(fig, tolerance: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of ``fig`` (titles, labels, tick labels, annotations, legend
+    entries) whose drawn boxes overlap by more than ``tolerance`` square pixels: what a reader cannot read."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and t.figure is fig]
+    boxes = [(t.get_text(), Text.get_window_extent(t, renderer)) for t in texts]  # text only, not leader lines
+    clashes = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            if _overlap(box_a, box_b) > tolerance:
+                clashes.append((a, b))
+    return clashes
+
+
+def varying_parts(rows: list[dict], columns: list[str]) -> tuple[list[str], str]:
+    """The columns whose value differs between ``rows`` (worth a legend entry) and the constant ones as a
+    "column: value · ..." line (worth a title line once): short legends that still tell series apart."""
+    varying = [c for c in columns if len({str(r.get(c)) for r in rows}) > 1]
+    constant = " · ".join(f"{c.removesuffix('_id')}: {rows[0].get(c)}" for c in columns
+                          if c not in varying and rows and rows[0].get(c) not in (None, "", "-"))
+    return varying, constant
+
+
+def intervals(series: dict[str, list[tuple[float, float, float | None, float | None]]], title: str,
+              xlabel: str, ylabel: str, ylim=(0, 1)) -> bytes:
+    """One line per label through (x, y) with y's interval [lo, hi] as error bars (e.g. ASR against k)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, points in series.items():
+        points = sorted(points)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        lo = [y - (p[2] if p[2] is not None else y) for y, p in zip(ys, points)]
+        hi = [(p[3] if p[3] is not None else y) - y for y, p in zip(ys, points)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", markersize=4, capsize=3, label=label)
+    integer_axis(ax.xaxis, [p[0] for points in series.values() for p in points])
+    if ylim:
+        ax.set_ylim(ylim[0] - 0.03, ylim[1] + 0.03)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    legend_outside(ax)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def bars(groups: dict[str, list[tuple[str, float, float | None, float | None]]], title: str, ylabel: str) -> bytes:
+    """Horizontal bars, one panel per group (e.g. a utility measure): (label, value, lo, hi) each, the
+    interval as an error bar and a zero line, labels on the axis (so they never overlap the bars)."""
+    plt = pyplot()
+    n = max(1, len(groups))
+    height = max(2.2, 0.9 + 0.32 * max((len(v) for v in groups.values()), default=1))
+    fig, axes = plt.subplots(n, 1, figsize=(7.5, height * n), squeeze=False)
+    for ax, (name, items) in zip(axes[:, 0], groups.items()):
+        ys = list(range(len(items)))[::-1]
+        values = [v for _, v, _, _ in items]
+        lo = [v - (a if a is not None else v) for _, v, a, _ in items]
+        hi = [(b if b is not None else v) - v for _, v, _, b in items]
+        ax.barh(ys, values, xerr=[lo, hi], color="#4477aa", capsize=3, height=0.6)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([label for label, _, _, _ in items], fontsize=8)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.grid(alpha=0.3, axis="x")
+        ax.set_xlabel(ylabel, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def heatmap(grid: list[list[float]], title: str, colorbar: str, xlabel="head", ylabel="layer",
@@ -219,15 +300,11 @@ def scatter(points: list[dict], title: str, xlabel: str, ylabel: str) -> bytes:
 
 def write(figures: list[tuple[str, bytes]], out_dir) -> list[str]:
     """Write (name, png) pairs as out_dir/name.png; returns the paths written."""
-    from pathlib import Path
+    from shb.paths import check_out_dir, check_out_file, write_out_file
 
-    directory = Path(out_dir)
+    directory = check_out_dir(out_dir)
+    for name, _ in figures:  # every name first: refuse before writing any of them
+        check_out_file(directory / f"{name}.png")
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, blob in figures:
-        path = directory / f"{name}.png"
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(blob)
-        tmp.replace(path)  # never leave a half-written figure behind
-        paths.append(str(path))
-    return paths
+    return [str(write_out_file(directory / f"{name}.png", lambda tmp, blob=blob: tmp.write_bytes(blob)))
+            for name, blob in figures]

@@ -24,13 +24,16 @@ table { border-collapse: collapse; margin: 0.3em 0 1.5em; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: nowrap; }
 th:hover { background: #e2e8f0; }
-.scroll { max-height: 32em; overflow: auto; display: inline-block; margin: 0.3em 0 1.5em; border: 1px solid #ddd; }
+.wide { max-width: 100%; overflow-x: auto; width: fit-content; margin: 0.3em 0 1.5em; }
+.wide table { margin: 0; }
+.scroll { max-height: 32em; max-width: 100%; overflow: auto; width: fit-content; margin: 0.3em 0 1.5em;
+          border: 1px solid #ddd; }
 .scroll table { margin: 0; } .scroll th { position: sticky; top: 0; }
 th.asc::after { content: " \\25B2"; font-size: 0.7em; } th.desc::after { content: " \\25BC"; font-size: 0.7em; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-img { max-width: 100%; display: block; }
+img { max-width: 100%; height: auto; display: block; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; margin: 0.5em 0 1.5em; }
-figure { margin: 0; max-width: 640px; } figcaption { color: #666; font-size: 0.75em; }
+figure { margin: 0; max-width: 100%; } figcaption { color: #666; font-size: 0.75em; }
 .note, .constant { color: #666; font-size: 0.85em; }
 .skipped { color: #a05a00; }
 nav a { margin-right: 1em; }
@@ -88,8 +91,9 @@ def table(frame: pl.DataFrame) -> str:
                 cells.append(f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     grid = f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-    # a long table scrolls in its own box (header kept in view) so the figures stay near the top
-    parts.append(f'<div class="scroll">{grid}</div>' if frame.height > LONG else grid)
+    # a long table scrolls in its own box (header kept in view) so the figures stay near the top; any table
+    # wider than the window scrolls sideways inside itself, never the whole page
+    parts.append(f'<div class="{"scroll" if frame.height > LONG else "wide"}">{grid}</div>')
     return "".join(parts)
 
 

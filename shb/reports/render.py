@@ -25,6 +25,9 @@ LABEL_NAMES = ("model", "dataset", "ablation", "judge", "decoding", "format", "m
                "head_source", "method", "result", "intervention", "status")
 # columns whose name says they count things: whole values print without decimals (n = 32, not 32.0)
 COUNT = re.compile(r"(^n$|^n_|_n$|count|tokens|params|prompts|steps?$|^k$)")
+# columns that tell rows apart (which k, head set, method, task, measure): never left out to fit
+KEY = re.compile(r"^(k|head_set|heads|method|task|measure|part|metric|metric_id|intervention|intervention_id|layer|"
+                 r"head|step|draw|source|head_source)$")
 # columns whose name says they are detail: left out first when a table does not fit
 DETAIL = re.compile(r"(^n_|_n$|median|(^|_)max($|_)|(^|_)min($|_)|std|spread|seconds|version|commit|host|device|dtype|argv|path|"
                     r"sha|hash|started|ended|finished|created|error|spec|^unit_id$|^run_id$|chunks)")
@@ -53,26 +56,34 @@ def to_text(frame: pl.DataFrame, fmt: str, title: str | None = None, console=Non
     return None
 
 
+PIPE_WIDTH = 80                           # output to a pipe or file without COLUMNS: a page this wide
+
+
 def make_console(stderr: bool = False):
-    """A rich Console; piped output without COLUMNS gets a wide page instead of folding at 80."""
+    """A rich Console; output to a pipe or file without COLUMNS fits PIPE_WIDTH columns (as a terminal
+    of the usual width would), so `shb report ... > file` reads the same; COLUMNS=N or --wide widen it."""
     from rich.console import Console
 
     console = Console(stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=220, stderr=stderr)
+        console = Console(width=PIPE_WIDTH, stderr=stderr)
     return console
 
 
 # -- numbers ---------------------------------------------------------------------------------------
-def number(value) -> str:
+def number(value, style: str | None = None) -> str:
     """A number as a reader wants it: ints whole (thousands separated from 100,000), floats to SIG
-    significant digits without scientific notation between 0.001 and 100,000."""
+    significant digits without scientific notation between 0.001 and 100,000.
+
+    ``style`` makes a column read alike (``column_style``): "grouped" separates thousands of every int,
+    "plain" none, "sci" prints every float in scientific notation, "fixed" none."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 100_000 else str(value)
+        grouped = style == "grouped" or (style is None and abs(value) >= 100_000)
+        return f"{value:,}" if grouped else str(value)
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
@@ -81,21 +92,33 @@ def number(value) -> str:
         size = abs(value)
         if size == 0:
             return "0"
-        if size < 1e-3 or size >= 1e5:
+        if style == "sci" or (style != "fixed" and (size < 1e-3 or size >= 1e5)):
             return f"{value:.{SIG - 1}e}"
         digits = max(0, SIG - 1 - math.floor(math.log10(size)))
         return f"{value:.{digits}f}"
     return str(value)
 
 
-def _cell(value) -> str:
+def column_style(values) -> str | None:
+    """One number format for a whole column: thousands grouped in every int when one needs it
+    (212,992 beside 53,376, not 53376), and scientific notation for every float when one needs it."""
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    floats = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
+    if ints and max(abs(v) for v in ints) >= 100_000:
+        return "grouped"
+    if floats and any(v < 1e-3 or v >= 1e5 for v in floats):
+        return "sci"
+    return "fixed" if floats else None
+
+
+def _cell(value, style: str | None = None) -> str:
     import datetime
     import decimal
 
     if value is None:
         return "-"
     if isinstance(value, (int, float)):
-        return number(value)
+        return number(value, style)
     if isinstance(value, decimal.Decimal):
         return number(float(value))
     if isinstance(value, datetime.datetime):
@@ -179,12 +202,15 @@ def shown_columns(frame: pl.DataFrame, lift: bool = True) -> tuple[list[Shown], 
         values = frame[name].to_list()
         if name in pairs:
             lo, hi = (frame[b].to_list() for b in pairs[name])
-            cells = [_cell(v) if v is None or a is None or b is None else f"{_cell(v)} [{_cell(a)}, {_cell(b)}]"
-                     for v, a, b in zip(values, lo, hi)]
+            style = column_style([*values, *lo, *hi])
+            cells = [_cell(v, style) if v is None or a is None or b is None
+                     else f"{_cell(v, style)} [{_cell(a, style)}, {_cell(b, style)}]" for v, a, b in zip(values, lo, hi)]
         elif (isinstance(dtype, pl.Decimal) or COUNT.search(name)) and _whole(values):  # n = 32.0 is a count
-            cells = [_cell(None if v is None else int(v)) for v in values]
+            counts = [None if v is None else int(v) for v in values]
+            cells = [_cell(v, column_style(counts)) for v in counts]
         else:
-            cells = [_cell(v) for v in values]
+            style = column_style(values)
+            cells = [_cell(v, style) for v in values]
         shown.append(Shown(name, cells, dtype.is_numeric(), values))
     return shown, lifted
 
@@ -206,7 +232,7 @@ def title_lines(title: str | None, lifted: list[tuple[str, str]], width: int | N
     """The title, then the lifted ``name: value`` pairs packed into lines (an item is never split;
     all-missing columns are not worth a line)."""
     lines = [title] if title else []
-    return lines + pack([f"{name}: {value}" for name, value in lifted if value != "-"], width)
+    return lines + pack([f"{name}: {value}" for name, value in lifted if value not in ("-", "")], width)
 
 
 def pack(items: list[str], width: int | None, sep: str = " · ") -> list[str]:
@@ -239,7 +265,9 @@ def tables(frame: pl.DataFrame, title: str | None = None, width: int | None = 80
     groups, shown = _group(frame, shown, width, split)
     dropped = []
     while not all(_fits(shown, rows, width, split) for _, rows in groups) and len(shown) > 2:
-        victim = _least_important(shown)
+        victim = _least_important(shown, groups)
+        if victim is None:  # only what tells rows apart is left: it stays, and text wraps instead
+            break
         dropped.append(victim.name)
         shown = [c for c in shown if c is not victim]
     for heading, rows in groups:
@@ -306,7 +334,7 @@ def _group(frame: pl.DataFrame, shown: list[Shown], width: int, split: bool):
     groups: dict[tuple, list[int]] = {}
     for r in all_rows:
         groups.setdefault(tuple(c.cells[r] for c in keys), []).append(r)
-    named = [([f"{c.name}: {v}" for c, v in zip(keys, key) if v != "-"], rows) for key, rows in groups.items()]
+    named = [([f"{c.name}: {v}" for c, v in zip(keys, key) if v not in ("-", "")], rows) for key, rows in groups.items()]
     return named, [c for c in shown if c not in keys]
 
 
@@ -322,17 +350,35 @@ def _how_to_see_all() -> str:
     return ("--wide or " if has_wide else "") + "--format json/csv show every column"
 
 
-def _least_important(shown: list[Shown]) -> Shown:
+def _identifies(col: Shown, shown: list[Shown], groups) -> bool:
+    """Whether leaving ``col`` out would make two rows of a group look alike in what names them
+    (the key and label columns that stay)."""
+    names = [c for c in shown if c is not col and (KEY.match(c.name) or not c.numeric)]
+    for _, rows in groups:
+        with_col = {tuple(c.cells[r] for c in [*names, col]) for r in rows}
+        without = {tuple(c.cells[r] for c in names) for r in rows}
+        if len(without) < len(with_col):
+            return True
+    return False
+
+
+def _least_important(shown: list[Shown], groups=None) -> Shown | None:
     """What a too-wide table gives up first: detail columns (counts, medians, versions, ...), then labels
-    after the first two columns, then other numbers, rightmost first; the measurements with an interval
-    (the numbers a table is for) go last."""
-    detail = [c for c in shown if DETAIL.search(c.name) or c.name in ("se", "sd")]
+    after the first two columns, then other numbers, rightmost first. Never the measurements with an
+    interval (the numbers a table is for), nor a column that tells rows apart (``KEY``: k, head set,
+    method, task, measure, ...; or a label without which two rows would read alike): None when only
+    those are left."""
+    groups = groups if groups is not None else [([], range(len(shown[0].cells) if shown else 0))]
+    allowed = [c for c in shown if not KEY.match(c.name) and not (not c.numeric and _identifies(c, shown, groups))]
+    detail = [c for c in allowed if DETAIL.search(c.name) or c.name in ("se", "sd")]
     if detail:
         return detail[-1]
-    primary = [c for c in shown if any(" [" in cell for cell in c.cells)]
-    labels = [c for c in shown[2:] if not c.numeric and c not in primary]
-    rest = [c for c in shown[1:] if c not in primary]
-    return (labels or rest or shown[1:])[-1]
+    primary = [c for c in allowed if any(" [" in cell for cell in c.cells)]
+    first = shown[:1]
+    labels = [c for c in allowed if c not in shown[:2] and not c.numeric and c not in primary]
+    rest = [c for c in allowed if c not in first and c not in primary]
+    pick = labels or rest
+    return pick[-1] if pick else None
 
 
 def flat(frame: pl.DataFrame) -> pl.DataFrame:

@@ -107,9 +107,13 @@ def figures(long: pl.DataFrame) -> list[tuple[str, bytes]]:
     for (model, dataset), group in long.group_by(["model_id", "dataset_id"], maintain_order=True):
         series = {}
         keys = ["head_source", "ablation_id", "decoding", "judge_id"]
+        # the legend names what differs between lines; what all share goes once into the title
+        varying, shared = fig.varying_parts(group.to_dicts(), keys)
         for key, rows in group.sort("k").group_by(keys, maintain_order=True):
-            series[" / ".join(map(str, key))] = ([0] + rows["k"].to_list(), [0.0] + rows["delta"].to_list())
+            named = dict(zip(keys, key))
+            label = " / ".join(str(named[c]) for c in varying if named[c] not in (None, "")) or str(key[0])
+            series[label] = ([0] + rows["k"].to_list(), [0.0] + rows["delta"].to_list())
         out.append((fig.slug("sahara-asr-change", model, dataset),
-                    fig.lines(series, f"ASR change against heads ablated\n{model} / {dataset}",
-                              "heads ablated (k)", "ASR(k) - ASR(0)")))
+                    fig.lines(series, f"ASR change against heads ablated\n{model} / {dataset}"
+                              + (f"\n{shared}" if shared else ""), "heads ablated (k)", "ASR(k) - ASR(0)")))
     return out

@@ -37,9 +37,10 @@ def levels(values: list[float]) -> tuple[callable, str]:
             return max(1, min(top, 1 + math.floor((math.log10(v) - floor) / span * (top - 1))))
 
         # level j >= 1 starts at 10**(floor + (j-1) * span / (top-1))
-        bounds = [f"{RAMP[j]!r}>={10 ** (floor + (j - 1) * span / (top - 1)):.2g}" for j in (1, 4, 7)]
-        below = f"; blank below {10 ** floor:.2g}" if lowest < floor else ""
-        return level, f"log scale: {' '.join(bounds)} '@'={peak:.3g}{below}"
+        # every glyph of the grid with the score it starts at, so none has to be guessed
+        bounds = [f"{RAMP[j]!r}>={10 ** (floor + (j - 1) * span / (top - 1)):.2g}" for j in range(1, top)]
+        below = f"; ' ' below {10 ** floor:.2g} or <= 0" if lowest < floor else "; ' ' <= 0"
+        return level, f"log scale: {' '.join(bounds)} '@'={peak:.3g}{below}; '?' not scored"
     ordered = sorted(finite)
 
     def by_rank(v):
@@ -49,7 +50,9 @@ def levels(values: list[float]) -> tuple[callable, str]:
 
         return min(top, round(bisect.bisect_left(ordered, v) / (len(ordered) - 1) * top))
 
-    return by_rank, f"rank scale (no positive score): blank = lowest, '@' = highest ({peak:.3g})"
+    steps = " ".join(repr(g) for g in RAMP[1:-1])
+    return by_rank, (f"rank scale (no positive score): ' ' = lowest, then {steps} by rank, '@' = highest"
+                     f" ({peak:.3g}); '?' not scored")
 
 
 def render(grid: list[list[float | None]], title: str, top_n: int = 10, width: int = 80) -> list:
@@ -89,5 +92,5 @@ def render(grid: list[list[float | None]], title: str, top_n: int = 10, width: i
     rest = names[n_layers:] if beside else names
     for name in rest:
         out.append(Text(" " * (label + cell * n_heads + 3 if beside else label) + name))
-    out.append(Text(legend, style="dim"))
+    out += [Text(line, style="dim") for line in textwrap.wrap(legend, width=max(20, width))]
     return out

@@ -59,3 +59,30 @@ def summary(store, model=None, part=None, task=None, ablation=None) -> pl.DataFr
                              (pl.col("value") - pl.col("unablated")).alias("change"),
                              pl.col("heads").list.join(",").alias("heads"))
     return rows.sort([*KEYS, "k", "ablation_id", "head_source"]).select(COLUMNS)
+
+
+def figures(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
+    """One figure per model: each intervention's change against the unmodified model, a panel per
+    task and measure, with the interval of the intervention's value shifted by the unmodified value."""
+    from shb.reports import figures as fig
+
+    ablated = frame.filter(pl.col("k") > 0)
+    out = []
+    for (model,), group in ablated.group_by(["model_id"], maintain_order=True):
+        panels: dict[str, list] = {}
+        for r in group.to_dicts():
+            base = r["unablated"] if r["unablated"] is not None else 0.0
+            label = r["metric_id"] + (f" (k={r['k']})" if r["head_source"] and not str(r["head_source"]).startswith(
+                "intervention") else "")
+            lo = None if r["lo"] is None else r["lo"] - base
+            hi = None if r["hi"] is None else r["hi"] - base
+            panels.setdefault(f"{r['part']}: {r['task']} ({r['measure']})", []).append((label, r["change"], lo, hi))
+        if panels:
+            out.append((fig.slug("utility-change", model),
+                        fig.bars(panels, f"utility change against the unmodified model: {model}",
+                                 "change (intervention - unmodified)")))
+    if not out:
+        from shb.errors import UsageError
+
+        raise UsageError("no intervention to draw (only the unmodified model's utility is measured)")
+    return out

@@ -40,8 +40,8 @@ def ks(params: dict) -> list[int]:
     if params.get("intervention") is not None or "heads" not in params:  # (a unit's spec drops the id)
         return [0, 1]
     heads = params.get("heads")
-    if isinstance(heads, list):
-        sizes = [len(heads)]
+    if isinstance(heads, list) and "k" not in params:
+        sizes = [len(heads)]  # with k: the list's first k heads, as for asr
     else:
         k = params.get("k", 1)
         sizes = k if isinstance(k, list) else [k]

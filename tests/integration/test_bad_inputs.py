@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,16 @@ def test_bad_input(case, shared_db, tmp_path):
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
     places = {"tmp": str(tmp_path), "db": str(shared_db), "file": str(tmp_path / "plain.txt"),
-              "suite": str(tmp_path / "suite.json"), "foreign": str(tmp_path / "foreign.duckdb")}
+              "suite": str(tmp_path / "suite.json"), "foreign": str(tmp_path / "foreign.duckdb"),
+              "emptydb": str(tmp_path / "empty.duckdb")}
+    if "{emptydb}" in json.dumps(case):
+        import duckdb
+
+        duckdb.connect(places["emptydb"]).close()  # a DuckDB file with no tables at all
+    for name, target in (case.get("links") or {}).items():
+        os.symlink(_fill(target, places), tmp_path / name)
+    for name in case.get("fifos") or []:
+        os.mkfifo(tmp_path / name)
     (tmp_path / "plain.txt").write_text("a plain file\n")
     foreign = "{foreign}" in json.dumps(case)
     if foreign:
@@ -162,6 +172,9 @@ def test_bad_input(case, shared_db, tmp_path):
         assert _foreign_tables(tmp_path / "foreign.duckdb") == foreign_before  # not touched, no tables added
     for path in case.get("absent") or []:
         assert not Path(_fill(path, places)).exists(), path
+    if "after_file" in case:  # a file the command must have left as it was
+        path, text = case["after_file"]
+        assert Path(_fill(path, places)).read_text() == text
     if "after_sql" in case:
         from shb.store import Store
 

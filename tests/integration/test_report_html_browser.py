@@ -79,3 +79,25 @@ def test_screenshot_renders(page, tmp_path):
     shot = tmp_path / "report.png"
     _chromium("--hide-scrollbars", "--window-size=1200,900", f"--screenshot={shot}", page.as_uri(), tmp_path=tmp_path)
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+WIDTH_PROBE = """<script>
+window.addEventListener('load', function () {
+  var pre = document.createElement('pre'); pre.id = 'shb-width';
+  pre.textContent = JSON.stringify({page: document.documentElement.scrollWidth, window: window.innerWidth});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_wide_tables_scroll_inside_themselves_not_the_page(page, tmp_path):
+    """At a 1280 px window (and a narrow 700 px one) the page itself never scrolls sideways: a table
+    wider than the window scrolls in its own box."""
+    probe = tmp_path / "width.html"
+    probe.write_text(page.read_text().replace("</body>", WIDTH_PROBE + "</body>", 1))
+    for width in (1280, 700):
+        result = _chromium(f"--window-size={width},900", "--dump-dom", probe.as_uri(), tmp_path=tmp_path)
+        found = re.search(r'<pre id="shb-width">(.*?)</pre>', result.stdout)
+        assert found, result.stderr[-2000:]
+        sizes = json.loads(found.group(1))
+        assert sizes["page"] <= sizes["window"], (width, sizes)

@@ -44,3 +44,24 @@ def test_exported_toy_reproduces_hooked_generations(tmp_path, kind, epsilon):
     assert greedy(model, tokenizer, texts) == hooked
     assert "2-6" in (tmp_path / "out" / "README.md").read_text()
     assert not list((tmp_path / "out").glob("*.bin"))
+
+
+def test_surgery_writes_with_the_users_umask(tmp_path):
+    """Every file of the checkpoint (safetensors included, which its writer creates 0600) gets the mode a
+    new file gets under the user's umask, as any file the user makes would."""
+    import os
+    import stat
+
+    from click.testing import CliRunner
+
+    from shb.cli import main
+
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(main, ["surgery", "--model", "toy", "--heads", "2-3", "--out", str(tmp_path / "o")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    files = [p for p in (tmp_path / "o").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}, {p.name: oct(p.stat().st_mode) for p in files}

@@ -193,16 +193,16 @@ def test_shipped_suites_can_share_one_database(monkeypatch, tmp_path):
     from shb.identity import content_identity
 
     repo = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(repo)  # paper-mini's ../shared/data paths resolve from the repository root
+    monkeypatch.chdir(tmp_path)  # suite paths resolve from the suite file, wherever shb runs
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fpmod._COMMITS.clear()
     seen: dict[tuple, dict[str, str]] = {}
     stand_in = tmp_path / "alpaca_data.json"   # paper-table1's Alpaca is a local file users supply
     stand_in.write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Blue."}] * 200))
     for path in sorted((repo / "suites").glob("*.json")):
-        data = json.loads(path.read_text())
+        data = suite.anchor_paths(json.loads(path.read_text()), path.parent)  # as suite.load reads it
         for entry in data["datasets"]:
-            if entry["kind"] == "alpaca" and not (repo / entry["path"]).is_file():
+            if entry["kind"] == "alpaca" and not Path(entry["path"]).is_file():
                 entry["path"] = str(stand_in)
         for key, content in plan.label_contents(suite.from_dict(data, str(path))).items():
             seen.setdefault(key, {}).setdefault(content_identity(content), path.name)

@@ -79,12 +79,15 @@ def test_paper_mini_is_the_same_structure_on_toy_models():
     assert by_kind["sahara"].get("steps") == 3 and by_kind["asr"].get("max_new_tokens") == 32
     toy = [d for d in suite.datasets if d.kind == "toy-harmful"]
     assert toy and toy[0].get("limit") <= 32
-    shared = [d for d in suite.datasets if d.get("path") and not d.get("path").startswith("suites/")]
-    assert all((REPO / d.get("path")).is_file() for d in suite.datasets if d.get("path", "").startswith("suites/"))
-    assert shared and all(d.get("path").startswith("../shared/data/") for d in shared)
-    # resolves from the repository root, as CI runs it
-    for d in shared:
-        assert (REPO / d.get("path")).resolve() == (SHARED_DATA / Path(d.get("path")).name).resolve()
+    # Paths are relative to the suite file (shb.suite.anchor_paths): load() makes them absolute.
+    local = {d.id: Path(d.get("path")) for d in suite.datasets if d.get("path")}
+    assert all(p.is_absolute() for p in local.values())
+    assert local["toy-benign-chats"] == REPO / "suites" / "data" / "toy-benign-chats.jsonl"
+    assert local["toy-benign-chats"].is_file()
+    shared = [p for name, p in local.items() if name != "toy-benign-chats"]
+    assert shared and all(p.parent == (REPO.parent.parent / "shared" / "data").resolve() or
+                          p.parent == Path(os.path.normpath(REPO / "suites" / ".." / ".." / "shared" / "data"))
+                          for p in shared)
 
 
 @pytest.mark.parametrize("path", [PAPER, MINI])

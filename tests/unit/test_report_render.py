@@ -6,6 +6,7 @@ The database is the synthetic one of test_reports (real DuckDB, schema-correct r
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import polars as pl
@@ -52,9 +53,10 @@ def test_every_report_fits_80_columns_with_whole_numbers(db, name):
     rows = next(iter(rows.values())) if isinstance(rows, dict) else rows
     printed = _numbers(out.output)
     floats = [v for r in rows for v in r.values() if isinstance(v, float) and v == v]
-    shown = [render.number(v) for v in floats]
+    # a column prints in one format (render.column_style): plain, or scientific for every value of it
+    shown = [{render.number(v, style) for style in (None, "sci", "fixed")} for v in floats]
     if shown:  # most values are in the default table; a whole number never shows as a prefix of itself
-        assert sum(s in printed for s in shown) >= len(shown) // 2, (name, shown[:10], sorted(printed)[:30])
+        assert sum(bool(s & printed) for s in shown) >= len(shown) // 2, (name, shown[:10], sorted(printed)[:30])
 
 
 def test_wide_shows_every_column(db):
@@ -153,3 +155,46 @@ def test_interval_bounds_find_their_column_by_prefix():
     shown, _ = render.shown_columns(frame)
     assert [c.name for c in shown] == ["asr_ablated", "n", "other_lo", "other_hi"]
     assert shown[0].cells == ["0.500 [0.200, 0.800]"]
+
+
+def test_one_number_format_per_column():
+    frame = pl.DataFrame({"method": ["a", "b"], "params": [212_992, 53_376], "share": [3.1e-4, 0.25]})
+    shown, _ = render.shown_columns(frame)
+    cells = {c.name: c.cells for c in shown}
+    assert cells["params"] == ["212,992", "53,376"]
+    assert cells["share"] == ["3.10e-04", "2.50e-01"]
+
+
+def test_key_columns_are_never_left_out_to_fit():
+    """k, the head set and the method tell rows apart: a narrow table leaves out other columns first,
+    and says which."""
+    n = 6
+    frame = pl.DataFrame({
+        "intervention": ["sahara:sahara"] * 3 + ["random"] * 3, "head_set": ["2-6", "2-6,1-3", "2-6,1-3,0-1"] * 2,
+        "k": [1, 2, 3] * 2, "asr": [0.5] * n, "asr_lo": [0.4] * n, "asr_hi": [0.6] * n,
+        "baseline_asr": [0.03] * n, "change": [0.47] * n, "description_of_the_unit": ["a long text " * 4] * n,
+        "median_tokens_generated": [31.5, 30.0, 29.5, 28.0, 27.5, 26.0]})
+    from rich.console import Console
+
+    console = Console(width=40, record=True, file=open(os.devnull, "w"))
+    for renderable in render.tables(frame, "t", width=40):
+        console.print(renderable)
+    text = console.export_text()
+    for key in ("k", "head", "2-6,1-3,0-1", "intervention"):
+        assert key in text, text
+    assert "left out to fit 40 columns" in text
+    assert "median" not in text.split("left out")[0]
+
+
+def test_the_heatmap_legend_explains_every_glyph_in_the_grid():
+    from shb.reports import termheat
+
+    grid = [[10 ** -(i % 5) * (1 + j) for j in range(8)] for i in range(6)] + [[None, 0.0] + [1e-9] * 6]
+    lines = [t.plain for t in termheat.render(grid, "t", width=80)]
+    n_rows = len(grid)
+    rows = [line[6:6 + 16] for line in lines if line.startswith("  L")][:n_rows]
+    legend = " ".join(line for line in lines if not line.startswith(" ") and line != "t")
+    used = {ch for row in rows for ch in row}
+    assert len(used) > 4
+    for glyph in used:
+        assert f"'{glyph}'" in legend, (glyph, legend)

@@ -71,3 +71,19 @@ def test_export_round_trips_through_parquet(tmp_path):
         assert store.export("ships", tmp_path / "s.parquet", "parquet") == 2
         original = store.query("SELECT * FROM ships ORDER BY ALL")
     assert pl.read_parquet(tmp_path / "s.parquet").sort(original.columns).equals(original)
+
+
+def test_sql_rows_are_capped_and_one_statement_runs(tmp_path):
+    from shb.errors import UsageError
+    from shb.store import Store
+
+    Store(tmp_path / "r.duckdb").close()
+    with Store(tmp_path / "r.duckdb", read_only=True) as store:
+        frame, cut = store.read_one("SELECT range AS i FROM range(50)", max_rows=10)
+        assert cut and frame["i"].to_list() == list(range(10))
+        frame, cut = store.read_one("SELECT range AS i FROM range(50)", max_rows=0)
+        assert not cut and frame.height == 50
+        frame, cut = store.read_one("SELECT 1 AS one;", max_rows=10)  # a trailing ';' is one statement
+        assert not cut and frame.height == 1
+        with pytest.raises(UsageError, match="this query has 2"):
+            store.read_one("SELECT 1; SELECT 2")

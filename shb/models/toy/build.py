@@ -168,9 +168,10 @@ def _progress(quiet: bool):
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-                  TimeRemainingColumn()) as bar:
+    # shb's bar is the one display: transformers' own load/save bars would print between its updates
+    with _hf_bars_off(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                                  TimeRemainingColumn()) as bar:
         def make(description, total):
             task = bar.add_task(description, total=total, loss=float("nan"))
             return lambda step, loss: bar.update(task, completed=step + 1, loss=loss)
@@ -237,7 +238,7 @@ def build(out, seed: int = 0, *, quiet: bool = False, **variant) -> Path:
         model, tok = _train_base(recipe, make_bar)
         _align(model, tok, recipe, make_bar)
     meta = {"toy_version": TOY_VERSION, "recipe": recipe, "build_seconds": time.perf_counter() - start}
-    with _hf_bars_off() if quiet else contextlib.nullcontext():
+    with _hf_bars_off():
         return _save(model, tok, Path(out), meta)
 
 
@@ -248,7 +249,7 @@ def _ensure_base(recipe: dict, quiet: bool) -> Path:
             model, tok = _train_base(recipe, make_bar)
         meta = {"toy_version": TOY_VERSION, "stage": "base", "recipe": _base_part(recipe)}
         try:
-            with _hf_bars_off() if quiet else contextlib.nullcontext():
+            with _hf_bars_off():
                 _save(model, tok, path, meta)
         except (FileExistsError, OSError):
             if not (path / "toy.json").exists():  # not a concurrent build that finished first
@@ -287,7 +288,7 @@ def ensure(seed: int = 0, *, quiet: bool = False, **variant) -> Path:
     if active() is not None and not quiet:
         active().note(f"toy model trained in {meta['build_seconds']:.0f} s; cached in {path} (later runs load it)")
     try:
-        with _hf_bars_off() if quiet else contextlib.nullcontext():
+        with _hf_bars_off():
             return _save(model, tok, path, meta)
     except (FileExistsError, OSError):
         if (path / "toy.json").exists():  # a concurrent ensure() finished first: same recipe
