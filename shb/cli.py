@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from shb.cli_common import DB_OPTION, TRACEBACKS, _console, friendly
+from shb.cli_common import DB_OPTION, TRACEBACKS, console, friendly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,14 +98,14 @@ def run(suite_path, db, device, quiet, verbose, executor, address, num_gpus, wor
     from shb.suite import load
 
     suite = load(suite_path)
-    console = _console(stderr=True)
+    err = console(stderr=True)
     with make_progress(not quiet) as progress:
         on_chunk = (lambda unit_id, chunk: print(f"committed {unit_id} {chunk}", file=sys.stderr, flush=True)
                     ) if verbose else None
-        counts = run_suite(suite, db, device=device, progress=progress, log=console.print, on_chunk=on_chunk,
+        counts = run_suite(suite, db, device=device, progress=progress, log=err.print, on_chunk=on_chunk,
                            executor=executor,
                            executor_options={"address": address, "num_gpus": num_gpus, "workers": workers})
-    console.print(f"{suite.name}: {counts['done']} unit(s) run, {counts['skipped']} already done, "
+    err.print(f"{suite.name}: {counts['done']} unit(s) run, {counts['skipped']} already done, "
                   f"{counts['failed']} failed -> {db_path(db)}")
     if counts["failed"]:
         _print_failures(db)
@@ -119,7 +119,7 @@ def _print_failures(db):
         for unit_id, label, error in store.con.execute(
                 "SELECT unit_id, model_id || ' / ' || dataset_id || ' / ' || ablation_id || ' / ' || metric_id, error"
                 " FROM units WHERE status = 'failed'").fetchall():
-            _console(stderr=True).print(f"[red]failed[/] {unit_id} ({label}):\n{error}", highlight=False)
+            console(stderr=True).print(f"[red]failed[/] {unit_id} ({label}):\n{error}", highlight=False)
 
 
 from shb.reports.cli import report  # noqa: E402  (the report commands live beside the reports)

@@ -24,7 +24,7 @@ TRACEBACKS = {"on": False}
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 
 
-def _console(stderr: bool = False):
+def console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr)
@@ -55,7 +55,7 @@ def _print_error(message: str) -> None:
     from rich.markup import escape
 
     # escape: messages quote user text and pip extras such as 'shb[figures]', which are not markup.
-    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+    console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
 
 
 def friendly(fn):

@@ -371,8 +371,3 @@ def format_prompt(text: str, fmt: str = "direct", tokenizer=None, system: str | 
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise UsageError(f"unknown prompt format '{fmt}'; known: direct, template, chat")
-
-
-def read_csv_text(blob: str, column: str) -> list[str]:
-    """Prompts of one column of CSV text (used by tests and by users' notebooks)."""
-    return [row[column] for row in csv.DictReader(io.StringIO(blob))]

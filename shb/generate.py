@@ -351,7 +351,7 @@ def _cached_rows(lm, encoded, rows, seeds, row_heads, ablation, spec, max_new_to
     error halves the batch size and runs the same rows again."""
     import logging
 
-    from shb.engine import _is_oom
+    from shb.engine import is_oom
 
     order = sorted(range(len(rows)), key=lambda r: -len(encoded[rows[r][0]]))
     if batch_size == "auto":
@@ -363,7 +363,7 @@ def _cached_rows(lm, encoded, rows, seeds, row_heads, ablation, spec, max_new_to
     while start < len(order):
         idx = order[start : start + batch_size]
         try:
-            outs = _cached_batch(
+            outs = cached_batch(
                 lm,
                 [encoded[rows[r][0]] for r in idx],
                 [seeds[r] for r in idx],
@@ -373,7 +373,7 @@ def _cached_rows(lm, encoded, rows, seeds, row_heads, ablation, spec, max_new_to
                 max_new_tokens,
             )
         except Exception as exc:  # re-raised unless out of memory with room to halve
-            if not _is_oom(exc) or len(idx) == 1:
+            if not is_oom(exc) or len(idx) == 1:
                 raise
             outs = None
         if outs is None:  # outside the except block: the failed batch's tensors are free by now
@@ -398,7 +398,7 @@ def _empty_cuda_cache(model):
         torch.cuda.empty_cache()
 
 
-def _cached_batch(lm, ids_list, seeds, head_sets, ablation, spec, max_new_tokens):
+def cached_batch(lm, ids_list, seeds, head_sets, ablation, spec, max_new_tokens):
     """One left-padded batch: prefill once, then one position per step from the KV cache."""
     import torch
     from transformers import DynamicCache

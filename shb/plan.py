@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 
 from shb import datasets as ds
+from shb.baselines.fits import FIT_VERSION, HEAD_DEFAULTS, method_params
 from shb.errors import UsageError
 from shb.suite import Entry, Suite
 
@@ -141,6 +142,29 @@ def metric_key(metric: Entry, defaults: dict) -> dict:
     return key
 
 
+def fit_spec(suite, entry, model_entry, datasets: dict) -> dict:
+    """What a fit's id hashes (shb.baselines.fits). ``datasets``: dataset id -> (content hash, size)."""
+    fit = entry.get("fit") or {}
+    by_id = {d.id: d for d in suite.datasets}
+    models = {m.id: m for m in suite.models}
+    spec = {"version": FIT_VERSION, "kind": entry.kind, "model": model_key(model_entry, suite.defaults),
+            "params": method_params(entry), "max_new_tokens": fit.get("max_new_tokens", 32)}
+    for key in ("harmful", "harmless"):
+        ref = fit.get(key)
+        spec[key] = dataset_key(by_id[ref], datasets[ref][0]) if ref else None
+    ref = fit.get("reference")
+    spec["reference"] = model_key(models[ref], suite.defaults) if ref else None
+    return spec
+
+
+def intervention_key(suite, entry, model_entry, datasets: dict) -> dict:
+    """The part of a unit's spec that says which intervention it applies (content, not labels)."""
+    if entry.kind == "heads":
+        return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
+    spec = fit_spec(suite, entry, model_entry, datasets)
+    return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
+
+
 def _applies(metric: Entry, section: str, entry: Entry) -> bool:
     wanted = metric.get(section)
     return wanted is None or entry.id in wanted
@@ -237,8 +261,6 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
                         spec["reads"] = reads
                     if applied:
                         # What is applied is the intervention's content (its fit id), not its label.
-                        from shb.baselines.fits import intervention_key
-
                         spec["ablation"] = {"kind": "none"}
                         spec["metric"].pop("intervention", None)
                         spec["intervention"] = intervention_key(suite, suite.intervention(applied), model, datasets)

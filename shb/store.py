@@ -1,4 +1,5 @@
-"""The results database (DuckDB). This module holds the only SQL in shb that writes.
+"""The results database (DuckDB). This module holds the only SQL in shb that writes it (a chunk's
+snapshot, shb.runner.Snapshot, is an in-memory copy of rows read from it).
 
 Long tables, one row per observation. A unit's work is committed chunk by chunk: the rows of
 one chunk and its done mark go in one transaction, so a crash loses at most the chunk in
@@ -455,8 +456,10 @@ class Store:
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, now())", [unit_id, chunk, run_id, seconds])
 
     def start_run(self, row: dict) -> None:
+        """The run's row, ``started_at`` set by the database clock (as ``ended_at`` is)."""
         with self.transaction():
             self.insert("runs", [row])
+            self.con.execute("UPDATE runs SET started_at = now() WHERE run_id = ?", [row["run_id"]])
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self.con.execute("UPDATE runs SET ended_at = now(), status = ?, error = ? WHERE run_id = ?",
@@ -612,7 +615,3 @@ def _jsonable(rows: list[dict]) -> list[dict]:
     for row in rows:
         out.append({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()})
     return out
-
-
-def open_store(path=None, read_only: bool = False) -> Store:
-    return Store(path, read_only=read_only)

@@ -9,7 +9,8 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from shb.baselines.fits import fit_chunk, intervention_for  # noqa: F401 (fit_chunk: asr's `fit` chunk)
+from shb.baselines.fits import intervention_for
+from shb.interventions import HeadAblation
 
 NO_HEADS = {"kind": "undifferentiated", "epsilon": 1e-5, "site": None}
 
@@ -35,8 +36,6 @@ def target(unit, ctx, k: int, sets) -> Target:
     """How this chunk changes the model: ``sets`` (one head set per prompt) or the unit's intervention."""
     key = unit.spec.get("intervention")
     if key is None:
-        from shb.interventions import HeadAblation
-
         kind = {"kind": ctx.ablation["kind"], "epsilon": ctx.ablation.get("epsilon", 1e-5),
                 "site": ctx.ablation.get("site")}
 

@@ -54,14 +54,6 @@ class Artefact:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
 
-def hidden_size(lm) -> int:
-    return lm.layout.hidden_size
-
-
-def decoder_layers(lm):
-    return lm.layout.layers(lm.model)
-
-
 def batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]

@@ -1,64 +1,41 @@
 """Fits of interventions: keyed by content, computed once, stored in the ``fits`` table, reused.
 
-A fit's id hashes what changes its artefact: the model's identity (as in unit ids), the content of
-the fit datasets (harmful, harmless) with their prompt format, the reference model's identity, the
-method's kind and parameters, and FIT_VERSION; never labels, device or batch size. An ``asr`` unit
-that applies a fitted intervention has the chunk ``fit`` first: it computes and commits the fit
+A fit's id (``shb.plan.intervention_key``, computed at plan time) hashes what changes its artefact:
+the model's identity (as in unit ids), the content of the fit datasets (harmful, harmless) with their
+prompt format, the reference model's identity, the method's kind and parameters, and FIT_VERSION;
+never labels, device or batch size. An ``asr`` or ``utility`` unit that applies a fitted
+intervention has the chunk ``fit`` first (every other chunk waits for it; ``Metric.after``): it computes and commits the fit
 (artefact bytes, meta, parameters modified) in one transaction with its done mark, or finds it
 already stored by another unit or run and commits nothing. A SIGKILL during a fit loses that fit
-(one chunk); fits are deterministic, so the rerun stores the same artefact. No torch here.
+(one chunk); fits are deterministic, so the rerun stores the same artefact. No torch at import
+(the methods' modules, resolved through shb.registry, import it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import inspect
+import math
 import time
 
+from shb import datasets as ds
+from shb.ablation import parse_heads
+from shb.baselines.base import Artefact, FitData
 from shb.errors import UsageError
+from shb.interventions import HeadAblation
+from shb.registry import INTERVENTIONS, MODELS, resolve
 
 FIT_VERSION = 1
 FIT_KEYS = ("harmful", "harmless", "reference", "max_new_tokens")
 HEAD_DEFAULTS = {"ablation": "undifferentiated", "epsilon": 1e-5, "site": None}
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def method_params(entry) -> dict:
     return {k: v for k, v in entry.params.items() if k not in ("fit", "description")}
 
 
-def fit_spec(suite, entry, model_entry, datasets: dict) -> dict:
-    """What the fit id hashes. ``datasets``: dataset id -> (content hash, size), as plan computes."""
-    from shb.plan import dataset_key, model_key
-
-    fit = entry.get("fit") or {}
-    by_id = {d.id: d for d in suite.datasets}
-    models = {m.id: m for m in suite.models}
-    spec = {"version": FIT_VERSION, "kind": entry.kind, "model": model_key(model_entry, suite.defaults),
-            "params": method_params(entry), "max_new_tokens": fit.get("max_new_tokens", 32)}
-    for key in ("harmful", "harmless"):
-        ref = fit.get(key)
-        spec[key] = dataset_key(by_id[ref], datasets[ref][0]) if ref else None
-    ref = fit.get("reference")
-    spec["reference"] = model_key(models[ref], suite.defaults) if ref else None
-    return spec
-
-
-def intervention_key(suite, entry, model_entry, datasets: dict) -> dict:
-    """The part of an asr unit's spec that says which intervention it applies (content, not labels)."""
-    if entry.kind == "heads":
-        return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
-    spec = fit_spec(suite, entry, model_entry, datasets)
-    return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
-
-
-# -- run time (torch from here on, imported inside the functions) -------------------------------
+# -- run time (torch in the methods' modules, resolved by kind) -----------------------------------
 def _module(kind: str):
-    from shb.registry import INTERVENTIONS, resolve
-
     return resolve(INTERVENTIONS, kind, "intervention")
 
 
@@ -69,9 +46,6 @@ def _stored(store, fit_id: str):
 
 def fit_data(unit, ctx, entry):
     """FitData for ``entry``: the fit datasets formatted for this model, the reference model loaded."""
-    from shb import datasets as ds
-    from shb.baselines.base import FitData
-
     fit = entry.get("fit") or {}
     by_id = {d.id: d for d in ctx.suite.datasets}
 
@@ -90,8 +64,6 @@ def fit_data(unit, ctx, entry):
 
 
 def _load_reference(ctx, model_id: str):
-    from shb.registry import MODELS, resolve
-
     spec = next(m for m in ctx.suite.models if m.id == model_id).spec()
     return resolve(MODELS, spec["kind"], "model")(spec, dtype=ctx.suite.defaults.get("dtype", "float32"),
                                                    device=ctx.device, quiet=True)
@@ -119,8 +91,6 @@ def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
 
 def _build(module, artefact, entry, ctx):
     """module.intervention(artefact, params), with the reference model for methods that patch from it (DAP)."""
-    import inspect
-
     fit = entry.get("fit") or {}
     if fit.get("reference") and "reference" in inspect.signature(module.intervention).parameters:
         reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
@@ -130,8 +100,6 @@ def _build(module, artefact, entry, ctx):
 
 def _json_safe(value):
     """NaN and infinities are not JSON: stored as null."""
-    import math
-
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -145,14 +113,9 @@ def intervention_for(unit, ctx):
     """The Intervention an asr unit applies (loaded from the fits table for fitted kinds)."""
     key = unit.spec["intervention"]
     if key["kind"] == "heads":
-        from shb.ablation import parse_heads
-        from shb.interventions import HeadAblation
-
         return HeadAblation(tuple(parse_heads(key["heads"])), key["ablation"], key["epsilon"], key["site"])
 
     def load():
-        from shb.baselines.base import Artefact
-
         blob = _stored(ctx.store, key["fit_id"])
         if blob is None:
             raise UsageError(f"fit {key['fit_id']} of intervention '{unit.metric.get('intervention')}' is not stored: "

@@ -107,14 +107,14 @@ class Sequences:
 
 def greedy_responses(lm, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> Sequences:
     """Each prompt with ``lm``'s own greedy answer (shb.generate's cached loop, no intervention)."""
-    from shb.generate import _cached_batch, normalize_decoding
+    from shb.generate import cached_batch, normalize_decoding
     from shb.models import encode_prompt
 
     spec = normalize_decoding({"mode": "greedy"})
     encoded = [encode_prompt(lm.tokenizer, p) for p in prompts]
     out = Sequences([], [])
     for chunk in batches(encoded, batch_size):
-        answers = _cached_batch(lm, chunk, [0] * len(chunk), [()] * len(chunk),
+        answers = cached_batch(lm, chunk, [0] * len(chunk), [()] * len(chunk),
                                 {"kind": "undifferentiated", "epsilon": 0.0, "site": None}, spec, max_new_tokens)
         for ids, (answer, _reason) in zip(chunk, answers):
             out.ids.append(list(ids) + list(answer))

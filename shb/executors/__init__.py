@@ -1,14 +1,17 @@
 """Executors: where a run's chunks are computed. The driver (shb.run) plans, and alone writes the database.
 
-``local``: this process loads each model once and computes every chunk (shb.run).
-``ray``: Ray actors each hold one loaded model and return rows; the driver commits them chunk by
-chunk in the same transactions as a local run, so both give the same tables and a run started
-with one executor resumes with the other (shb.executors.ray_executor). ``ray`` is an optional
+Both run the same unit runner (shb.runner) and follow the same metric declarations (what a chunk
+reads, what it waits for; shb.metrics.base), so they give the same tables and a run started with
+one resumes with the other.
+``local``: one runner in this process (shb.executors.local).
+``ray``: one runner in each Ray actor, which returns rows; the driver commits them chunk by chunk in
+the same transactions as a local run (shb.executors.ray_executor). ``ray`` is an optional
 dependency (``pip install 'shb[ray]'``), imported only when this executor is chosen.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from shb.errors import UsageError
@@ -63,8 +66,6 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     """A cluster address that cannot be reached fails now, with its name (ray.init would retry for minutes)."""
     if not address or address in ("auto", "local"):
         return
-    import socket
-
     host_port = address.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():

@@ -1,18 +1,20 @@
 """The Ray executor: actors hold one loaded model each and compute chunks; this process writes.
 
 The driver (shb.run.run_suite) plans as for a local run and hands the pending units here. Each
-actor (``shb.executors.worker.ModelHost`` under ``ray.remote``) loads the model of its first task
-and keeps it while its tasks are for that model, so a model loads once per actor, not once per
-unit. The driver hands out one task per actor at a time: a unit's chunk list, or one chunk with a
-snapshot of the rows it reads, and commits each returned chunk with ``Store.commit_chunk``, the
-same transaction a local run uses, so the tables are the same and a run resumes with either
-executor.
+actor (``shb.executors.worker.WorkerHost`` under ``ray.remote``: the unit runner of shb.runner, as
+the local executor runs it) loads the model of its first task and keeps it while its tasks are for
+that model, so a model loads once per actor, not once per unit. The driver hands out one task per
+actor at a time: a unit's plan (its chunk list and what each waits for), or one chunk with a
+snapshot of the rows its metric declared it reads (``Metric.reads``), and hands each returned
+chunk to the run's writer (shb.run.RunWriter), the same transaction a local run uses, so the
+tables are the same and a run resumes with either executor.
 
 Order: a unit starts once its upstream unit (the Sahara or Ships unit whose heads it ablates) has
-settled. Inside a unit, chunks run in parallel where they are independent: every layer of a head
-sweep (ships, ships_dataset), every (k, batch) of asr, and the candidate layers of one Sahara
-step; a Sahara step's last layer waits for the step's other layers (it picks the step's winner
-from their rows) and the next step waits for it. Metrics not listed run their chunks in order.
+settled. Inside a unit, chunks run in parallel except where the metric's ``after`` says otherwise
+(a fit before the chunks that apply it, a Sahara step's last layer after the step's other layers).
+A chunk that reads rows another unit's chunk in flight writes (``Metric.shares``: a fit that an asr
+and a utility unit both apply) waits for it, and then finds them stored. Nothing here knows a metric
+by name.
 
 Faults: Ray restarts a dead actor (which reloads its model) and retries its task, up to
 ``retries`` times (at-least-once; the driver only commits results it receives, each chunk with
@@ -30,69 +32,12 @@ from typing import Any
 
 from shb.errors import UsageError
 from shb.executors import ExecutorOptions, require_ray
-from shb.executors.worker import ModelHost
-
-INDEPENDENT_CHUNKS = {"ships", "ships_dataset", "asr"}
-# The tables each metric reads through ctx.store, and whose rows: its own unit's or its upstream unit's.
-# A kind not listed gets every table with a unit_id column, for both.
-READS = {"ships": (), "ships_dataset": (), "sahara": (("sahara_steps", "self"),),
-         "asr": (("sahara_steps", "upstream"), ("ships", "upstream"))}
-
-
-def chunk_dependencies(kind: str, chunks: list[str]) -> list[set[int]]:
-    """For each chunk (by index), the indices of the chunks of the same unit it must wait for."""
-    if kind in INDEPENDENT_CHUNKS:
-        return [set() for _ in chunks]
-    if kind == "sahara":
-        from shb.metrics.sahara import chunk_step_layer
-
-        steps = [chunk_step_layer(c)[0] for c in chunks]
-        members: dict[int, list[int]] = {}
-        for i, step in enumerate(steps):
-            members.setdefault(step, []).append(i)
-        ordered = sorted(members)
-        deps = []
-        for i, step in enumerate(steps):
-            position = ordered.index(step)
-            wait = {members[ordered[position - 1]][-1]} if position else set()  # the previous step's winner
-            if i == members[step][-1]:
-                wait |= set(members[step][:-1])  # the step's last layer reads the other layers' rows
-            deps.append(wait)
-        return deps
-    return [{i - 1} if i else set() for i in range(len(chunks))]
-
-
-def _reads(store, unit) -> list[tuple[str, str]]:
-    reads = READS.get(unit.metric.kind)
-    if reads is None:
-        unit_tables = [r[0] for r in store.query(
-            "SELECT DISTINCT table_name FROM information_schema.columns WHERE column_name = 'unit_id'"
-            " AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE')"
-            " AND table_name NOT IN ('units', 'chunks') ORDER BY 1").rows()]
-        reads = [(table, who) for table in unit_tables for who in ("self", "upstream")]
-    return list(reads)
-
-
-def reads_own_rows(unit) -> bool:
-    reads = READS.get(unit.metric.kind)
-    return reads is None or any(who == "self" for _, who in reads)
-
-
-def snapshot_tables(store, unit) -> dict:
-    """What a worker needs of the database for one chunk of ``unit`` (see READS): table -> polars frame."""
-    wanted: dict[str, list[str]] = {}
-    for table, who in _reads(store, unit):
-        unit_id = unit.unit_id if who == "self" else unit.spec.get("upstream")
-        if unit_id:
-            wanted.setdefault(table, []).append(unit_id)
-    return {table: store.query(f'SELECT * FROM "{table}" WHERE unit_id IN ({", ".join("?" * len(ids))})', ids)
-            for table, ids in wanted.items()}
-
+from shb.executors.worker import WorkerHost
+from shb.metrics.base import EVERY_UNIT_TABLE, overlaps
 
 @dataclass
 class _Unit:
     unit: Any
-    row: dict
     phase: str = "waiting"      # waiting -> planning -> running -> done | failed
     started: float = 0.0
     chunks: list = field(default_factory=list)
@@ -100,7 +45,8 @@ class _Unit:
     done: set = field(default_factory=set)
     inflight: set = field(default_factory=set)
     bar: Any = None
-    snapshot: Any = None        # an ObjectRef of the upstream rows (immutable once the upstream is done)
+    row: dict = field(default_factory=dict)
+    batch_size: int | None = None
 
 
 @dataclass
@@ -110,15 +56,13 @@ class _Slot:
     busy: bool = False
 
 
-def run_units(pending, *, suite, prompts, store, run_id, device, dtype, progress, on_chunk, options: ExecutorOptions,
-              log=print, fingerprints: dict | None = None) -> dict:
+def run_units(pending, *, runner_args: dict, writer, progress, options: ExecutorOptions, log=print) -> dict:
     """Run ``pending`` (in model order) on Ray actors; returns counts {done, failed, model_loads, workers}."""
     ray = require_ray()
     started_ray = _init(ray, options)
     try:
-        return _Driver(ray, pending, suite=suite, prompts=prompts, store=store, run_id=run_id, device=device,
-                       dtype=dtype, progress=progress, on_chunk=on_chunk, options=options, log=log,
-                       fingerprints=fingerprints).run()
+        return _Driver(ray, pending, runner_args=runner_args, writer=writer, progress=progress, options=options,
+                       log=log).run()
     finally:
         if started_ray:
             ray.shutdown()
@@ -153,13 +97,11 @@ def worker_resources(cluster: dict, options: ExecutorOptions) -> tuple[float, in
 
 
 class _Driver:
-    def __init__(self, ray, pending, *, suite, prompts, store, run_id, device, dtype, progress, on_chunk, options,
-                 log, fingerprints=None):
-        from shb.run import unit_row
-
-        self.ray, self.suite, self.store, self.run_id = ray, suite, store, run_id
-        self.progress, self.on_chunk, self.options, self.log = progress, on_chunk, options, log
-        self.units = {u.unit_id: _Unit(u, unit_row(u, run_id, suite)) for u in pending}
+    def __init__(self, ray, pending, *, runner_args, writer, progress, options, log):
+        self.ray, self.writer = ray, writer
+        self.progress, self.options, self.log = progress, options, log
+        self.units = {u.unit_id: _Unit(u) for u in pending}
+        device = runner_args.get("device")
         self.model_order = list(dict.fromkeys(u.model.id for u in pending))
         self.counts = {"done": 0, "failed": 0, "model_loads": 0}
         self.num_gpus, n_workers = worker_resources(ray.cluster_resources(), options)
@@ -169,10 +111,11 @@ class _Driver:
         self.slots = [_Slot() for _ in range(n_workers)]
         self.counts["workers"] = n_workers
         self.inflight: dict[Any, tuple] = {}
-        datasets = {d.id: d for d in suite.datasets}
         # By value, not ray.put: Ray can then rebuild a restarted actor without the driver's references.
-        self.host_args = (dtype, device, suite, prompts, datasets, fingerprints)
-        self.actor = ray.remote(ModelHost).options(num_cpus=1, num_gpus=self.num_gpus,
+        self.host_args = (runner_args,)
+        # Snapshots shipped once and reused while no commit touches their tables: reads -> ObjectRef.
+        self.snapshots: dict[tuple, Any] = {}
+        self.actor = ray.remote(WorkerHost).options(num_cpus=1, num_gpus=self.num_gpus,
                                                    max_restarts=options.retries, max_task_retries=options.retries)
         self.unit_bar = progress.add_task("units", total=len(pending))
 
@@ -218,9 +161,16 @@ class _Driver:
             if state.phase == "running":
                 for i, chunk in enumerate(state.chunks):
                     if chunk not in state.done and chunk not in state.inflight and all(
-                            state.chunks[j] in state.done for j in state.deps[i]):
+                            state.chunks[j] in state.done for j in state.deps[i]) and not self._shared_inflight(
+                            state.unit, chunk):
                         return ("chunk", state, chunk)
         return None
+
+    def _shared_inflight(self, unit, chunk) -> bool:
+        """Whether a chunk in flight writes rows this chunk reads (``Metric.shares``: a fit two units apply)."""
+        reads = self.writer.reads(unit, chunk)
+        return any(what == "chunk" and overlaps(self.writer.metric(other.unit).shares(other.unit, other_chunk), reads)
+                   for _, what, other, other_chunk in self.inflight.values())
 
     def _switch_to(self, slot):
         """The model an idle actor should load next: another with work, when its own model is finished or when
@@ -242,23 +192,25 @@ class _Driver:
     def _start(self, slot, what, state, chunk) -> None:
         if what == "plan":
             state.phase, state.started = "planning", time.perf_counter()
-            self.store.upsert_unit(state.row)
-            ref = slot.handle.chunks.remote(state.unit)
+            state.row = self.writer.unit_started(state.unit)
+            ref = slot.handle.plan.remote(state.unit)
         else:
             state.inflight.add(chunk)
-            ref = slot.handle.run_chunk.remote(state.unit, chunk, self._snapshot(state))
+            ref = slot.handle.run_chunk.remote(state.unit, chunk, self._snapshot(state, chunk))
         slot.busy = True
         self.inflight[ref] = (slot, what, state, chunk)
 
-    def _snapshot(self, state):
-        """The rows the chunk reads: a dict table -> polars frame, or an ObjectRef of one."""
-        if state.snapshot is not None:
-            return state.snapshot
-        tables = snapshot_tables(self.store, state.unit)
-        if not reads_own_rows(state.unit):  # upstream rows are fixed for the unit's lifetime: ship them once
-            state.snapshot = self.ray.put(tables)
-            return state.snapshot
-        return tables
+    def _snapshot(self, state, chunk):
+        """The rows the chunk declared it reads, as an ObjectRef shared by every chunk that reads the same."""
+        reads = tuple(self.writer.reads(state.unit, chunk))
+        if reads not in self.snapshots:
+            self.snapshots[reads] = self.ray.put(self.writer.snapshot(list(reads)))
+        return self.snapshots[reads]
+
+    def _committed(self, tables) -> None:
+        """Forget the snapshots that read a table just written (the next chunk that reads it gets a fresh one)."""
+        self.snapshots = {reads: ref for reads, ref in self.snapshots.items()
+                          if not any(r.table in tables or r.table == EVERY_UNIT_TABLE for r in reads)}
 
     # -- results ----------------------------------------------------------------------------------
     def _collect(self, ref) -> None:
@@ -275,14 +227,8 @@ class _Driver:
             self._fail(state, f"worker died running {chunk or 'the chunk list'} of unit {state.unit.unit_id} "
                               f"({self.options.retries} restart(s) allowed): {exc}")
             return
-        if result.model_row is not None:
-            self.counts["model_loads"] += 1
-            with self.store.transaction():
-                self.store.insert("models", [result.model_row])
-        if result.input_rows:
-            with self.store.transaction():
-                for table, rows in result.input_rows.items():
-                    self.store.insert(table, rows)
+        self.counts["model_loads"] += result.loaded
+        self.writer.inputs(result.inputs)
         if state.phase == "failed":
             return  # a chunk of a unit that already failed: dropped
         if result.shb_error is not None:
@@ -291,28 +237,25 @@ class _Driver:
             self._fail(state, result.error)
             return
         if what == "plan":
-            state.chunks = result.rows["chunks"]
-            state.deps = chunk_dependencies(state.unit.metric.kind, state.chunks)
-            state.done = self.store.done_chunks(state.unit.unit_id) & set(state.chunks)
+            state.chunks, state.deps = result.rows["chunks"], result.rows["after"]
+            state.done = self.writer.done_chunks(state.unit) & set(state.chunks)
             state.phase = "running"
             state.bar = self.progress.add_task(f"  {state.unit.metric.kind} chunks", total=len(state.chunks),
                                                completed=len(state.done))
         else:
-            self.store.commit_chunk(state.unit.unit_id, chunk, self.run_id, result.rows, result.seconds)
+            self.writer.chunk(state.unit, chunk, result.rows, result.seconds)
+            self._committed(set(result.rows))
             state.done.add(chunk)
-            if self.on_chunk is not None:
-                self.on_chunk(state.unit.unit_id, chunk)
+            state.batch_size = result.batch_size if result.batch_size is not None else state.batch_size
             self.progress.advance(state.bar)
         if len(state.done) == len(state.chunks):
             state.phase = "done"
-            self.store.upsert_unit({**state.row, "status": "done", "seconds": time.perf_counter() - state.started,
-                                    "n_chunks": len(state.chunks)})
+            self.writer.unit_done(state.row, time.perf_counter() - state.started, len(state.chunks), state.batch_size)
             self._settle(state, "done")
 
     def _fail(self, state, error: str) -> None:
         state.phase = "failed"
-        self.store.upsert_unit({**state.row, "status": "failed", "error": error[-4000:],
-                                "seconds": time.perf_counter() - state.started})
+        self.writer.unit_failed(state.row, time.perf_counter() - state.started, error)
         self._settle(state, "failed")
         if os.environ.get("SHB_RAISE"):
             raise RuntimeError(f"unit {state.unit.unit_id} failed:\n{error}")

@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 
 from shb.judges import config_hash
-from shb.judges.keyword import REPEAT_MIN_CHARS, REPEAT_MIN_COUNT  # the paper's repetition thresholds
+from shb.judges.repetition import REPEAT_MIN_CHARS, REPEAT_MIN_COUNT  # the paper's repetition thresholds
 
 REFUSED, COMPLIED, BROKEN = "refused", "complied", "broken"
 OUTCOMES = (REFUSED, COMPLIED, BROKEN)

@@ -10,8 +10,9 @@ Head-set sources (the ``heads`` parameter):
 Or ``intervention: <id>`` (instead of heads): an entry of the suite's interventions section (a
 fitted baseline or a fixed head set; shb.baselines), applied with k = 1 and heads = [];
 a fitted one has a first chunk ``fit`` (shb.baselines.fits).
-Chunks are (k, batch of prompts), or (k, draw, batch) when a random control has several draws: a crash
-loses at most one batch of generations.
+Chunks are (k, range of prompts), or (k, draw, range) when a random control has several draws
+(``k002-p0000-0031``, ``k002-d001-p0032-0063``): a crash loses at most one batch of generations, and a
+chunk's name says which prompts it covers, so a changed CHUNK_PROMPTS cannot leave prompts out on resume.
 
 Random draws: draw 0 shuffles with ``seed`` itself (so ``draws: 1``, the default, is the single fixed
 control shb always drew, with the same generation ids); draw d > 0 shuffles with a seed derived from
@@ -25,8 +26,13 @@ from __future__ import annotations
 import hashlib
 import random
 
+from shb import judges as judge_registry
+from shb.ablation import format_head, parse_heads
+from shb.baselines import applied as baselines
+from shb.baselines.fits import fit_chunk
 from shb.errors import UsageError
-from shb.metrics.base import Metric
+from shb.generate import generate, normalize_decoding
+from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks, unit_rows
 
 CHUNK_PROMPTS = 32
 ASSUMED_PROMPT_TOKENS = 48
@@ -73,6 +79,26 @@ def judges_of(params: dict) -> list[str]:
     return judge if isinstance(judge, list) else [judge]
 
 
+def fit_id(unit) -> str | None:
+    """The fit a unit applies (a fitted baseline), or None."""
+    return (unit.spec.get("intervention") or {}).get("fit_id")
+
+
+def fit_reads(unit) -> list[Read]:
+    """The stored fit a unit applies (its ``fit`` chunk looks for it too: another unit may have stored it)."""
+    return [Read("fits", "fit_id", (fit_id(unit),))] if fit_id(unit) else []
+
+
+def head_set_reads(unit) -> list[Read]:
+    """The upstream rows a ``heads`` source reads: Sahara's chosen heads, or per-prompt Ships scores."""
+    heads = unit.spec["metric"].get("heads")
+    if isinstance(heads, str) and heads.startswith("sahara:"):
+        return [unit_rows("sahara_steps", unit.spec.get("upstream"))]
+    if heads == "ships_per_prompt":
+        return [unit_rows("ships", unit.spec.get("upstream"))]
+    return []
+
+
 class AsrMetric(Metric):
     kind = "asr"
 
@@ -84,28 +110,34 @@ class AsrMetric(Metric):
         return int(unit.n_prompts * n * settings * per_answer)
 
     def chunks(self, unit, ctx) -> list[str]:
-        n_batches = -(-len(ctx.prompts) // CHUNK_PROMPTS)
         several = draws_of(ctx.metric) > 1
-        fit = ["fit"] if "fit_id" in (unit.spec.get("intervention") or {}) else []
-        out = []
+        out = ["fit"] if fit_id(unit) else []
         for k in ks_of(ctx.metric):
             for d in draws_at(ctx.metric, k):
-                # one draw keeps the chunk names shb always used, so existing databases resume
-                middle = f"-d{d:03d}" if several else ""
-                out += [f"k{k:03d}{middle}-b{b:04d}" for b in range(n_batches)]
-        return fit + out
+                prefix = f"k{k:03d}" + (f"-d{d:03d}" if several else "")
+                out += range_chunks(prefix, len(ctx.prompts), CHUNK_PROMPTS)
+        return out
+
+    def reads(self, unit, chunk: str) -> list[Read]:
+        return head_set_reads(unit) + fit_reads(unit)
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        return after_first(chunks, "fit")
+
+    def shares(self, unit, chunk: str) -> list[Read]:
+        return fit_reads(unit) if chunk == "fit" else []  # the fit, which other units applying it read  # the fit, then every (k, range) independently
 
     @staticmethod
-    def parse_chunk(chunk: str) -> tuple[int, int, int]:
-        """(k, draw, batch) of a chunk name; k may have more than three digits (k = 1000 is "k1000")."""
-        parts = dict((p[0], int(p[1:])) for p in chunk.split("-"))
-        return parts["k"], parts.get("d", 0), parts["b"]
+    def parse_chunk(chunk: str) -> tuple[int, int, int, int]:
+        """(k, draw, lo, hi) of a chunk name (prompts lo..hi-1); k may have more than three digits."""
+        parts = chunk.split("-")
+        lo, hi = chunk_range(chunk)
+        draw = int(parts[1][1:]) if parts[1].startswith("d") else 0
+        return int(parts[0][1:]), draw, lo, hi
 
     # -- head sets ---------------------------------------------------------------------------------
     def head_sets(self, unit, ctx, k: int, prompts, draw: int = 0) -> list[list[tuple[int, int]]]:
         """One head set per prompt of this chunk."""
-        from shb.ablation import parse_heads
-
         if "heads" not in ctx.metric:
             return [[] for _ in prompts]  # an intervention: no head ablated on top of it
         heads = ctx.metric["heads"]
@@ -154,8 +186,6 @@ class AsrMetric(Metric):
 
     # -- judges ------------------------------------------------------------------------------------
     def judges(self, ctx):
-        from shb import judges
-
         built = []
         for judge_id in judges_of(ctx.metric):
             config = {}
@@ -163,19 +193,14 @@ class AsrMetric(Metric):
                 config = {"model": ctx.metric.get("judge_model"), "prompt": ctx.metric.get("judge_prompt", "harmbench"),
                           "device": ctx.device}
             key = ("judge", judge_id, tuple(sorted((k, str(v)) for k, v in config.items())))
-            built.append(ctx.cached(key, lambda j=judge_id, c=config: judges.get(j, **c)))
+            built.append(ctx.cached(key, lambda j=judge_id, c=config: judge_registry.get(j, **c)))
         return built
 
     # -- one chunk ---------------------------------------------------------------------------------
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.ablation import format_head
-        from shb.baselines import applied as baselines
-        from shb.generate import generate, normalize_decoding
-
         if chunk == "fit":
-            return baselines.fit_chunk(unit, ctx)
-        k, draw, batch = self.parse_chunk(chunk)
-        lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
+            return fit_chunk(unit, ctx)
+        k, draw, lo, hi = self.parse_chunk(chunk)
         prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         sets = self.head_sets(unit, ctx, k, prompts, draw)
         decoding = normalize_decoding(ctx.metric.get("decoding"))

@@ -1,9 +1,40 @@
-"""The metric protocol and the context a unit runs in."""
+"""The metric protocol and the context a unit runs in.
+
+A metric declares what its chunks need besides the model and the prompts, and executors derive
+everything from these declarations (shb.executors): ``reads(unit, chunk)`` names the stored rows a
+chunk reads through ``ctx.store`` (the executor hands it a snapshot holding exactly those), and
+``after(unit, chunks)`` which earlier chunks each one waits for (a fit before the generations that
+apply it, a Sahara step after the previous step's winner). A new metric touches its own file only.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from shb.errors import UsageError
+
+EVERY_UNIT_TABLE = "*"
+
+
+@dataclass(frozen=True)
+class Read:
+    """Stored rows a chunk reads: those of ``table`` whose ``column`` holds one of ``values``.
+    ``table`` = ``EVERY_UNIT_TABLE``: every results table with a ``unit_id`` column (``column`` is then
+    ``unit_id``), the safe default of a metric that declares nothing."""
+
+    table: str
+    column: str
+    values: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", tuple(v for v in self.values if v is not None))
+
+
+def unit_rows(table: str, *unit_ids) -> Read:
+    """The rows of ``table`` that the given units (None entries skipped) wrote."""
+    return Read(table, "unit_id", tuple(unit_ids))
 
 
 @dataclass
@@ -33,7 +64,7 @@ class UnitContext:
 
     def engine(self):
         """The scoring engine for this unit's model, prompts and ablation (built once, shared)."""
-        from shb.engine import Engine
+        from shb.engine import Engine  # torch at import (see shb.metrics)
 
         return self.cached(self._engine_key(), lambda: Engine(
             self.lm, self.formatted, kind=self.ablation["kind"], epsilon=self.ablation.get("epsilon", 1e-5),
@@ -62,7 +93,9 @@ class UnitContext:
 
 
 class Metric:
-    """Base class: ``chunks`` lists the unit's commit points in order, ``run_chunk`` computes one."""
+    """Base class: ``chunks`` lists the unit's commit points, named by what they cover (a layer, a
+    Sahara step, a range of prompts), in an order that runs them one by one; ``run_chunk`` computes
+    one and returns rows (table -> rows), writing nothing."""
 
     kind = ""
 
@@ -75,14 +108,74 @@ class Metric:
     def run_chunk(self, unit, ctx: UnitContext, chunk: str) -> dict[str, list[dict]]:
         raise NotImplementedError
 
+    def reads(self, unit, chunk: str) -> list[Read]:
+        """The stored rows ``chunk`` reads through ``ctx.store``. Default: every results table's rows of
+        this unit and of its upstream unit (safe, if more than most metrics need)."""
+        return [Read(EVERY_UNIT_TABLE, "unit_id", (unit.unit_id, unit.spec.get("upstream")))]
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        """For each chunk (by index), the indices of the earlier chunks it waits for. Default: the one
+        before it (strictly in order)."""
+        return in_order(chunks)
+
+    def shares(self, unit, chunk: str) -> list[Read]:
+        """Rows ``chunk`` writes that chunks of other units read (a fit that several units apply). An
+        executor runs no chunk that reads such rows while the chunk writing them is in flight, so the
+        second finds them stored instead of computing them again. Default: none."""
+        return []
+
+
+def overlaps(a: list[Read], b: list[Read]) -> bool:
+    """Whether two declarations name some of the same rows (``EVERY_UNIT_TABLE`` meets any unit table)."""
+    return any((x.table == y.table or EVERY_UNIT_TABLE in (x.table, y.table)) and x.column == y.column
+               and set(x.values) & set(y.values) for x in a for y in b)
+
+
+def in_order(chunks: list[str]) -> list[set[int]]:
+    """Each chunk waits for the one before it."""
+    return [{i - 1} if i else set() for i in range(len(chunks))]
+
+
+def independent(chunks: list[str]) -> list[set[int]]:
+    """No chunk waits for another."""
+    return [set() for _ in chunks]
+
+
+def after_first(chunks: list[str], first: str) -> list[set[int]]:
+    """Every chunk waits for ``first`` when it leads the list (a fit before what applies it)."""
+    if chunks and chunks[0] == first:
+        return [set()] + [{0} for _ in chunks[1:]]
+    return independent(chunks)
+
+
+def range_chunk(prefix: str, lo: int, hi: int) -> str:
+    """A chunk covering prompts lo..hi-1 (indices into the unit's prompt list, fixed by its unit id):
+    ``<prefix>-p0000-0031``. Named by what it covers, not by a batch number, so a changed batch size
+    cannot make an old done mark stand for other prompts."""
+    return f"{prefix}-p{lo:04d}-{hi - 1:04d}"
+
+
+_RANGE = re.compile(r"-p(\d+)-(\d+)$")
+
+
+def chunk_range(chunk: str) -> tuple[int, int]:
+    """(lo, hi) of a ``range_chunk`` name (hi exclusive)."""
+    found = _RANGE.search(chunk)
+    if found is None:
+        raise ValueError(f"chunk '{chunk}' names no prompt range")
+    return int(found.group(1)), int(found.group(2)) + 1
+
+
+def range_chunks(prefix: str, n: int, size: int) -> list[str]:
+    """``n`` prompts in ranges of ``size``."""
+    return [range_chunk(prefix, lo, min(n, lo + size)) for lo in range(0, n, size)]
+
 
 def swept_layers(params: dict, n_layers: int, metric_id: str) -> list[int]:
     """The layers a head sweep covers (``layers`` parameter, default all), checked against the model."""
     layers = list(params.get("layers") or range(n_layers))
     bad = [layer for layer in layers if not isinstance(layer, int) or not 0 <= layer < n_layers]
     if bad:
-        from shb.errors import UsageError
-
         raise UsageError(f"metric '{metric_id}': layers {bad} out of range; the model has {n_layers}")
     return layers
 
@@ -97,8 +190,6 @@ def subspace_rank(params: dict, n_prompts: int, metric_id: str) -> int:
     """The rank r of generalized Ships' subspaces, checked against the number of prompts."""
     r = params.get("r", 1)
     if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= n_prompts:
-        from shb.errors import UsageError
-
         raise UsageError(f"metric '{metric_id}': r must be an integer in [1, {n_prompts}] (the number of prompts),"
                          f" got {r!r}")
     return r

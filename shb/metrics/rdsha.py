@@ -19,13 +19,14 @@ available in SQL.
 
 Parameters: ``intervention`` (required): the id of a ``refusal_direction`` entry of the suite's
 interventions section; its fit runs first (chunk ``fit``, shared with every unit that applies it).
-Chunks: ``fit``, then one per batch of prompts. One forward pass per prompt, no ablation.
+Chunks: ``fit``, then one per range of prompts (``proj-p0000-0031``). One forward pass per prompt, no ablation.
 """
 
 from __future__ import annotations
 
 from shb.errors import UsageError
-from shb.metrics.base import Metric
+from shb.metrics.asr import fit_reads
+from shb.metrics.base import Metric, after_first, chunk_range, range_chunks
 
 CHUNK_PROMPTS = 32
 
@@ -91,16 +92,23 @@ class RdshaMetric(Metric):
         if key.get("kind") != "refusal_direction":
             raise UsageError(f"metric '{unit.metric.id}': rdsha needs `intervention`, the id of a refusal_direction "
                              "entry of the suite's interventions section")
-        n = -(-len(ctx.prompts) // CHUNK_PROMPTS)
-        return ["fit"] + [f"b{b:04d}" for b in range(n)]
+        return ["fit"] + range_chunks("proj", len(ctx.prompts), CHUNK_PROMPTS)
+
+    def reads(self, unit, chunk: str) -> list:
+        return fit_reads(unit)  # the refusal direction (its fit chunk looks for a stored one too)
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        return after_first(chunks, "fit")
+
+    def shares(self, unit, chunk: str) -> list:
+        return fit_reads(unit) if chunk == "fit" else []  # the fit, which every unit applying it reads
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         from shb.baselines.fits import fit_chunk, intervention_for
 
         if chunk == "fit":
             return fit_chunk(unit, ctx)
-        batch = int(chunk[1:])
-        lo, hi = batch * CHUNK_PROMPTS, min(len(ctx.prompts), (batch + 1) * CHUNK_PROMPTS)
+        lo, hi = chunk_range(chunk)
         direction = intervention_for(unit, ctx).direction
         bs = ctx.batch_size if isinstance(ctx.batch_size, int) else 16
         proj = head_projections(ctx.lm, ctx.formatted[lo:hi], direction, bs)  # (P, L, H)

@@ -14,7 +14,9 @@ scored exactly and the best verified candidate is chosen. Only verified candidat
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric, subspace_rank, swept_layers
+from shb.errors import UsageError
+from shb.metrics.base import Metric, subspace_rank, swept_layers, unit_rows
+from shb.search import SCORES, best, sahara_step_layer, screened_sahara_step
 
 SCREEN_DEFAULTS = {"directions": 8}
 
@@ -27,14 +29,17 @@ def screen_chunk(step: int) -> str:
     return f"step-{step:02d}-screen"
 
 
+def chunk_step(chunk: str) -> int:
+    """The step of a chunk, exact (``step-SS-layer-LLL``) or screened (``step-SS-screen``)."""
+    return int(chunk.split("-")[1])
+
+
 def chunk_step_layer(chunk: str) -> tuple[int, int]:
     _, step, _, layer = chunk.split("-")
     return int(step), int(layer)
 
 
 def _params(ctx, unit) -> tuple[int, str, int]:
-    from shb.errors import UsageError
-    from shb.search import SCORES
 
     steps, score = ctx.metric.get("steps", 5), ctx.metric.get("score", "ships_dataset")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -62,20 +67,36 @@ class SaharaMetric(Metric):
         steps, _, _ = _params(ctx, unit)
         layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
         if steps > len(layers) * ctx.lm.n_heads:
-            from shb.errors import UsageError
-
             raise UsageError(f"metric '{unit.metric.id}': steps={steps} exceeds the {len(layers) * ctx.lm.n_heads} candidate heads")
         if self._screen(ctx, unit):
             return [screen_chunk(s) for s in range(steps)]
         return [step_chunk(s, layer) for s in range(steps) for layer in layers]
+
+    def reads(self, unit, chunk: str) -> list:
+        return [unit_rows("sahara_steps", unit.unit_id)]  # the heads chosen so far; the step's other layers
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        """The layers of one step run together; the step's last layer (it picks the winner from the others'
+        rows) waits for them, and the next step waits for that winner."""
+        steps = [chunk_step(c) for c in chunks]
+        members: dict[int, list[int]] = {}
+        for i, step in enumerate(steps):
+            members.setdefault(step, []).append(i)
+        ordered = sorted(members)
+        deps = []
+        for i, step in enumerate(steps):
+            position = ordered.index(step)
+            wait = {members[ordered[position - 1]][-1]} if position else set()
+            if i == members[step][-1]:
+                wait |= set(members[step][:-1])
+            deps.append(wait)
+        return deps
 
     @staticmethod
     def _screen(ctx, unit) -> dict | None:
         screen = ctx.metric.get("screen")
         if not screen:
             return None
-        from shb.errors import UsageError
-
         _, score, _ = _params(ctx, unit)
         if score != "ships_dataset":
             raise UsageError(f"metric '{unit.metric.id}': screen estimates score ships_dataset only, got {score!r};"
@@ -88,8 +109,6 @@ class SaharaMetric(Metric):
         return screen
 
     def _screened(self, unit, ctx, step: int) -> dict[str, list[dict]]:
-        from shb.search import screened_sahara_step
-
         _, _, r = _params(ctx, unit)
         unit_id = ctx.ids["unit_id"]
         found = screened_sahara_step(ctx.engine(), self._chosen(ctx, unit_id, step), r=r,
@@ -103,8 +122,6 @@ class SaharaMetric(Metric):
         return {"sahara_steps": steps, "sahara_estimates": estimates}
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.search import best, sahara_step_layer
-
         if chunk.endswith("-screen"):
             return self._screened(unit, ctx, int(chunk.split("-")[1]))
         step, layer = chunk_step_layer(chunk)

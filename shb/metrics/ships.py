@@ -12,7 +12,9 @@ Only verified heads get rows in ``ships`` (exact, as in the full sweep); every e
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric, chunk_layer, layer_chunk, sweep_forwards, swept_layers
+from shb.errors import UsageError
+from shb.metrics.base import (Metric, chunk_layer, chunk_range, independent, layer_chunk, range_chunks, sweep_forwards,
+                              swept_layers)
 
 SCREEN_PROMPTS = 8  # prompts per screened chunk: a crash loses at most this many prompts' work
 SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16}
@@ -33,12 +35,18 @@ class ShipsMetric(Metric):
     def chunks(self, unit, ctx) -> list[str]:
         layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
         if ctx.metric.get("screen"):
-            return [f"screen-b{b:05d}" for b in range(-(-len(ctx.prompts) // SCREEN_PROMPTS))]
+            return range_chunks("screen", len(ctx.prompts), SCREEN_PROMPTS)
         return [layer_chunk(layer) for layer in layers]
+
+    def reads(self, unit, chunk: str) -> list:
+        return []
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        return independent(chunks)
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         if chunk.startswith("screen-"):
-            return self._screened(unit, ctx, int(chunk.rsplit("b", 1)[1]))
+            return self._screened(unit, ctx, *chunk_range(chunk))
         layer = chunk_layer(chunk)
         scores = ctx.engine().ships_layer(layer)  # (P, H)
         base = ctx.base_row()
@@ -49,8 +57,7 @@ class ShipsMetric(Metric):
         ]
         return {"ships": rows}
 
-    def _screened(self, unit, ctx, batch: int) -> dict[str, list[dict]]:
-        from shb.errors import UsageError
+    def _screened(self, unit, ctx, lo: int, hi: int) -> dict[str, list[dict]]:
         from shb.scorers.attribution import estimate
 
         screen = {**SCREEN_DEFAULTS, **ctx.metric["screen"]}
@@ -60,12 +67,10 @@ class ShipsMetric(Metric):
         if screen["top"] > len(candidates):
             raise UsageError(f"metric '{unit.metric.id}': screen.top = {screen['top']} exceeds the "
                              f"{len(candidates)} heads swept; lower it, or drop `screen` for the exact sweep")
-        lo = batch * SCREEN_PROMPTS
-        prompts = ctx.prompts[lo: lo + SCREEN_PROMPTS]
-        texts = ctx.formatted[lo: lo + SCREEN_PROMPTS]
+        prompts, texts = ctx.prompts[lo:hi], ctx.formatted[lo:hi]
         ab = ctx.ablation
         est = estimate(ctx.lm, texts, kind=ab["kind"], epsilon=ab.get("epsilon", 1e-5), site=ab.get("site"),
-                       estimator=screen["estimator"], tokens=screen["tokens"], seed=ctx.seed + batch)  # (p, L, H)
+                       estimator=screen["estimator"], tokens=screen["tokens"], seed=ctx.seed + lo // SCREEN_PROMPTS)  # (p, L, H)
         base = ctx.base_row()
         chosen = [sorted(candidates, key=lambda lh: (-float(est[p, lh[0], lh[1]]), lh))[: screen["top"]]
                   for p in range(len(prompts))]

@@ -7,7 +7,8 @@ head ablated. One chunk per layer; rows go to table ``ships_dataset``.
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric, chunk_layer, layer_chunk, subspace_rank, sweep_forwards, swept_layers
+from shb.metrics.base import (Metric, chunk_layer, independent, layer_chunk, subspace_rank, sweep_forwards,
+                              swept_layers)
 
 
 class ShipsDatasetMetric(Metric):
@@ -20,8 +21,14 @@ class ShipsDatasetMetric(Metric):
         subspace_rank(ctx.metric, len(ctx.formatted), unit.metric.id)
         return [layer_chunk(layer) for layer in swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)]
 
+    def reads(self, unit, chunk: str) -> list:
+        return []
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        return independent(chunks)
+
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.scorers.subspace import subspace_angle_scores
+        from shb.scorers.subspace import subspace_angle_scores  # torch at import (see shb.metrics)
 
         layer = chunk_layer(chunk)
         r = subspace_rank(ctx.metric, len(ctx.formatted), unit.metric.id)

@@ -12,14 +12,23 @@ parts runs under it:
 - ``benign_loss``: mean next-token NLL of each text of a suite dataset (``shb.utility.loss``).
 
 Rows go to ``utility_docs``; the ``utility`` view aggregates them. Chunks: ``k000-lm-00`` (one
-lm-eval task), ``k000-refusal-b0000`` (a batch of benign prompts), ``k000-loss``.
+lm-eval task), ``k000-refusal-p0000-0031`` (a range of benign prompts), ``k000-loss``; a fitted
+intervention adds ``fit`` first, which every other chunk waits for.
 """
 
 from __future__ import annotations
 
+from shb import datasets as ds
+from shb.baselines.fits import fit_chunk
 from shb.errors import ShbError, UsageError
-from shb.metrics.base import Metric
+from shb.generate import generate, normalize_decoding
+from shb.judges import get as get_judge
+from shb.metrics.asr import fit_reads, head_set_reads
+from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks
+from shb.utility import lmeval
 from shb.utility import spec as uspec
+from shb.utility.intervention import intervention_for
+from shb.utility.loss import text_losses
 
 CHUNK_PROMPTS = 32
 NOMINAL_TASK_DOCS = 1000       # plan-time guess of an lm-eval task's size (unknown without lm-eval)
@@ -50,8 +59,6 @@ class UtilityMetric(Metric):
         if params.get("heads") == "ships_per_prompt":
             raise UsageError(f"metric '{unit.metric.id}': utility needs one head set, not ships_per_prompt")
         if params.get("lm_eval"):
-            from shb.utility import lmeval
-
             lmeval.require()  # before any work: a missing extra is the error to see first
         fitted = "fit_id" in (unit.spec.get("intervention") or {})
         out = ["fit"] if fitted else []  # the baseline's fit first (a no-op when another unit stored it)
@@ -60,17 +67,22 @@ class UtilityMetric(Metric):
                 out.append(f"k{k:03d}-lm-{i:02d}")
             if params.get("over_refusal"):
                 n = len(self._dataset(unit, ctx, params["over_refusal"]["dataset"])[0])
-                out += [f"k{k:03d}-refusal-b{b:04d}" for b in range(-(-n // CHUNK_PROMPTS))]
+                out += range_chunks(f"k{k:03d}-refusal", n, CHUNK_PROMPTS)
             if params.get("benign_loss"):
                 out.append(f"k{k:03d}-loss")
         return out
 
+    def reads(self, unit, chunk: str) -> list[Read]:
+        return head_set_reads(unit) + fit_reads(unit)
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        return after_first(chunks, "fit")
+
+    def shares(self, unit, chunk: str) -> list[Read]:
+        return fit_reads(unit) if chunk == "fit" else []  # the fit, which other units applying it read
+
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
-        from shb.utility.intervention import intervention_for
-
         if chunk == "fit":
-            from shb.baselines.fits import fit_chunk
-
             return fit_chunk(unit, ctx)
         k = int(chunk[1:4])
         part = chunk.split("-")[1]
@@ -83,7 +95,7 @@ class UtilityMetric(Metric):
         if part == "lm":
             rows = self._lm_eval(unit, ctx, int(chunk.rsplit("-", 1)[1]), intervention, base)
         elif part == "refusal":
-            rows = self._over_refusal(unit, ctx, int(chunk.rsplit("-b", 1)[1]), intervention, base)
+            rows = self._over_refusal(unit, ctx, *chunk_range(chunk), intervention, base)
         elif part == "loss":
             rows = self._benign_loss(unit, ctx, intervention, base)
         else:
@@ -92,8 +104,6 @@ class UtilityMetric(Metric):
 
     # -- parts -------------------------------------------------------------------------------------
     def _lm_eval(self, unit, ctx, index, intervention, base):
-        from shb.utility import lmeval
-
         cfg = ctx.metric["lm_eval"]
         tasks = list(cfg["tasks"])
         docs, seed = cfg.get("docs", 48), ctx.metric.get("seed", 0)
@@ -110,13 +120,9 @@ class UtilityMetric(Metric):
                  "num_fewshot": run.num_fewshot.get(d.task), "detail": {**d.detail, "requested": run.requested}}
                 for d in run.docs]
 
-    def _over_refusal(self, unit, ctx, batch, intervention, base):
-        from shb.generate import generate, normalize_decoding
-        from shb.judges import get as get_judge
-
+    def _over_refusal(self, unit, ctx, lo, hi, intervention, base):
         cfg = ctx.metric["over_refusal"]
         prompts, formatted = self._dataset(unit, ctx, cfg["dataset"])
-        lo, hi = batch * CHUNK_PROMPTS, min(len(prompts), (batch + 1) * CHUNK_PROMPTS)
         decoding = normalize_decoding(cfg.get("decoding"))
         size = ctx.batch_size if isinstance(ctx.batch_size, int) else (64 if ctx.device.startswith("cuda") else 16)
         with intervention.applied(ctx.lm):
@@ -139,8 +145,6 @@ class UtilityMetric(Metric):
         return rows
 
     def _benign_loss(self, unit, ctx, intervention, base):
-        from shb.utility.loss import text_losses
-
         ref = ctx.metric["benign_loss"]["dataset"]
         prompts, formatted = self._dataset(unit, ctx, ref)
         size = ctx.batch_size if isinstance(ctx.batch_size, int) else 8
@@ -155,8 +159,6 @@ class UtilityMetric(Metric):
     def _dataset(self, unit, ctx, ref: str):
         """(prompts, formatted texts) of suite dataset ``ref``, checked against the content the unit id hashed."""
         def load():
-            from shb import datasets as ds
-
             entries = {d.id: d for d in (ctx.suite.datasets if ctx.suite is not None else ())}
             if ref not in entries:
                 raise UsageError(f"metric '{unit.metric.id}' reads dataset '{ref}', which is not in the suite")

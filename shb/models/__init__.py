@@ -239,7 +239,7 @@ def geometry_from_config(config: dict) -> dict:
     return {"layers": layers, "heads": heads, "hidden": hidden, "n_params": n_params}
 
 
-def _load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle,
+def load_directory(path: str, source: str, dtype, device, revision, trust_remote_code, allow_pickle,
                     attn_implementation: str | None = None, gguf_file: str | None = None) -> LoadedModel:
     import torch  # noqa: F401  (fail here, with a clear import error, before transformers)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -288,9 +288,9 @@ def load(source: str, dtype: str | None = None, device: str | None = None, *, re
     if _is_toy(source):
         seed = int(source.split(":", 1)[1]) if ":" in source else 0
         path = toy_path(seed, quiet=quiet, **(toy_variant or {}))
-        return _load_directory(str(path), source, torch_dtype, device, None, False, False, attn_implementation)
+        return load_directory(str(path), source, torch_dtype, device, None, False, False, attn_implementation)
     check_available(source, revision=revision, allow_pickle=allow_pickle)
-    return _load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle,
+    return load_directory(source, source, torch_dtype, device, revision, trust_remote_code, allow_pickle,
                            attn_implementation)
 
 
@@ -306,7 +306,7 @@ def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> Loaded
 
         device = resolve_device(device)
         path = toy.ensure_base(spec.get("seed", 0), quiet=quiet, **toy_variant(spec))
-        return _load_directory(str(path), source_of(spec), resolve_dtype(spec.get("dtype", dtype), device), device,
+        return load_directory(str(path), source_of(spec), resolve_dtype(spec.get("dtype", dtype), device), device,
                                None, False, False)
     return load(f"toy:{spec.get('seed', 0)}", dtype=spec.get("dtype", dtype), device=device,
                 toy_variant=toy_variant(spec), quiet=quiet, attn_implementation=spec.get("attn_implementation"))

@@ -26,6 +26,8 @@ import os
 import re
 from pathlib import Path
 
+from shb.errors import ModelNotFound
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -50,12 +52,22 @@ def fingerprint(spec: dict) -> dict:
     from shb.models import gguf
 
     if gguf.is_gguf_spec(spec):  # one file holds weights, tokenizer and chat template
-        return gguf.fingerprint(spec)
+        return _gguf(spec, gguf)
     path = spec["path"]
     local = Path(path).expanduser()
     if local.exists() or path.startswith((".", "/", "~")):
         return directory_fingerprint(local)
     return _hub(path, spec.get("revision"))
+
+
+def _gguf(spec: dict, gguf) -> dict:
+    """The GGUF file's sha256 names weights, tokenizer and chat template (all three are in the file)."""
+    try:
+        path = gguf.locate(spec, download=False)
+    except ModelNotFound as exc:
+        return _unknown(str(exc).splitlines()[0])
+    digest = f"gguf:{file_sha256(path)}"
+    return {"weights": digest, "tokenizer": digest, "chat_template": digest}
 
 
 # -- toy -----------------------------------------------------------------------------------------------

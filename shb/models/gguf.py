@@ -150,18 +150,6 @@ def check(path: Path, model_id: str) -> dict:
     return info
 
 
-def fingerprint(spec: dict) -> dict:
-    """The GGUF file's sha256 names weights, tokenizer and chat template (all three are in the file)."""
-    from shb.models.fingerprint import _unknown, file_sha256
-
-    try:
-        path = locate(spec, download=False)
-    except ModelNotFound as exc:
-        return _unknown(str(exc).splitlines()[0])
-    digest = f"gguf:{file_sha256(path)}"
-    return {"weights": digest, "tokenizer": digest, "chat_template": digest}
-
-
 def geometry(spec: dict) -> dict | None:
     """Layers, heads and parameters from the header (for `shb plan`), or None if the file is not readable."""
     try:
@@ -175,7 +163,7 @@ def load(spec: dict, dtype, device, attn_implementation: str | None = None):
     """Load a GGUF model with transformers: dequantized to ``dtype``; tokenizer and template from the file."""
     path = locate(spec)
     check(path, spec.get("id", describe(spec)))
-    from shb.models import _load_directory
+    from shb.models import load_directory
 
-    return _load_directory(str(path.parent), describe(spec), dtype, device, None, False, False,
+    return load_directory(str(path.parent), describe(spec), dtype, device, None, False, False,
                            attn_implementation, gguf_file=path.name)

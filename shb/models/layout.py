@@ -27,8 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shb.models.layout_norms import attention_norms, norm_layouts, norm_sites
+from shb.models.projections import ProjSlice, UnsupportedArchitecture, text_config
+
 # Families whose layouts tests check against an independent reference (HF `model_type` -> notes).
-# Detection itself does not read this table: it is documentation and the list `shb ls` prints.
+# Detection does not read this table; `shb run`'s preflight refuses a model type missing from it
+# (unless the model brings its own code), and `shb ls` prints it.
 SUPPORTED: dict[str, str] = {
     "llama": "Llama 1/2/3 and Vicuna (separate q/k/v/o projections, grouped-query attention)",
     "mistral": "Mistral (grouped-query attention, sliding window)",
@@ -57,49 +61,8 @@ SUPPORTED: dict[str, str] = {
     "lfm2": "LFM2 hybrid (short-convolution layers skipped; per-head q/k layernorm, out_proj)",
 }
 
-QUERY_NORMS = ("q_norm", "query_norm", "q_layernorm")
-KEY_NORMS = ("k_norm", "key_norm", "k_layernorm")
-SHARED_NORMS = ("qk_norm",)
 OUTPUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 HARMLESS_CHILDREN = ("rotary_emb", "rotary", "attn_dropout", "resid_dropout", "dropout")
-
-
-class UnsupportedArchitecture(ValueError):
-    """The model's attention cannot be ablated exactly by shb (the message names the obstacle)."""
-
-
-@dataclass(frozen=True)
-class ProjSlice:
-    """Where the per-head features of one tensor live, on the output (query/key) or input (output side)
-    of the module `module` (a path relative to the attention module).
-
-    axis None: a (B, T, F) tensor; head h holds features start + h * head_stride + inner + arange(head_dim).
-    This covers separate projections (stride = head_dim), fused [q | k | v] blocks (start = offset of
-    the block), per-head interleaved [q k v] (GPT-NeoX: stride = 3 * head_dim) and a norm over the whole
-    projection (OLMo-2). axis 1 or 2: a 4-D tensor (B, H, T, D) or (B, T, H, D) with the heads on `axis`.
-    `call`: which call of `module` in one attention forward carries this tensor (a norm shared by
-    query and key is called twice: 0 query, 1 key).
-    """
-
-    module: str
-    conv1d: bool  # weight stored (in, out) as in GPT-2's Conv1D, instead of nn.Linear's (out, in)
-    start: int
-    head_stride: int
-    inner: int
-    n_heads: int  # heads in this tensor (n_heads for the query, n_kv_heads for the key)
-    head_dim: int
-    bias: bool  # whether the module has a bias on these features
-    axis: int | None = None
-    call: int = 0
-
-    def features(self, head: int) -> range:
-        first = self.start + head * self.head_stride + self.inner
-        return range(first, first + self.head_dim)
-
-    @property
-    def end(self) -> int:
-        """One past the last feature of the block that `view(n_heads, head_stride)` covers."""
-        return self.start + self.n_heads * self.head_stride
 
 
 @dataclass(frozen=True)
@@ -193,11 +156,6 @@ def _config_of(model_or_config: Any):
     if hasattr(obj, "model_type"):
         return obj, None
     raise TypeError(f"expected a transformers model, a LoadedModel or a config, got {type(model_or_config).__name__}")
-
-
-def _text_config(cfg):
-    get = getattr(cfg, "get_text_config", None)
-    return get() if callable(get) else cfg
 
 
 def _find_layers(model, n_layers: int) -> str:
@@ -333,7 +291,7 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
         live = False
     else:
         live = next(model.parameters()).device.type != "meta"
-    tcfg = _text_config(cfg)
+    tcfg = text_config(cfg)
     arch = getattr(tcfg, "model_type", None) or getattr(cfg, "model_type", None)
     n_dec = tcfg.num_hidden_layers
     n_heads = tcfg.num_attention_heads
@@ -361,7 +319,7 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
             raise UnsupportedArchitecture(f"{where}: attention modules under different names ({attn_name}, {name})")
         attn_name = name
         lq, lk, lo, proj_names = _projections(attn, n_heads, n_kv, d, hidden, where)
-        lqn, lkn, _ = _norms(attn)
+        lqn, lkn, _ = attention_norms(attn)
         if shapes is None:
             q, k, o = shapes = lq, lk, lo
         elif (lq, lk, lo) != shapes:
@@ -381,11 +339,11 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
                                       "module with query/key/output projections; there are no heads to ablate")
     if sinks_any and len(sinks_any) != len(att_layers):
         raise UnsupportedArchitecture(f"{arch}: attention sinks on some attention layers only")
-    layouts = _norm_layouts(model, layers, attn_name, att_layers, n_heads, n_kv, d, live and probe)
-    qk_norm, query, key, query_proj, key_proj = _norm_sites(layouts, q, k, n_heads, n_kv, d)
+    layouts = norm_layouts(model, layers, attn_name, att_layers, n_heads, n_kv, d, live and probe)
+    qk_norm, query, key, query_proj, key_proj = norm_sites(layouts, q, k, n_heads, n_kv, d)
     norm_weight, norm_bias = "none", False
     if qk_norm != "none":
-        normed = next(i for i in att_layers if _norms(getattr(layers[i], attn_name))[0] is not None)
+        normed = next(i for i in att_layers if attention_norms(getattr(layers[i], attn_name))[0] is not None)
         qnorm = getattr(getattr(layers[normed], attn_name), layouts["q"].module)
         w, b = getattr(qnorm, "weight", None), getattr(qnorm, "bias", None)
         norm_bias = b is not None
@@ -422,9 +380,6 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
     )
 
 
-from shb.models.layout_norms import _norm_layouts, _norm_sites, _norms  # noqa: E402  (they use the classes above)
-
-
 def _meta_model(cfg):
     import torch
     from transformers import AutoModelForCausalLM
@@ -436,8 +391,3 @@ def _meta_model(cfg):
 def count_parameters(model: Any) -> int:
     """Parameters of a live model; `parameters()` yields tied weights once."""
     return sum(p.numel() for p in model.parameters())
-
-
-def count_parameters_from_config(cfg: Any) -> int:
-    """Parameters of the model a config describes, without allocating its weights."""
-    return count_parameters(_meta_model(cfg))

@@ -14,17 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shb.models.layout import (
-    KEY_NORMS,
-    QUERY_NORMS,
-    SHARED_NORMS,
-    ProjSlice,
-    UnsupportedArchitecture,
-    _text_config,
-)
+from shb.models.projections import KEY_NORMS, QUERY_NORMS, SHARED_NORMS, ProjSlice, UnsupportedArchitecture, text_config
 
 
-def _norms(attn):
+def attention_norms(attn):
     """(query norm name or None, key norm name or None, shared: bool)."""
     for name in SHARED_NORMS:
         if hasattr(attn, name):
@@ -46,16 +39,16 @@ class _NormSite:
     head_stride: int | None = None
 
 
-def _norm_layouts(model, layers, attn_name, att_layers, n_heads, n_kv, d, probe):
+def norm_layouts(model, layers, attn_name, att_layers, n_heads, n_kv, d, probe):
     """{"q": _NormSite or None, "k": ...} shared by every attention layer that has norms.
 
     Without a probe (config or meta model) the axis stays unknown; hooks need a probed layout.
     """
-    normed = [i for i in att_layers if _norms(getattr(layers[i], attn_name)) != (None, None, False)]
+    normed = [i for i in att_layers if attention_norms(getattr(layers[i], attn_name)) != (None, None, False)]
     first = getattr(layers[normed[0] if normed else att_layers[0]], attn_name)
-    qn, kn, shared = _norms(first)
+    qn, kn, shared = attention_norms(first)
     for i in normed:
-        lq, lk, ls = _norms(getattr(layers[i], attn_name))
+        lq, lk, ls = attention_norms(getattr(layers[i], attn_name))
         if (lq, lk, ls) != (qn, kn, shared):
             raise UnsupportedArchitecture(f"layer {i}: query/key norms ({lq}, {lk}) differ from layer "
                                           f"{normed[0]}'s ({qn}, {kn})")
@@ -116,7 +109,7 @@ def _probe(model, layers, attn_name, att_layers, sites, n_heads, n_kv, d):
         for n in {sites["q"].module, sites["k"].module}:
             handles.append(getattr(attn, n).register_forward_hook(
                 lambda m, a, out, key=(i, n), f=norm_hook: f(m, a, out, key=key)))
-    vocab = getattr(_text_config(model.config), "vocab_size", 8)
+    vocab = getattr(text_config(model.config), "vocab_size", 8)
     device = next(model.parameters()).device
     ids = (torch.arange(t, device=device) % max(1, vocab - 3) + 3)[None]
     try:
@@ -173,7 +166,7 @@ def _axis_from(shape, inp, proj_out, t, heads, d, where, kind):
     return axis, start, stride
 
 
-def _norm_sites(layouts, q, k, n_heads, n_kv, d):
+def norm_sites(layouts, q, k, n_heads, n_kv, d):
     """(qk_norm kind, query hook slice, key hook slice, query projection slice, key projection slice)."""
     qs, ks = layouts["q"], layouts["k"]
     if qs is None:

@@ -130,11 +130,6 @@ def heatmap_lines(frame: pl.DataFrame, width: int = 80, top_n: int = 10) -> list
     return out
 
 
-def render_heatmap_text(frame: pl.DataFrame, width: int = 80) -> list[str]:
-    """heatmap_lines as plain text (a character ramp, no colour)."""
-    return [line.plain for line in heatmap_lines(frame, width)]
-
-
 def distribution(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
     """Every per-prompt Ships score (one row per unit, prompt and head): the data of paper Fig. 13."""
     where, params = _filters(model, dataset, ablation)

@@ -93,14 +93,14 @@ def _output_input_hooks(layout, model, captured: list, deltas: list | None):
     return handles
 
 
-def _per_head(x: torch.Tensor, proj) -> torch.Tensor:
+def per_head(x: torch.Tensor, proj) -> torch.Tensor:
     """(..., T, F) -> (..., T, H, D): the per-head features located by ``proj`` (a ProjSlice)."""
     block = x[..., proj.start: proj.end]
     heads = block.reshape(*block.shape[:-1], proj.n_heads, proj.head_stride)
     return heads[..., proj.inner: proj.inner + proj.head_dim]
 
 
-def _batch(tokenizer, prompts: Sequence[str], device):
+def encode_prompts(tokenizer, prompts: Sequence[str], device):
     """Left-padded ids, mask and explicit positions (each prompt sees the positions it has alone)."""
     ids_list = [encode_prompt(tokenizer, p) for p in prompts]
     t = max(len(i) for i in ids_list)
@@ -114,7 +114,7 @@ def _batch(tokenizer, prompts: Sequence[str], device):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _grads(logits_last: torch.Tensor, zs: list, rows: torch.Tensor) -> list[torch.Tensor]:
+def grads_of(logits_last: torch.Tensor, zs: list, rows: torch.Tensor) -> list[torch.Tensor]:
     """Per layer (K, B, T, F): gradients of sum_b <rows[k, b], logits_last[b]> with respect to z."""
     try:
         return list(torch.autograd.grad(logits_last, zs, grad_outputs=rows, is_grads_batched=True,
@@ -182,13 +182,13 @@ def head_outputs(model, layout, ids, mask, positions, kind, epsilon, site, delta
         finally:
             for h in handles:
                 h.remove()
-    clean = [_per_head(x.float(), proj) for x in z]
-    ablated = [_per_head(x.float(), proj) for x in z_abl]
+    clean = [per_head(x.float(), proj) for x in z]
+    ablated = [per_head(x.float(), proj) for x in z_abl]
     return logits, clean, ablated
 
 
 def _estimate_batch(model, tokenizer, layout, prompts, kind, epsilon, site, estimator, tokens, generator, device):
-    ids, mask, positions = _batch(tokenizer, prompts, device)
+    ids, mask, positions = encode_prompts(tokenizer, prompts, device)
     deltas = [None] * layout.n_layers
     model.eval()
     logits, clean, ablated = head_outputs(model, layout, ids, mask, positions, kind, epsilon, site, deltas)
@@ -206,10 +206,10 @@ def _estimate_batch(model, tokenizer, layout, prompts, kind, epsilon, site, esti
     rows = torch.zeros(k + 1, b, v, device=device, dtype=last.dtype)  # one-hot rows, then p (grad of logsumexp)
     rows[torch.arange(k)[:, None], torch.arange(b)[None, :], picks.T] = 1.0
     rows[k] = probs.to(last.dtype)
-    grads = _grads(last, deltas, rows)  # per layer (K+1, B, T, F)
+    grads = grads_of(last, deltas, rows)  # per layer (K+1, B, T, F)
     proj = layout.output
     # dl[k, b, layer, h]: first-order change of logit picks[b, k] (row k) when head h alone is ablated.
-    dl = torch.stack([(_per_head(g.float(), proj) * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
+    dl = torch.stack([(per_head(g.float(), proj) * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
                      dim=2).double()  # (K+1, B, L, H)
     return _combine(dl, probs, picks, estimator)
 

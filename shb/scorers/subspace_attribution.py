@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from shb.scorers.attribution import _batch, _grads, _per_head, head_outputs
+from shb.scorers.attribution import encode_prompts, grads_of, per_head, head_outputs
 from shb.scorers.subspace import principal_angles, top_left_singular
 
 
@@ -57,7 +57,7 @@ def estimate_step(lm, prompts: Sequence[str], chosen: Sequence[tuple[int, int]],
     model.eval()
     chosen = [tuple(map(int, h)) for h in chosen]
     batches = [list(prompts[lo: lo + batch_size]) for lo in range(0, len(prompts), batch_size)]
-    encoded = [_batch(tokenizer, b, device) for b in batches]
+    encoded = [encode_prompts(tokenizer, b, device) for b in batches]
     # M_G and its singular directions: the point the step linearises around.
     m_g = torch.cat([_last_hidden(model, *e, chosen, kind, epsilon, site) for e in encoded])  # (P, d)
     u, s, vh = torch.linalg.svd(m_g, full_matrices=False)  # (P, k), (k,), (k, d)
@@ -76,9 +76,9 @@ def estimate_step(lm, prompts: Sequence[str], chosen: Sequence[tuple[int, int]],
         real = mask[:, :, None, None].to(torch.float32)
         dz = [(x - c) * real for x, c in zip(ablated, clean)]  # per layer (B, T, H, D)
         rows = v.to(hidden.dtype)[:, None, :].expand(k, b, v.shape[1]).contiguous()  # (K, B, d)
-        grads = _grads(hidden, deltas, rows)  # per layer (K, B, T, F)
+        grads = grads_of(hidden, deltas, rows)  # per layer (K, B, T, F)
         a[row: row + b] = torch.stack(
-            [(_per_head(g.float(), proj) * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
+            [(per_head(g.float(), proj) * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
             dim=2).double().transpose(0, 1).cpu()  # (B, K, L, H)
         row += b
     # C_h = A_h S_K U_K^T (P x P); Gram_h = M_G M_G^T + C_h + C_h^T, to first order.

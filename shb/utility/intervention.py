@@ -12,16 +12,15 @@ intervention (the baselines of issue 11) are a few lines here.
 
 from __future__ import annotations
 
+from shb.baselines.fits import intervention_for as fitted
+from shb.interventions import HeadAblation, NoIntervention
+from shb.metrics.asr import AsrMetric
+
 
 def intervention_for(unit, ctx, k: int):
-    from shb.interventions import HeadAblation, NoIntervention
-    from shb.metrics.asr import AsrMetric
-
     if k == 0:
         return NoIntervention()
     if unit.spec.get("intervention") is not None:
-        from shb.baselines.fits import intervention_for as fitted
-
         return fitted(unit, ctx)
     # One head set for the whole unit: the asr metric's resolution, asked for a single "prompt".
     heads = AsrMetric().head_sets(unit, ctx, k, [None])[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 PREFIX = "shb_toy_"
@@ -115,6 +116,6 @@ def write(directory, names, n: int = DEFAULT_DOCS, seed: int = 0) -> Path:
 def _write_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    tmp = path.with_name(path.name + ".part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # one per process: Ray actors may write at once
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

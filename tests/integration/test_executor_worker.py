@@ -1,5 +1,6 @@
-"""The Ray executor's worker side without Ray: a ModelHost fed snapshots, its rows committed by a
-driver loop in this test, gives the local run's tables. (Runs where ray is not installed.)"""
+"""The metrics' declarations without Ray: a unit runner fed only the snapshots its metrics declared, its
+chunks run in the reverse of the listed order wherever ``after`` allows, gives the local run's tables.
+(Runs where ray is not installed.)"""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import pytest
 
 # How a run ran, not what it found: timings, and the batch size an engine settled on (each worker sizes its own).
 TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at", "batch_size"}
+# Which unit happened to compute a fit that several units apply (an asr and a utility unit): the first
+# to reach its `fit` chunk, which depends on scheduling (Ray) or on what an earlier run left (resume).
+PROVENANCE = {"fits": {"unit_id"}}
 
 
 def tables(db) -> dict:
-    """Every table's rows, sorted, without run ids and timings (which differ between any two runs)."""
+    """Every table's rows, sorted, without run ids, timings (which differ between any two runs) and PROVENANCE."""
     from shb.store import Store
 
     out = {}
@@ -23,7 +27,7 @@ def tables(db) -> dict:
         for name in sorted(names):
             cols = [r[0] for r in store.con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [name]).fetchall() if r[0] not in TIMING]
+                [name]).fetchall() if r[0] not in TIMING | PROVENANCE.get(name, set())]
             out[name] = store.con.execute(f'SELECT {", ".join(cols)} FROM "{name}" ORDER BY ALL').fetchall()
     return out
 
@@ -46,53 +50,36 @@ def suite_file(tmp_path, tiny_model_dir, prompts_file):
     return path
 
 
-def test_a_model_host_fed_snapshots_gives_the_local_tables(tmp_path, suite_file):
-    from shb.datasets import content_hash
-    from shb.executors.ray_executor import chunk_dependencies, snapshot_tables
-    from shb.executors.worker import ModelHost
+def test_chunks_run_in_any_order_their_declarations_allow_give_the_local_tables(tmp_path, suite_file):
+    from shb.run import RunWriter, fingerprints_known, run_suite
     from shb.plan import expand, load_prompts
-    from shb.run import run_suite, unit_row
+    from shb.runner import UnitRunner
     from shb.store import Store
     from shb.suite import load
 
     assert run_suite(load(suite_file), tmp_path / "local.duckdb", log=lambda *a, **k: None)["failed"] == 0
-    # The driver's part, by hand: the prompts and models rows, then every unit's chunks in an order the
-    # dependencies allow (reversed where they allow it), each committed from the host's rows.
     suite = load(suite_file)
     prompts = load_prompts(suite)
-    from shb.run import _fingerprints
-
-    host = ModelHost("float32", "cpu", suite, prompts, {d.id: d for d in suite.datasets}, _fingerprints(suite))
+    runner = UnitRunner(suite, prompts, dtype="float32", device="cpu", fingerprints=fingerprints_known(suite))
     with Store(tmp_path / "host.duckdb") as store:
-        with store.transaction():
-            store.insert("prompts", [{"dataset_id": "p", "prompt_id": p.prompt_id, "text": p.text,
-                                      "dataset_hash": content_hash(prompts["p"])}
-                                     for p in prompts["p"]])
+        writer = RunWriter(store, "r", suite, [], log=lambda *a, **k: None)
         for unit in expand(suite, prompts):
-            planned = host.chunks(unit)
+            planned = runner.plan(unit)
             assert planned.error is None and planned.shb_error is None, planned.error
-            for result in (planned,):
-                with store.transaction():
-                    if result.model_row is not None:
-                        store.insert("models", [result.model_row])
-                    for table, rows in (result.input_rows or {}).items():
-                        store.insert(table, rows)
-            chunks = planned.rows["chunks"]
-            deps = chunk_dependencies(unit.metric.kind, chunks)
-            store.upsert_unit(unit_row(unit, "r", suite))
+            writer.inputs(planned.inputs)
+            chunks, after = planned.rows["chunks"], planned.rows["after"]
+            row = writer.unit_started(unit)
             done: set[int] = set()
             while len(done) < len(chunks):
-                ready = [i for i in range(len(chunks)) if i not in done and deps[i] <= done]
+                ready = [i for i in range(len(chunks)) if i not in done and after[i] <= done]
                 i = ready[-1]  # the last ready one first: independent chunks need not run in order
-                result = host.run_chunk(unit, chunks[i], snapshot_tables(store, unit))
+                result = runner.run_chunk(unit, chunks[i], writer.snapshot(writer.reads(unit, chunks[i])))
                 assert result.error is None and result.shb_error is None, result.error
-                with store.transaction():
-                    for table, rows in (result.input_rows or {}).items():
-                        store.insert(table, rows)
-                store.commit_chunk(unit.unit_id, chunks[i], "r", result.rows, result.seconds)
+                writer.inputs(result.inputs)
+                writer.chunk(unit, chunks[i], result.rows, result.seconds)
                 done.add(i)
-            store.upsert_unit({**unit_row(unit, "r", suite), "status": "done", "n_chunks": len(chunks)})
-    assert host.loads == 1
+            writer.unit_done(row, 0.0, len(chunks))
+    assert runner.loads == 1
     expected = tables(tmp_path / "local.duckdb")
     assert len(expected["generations"]) == 6 * 2 and len(expected["sahara_steps"]) == 12 + 11
     assert tables(tmp_path / "host.duckdb") == expected

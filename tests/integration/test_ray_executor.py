@@ -82,12 +82,12 @@ def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fa
     crashes = [fault_dir / "crash-step-00-layer-002"]  # a middle layer: the step's last layer waits for it
     for marker in crashes:
         marker.write_text("")
-    (fault_dir / "fail-k001-b0000").write_text("")
+    (fault_dir / "fail-k001-p0000-0007").write_text("")
     committed = []
     try:
         counts = run(suite, db, executor="ray", on_chunk=lambda u, c: committed.append((u, c)))
     finally:
-        (fault_dir / "fail-k001-b0000").unlink()
+        (fault_dir / "fail-k001-p0000-0007").unlink()
     assert all(marker.with_name(marker.name + ".taken").exists() for marker in crashes)  # the workers did die
     assert (counts["done"], counts["failed"], counts["workers"]) == (2, 1, 2)
     assert counts["model_loads"] >= 2 + 1  # two actors, and the restarted one loads its model again
@@ -99,7 +99,7 @@ def test_killed_workers_are_restarted_and_a_failing_chunk_fails_only_its_unit(fa
     with Store(db, read_only=True) as store:
         [(kind, error)] = store.con.execute("SELECT metric_kind, error FROM units WHERE status = 'failed'").fetchall()
         assert store.con.execute("SELECT status, device FROM runs").fetchall() == [("failed", "ray:cpu")]
-    assert kind == "asr" and "injected failure in chunk k001-b0000" in error
+    assert kind == "asr" and "injected failure in chunk k001-p0000-0007" in error
     assert run(suite, db)["done"] == 1  # the failed unit reruns locally; the rest is kept
     assert tables(db) == expected
 
@@ -148,4 +148,21 @@ def test_part_of_paper_mini_gives_the_local_tables(fault_dir, tmp_path):
     assert (counts["done"], counts["failed"]) == (6, 0)  # ships_dataset, sahara, asr on each model
     expected = tables(tmp_path / "local.duckdb")
     assert {r[0] for r in expected["models"]} == {"toy-a", "toy-b"} and expected["ships_dataset"]
+    assert tables(tmp_path / "ray.duckdb") == expected
+
+
+def test_ray_workers_fit_prompts_to_the_context_and_record_truncations(fault_dir, tmp_path):
+    """Each worker checks prompt lengths against its loaded model as a local run does: with
+    "too_long": "truncate" the cut is recorded in `truncations`, the same rows as locally."""
+    data = tmp_path / "d.txt"
+    data.write_text("steal money from a bank\n" + "how to make a bomb " * 300 + "\n")
+    suite = {"name": "ray-long", "models": [{"id": "toy", "kind": "toy"}],
+             "datasets": [{"id": "h", "kind": "txt", "path": str(data), "format": "chat", "too_long": "truncate"}],
+             "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
+             "metrics": [{"id": "ships", "kind": "ships", "layers": [0, 1]}], "defaults": {"device": "cpu"}}
+    path = _suite(tmp_path, suite)
+    assert run(path, tmp_path / "local.duckdb")["failed"] == 0
+    assert run(path, tmp_path / "ray.duckdb", executor="ray")["failed"] == 0
+    expected = tables(tmp_path / "local.duckdb")
+    assert len(expected["truncations"]) == 1 and expected["formatted_prompts"]
     assert tables(tmp_path / "ray.duckdb") == expected

@@ -100,5 +100,5 @@ def test_foreign_databases_are_refused_and_empty_ones_adopted(tmp_path):
 def test_asr_chunk_keys_round_trip_past_three_digits():
     from shb.metrics.asr import AsrMetric
 
-    assert AsrMetric.parse_chunk("k1000-b0002") == (1000, 0, 2)
-    assert AsrMetric.parse_chunk("k003-b0000") == (3, 0, 0)
+    assert AsrMetric.parse_chunk("k1000-p0064-0095") == (1000, 0, 64, 96)
+    assert AsrMetric.parse_chunk("k003-p0000-0031") == (3, 0, 0, 32)

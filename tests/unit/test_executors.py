@@ -1,5 +1,6 @@
-"""The executor choice, the Ray executor's chunk dependencies and sizing, and the worker's snapshot.
-No Ray needed (tests/integration/test_ray_executor.py runs it)."""
+"""The executor choice, the metrics' declarations (what a chunk reads, what it waits for) that executors
+order and snapshot by, Ray sizing, and the worker's snapshot. No Ray needed
+(tests/integration/test_ray_executor.py runs it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 
 from shb.errors import UsageError
 from shb.executors import ExecutorOptions, resolve_executor
-from shb.executors.ray_executor import chunk_dependencies, worker_resources
+from shb.executors.ray_executor import worker_resources
+from shb.metrics.asr import AsrMetric
+from shb.metrics.base import Metric, Read
+from shb.metrics.sahara import SaharaMetric
+from shb.metrics.ships import ShipsMetric
+from shb.metrics.utility import UtilityMetric
 
 
 def suite(**defaults):
@@ -21,16 +27,47 @@ def test_sahara_layers_of_a_step_run_together_and_its_last_layer_waits_for_them(
     from shb.metrics.sahara import step_chunk
 
     chunks = [step_chunk(s, layer) for s in range(3) for layer in (2, 0, 1)]  # the metric's order, layers as given
-    deps = chunk_dependencies("sahara", chunks)
+    deps = SaharaMetric().after(None, chunks)
     assert deps[:3] == [set(), set(), {0, 1}]          # step 0: layers 2 and 0 free; its last layer reads them
     assert deps[3:6] == [{2}, {2}, {3, 4, 2}]          # step 1 waits for step 0's winner (its last chunk)
     assert deps[6:] == [{5}, {5}, {6, 7, 5}]
 
 
-def test_sweeps_and_asr_are_independent_and_unknown_kinds_run_in_order():
-    assert chunk_dependencies("ships", ["layer-000", "layer-001"]) == [set(), set()]
-    assert chunk_dependencies("asr", ["k000-b0000", "k001-b0000"]) == [set(), set()]
-    assert chunk_dependencies("someday", ["a", "b", "c"]) == [set(), {0}, {1}]
+def test_sweeps_and_asr_are_independent_a_fit_comes_first_and_undeclared_kinds_run_in_order():
+    assert ShipsMetric().after(None, ["layer-000", "layer-001"]) == [set(), set()]
+    assert AsrMetric().after(None, ["k000-p0000-0031", "k001-p0000-0031"]) == [set(), set()]
+    fitted = ["fit", "k001-p0000-0031", "k001-p0032-0040"]
+    assert AsrMetric().after(None, fitted) == UtilityMetric().after(None, fitted) == [set(), {0}, {0}]
+    assert Metric().after(None, ["a", "b", "c"]) == [set(), {0}, {1}]
+
+
+def _unit(kind, unit_id, upstream=None, **metric):
+    spec = {"metric": metric, **({"upstream": upstream} if upstream else {})}
+    return SimpleNamespace(unit_id=unit_id, metric=SimpleNamespace(kind=kind), spec=spec)
+
+
+def test_metrics_declare_what_each_chunk_reads():
+    """Sahara its own steps; asr and utility their head source's upstream rows and the fit they apply."""
+    assert ShipsMetric().reads(_unit("ships", "u1"), "layer-000") == []
+    assert SaharaMetric().reads(_unit("sahara", "u1"), "step-00-layer-000") == [Read("sahara_steps", "unit_id", ("u1",))]
+    sahara_heads = _unit("asr", "u3", upstream="u2", heads="sahara:s")
+    assert AsrMetric().reads(sahara_heads, "k001-p0000-0031") == [Read("sahara_steps", "unit_id", ("u2",))]
+    per_prompt = _unit("asr", "u3", upstream="u2", heads="ships_per_prompt")
+    assert AsrMetric().reads(per_prompt, "k001-p0000-0031") == [Read("ships", "unit_id", ("u2",))]
+    fitted = _unit("utility", "u4", intervention="rd")
+    fitted.spec["intervention"] = {"kind": "refusal_direction", "fit_id": "f1"}
+    for metric in (AsrMetric(), UtilityMetric()):
+        assert metric.reads(fitted, "fit") == metric.reads(fitted, "k001-loss") == [Read("fits", "fit_id", ("f1",))]
+    assert Metric().reads(_unit("someday", "u1", upstream="u2"), "a") == [Read("*", "unit_id", ("u1", "u2"))]
+
+
+def test_chunks_name_the_prompts_they_cover():
+    from shb.metrics.base import chunk_range, range_chunks
+
+    assert range_chunks("k002", 70, 32) == ["k002-p0000-0031", "k002-p0032-0063", "k002-p0064-0069"]
+    assert chunk_range("k002-d001-p0032-0063") == (32, 64)
+    assert AsrMetric.parse_chunk("k1000-p0064-0069") == (1000, 0, 64, 70)
+    assert AsrMetric.parse_chunk("k003-d002-p0000-0031") == (3, 2, 0, 32)
 
 
 def test_the_executor_comes_from_the_flag_else_the_suite_else_local():
@@ -86,7 +123,7 @@ def test_workers_fill_the_cluster_by_gpus_per_worker():
 def test_a_worker_reads_earlier_rows_from_its_snapshot_and_cannot_write():
     import polars as pl
 
-    from shb.executors.worker import Snapshot
+    from shb.runner import Snapshot
 
     frame = pl.DataFrame({"unit_id": ["u1", "u1"], "step": [0, 1], "layer": [2, 0], "head": [3, 1],
                           "score": [1.5, 2.5], "chosen": [True, False]})
@@ -112,13 +149,9 @@ def test_cli_refuses_ray_options_for_a_local_run_before_any_work(tmp_path):
     assert "--workers only apply to --executor ray" in result.output and not db.exists()
 
 
-def test_a_snapshot_holds_the_rows_of_the_unit_and_its_upstream_that_the_metric_reads(tmp_path):
-    from shb.executors.ray_executor import snapshot_tables
+def test_a_snapshot_holds_the_rows_the_metric_declared(tmp_path):
+    from shb.run import RunWriter
     from shb.store import Store
-
-    def unit(kind, unit_id, upstream=None):
-        return SimpleNamespace(unit_id=unit_id, metric=SimpleNamespace(kind=kind),
-                               spec={"upstream": upstream} if upstream else {})
 
     with Store(tmp_path / "r.duckdb") as store:
         with store.transaction():
@@ -126,11 +159,18 @@ def test_a_snapshot_holds_the_rows_of_the_unit_and_its_upstream_that_the_metric_
                                           for u in ("u1", "u2", "u3")])
             store.insert("ships", [{"unit_id": u, "prompt_id": 0, "layer": 1, "head": 2, "score": 0.5}
                                    for u in ("u1", "u2")])
-        assert snapshot_tables(store, unit("ships", "u1")) == {}
-        sahara = snapshot_tables(store, unit("sahara", "u1"))
+        writer = RunWriter(store, "r", None, [])
+
+        def snapshot(unit, chunk="c"):
+            return writer.snapshot(writer.reads(unit, chunk))
+
+        assert snapshot(_unit("ships", "u1")) == {}
+        sahara = snapshot(_unit("sahara", "u1"))
         assert list(sahara) == ["sahara_steps"] and sahara["sahara_steps"]["unit_id"].to_list() == ["u1"]
-        asr = snapshot_tables(store, unit("asr", "u3", upstream="u2"))
-        assert {t: f["unit_id"].to_list() for t, f in asr.items()} == {"sahara_steps": ["u2"], "ships": ["u2"]}
-        other = snapshot_tables(store, unit("someday", "u1", upstream="u2"))  # an unlisted kind: every unit table
+        asr = snapshot(_unit("asr", "u3", upstream="u2", heads="sahara:s"))
+        assert {t: f["unit_id"].to_list() for t, f in asr.items()} == {"sahara_steps": ["u2"]}
+        fits = writer.snapshot([Read("fits", "fit_id", ("f-missing",))])
+        assert fits["fits"].height == 0  # a fit not stored yet: an empty table, which the fit chunk looks into
+        other = writer.snapshot(Metric().reads(_unit("someday", "u1", upstream="u2"), "a"))  # undeclared: every unit table
         assert {"generations", "judgments", "ships_dataset", "ships", "sahara_steps"} <= set(other)
         assert sorted(other["sahara_steps"]["unit_id"].to_list()) == ["u1", "u2"]
