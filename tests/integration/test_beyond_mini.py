@@ -1,8 +1,14 @@
 """suites/beyond-mini.json run for real: the four plug-ins of issue 23 produce their rows and reports,
 and the closing note prints what they measured (method overlap, one attention figure, the attention
-swap's ASR, the AHD curve), whatever it shows."""
+swap's ASR, the AHD curve), whatever it shows.
+
+The whole suite trains two more toys and runs Sahara for 8 steps on three models: tens of minutes on two
+cores, too long for the default test command. It runs when asked (SHB_FULL_SUITES=1), or reads a finished
+run's database (SHB_BEYOND_DB); the same plug-ins run through both executors at test size in
+tests/integration/test_same_tables.py on every test run."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,13 +16,14 @@ import pytest
 
 from tests.integration.test_paper_mini import shb
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (os.environ.get("SHB_FULL_SUITES") or os.environ.get("SHB_BEYOND_DB")),
+                                 reason="runs the whole beyond-mini suite (tens of minutes on 2 cores): set "
+                                        "SHB_FULL_SUITES=1, or SHB_BEYOND_DB to a finished run's database")]
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    import os
-
     if os.environ.get("SHB_BEYOND_DB"):  # a database of a finished `shb run suites/beyond-mini.json`: its note only
         return Path(os.environ["SHB_BEYOND_DB"])
     path = tmp_path_factory.mktemp("beyond-mini") / "results.duckdb"
