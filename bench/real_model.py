@@ -71,13 +71,13 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import torch
+    from ships_sweep import fair_naive_sweep
 
     from shb.datasets import format_prompt
     from shb.engine import Engine
     from shb.models import encode_prompt
     from shb.scorers import attribution
     from shb.search import best, sahara_step, screened_sahara_step
-    from ships_sweep import fair_naive_sweep
 
     torch.set_num_threads(args.threads)
     t_load, lm = timed(lambda: load(args.gguf))

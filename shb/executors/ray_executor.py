@@ -35,6 +35,7 @@ from shb.executors import ExecutorOptions, require_ray
 from shb.executors.worker import WorkerHost
 from shb.metrics.base import EVERY_UNIT_TABLE, overlaps
 
+
 @dataclass
 class _Unit:
     unit: Any

@@ -99,7 +99,22 @@ def head_set_reads(unit) -> list[Read]:
     return []
 
 
-class AsrMetric(Metric):
+class AppliesHeadsOrFit(Metric):
+    """Declarations of a metric that applies a head set taken from an upstream unit or a fitted intervention
+    (asr, utility): it reads that unit's rows or the stored fit; the ``fit`` chunk comes first and is shared
+    with every unit applying the same fit; every other chunk is independent."""
+
+    def reads(self, unit, chunk: str) -> list[Read]:
+        return head_set_reads(unit) + fit_reads(unit)
+
+    def after(self, unit, chunks: list[str]) -> list[set[int]]:
+        return after_first(chunks, "fit")
+
+    def shares(self, unit, chunk: str) -> list[Read]:
+        return fit_reads(unit) if chunk == "fit" else []
+
+
+class AsrMetric(AppliesHeadsOrFit):
     kind = "asr"
 
     def estimate(self, unit, geometry: dict) -> int:
@@ -118,14 +133,6 @@ class AsrMetric(Metric):
                 out += range_chunks(prefix, len(ctx.prompts), CHUNK_PROMPTS)
         return out
 
-    def reads(self, unit, chunk: str) -> list[Read]:
-        return head_set_reads(unit) + fit_reads(unit)
-
-    def after(self, unit, chunks: list[str]) -> list[set[int]]:
-        return after_first(chunks, "fit")
-
-    def shares(self, unit, chunk: str) -> list[Read]:
-        return fit_reads(unit) if chunk == "fit" else []  # the fit, which other units applying it read  # the fit, then every (k, range) independently
 
     @staticmethod
     def parse_chunk(chunk: str) -> tuple[int, int, int, int]:

@@ -13,8 +13,16 @@ Only verified heads get rows in ``ships`` (exact, as in the full sweep); every e
 from __future__ import annotations
 
 from shb.errors import UsageError
-from shb.metrics.base import (Metric, chunk_layer, chunk_range, independent, layer_chunk, range_chunks, sweep_forwards,
-                              swept_layers)
+from shb.metrics.base import (
+    Metric,
+    chunk_layer,
+    chunk_range,
+    independent,
+    layer_chunk,
+    range_chunks,
+    sweep_forwards,
+    swept_layers,
+)
 
 SCREEN_PROMPTS = 8  # prompts per screened chunk: a crash loses at most this many prompts' work
 SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16}

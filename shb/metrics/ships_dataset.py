@@ -7,8 +7,7 @@ head ablated. One chunk per layer; rows go to table ``ships_dataset``.
 
 from __future__ import annotations
 
-from shb.metrics.base import (Metric, chunk_layer, independent, layer_chunk, subspace_rank, sweep_forwards,
-                              swept_layers)
+from shb.metrics.base import Metric, chunk_layer, independent, layer_chunk, subspace_rank, sweep_forwards, swept_layers
 
 
 class ShipsDatasetMetric(Metric):

@@ -23,8 +23,8 @@ from shb.baselines.fits import fit_chunk
 from shb.errors import ShbError, UsageError
 from shb.generate import generate, normalize_decoding
 from shb.judges import get as get_judge
-from shb.metrics.asr import fit_reads, head_set_reads
-from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks
+from shb.metrics.asr import AppliesHeadsOrFit
+from shb.metrics.base import chunk_range, range_chunks
 from shb.utility import lmeval
 from shb.utility import spec as uspec
 from shb.utility.intervention import intervention_for
@@ -36,7 +36,7 @@ NOMINAL_CHOICES = 4
 ASSUMED_PROMPT_TOKENS = 48
 
 
-class UtilityMetric(Metric):
+class UtilityMetric(AppliesHeadsOrFit):
     kind = "utility"
 
     def estimate(self, unit, geometry: dict) -> int:
@@ -72,14 +72,6 @@ class UtilityMetric(Metric):
                 out.append(f"k{k:03d}-loss")
         return out
 
-    def reads(self, unit, chunk: str) -> list[Read]:
-        return head_set_reads(unit) + fit_reads(unit)
-
-    def after(self, unit, chunks: list[str]) -> list[set[int]]:
-        return after_first(chunks, "fit")
-
-    def shares(self, unit, chunk: str) -> list[Read]:
-        return fit_reads(unit) if chunk == "fit" else []  # the fit, which other units applying it read
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:
         if chunk == "fit":

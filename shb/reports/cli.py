@@ -119,10 +119,10 @@ def report():
 def report_ships(db, model, dataset, ablation, top, fmt, out):
     """Heads ranked by mean Ships, with how often each is a prompt's top-1 / top-10 head.
     png/html: layer x head heatmaps (paper Fig. 4b, 7) and score histograms (Fig. 13)."""
+    import polars as pl
+
     from shb.reports import ships
     from shb.store import Store
-
-    import polars as pl
 
     with Store(db, read_only=True) as store:
         every = ships.ranking(store, model, dataset, ablation, None)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from shb.scorers.attribution import encode_prompts, grads_of, per_head, head_outputs
+from shb.scorers.attribution import encode_prompts, grads_of, head_outputs, per_head
 from shb.scorers.subspace import principal_angles, top_left_singular
 
 

@@ -51,8 +51,8 @@ def suite_file(tmp_path, tiny_model_dir, prompts_file):
 
 
 def test_chunks_run_in_any_order_their_declarations_allow_give_the_local_tables(tmp_path, suite_file):
-    from shb.run import RunWriter, fingerprints_known, run_suite
     from shb.plan import expand, load_prompts
+    from shb.run import RunWriter, fingerprints_known, run_suite
     from shb.runner import UnitRunner
     from shb.store import Store
     from shb.suite import load

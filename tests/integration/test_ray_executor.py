@@ -32,22 +32,6 @@ TOY = {
 N_CHUNKS = 4 + 2 * 4 + 3  # ships: a layer each; sahara: (step, layer); asr: (k, batch)
 
 
-@pytest.fixture(scope="module")
-def fault_dir(tmp_path_factory):
-    """The local Ray instance; its workers inherit SHB_FAULT_DIR (the crash/fail hook's folder)."""
-    from shb.executors.worker import FAULT_DIR_ENV
-
-    folder = tmp_path_factory.mktemp("faults")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(FAULT_DIR_ENV, str(folder))
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-        try:
-            yield folder
-        finally:
-            ray.shutdown()
-
-
 def _suite(tmp_path, data) -> Path:
     path = tmp_path / f"{data['name']}.json"
     path.write_text(json.dumps(data))

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from shb.engine import Engine
-from shb.search import compare_screened, sahara, sahara_step
 from shb.scorers.subspace_attribution import estimate_step
-from tests.integration.test_screening import _lm, _prompts, _random_model, run_suite
+from shb.search import compare_screened, sahara, sahara_step
 from tests.conftest import make_tokenizer
+from tests.integration.test_screening import _lm, _prompts, _random_model, run_suite
 
 
 @pytest.fixture(scope="module")

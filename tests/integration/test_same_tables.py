@@ -35,6 +35,17 @@ def shipped(name: str) -> dict:
     return data
 
 
+def small(metric: dict) -> dict:
+    """A metric at CPU-test size: Sahara 2 steps, asr with 8 new tokens at k = 0 and 2."""
+    if metric["kind"] == "sahara":
+        metric["steps"] = 2
+    if metric["kind"] == "asr":
+        metric["max_new_tokens"] = 8
+        if "heads" in metric:
+            metric["k"] = [0, 2]
+    return metric
+
+
 def paper_mini_cpu() -> dict:
     """suites/paper-mini.json cut to CPU-test size (its structure kept: interventions, fits, utility)."""
     data = shipped("paper-mini.json")
@@ -47,13 +58,7 @@ def paper_mini_cpu() -> dict:
         if metric["kind"] in ("ships", "ships_dataset") or metric["id"] == "asr-top5" or metric["id"] == "utility-random":
             continue
         datasets = [d for d in metric.get("datasets", ["toy-harmful-32"]) if d != "malicious-template-16"]
-        metric = {**metric, "models": ["toy-a"], "datasets": datasets, "ablations": ["ua"]}
-        if metric["kind"] == "sahara":
-            metric["steps"] = 2
-        if metric["kind"] == "asr":
-            metric["max_new_tokens"] = 8
-            if "heads" in metric:
-                metric["k"] = [0, 2]
+        metric = small({**metric, "models": ["toy-a"], "datasets": datasets, "ablations": ["ua"]})
         if metric["kind"] == "utility":
             metric["lm_eval"] = {**metric["lm_eval"], "docs": 8}
             metric["over_refusal"] = {**metric["over_refusal"], "max_new_tokens": 8}
@@ -79,13 +84,7 @@ def beyond_mini_cpu() -> dict:
     for metric in data["metrics"]:
         if metric["kind"] == "utility":
             continue
-        metric = {**metric, "models": ["toy-a"]}
-        if metric["kind"] == "sahara":
-            metric["steps"] = 2
-        if metric["kind"] == "asr":
-            metric["max_new_tokens"] = 8
-            if "heads" in metric:
-                metric["k"] = [0, 2]
+        metric = small({**metric, "models": ["toy-a"]})
         if metric["kind"] == "attention":
             metric.update(k=1, limit=4)
         metrics.append(metric)
@@ -94,22 +93,6 @@ def beyond_mini_cpu() -> dict:
         if "n_val" in entry:
             entry["n_val"] = 4
     return data
-
-
-@pytest.fixture(scope="module")
-def fault_dir(tmp_path_factory):
-    """A local Ray instance of 2 CPUs; its workers inherit SHB_FAULT_DIR (the crash hook's folder)."""
-    from shb.executors.worker import FAULT_DIR_ENV
-
-    folder = tmp_path_factory.mktemp("faults")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(FAULT_DIR_ENV, str(folder))
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-        try:
-            yield folder
-        finally:
-            ray.shutdown()
 
 
 def run(data, folder: Path, executor: str, **kwargs) -> tuple[dict, Path]:
