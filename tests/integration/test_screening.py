@@ -68,7 +68,7 @@ def test_ablated_head_outputs_are_exact(kind):
     """z~_h from the all-heads pass equals head h's output when h alone is ablated (hooks by hand)."""
     tokenizer = make_tokenizer()
     lm = _lm(_random_model("llama", tokenizer), tokenizer)
-    ids, mask, pos = attribution._batch(tokenizer, _prompts(3), "cpu")
+    ids, mask, pos = attribution.encode_prompts(tokenizer, _prompts(3), "cpu")
     _, clean, ablated = attribution.head_outputs(lm.model, lm.layout, ids, mask, pos, kind, 1e-5, None)
     for layer, head in [(0, 3), (2, 17), (3, 31)]:
         seen = {}
@@ -80,7 +80,7 @@ def test_ablated_head_outputs_are_exact(kind):
                     lm.model(input_ids=ids, attention_mask=mask, position_ids=pos)
             finally:
                 handle.remove()
-        by_hand = attribution._per_head(seen["z"], lm.layout.output)[:, :, head]
+        by_hand = attribution.per_head(seen["z"], lm.layout.output)[:, :, head]
         real = mask.bool()
         torch.testing.assert_close(ablated[layer][:, :, head][real], by_hand[real], rtol=1e-5, atol=1e-6)
         assert not torch.allclose(clean[layer][:, :, head][real], by_hand[real])  # the ablation did something
