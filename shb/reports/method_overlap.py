@@ -83,7 +83,7 @@ def layers(frame: pl.DataFrame, top: int, n_layers: int | None = None) -> pl.Dat
         heads = sorted(tops[result])
         counts = [sum(1 for layer, _ in heads if layer == i) for i in range(n_layers)]
         rows.append({"method": result, "top_heads": [f"{layer}-{head}" for layer, head in heads],
-                     "per_layer": " ".join(f"L{i}:{c}" for i, c in enumerate(counts)),
+                     "per_layer": " ".join(f"L{i}:{c}" for i, c in enumerate(counts) if c),  # layers it picks from
                      "mean_layer": sum(layer for layer, _ in heads) / len(heads) if heads else None})
     return pl.DataFrame(rows, schema_overrides={"mean_layer": pl.Float64, "top_heads": pl.List(pl.String)})
 

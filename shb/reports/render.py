@@ -117,6 +117,8 @@ def _cell(value, style: str | None = None) -> str:
 
     if value is None:
         return "-"
+    if isinstance(value, pl.Series):  # one cell of a list column (frame[name][0])
+        value = value.to_list()
     if isinstance(value, (int, float)):
         return number(value, style)
     if isinstance(value, decimal.Decimal):

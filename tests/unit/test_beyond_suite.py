@@ -102,5 +102,5 @@ def test_method_overlap_from_a_hand_filled_store(tmp_path):
     assert pairs[("ships", "ships_dataset")] == (0.0, pytest.approx(-1.0))
     assert pairs[("ships", "sahara")][0] == pytest.approx(1 / 3)
     layers = {r["method"]: r for r in mo.layers(frame, 2).to_dicts()}
-    assert layers["ships"]["per_layer"] == "L0:2 L1:0 L2:0" and layers["rdsha"]["mean_layer"] == 2.0
+    assert layers["ships"]["per_layer"] == "L0:2" and layers["rdsha"]["mean_layer"] == 2.0
     assert layers["sahara"]["top_heads"] == ["0-0", "2-1"]
