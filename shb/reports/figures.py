@@ -154,12 +154,7 @@ def intervals(series: dict[str, list[tuple[float, float, float | None, float | N
     integer_axis(ax.xaxis, [p[0] for points in series.values() for p in points])
     if ylim:
         ax.set_ylim(ylim[0] - 0.03, ylim[1] + 0.03)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    legend_outside(ax)
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return _finish_line_plot(fig, ax, title, xlabel, ylabel)
 
 
 def bars(groups: dict[str, list[tuple[str, float, float | None, float | None]]], title: str, ylabel: str) -> bytes:
@@ -231,6 +226,16 @@ def histogram(values: list[float], title: str, xlabel: str, marks: dict[str, flo
     return _png(fig)
 
 
+def _finish_line_plot(fig, ax, title: str, xlabel: str, ylabel: str) -> bytes:
+    """Labels, title, the legend outside the axes and a light grid: the PNG of a line plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    legend_outside(ax)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def lines(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str) -> bytes:
     """One line per label: (x, y) points, e.g. ASR change against the number of ablated heads."""
     plt = pyplot()
@@ -239,12 +244,7 @@ def lines(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel
         ax.plot(xs, ys, marker="o", label=label)
     ax.axhline(0, color="grey", linewidth=0.8)
     integer_axis(ax.xaxis, [x for xs, _ in series.values() for x in xs])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    legend_outside(ax)
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return _finish_line_plot(fig, ax, title, xlabel, ylabel)
 
 
 OUTCOME_COLOURS = {"refused": "#4c78a8", "complied": "#e45756", "broken": "#9d9d9d"}
