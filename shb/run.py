@@ -222,11 +222,12 @@ class RunWriter:
 
     def unit_started(self, unit) -> dict:
         row = unit_row(unit, self.run_id, self.suite)
-        new = [self.labels[key] for key in sorted(unit_labels(unit) - self.unit_labels_written) if key in self.labels]
+        keys = unit_labels(unit)
+        new = [self.labels[key] for key in sorted(keys - self.unit_labels_written) if key in self.labels]
         if new:
             with self.store.transaction():  # the unit's ablation, metric, intervention and judge labels, once a run
                 self.store.insert("labels", new)
-        self.unit_labels_written |= unit_labels(unit)
+        self.unit_labels_written |= keys
         self.store.upsert_unit(row)
         return row
 
