@@ -205,6 +205,23 @@ def semantic_problems(data: dict) -> list[str]:
         if isinstance(benign, str) and ids.get("datasets") is not None and benign not in ids["datasets"]:
             problems.append(f"/metrics/{i}/benign: no dataset with id '{benign}' in this suite")
     problems += _intervention_problems(data, ids)
+    problems += _toy_problems(data)
+    return problems
+
+
+def _toy_problems(data: dict) -> list[str]:
+    """A toy model's keys must make a recipe (e.g. align_heads inside the model, not with align 'full')."""
+    from shb.models import toy_variant
+    from shb.models.toy.build import resolve
+
+    problems = []
+    for i, model in enumerate(data.get("models") or []):
+        if not (isinstance(model, dict) and model.get("kind") == "toy"):
+            continue
+        try:
+            resolve(model.get("seed", 0), **toy_variant(model))
+        except (ValueError, TypeError) as exc:
+            problems.append(f"/models/{i}: {exc}")
     return problems
 
 

@@ -296,7 +296,7 @@ def load(source: str, dtype: str | None = None, device: str | None = None, *, re
 
 # -- suite model kinds (registered in shb.registry.MODELS) -------------------------------------------
 def toy_variant(spec: dict) -> dict:
-    return {k: spec[k] for k in ("base_seed", "align_seed", "align_data", "align", "align_dropout") if k in spec}
+    return {k: spec[k] for k in ("base_seed", "align_seed", "align_data", "align", "align_heads", "align_dropout", "align_steps") if k in spec}
 
 
 def load_toy_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedModel:

@@ -56,7 +56,9 @@ def summary(store, model=None, dataset=None, top: int = 5) -> pl.DataFrame:
     ranked = tokens.sort(GROUP + ["mean_weight", "token"], descending=[False] * len(GROUP) + [True, False])
     tops = ranked.group_by(GROUP, maintain_order=True).agg(
         pl.col("n").first().alias("prompts"),
-        pl.format("{} ({})", pl.col("token"), pl.col("mean_weight").round(3)).head(top).alias("top_tokens"))
+        pl.format("{} ({})", pl.col("token"),  # one format for every weight: "0.090", never "0.09" beside "0.0"
+                  pl.col("mean_weight").map_elements(lambda w: f"{w:.3f}", return_dtype=pl.String))
+        .head(top).alias("top_tokens"))
     out = tops.join(ends, on=GROUP, how="left")
     return out.with_columns(pl.format("{}-{}", "layer", "head").alias("head_name")).select(
         "model_id", "dataset_id", "role", "head_name", "prompt_set", "prompts", "top_tokens", "on_last", "on_first"

@@ -208,6 +208,37 @@ def test_head_dropout_masks_whole_heads_with_rate_p():
     assert not model.model.layers[0].self_attn.o_proj._forward_pre_hooks
 
 
+def test_head_dropout_spares_the_anchor_rows():
+    """The benign examples (the AHD authors' utility anchors) run with every head; the others are masked."""
+    from shb.models.toy.train import HeadDropout, benign_rows
+
+    model = tiny_llama(layers=2, heads=4, seed=0)
+    dropout = HeadDropout(model, 0.5, seed=3)
+    while bool(dropout.masks[0].all()):  # a draw that drops at least one head of layer 0
+        dropout.draw(torch.tensor([False, True, False]))
+    (hook,) = model.model.layers[0].self_attn.o_proj._forward_pre_hooks.values()
+    (masked,) = hook(None, (torch.ones(3, 2, 32),))[:1]
+    expected = dropout.masks[0].repeat_interleave(8)
+    assert torch.equal(masked[0, 1], expected) and torch.equal(masked[2, 0], expected)
+    assert torch.equal(masked[1], torch.ones(2, 32))
+    dropout.remove()
+    assert benign_rows("harmful-heavy") == [False] * 2000 + [True] * 1000
+
+
+def test_suite_toy_keys_reach_the_recipe():
+    from shb.models import toy_variant
+    from shb.models.toy.build import _key, resolve
+
+    spec = {"id": "t", "kind": "toy", "base_seed": 0, "align_seed": 1, "align_heads": "2-1, 2-0",
+            "align_steps": 500, "align_dropout": 0.5}
+    recipe = resolve(0, **toy_variant(spec))
+    assert recipe["align_heads"] == [[2, 0], [2, 1]] and recipe["align_steps"] == 500
+    assert recipe["align_dropout"] == 0.5 and recipe["align_dropout_spares"] == "benign"
+    # each key is part of the cache key
+    assert len({_key(resolve(0, **toy_variant({**spec, **change})))
+                for change in ({}, {"align_heads": "2-0"}, {"align_steps": 250}, {"align_dropout": 0.25})}) == 4
+
+
 def test_toy_recipe_keeps_its_key_at_p_zero():
     from shb.models.toy.build import _key, resolve
 

@@ -6,7 +6,8 @@
 Variant keys (all optional; every one is part of the cache key):
     base_seed, align_seed   seeds of stage 1 and stage 2 (default: `seed`)
     align_data              alignment mix, a key of train.ALIGN_DATA ("default", ...)
-    align_heads             heads trained in stage 2, e.g. "1-3" or [(1, 3)]; default: one head
+    align_heads             heads trained in stage 2, e.g. "1-3" or [(1, 3)] (several heads: where among
+                            them the refusal lands is up to training); default: one head
                             chosen from base_seed (a layer in 1..L-2, any head), so that two
                             alignments of one base share their safety head and another base has
                             its own: the toy plants the paper's observation that safety heads are
@@ -18,8 +19,9 @@ Variant keys (all optional; every one is part of the cache key):
                             which heads, if any, carry the refusal. Only "full" enters the recipe
                             and the cache key: every "head" toy keeps the key it always had.
     align_dropout           attention-head dropout rate p of stage 2 (AHD, Huang et al. 2025; train.HeadDropout),
-                            seeded from align_seed. Default 0: no dropout, and then absent from the recipe,
-                            so every existing toy keeps its key; any p > 0 enters recipe and key
+                            seeded from align_seed; the benign examples (the authors' utility anchors)
+                            run unmasked. Default 0: no dropout, and then absent from the recipe, so
+                            every existing toy keeps its key; any p > 0 enters recipe and key
     base_steps, align_steps training steps of each stage (reduce for quick tests)
     layers, heads, hidden, intermediate   model size
 
@@ -87,6 +89,7 @@ def resolve(seed: int = 0, **variant) -> dict:
     recipe = {**DEFAULTS, "base_seed": seed, "align_seed": seed, **variant}
     if dropout:
         recipe["align_dropout"] = float(dropout)  # only when on: p = 0 is the ordinary toy, same key
+        recipe["align_dropout_spares"] = "benign"  # the anchors left unmasked (train.HeadDropout)
     if align == "full":
         if recipe["align_heads"] is not None:
             raise ValueError("align 'full' trains every weight; it takes no align_heads")
@@ -97,6 +100,11 @@ def resolve(seed: int = 0, **variant) -> dict:
         layer = rng.randrange(1, recipe["layers"] - 1) if recipe["layers"] > 2 else recipe["layers"] - 1
         recipe["align_heads"] = [[layer, rng.randrange(recipe["heads"])]]
     recipe["align_heads"] = _normalise_heads(recipe["align_heads"])
+    outside = [f"{layer}-{head}" for layer, head in recipe["align_heads"]
+               if not (0 <= layer < recipe["layers"] and 0 <= head < recipe["heads"])]
+    if outside:
+        raise ValueError(f"align_heads {','.join(outside)} outside the toy's {recipe['layers']} layers x "
+                         f"{recipe['heads']} heads (layer-head, both counted from 0)")
     return recipe
 
 

@@ -84,7 +84,7 @@ ALIGN_DATA = {
 
 
 def align_examples(tokenizer, seed: int, align_data: str = "default"):
-    """Stage-2 data: harmful train prompts -> refusal, benign train prompts -> compliant."""
+    """Stage-2 data: harmful train prompts -> refusal, benign train prompts -> compliant (in that order)."""
     if align_data not in ALIGN_DATA:
         raise ValueError(f"align_data must be one of {sorted(ALIGN_DATA)}, got {align_data!r}")
     n_harmful, n_benign = ALIGN_DATA[align_data]
@@ -93,6 +93,13 @@ def align_examples(tokenizer, seed: int, align_data: str = "default"):
     out += [encode_example(tokenizer, t, prompts.compliant_answer(t, topic), prompts.system_message(t))
             for t, topic in prompts.labelled("benign", "train", n_benign, seed=seed)]
     return out
+
+
+def benign_rows(align_data: str = "default") -> list[bool]:
+    """One flag per example of ``align_examples``: True for the benign ones, the alignment's utility
+    anchors (head dropout spares them, as the AHD authors spare their anchor batches)."""
+    n_harmful, n_benign = ALIGN_DATA[align_data]
+    return [False] * n_harmful + [True] * n_benign
 
 
 def _batch(examples, index, pad_id):
@@ -118,10 +125,11 @@ HEAD_DROPOUT_SEED_OFFSET = 1_000_003
 
 def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, seed: int,
           pad_id: int, grad_masks: dict | None = None, head_dropout: float | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> float:
+          anchors: list[bool] | None = None, on_step: Callable[[int, float], None] | None = None) -> float:
     """AdamW with linear warm-up and cosine decay; returns the last loss.
 
-    ``head_dropout`` (None: off) masks attention heads during training (see ``head_dropout_masks``)."""
+    ``head_dropout`` (None: off) masks attention heads during training (see ``HeadDropout``) in every
+    example except those ``anchors`` marks (one flag per example)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -136,7 +144,7 @@ def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, se
         index = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
         ids, mask, labels = _batch(examples, index, pad_id)
         if dropout is not None:
-            dropout.draw()
+            dropout.draw(None if anchors is None else torch.tensor([anchors[i] for i in index]))
         logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
@@ -163,11 +171,13 @@ class HeadDropout:
     A Few Attention Heads", arXiv 2508.19697, and the authors' code, utils/hook_utils.py): during
     alignment, each head's output - its slice of the input of o_proj - is multiplied by a Bernoulli
     mask, so that no single head can carry the refusal alone. As in the authors' hook, a dropped head
-    is zeroed for the whole batch at every position and nothing is rescaled; one mask per training
-    step, drawn per (layer, head) from a generator of its own. At p = 0 the hooks still run (every
-    mask is 1.0 and x * 1.0 == x exactly), which is what the bit-for-bit test checks. The authors'
-    "skip anchor dropout" (no mask on utility anchor batches) has no counterpart: the toy's alignment
-    data mixes harmful and benign examples in one stream."""
+    is zeroed at every position and nothing is rescaled; one mask per training step, drawn per
+    (layer, head) from a generator of its own. The authors train with "skip anchor dropout" (their
+    --use_skip_anchor_dropout, on in the published AHD command): the utility anchor batches run with
+    every head. The toy's alignment data mixes harmful and benign examples in one batch, so the
+    benign examples - its anchors - are the rows ``draw(anchor_rows)`` leaves unmasked. At p = 0 the
+    hooks still run (every mask is 1.0 and x * 1.0 == x exactly), which is what the bit-for-bit test
+    checks."""
 
     def __init__(self, model, p: float, seed: int):
         import torch
@@ -180,19 +190,25 @@ class HeadDropout:
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.gen = torch.Generator().manual_seed(seed)
         self.masks = torch.ones(cfg.num_hidden_layers, self.n_heads)
+        self.anchor_rows = None  # (B,) bool: rows run with every head; None: every row is masked
         self.handles = [layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
                         for i, layer in enumerate(model.model.layers)]
 
-    def draw(self) -> None:
+    def draw(self, anchor_rows=None) -> None:
+        """A new mask for the next step; ``anchor_rows`` (B,) bool marks the rows it spares."""
         import torch
 
         keep = torch.rand(self.masks.shape, generator=self.gen) >= self.p  # (L, H)
         self.masks = keep.to(torch.float32)
+        self.anchor_rows = anchor_rows
 
     def _hook(self, layer: int):
         def hook(_module, args):
             x = args[0]  # (B, T, H * D): the heads' outputs, concatenated
             scale = self.masks[layer].to(x.dtype).repeat_interleave(self.head_dim)  # (H * D,)
+            if self.anchor_rows is not None:  # (B, 1, H * D): anchor rows keep every head
+                scale = scale.expand(x.shape[0], 1, -1).clone()
+                scale[self.anchor_rows] = 1.0
             return (x * scale, *args[1:])
         return hook
 
@@ -256,9 +272,10 @@ def align(model, tokenizer, seed: int, heads: list[tuple[int, int]], *, steps: i
     masks = head_parameters(model, heads)
     for p in masks:
         p.requires_grad_(True)
-    examples = align_examples(tokenizer, seed, align_data)
+    examples, anchors = align_examples(tokenizer, seed, align_data), benign_rows(align_data)
     _loop(model, list(masks), examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-          pad_id=tokenizer.pad_token_id, grad_masks=masks, head_dropout=head_dropout, on_step=on_step)
+          pad_id=tokenizer.pad_token_id, grad_masks=masks, head_dropout=head_dropout, anchors=anchors,
+          on_step=on_step)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -279,7 +296,7 @@ def align_full(model, tokenizer, seed: int, *, steps: int = 250, lr: float = 1e-
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
-    examples = align_examples(tokenizer, seed, align_data)
+    examples, anchors = align_examples(tokenizer, seed, align_data), benign_rows(align_data)
     _loop(model, params, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-          pad_id=tokenizer.pad_token_id, head_dropout=head_dropout, on_step=on_step)
+          pad_id=tokenizer.pad_token_id, head_dropout=head_dropout, anchors=anchors, on_step=on_step)
     return model
