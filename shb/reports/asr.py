@@ -201,32 +201,49 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-def figures(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
-    """One figure per (model, dataset): ASR against k with 95% Wilson intervals, one line per head
-    source / ablation / decoding / judge (k = 0: the unit's baseline). Interventions (no k) are left to
-    ``shb report efficiency``, which places them against the parameters they edit."""
+SETTINGS = ["head_source", "ablation_id", "format", "decoding", "judge_id"]
+
+
+def figures(frame: pl.DataFrame, across: str = "settings") -> list[tuple[str, bytes]]:
+    """ASR against k with 95% Wilson intervals (k = 0: the unit's baseline). ``across="settings"``: one
+    figure per (model, dataset), one line per head source / ablation / format / decoding / judge.
+    ``across="models"``: one figure per dataset and setting, one line per model, each with its own heads
+    of that source (e.g. an ordinary and a head-dropout toy, each ablating its own Sahara heads).
+    Interventions (no k) are left to ``shb report efficiency``, which places them against the parameters
+    they edit."""
     from shb.reports import figures as fig
     from shb.reports.render import with_decoding_label
 
     frame = with_decoding_label(frame.filter(pl.col("head_source").is_not_null()
                                              & ~pl.col("head_source").str.starts_with("intervention")))
+    panels, lines = (["dataset_id", *SETTINGS], ["model_id"]) if across == "models" else \
+        (["model_id", "dataset_id"], SETTINGS)
     out = []
-    keys = ["head_source", "ablation_id", "format", "decoding", "judge_id"]
-    for (model, dataset), group in frame.group_by(["model_id", "dataset_id"], maintain_order=True):
-        varying, shared = fig.varying_parts(group.to_dicts(), keys)
+    for panel, group in frame.group_by(panels, maintain_order=True):
+        varying, shared = fig.varying_parts(group.to_dicts(), lines)
         series: dict[str, list] = {}
-        for key, rows in group.group_by(keys, maintain_order=True):
-            named = dict(zip(keys, key))
+        for key, rows in group.group_by(lines, maintain_order=True):
+            named = dict(zip(lines, key))
             label = " / ".join(str(named[c]) for c in varying if named[c] not in (None, "")) or str(key[0])
             points = {0: (0, r["baseline_asr"], r["baseline_lo"], r["baseline_hi"]) for r in rows.head(1).to_dicts()
                       if r["baseline_asr"] is not None}
             for r in rows.to_dicts():
                 points[r["k"]] = (r["k"], r["ablated_asr"], r["ablated_lo"], r["ablated_hi"])
             series[label] = list(points.values())
-        if series:
-            out.append((fig.slug("asr-by-k", model, dataset),
-                        fig.intervals(series, f"ASR against heads ablated (95% Wilson intervals)\n{model} / {dataset}"
-                                      + (f"\n{shared}" if shared else ""), "heads ablated (k)", "ASR")))
+        if not series:
+            continue
+        if across == "models":
+            named = dict(zip(panels, panel))
+            title = (f"ASR against heads ablated, models side by side (95% Wilson intervals)\n{named['dataset_id']}"
+                     f" · heads: {named['head_source']}\n"
+                     + fig.varying_parts(group.to_dicts(), SETTINGS[1:])[1])
+            name = fig.slug("asr-by-k-models", *(named[c] for c in panels[:3]))
+        else:
+            model, dataset = panel
+            title = f"ASR against heads ablated (95% Wilson intervals)\n{model} / {dataset}" + (
+                f"\n{shared}" if shared else "")
+            name = fig.slug("asr-by-k", model, dataset)
+        out.append((name, fig.intervals(series, title, "heads ablated (k)", "ASR")))
     if not out:
         from shb.errors import UsageError
 

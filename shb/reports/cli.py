@@ -206,8 +206,11 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @click.option("--judge", default=None)
 @format_option()
 @OUT_OPTION
+@click.option("--across", type=click.Choice(["settings", "models"]), default="settings", show_default=True,
+              help="png/html: one figure per model with a line per setting, or one per setting with a line per "
+                   "model (each model ablating its own heads of that source)")
 @friendly
-def report_asr(db, model, dataset, ablation, judge, fmt, out):
+def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
     """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
     png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken as stacked shares."""
     from shb.reports import asr
@@ -221,7 +224,7 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out):
         tables.append(("answers refused / complied / broken beside ASR (the paper's ASR counts broken answers as"
                        " refusals)", outcomes))
     emit(fmt, "ASR: baseline (k = 0) against ablated", tables,
-         lambda: asr.figures(frame) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
+         lambda: asr.figures(frame, across) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
 
 
 @report.command("utility")

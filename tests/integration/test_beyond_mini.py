@@ -126,6 +126,10 @@ def test_closing_note(db, tmp_path):
               for (model, intervention), r in swap.items()]
     curve = _curve(db)
     assert set(curve) == set(HEADS_MODELS)
+    drawn = shb("report", "asr", "--db", str(db), "--format", "png", "--across", "models", "--out", str(out)).split()
+    ahd_figure = [f for f in drawn if "asr-by-k-models-toy-harmful-32-sahara_sahara-16" in f]
+    assert len(ahd_figure) == 1
+    lines.append(f"AHD figure: {ahd_figure[0]}")
     for model in HEADS_MODELS:
         lines.append(f"AHD curve {model}: " + "  ".join(f"k={k}:{asr:.2f}" for k, asr in curve[model].items()))
     for ordinary in ("toy-a", "toy-l2"):

@@ -142,3 +142,33 @@ def test_measured_and_published_rows_get_their_own_panels(drawn, monkeypatch):
     efficiency.figure(_crowded_efficiency())
     efficiency.figure(_crowded_efficiency(), one_axis=True)
     assert panels == [2, 1]
+
+
+def _asr_rows():
+    import polars as pl
+
+    rows = []
+    for model, curve in (("toy-l2", [1.0, 0.6]), ("toy-l2-ahd", [0.0, 0.25])):
+        for k, asr in zip((1, 8), curve):
+            rows.append({"model_id": model, "dataset_id": "h", "head_source": "sahara:s", "ablation_id": "ua",
+                         "format": "chat", "decoding": '{"mode": "greedy"}', "judge_id": "keyword-paper", "k": k,
+                         "baseline_asr": 0.05, "baseline_lo": 0.0, "baseline_hi": 0.2,
+                         "ablated_asr": asr, "ablated_lo": asr / 2, "ablated_hi": asr})
+    return pl.DataFrame(rows)
+
+
+def test_asr_figures_put_models_side_by_side_on_request(monkeypatch):
+    """across="models": one figure per setting with a line per model (each its own heads); the default
+    draws a figure per model."""
+    from shb.reports import asr
+
+    drawn = []
+    monkeypatch.setattr(figures, "intervals", lambda series, title, *a, **k: drawn.append((series, title)) or b"")
+    (name, _), = asr.figures(_asr_rows(), across="models")
+    (series, title), = drawn
+    assert name == "asr-by-k-models-h-sahara_s-ua" and "models side by side" in title
+    assert sorted(series) == ["toy-l2", "toy-l2-ahd"]
+    assert sorted(series["toy-l2-ahd"]) == [(0, 0.05, 0.0, 0.2), (1, 0.0, 0.0, 0.0), (8, 0.25, 0.125, 0.25)]
+    drawn.clear()
+    assert [n for n, _ in asr.figures(_asr_rows())] == ["asr-by-k-toy-l2-h", "asr-by-k-toy-l2-ahd-h"]
+    assert [list(series) for series, _ in drawn] == [["sahara:s"], ["sahara:s"]]
