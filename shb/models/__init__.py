@@ -10,6 +10,8 @@ runs, unless the caller opts in (``allow_pickle``, ``trust_remote_code``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -253,13 +255,34 @@ def load_directory(path: str, source: str, dtype, device, revision, trust_remote
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if gguf_file:  # weights dequantized to `dtype`; tokenizer and chat template read from the same file
         kwargs["gguf_file"] = gguf_file
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
+        with _gguf_bar_off():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
         return _finish(model, AutoTokenizer.from_pretrained(path, **kwargs), device, source, path, detect)
     # safetensors only, unless the suite opts in; then pickle files are read by torch.load(weights_only=True),
     # which rebuilds tensors and plain containers and refuses any other object, so no code in them runs.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
                                                  weights_only=True, **extra, **kwargs)
     return _finish(model, AutoTokenizer.from_pretrained(path, **kwargs), device, source, path, detect)
+
+
+@contextlib.contextmanager
+def _gguf_bar_off():
+    """transformers draws its GGUF conversion bar with tqdm directly, past disable_progress_bar(); inside a
+    run it would break shb's own progress display. Swap the module's tqdm for a disabled one while loading."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _finish(model, tokenizer, device, source, path, detect) -> LoadedModel:

@@ -107,3 +107,13 @@ def test_surgery_export_reloads_in_plain_transformers(smollm2, tmp_path):
         unablated = smollm2.model.generate(**enc, max_new_tokens=NEW, do_sample=False,
                                            pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:].tolist()
     assert unablated != hooked, "ablating three heads should change some answer"
+
+
+def test_loading_the_gguf_draws_no_bar_of_its_own(smollm2_file, capfd):
+    """transformers' GGUF conversion bar would break into shb's progress display (and --quiet)."""
+    from shb.models import load_hf_spec
+
+    capfd.readouterr()
+    load_hf_spec({"id": "smollm2", "kind": "hf", "fetch": "smollm2"}, dtype="float32", device="cpu")
+    out, err = capfd.readouterr()
+    assert "Converting and de-quantizing" not in out + err
