@@ -244,8 +244,10 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 
     with Store(db, read_only=True) as store:
         frame = utility.summary(store, model, part, task, ablation)
-    emit(fmt, "utility: each intervention beside the unmodified model (k = 0)",
-         [("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame)],
+    table = ((f"utility: value (change against the unmodified model). {utility.caption(frame)}. Intervals, n "
+              "and broken shares: --format json or csv", utility.for_table(frame)) if fmt == "table" else
+             ("utility (95% Wilson interval for rates, mean +- 1.96 SE otherwise)", frame))
+    emit(fmt, "utility: each intervention beside the unmodified model (k = 0)", [table],
          lambda: utility.figures(frame), out)
 
 

@@ -66,6 +66,59 @@ def summary(store, model=None, part=None, task=None, ablation=None) -> pl.DataFr
     return rows.sort([*KEYS, "k", "ablation_id", "head_source"]).select(COLUMNS)
 
 
+def _cell_names(frame: pl.DataFrame) -> dict[tuple, str]:
+    """Short column names per (part, task, measure): "acc", "over-refusal", "benign nll" where a part has one
+    task and measure (the task goes into the caption), "<measure>: <task>" where it has several."""
+    order = {"lm_eval": 0, "over_refusal": 1, "benign_loss": 2}
+    cells = sorted(frame.select("part", "task", "measure").unique().rows(),
+                   key=lambda c: (order.get(c[0], 3), c[0], c[1], c[2]))
+    names = {}
+    for part, task, measure in cells:
+        alone = sum(1 for p, _, _ in cells if p == part) == 1
+        short = {"over_refusal": "over-refusal", "benign_loss": f"benign {measure}"}.get(part, measure)
+        names[(part, task, measure)] = short if alone else f"{short}: {task}"
+    return names
+
+
+def caption(frame: pl.DataFrame) -> str:
+    """What each short column of ``for_table`` measured."""
+    names = _cell_names(frame)
+    return "; ".join(f"{name} = {task}" for (part, task, measure), name in names.items() if ":" not in name)
+
+
+def for_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """The terminal view: a row per model and setting (the unmodified model, each intervention, each head
+    set at its k), a column per task and measure, each cell the value with its change against the
+    unmodified model. The unmodified model's row appears once per model where every metric measured the
+    same values (to 6 significant digits; one row per metric where they differ, e.g. other tasks or
+    document counts). Intervals, n and the broken share are in ``--format json/csv``."""
+    from shb.reports.render import number
+
+    names = _cell_names(frame)
+    base = frame.filter(pl.col("k") == 0).with_columns(
+        pl.col("value").map_elements(lambda v: float(f"{v:.6g}"), return_dtype=pl.Float64).alias("rounded"))
+    spread = base.group_by("model_id", "part", "task", "measure", "judge_id").agg(pl.col("rounded").n_unique().alias("m"))
+    per_metric = set(spread.filter(pl.col("m") > 1)["model_id"].to_list())
+    several_ablations = frame.filter(pl.col("k") > 0)["ablation_id"].n_unique() > 1
+    rows: dict[tuple, dict] = {}
+    for r in frame.sort("model_id", "k", "metric_id").iter_rows(named=True):
+        source = str(r["head_source"])
+        if r["k"] == 0:
+            setting, k = "unmodified" + (f" ({r['metric_id']})" if r["model_id"] in per_metric else ""), None
+            text = number(r["value"])
+        else:
+            intervention = source.startswith("intervention:")
+            setting = source.split(":", 1)[1] if intervention else f"{r['heads']} ({source})"
+            setting += f" · {r['ablation_id']}" if several_ablations else ""
+            k = None if intervention else r["k"]
+            change = r["change"]
+            text = number(r["value"]) + ("" if change is None else f" ({'+' if change >= 0 else ''}{number(change)})")
+        row = rows.setdefault((r["model_id"], setting, k), {"model": r["model_id"], "setting": setting, "k": k})
+        row[names[(r["part"], r["task"], r["measure"])]] = text
+    columns = ["model", "setting", "k", *dict.fromkeys(names.values())]
+    return pl.DataFrame(list(rows.values()), infer_schema_length=None).select(columns)
+
+
 def _broken_shares(store) -> pl.DataFrame:
     """Share of broken benign answers per over-refusal row (None where the answers predate outcomes)."""
     return store.query("""
