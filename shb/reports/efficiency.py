@@ -27,6 +27,8 @@ an intervention that lowers ASR by breaking the model shows a large ``broken``. 
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from shb.reports.render import require, where, with_decoding_label
@@ -180,6 +182,47 @@ def report(store, model=None, dataset=None, include_published: bool = True) -> p
     frame = pl.concat(parts, how="diagonal_relaxed")
     frame = frame.select([c for c in COLUMNS if c in frame.columns])
     return with_decoding_label(frame)
+
+
+def for_table(measured: pl.DataFrame) -> pl.DataFrame:
+    """The terminal view of the measured rows: entries changed and their share of the model, the ASR with
+    its interval, the broken share of the answers, values chosen, extra runs, then what the method did to
+    utility (change against the unmodified model). The head-set family drops its "heads: " prefix and
+    the method its repeated ablation, so the columns fit 80 characters where they can; JSON and CSV keep
+    every column."""
+    from shb.reports.render import number
+
+    def family(r) -> str:
+        return r["family"].removeprefix("heads: ") if r["family"] else "-"
+
+    def method(r) -> str:
+        text = r["method"] or "-"
+        if r["family"] and r["family"].startswith("heads: "):  # the family names the source and ablation
+            if text.startswith("heads: "):  # no one head set: per prompt, per draw
+                return "(varies)"
+            text = re.sub(r" \([^()]*\)$", "", text.removeprefix("heads "))
+        return text
+
+    def utility(r) -> str | None:
+        parts = [(name, r.get(column)) for name, column in (("acc", "utility_acc_change"),
+                                                            ("over-refusal", "over_refusal_change"),
+                                                            ("NLL", "benign_nll_change"))]
+        shown = [f"{name} {'+' if v >= 0 else ''}{number(v)}" for name, v in parts if v is not None]
+        return ", ".join(shown) or None
+
+    rows = []
+    for r in measured.iter_rows(named=True):
+        share = r.get("share_pct")
+        rows.append({
+            **{c: r[c] for c in ("source", "model_id", "dataset_id", "format", "judge_id", "decoding",
+                                 "max_new_tokens") if c in r},
+            # numbers a narrow table gives up rightmost first: n, extra runs, chosen, broken, share, entries
+            "family": family(r), "method": method(r), "k": r["k"], "entries": r["entries_changed"],
+            "share %": share, "asr": r["asr"], "asr_lo": r["asr_lo"], "asr_hi": r["asr_hi"],
+            "broken": r.get("broken"), "chosen": r["values_chosen"], "extra runs": r["extra_runs"], "n": r["n"],
+            "utility change": utility(r), "fit_note": r.get("fit_note")})
+    out = pl.DataFrame(rows, infer_schema_length=None)
+    return out.drop([c for c in ("broken", "utility change", "fit_note") if out[c].null_count() == out.height])
 
 
 def figure(frame: pl.DataFrame, one_axis: bool = False) -> list[tuple[str, bytes]]:

@@ -49,3 +49,23 @@ def test_several_tasks_of_one_part_name_their_task():
     frame = pl.concat([_frame(), pl.DataFrame([_row("m", "u-swap", "over_refusal", "xstest", "refusal", 0, 0.5)])])
     table = utility.for_table(frame)
     assert {"over-refusal: benign", "over-refusal: xstest"} <= set(table.columns)
+
+
+def test_efficiency_terminal_view_names_each_method_once():
+    from shb.reports import efficiency
+
+    def row(family, method, k, entries, share, utility=None):
+        return {"source": "measured", "model_id": "m", "family": family, "method": method, "k": k,
+                "entries_changed": entries, "share_pct": share, "values_chosen": k, "extra_runs": 0, "n": 32,
+                "asr": 0.5, "asr_lo": 0.3, "asr_hi": 0.7, "broken": 0.0, "utility_acc_change": utility,
+                "over_refusal_change": None, "benign_nll_change": None, "fit_note": None}
+
+    frame = pl.DataFrame([row("heads: sahara:s (ua)", "heads 2-6,0-4 (ua)", 2, 1024, 0.3, -0.04),
+                          row("heads: random (ua)", "heads: random k=2 (ua)", 2, 1024, 0.3),
+                          row("actsvd", "my-actsvd", 1, 212992, 61.8)])
+    table = efficiency.for_table(frame)
+    assert table.columns[:7] == ["source", "model_id", "family", "method", "k", "entries", "share %"]
+    assert table["family"].to_list() == ["sahara:s (ua)", "random (ua)", "actsvd"]
+    assert table["method"].to_list() == ["2-6,0-4", "(varies)", "my-actsvd"]
+    assert table["utility change"].to_list() == ["acc -0.0400", None, None]
+    assert "fit_note" not in table.columns  # no row has one
