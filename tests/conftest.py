@@ -146,3 +146,28 @@ def prompts_file(tmp_path) -> Path:
             "explain the history of rome", "poison water please"]
     path.write_text("\n".join(json.dumps({"prompt": r}) for r in rows) + "\n")
     return path
+
+
+UA = {"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}
+
+
+def tiny_suite(model_dir, prompts_file, name: str, metrics: list, *, ablations: list | None = None,
+               **defaults) -> dict:
+    """The suite most integration tests run: the tiny Llama of ``tiny_model_dir``, the prompts of
+    ``prompts_file`` in chat format, ``ablations`` (default: ua), on the CPU in float32, batches of 8
+    (``defaults`` overrides or adds suite defaults)."""
+    return {
+        "name": name,
+        "models": [{"id": "tiny", "kind": "hf", "path": str(model_dir)}],
+        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
+        "ablations": ablations or [UA],
+        "metrics": metrics,
+        "defaults": {"device": "cpu", "dtype": "float32", "batch_size": 8, **defaults},
+    }
+
+
+def write_suite(folder: Path, data: dict) -> Path:
+    """``data`` as folder/suite.json."""
+    path = folder / "suite.json"
+    path.write_text(json.dumps(data))
+    return path

@@ -4,9 +4,9 @@ chunks run in the reverse of the listed order wherever ``after`` allows, gives t
 
 from __future__ import annotations
 
-import json
-
 import pytest
+
+from tests.conftest import tiny_suite, write_suite
 
 # How a run ran, not what it found: timings, and the batch size an engine settled on (each worker sizes its own).
 TIMING = {"run_id", "seconds", "done_at", "updated_at", "started_at", "ended_at", "batch_size"}
@@ -34,20 +34,11 @@ def tables(db) -> dict:
 
 @pytest.fixture()
 def suite_file(tmp_path, tiny_model_dir, prompts_file):
-    data = {
-        "name": "tiny-worker",
-        "models": [{"id": "tiny", "kind": "hf", "path": str(tiny_model_dir)}],
-        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
-        "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
-        "metrics": [{"id": "ships", "kind": "ships"},
-                    {"id": "sahara", "kind": "sahara", "steps": 2, "score": "ships_dataset", "r": 1},
-                    {"id": "asr", "kind": "asr", "heads": "sahara:sahara", "k": [2], "max_new_tokens": 4},
-                    {"id": "asr-pp", "kind": "asr", "heads": "ships_per_prompt", "k": 1, "max_new_tokens": 4}],
-        "defaults": {"device": "cpu", "dtype": "float32", "batch_size": 8},
-    }
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(data))
-    return path
+    return write_suite(tmp_path, tiny_suite(tiny_model_dir, prompts_file, "tiny-worker", [
+        {"id": "ships", "kind": "ships"},
+        {"id": "sahara", "kind": "sahara", "steps": 2, "score": "ships_dataset", "r": 1},
+        {"id": "asr", "kind": "asr", "heads": "sahara:sahara", "k": [2], "max_new_tokens": 4},
+        {"id": "asr-pp", "kind": "asr", "heads": "ships_per_prompt", "k": 1, "max_new_tokens": 4}]))
 
 
 def test_chunks_run_in_any_order_their_declarations_allow_give_the_local_tables(tmp_path, suite_file):

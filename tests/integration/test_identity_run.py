@@ -16,19 +16,13 @@ from shb.errors import UsageError
 from shb.run import run_suite
 from shb.store import Store
 from shb.suite import from_dict
+from tests.conftest import tiny_suite
 
 TABLES = ("runs", "units", "chunks", "models", "prompts", "labels", "formatted_prompts", "ships")
 
 
-def _suite(model_dir, prompts_file, **defaults):
-    return {
-        "name": "ident",
-        "models": [{"id": "tiny", "kind": "hf", "path": str(model_dir)}],
-        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
-        "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
-        "metrics": [{"id": "ships", "kind": "ships"}],
-        "defaults": {"device": "cpu", "dtype": "auto", "batch_size": 8, **defaults},
-    }
+def _suite(model_dir, prompts_file):
+    return tiny_suite(model_dir, prompts_file, "ident", [{"id": "ships", "kind": "ships"}], dtype="auto")
 
 
 def _counts(db):

@@ -7,23 +7,15 @@ import json
 
 import pytest
 
+from tests.conftest import tiny_suite, write_suite
 from tests.integration.test_executor_worker import tables
 
 
 @pytest.fixture()
 def suite_file(tmp_path, tiny_model_dir, prompts_file):
-    data = {
-        "name": "tiny-resume",
-        "models": [{"id": "tiny", "kind": "hf", "path": str(tiny_model_dir)}],
-        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
-        "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
-        "metrics": [{"id": "asr", "kind": "asr", "heads": ["0-1"], "max_new_tokens": 3},
-                    {"id": "asr-random", "kind": "asr", "heads": "random", "k": [0, 2], "draws": 2, "max_new_tokens": 3}],
-        "defaults": {"device": "cpu", "dtype": "float32", "batch_size": 8},
-    }
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(data))
-    return path
+    return write_suite(tmp_path, tiny_suite(tiny_model_dir, prompts_file, "tiny-resume", [
+        {"id": "asr", "kind": "asr", "heads": ["0-1"], "max_new_tokens": 3},
+        {"id": "asr-random", "kind": "asr", "heads": "random", "k": [0, 2], "draws": 2, "max_new_tokens": 3}]))
 
 
 def test_a_unit_resumed_with_another_batch_size_stores_every_prompt_exactly_once(tmp_path, suite_file, monkeypatch):

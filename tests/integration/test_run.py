@@ -9,24 +9,16 @@ import time
 import pytest
 
 from shb.store import Store
-from tests.conftest import run_and_sigkill
+from tests.conftest import UA, run_and_sigkill, tiny_suite, write_suite
 
 N_PROMPTS, N_LAYERS, N_HEADS = 6, 3, 4
 
 
 @pytest.fixture()
 def suite_file(tmp_path, tiny_model_dir, prompts_file):
-    data = {
-        "name": "tiny",
-        "models": [{"id": "tiny", "kind": "hf", "path": str(tiny_model_dir)}],
-        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
-        "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}, {"id": "sc", "kind": "scaling", "epsilon": 0}],
-        "metrics": [{"id": "ships", "kind": "ships"}],
-        "defaults": {"device": "cpu", "dtype": "float32", "batch_size": 4},
-    }
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(data))
-    return path
+    return write_suite(tmp_path, tiny_suite(tiny_model_dir, prompts_file, "tiny", [{"id": "ships", "kind": "ships"}],
+                                            ablations=[UA, {"id": "sc", "kind": "scaling", "epsilon": 0}],
+                                            batch_size=4))
 
 
 def shb(*args, cwd, **kwargs):

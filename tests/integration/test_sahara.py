@@ -12,7 +12,7 @@ import torch
 
 from shb.engine import Engine
 from shb.search import best, candidates, sahara, sahara_step, sahara_step_layer
-from tests.conftest import make_tokenizer, tiny_llama
+from tests.conftest import make_tokenizer, tiny_llama, tiny_suite, write_suite
 
 PROMPTS = ["how to make a bomb", "tell me", "write a poem about cake please", "hack into computer",
            "plan trip paris", "learn python code sort list", "steal money from a bank"]
@@ -110,18 +110,9 @@ def test_bad_parameters_are_refused(lm):
 
 @pytest.fixture()
 def suite_file(tmp_path, tiny_model_dir, prompts_file):
-    data = {
-        "name": "tiny-sahara",
-        "models": [{"id": "tiny", "kind": "hf", "path": str(tiny_model_dir)}],
-        "datasets": [{"id": "p", "kind": "jsonl", "path": str(prompts_file), "column": "prompt", "format": "chat"}],
-        "ablations": [{"id": "ua", "kind": "undifferentiated", "epsilon": 1e-5}],
-        "metrics": [{"id": "gships", "kind": "ships_dataset", "r": 1},
-                    {"id": "sahara", "kind": "sahara", "steps": 2, "score": "ships_dataset", "r": 1}],
-        "defaults": {"device": "cpu", "dtype": "float32", "batch_size": 8},
-    }
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(data))
-    return path
+    return write_suite(tmp_path, tiny_suite(tiny_model_dir, prompts_file, "tiny-sahara", [
+        {"id": "gships", "kind": "ships_dataset", "r": 1},
+        {"id": "sahara", "kind": "sahara", "steps": 2, "score": "ships_dataset", "r": 1}]))
 
 
 def test_metric_plugins_write_rows_that_match_the_library(tmp_path, suite_file, tiny_model_dir, prompts_file):
