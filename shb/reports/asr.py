@@ -220,7 +220,10 @@ def figures(frame: pl.DataFrame, across: str = "settings") -> list[tuple[str, by
         (["model_id", "dataset_id"], SETTINGS)
     out = []
     for panel, group in frame.group_by(panels, maintain_order=True):
-        varying, shared = fig.varying_parts(group.to_dicts(), lines)
+        rows_of_panel = group.to_dicts()
+        varying, shared = fig.varying_parts(rows_of_panel, lines)
+        if across == "models":  # one setting per panel: what it is goes into the title
+            shared = fig.varying_parts(rows_of_panel, SETTINGS[1:])[1]
         series: dict[str, list] = {}
         for key, rows in group.group_by(lines, maintain_order=True):
             named = dict(zip(lines, key))
@@ -235,8 +238,7 @@ def figures(frame: pl.DataFrame, across: str = "settings") -> list[tuple[str, by
         if across == "models":
             named = dict(zip(panels, panel))
             title = (f"ASR against heads ablated, models side by side (95% Wilson intervals)\n{named['dataset_id']}"
-                     f" · heads: {named['head_source']}\n"
-                     + fig.varying_parts(group.to_dicts(), SETTINGS[1:])[1])
+                     f" · heads: {named['head_source']}\n{shared}")
             name = fig.slug("asr-by-k-models", *(named[c] for c in panels[:3]))
         else:
             model, dataset = panel

@@ -55,10 +55,9 @@ def _curve(db):
 
 
 def _swap_asr(db):
-    rows = _sql(db, "SELECT g.model_id, g.intervention_id, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0 END) AS asr, "
-                    "count(*) AS n FROM generations g JOIN judgments j USING (generation_id) "
-                    "WHERE g.intervention_id IS NOT NULL GROUP BY ALL ORDER BY ALL")
-    return {(r["model_id"], r["intervention_id"]): r for r in rows}
+    """{(model, intervention): asr view row} of the attention-swap units."""
+    rows = _sql(db, "SELECT model_id, head_source, asr, n FROM asr WHERE head_source LIKE 'intervention:%' ORDER BY ALL")
+    return {(r["model_id"], r["head_source"].removeprefix("intervention:")): r for r in rows}
 
 
 def test_every_planned_unit_is_done(db):
