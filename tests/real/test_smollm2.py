@@ -22,9 +22,9 @@ NEW = 32
 
 
 def test_the_real_model_is_what_the_suite_says(smollm2, smollm2_file):
-    from shb.models.fetch import FETCHABLE, _sha256
+    from shb.models.fetch import recipes, sha256_of
 
-    assert _sha256(smollm2_file) == FETCHABLE["smollm2"].sha256
+    assert sha256_of(smollm2_file) == recipes()["smollm2"].sha256
     assert (smollm2.n_layers, smollm2.n_heads, smollm2.n_kv_heads, smollm2.head_dim) == (30, 9, 3, 64)
     assert type(smollm2.model).__name__ == "LlamaForCausalLM" and smollm2.dtype == torch.float32
     assert len(smollm2.tokenizer) == 49152
