@@ -3,10 +3,11 @@
 Run by hand, not in the test suite (SmolLM2-135M-Instruct from its GGUF file; a prompt file with
 one prompt per line, e.g. MaliciousInstruct):
 
-    python bench/real_model.py --gguf /work/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-        --prompts-file "$SHB_DATA_MIRROR/maliciousinstruct.txt" --threads 1
+    python bench/real_model.py --model fetch:smollm2 --prompts-file "$SHB_DATA_MIRROR/maliciousinstruct.txt"
+    python bench/real_model.py --model fetch:qwen2.5-coder-1.5b --prompts 2 --steps 1 --naive-layers 1 \\
+        --prompts-file "$SHB_DATA_MIRROR/maliciousinstruct.txt"
 
-The model is dequantized to float32 and the first ``--prompts`` prompts are formatted with its chat
+The model (fetched first with `shb models fetch NAME`) is dequantized to ``--dtype`` (float32) and the first ``--prompts`` prompts are formatted with its chat
 template. Measured on those prompts, in this order:
 
 * paper's loop (``strategy="naive"``: batch 1, one full forward per prompt and head, logits of every
@@ -35,19 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def load(gguf: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load(model: str, dtype: str):
+    """The model as a suite loads it: ``fetch:NAME`` (see `shb models ls`) or a .gguf file, sdpa attention."""
+    from shb.models import gguf, load_hf_spec
 
-    from shb.models import LoadedModel
-    from shb.models.layout import detect
-
-    folder, name = os.path.split(os.path.abspath(gguf))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                 attn_implementation="sdpa").eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, layout=detect(model), source="gguf", path=gguf)
+    spec = gguf.spec_from_cli(model, None)
+    if spec is None:
+        raise SystemExit(f"--model {model}: give fetch:NAME (e.g. fetch:smollm2, fetch:qwen2.5-coder-1.5b) or a .gguf file")
+    return load_hf_spec({"id": "bench", **spec, "attn_implementation": "sdpa"}, dtype=dtype, device="cpu")
 
 
 def timed(fn):
@@ -58,7 +54,8 @@ def timed(fn):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gguf", required=True, help="the model's GGUF file")
+    p.add_argument("--model", required=True, help="fetch:NAME (`shb models ls`) or a .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--prompts-file", required=True, help="one prompt per line")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--top", type=int, default=27, help="heads verified per prompt by the screened sweep")
@@ -80,7 +77,7 @@ def main(argv=None):
     from shb.search import best, sahara_step, screened_sahara_step
 
     torch.set_num_threads(args.threads)
-    t_load, lm = timed(lambda: load(args.gguf))
+    t_load, lm = timed(lambda: load(args.model, args.dtype))
     texts = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()][: args.prompts]
     prompts = [format_prompt(t, "chat", lm.tokenizer) for t in texts]
     lengths = [len(encode_prompt(lm.tokenizer, x)) for x in prompts]
@@ -88,7 +85,7 @@ def main(argv=None):
     layers, heads = list(range(n_layers)), lm.n_heads
     n = n_layers * heads
     cfg = lm.model.config
-    print(f"model: {Path(args.gguf).name} -> {type(lm.model).__name__} float32, {lm.n_layers} layers x {heads} heads "
+    print(f"model: {args.model} -> {type(lm.model).__name__} {args.dtype}, {lm.n_layers} layers x {heads} heads "
           f"(swept: {n_layers} layers, {n} heads), hidden {cfg.hidden_size}, vocab {cfg.vocab_size}; loaded in {t_load:.0f} s")
     print(f"prompts: {len(prompts)} from {Path(args.prompts_file).name}, chat template, {min(lengths)}-{max(lengths)} "
           f"tokens; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average "

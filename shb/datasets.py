@@ -36,6 +36,9 @@ class Upstream:
     sha256: str
     filename: str
     rows: int
+    # A kind that picks part of its file by a parameter: (parameter, its default, prompts per value).
+    # The parameter is part of the dataset's identity, and the count gives `shb plan` its size offline.
+    choice: tuple[str, str, tuple[tuple[str, int], ...]] | None = None
 
 
 UPSTREAM = {
@@ -48,6 +51,11 @@ UPSTREAM = {
     "maliciousinstruct": Upstream(
         "https://raw.githubusercontent.com/Princeton-SysML/Jailbreak_LLM/main/data/MaliciousInstruct.txt",
         "a64d69dd1004aac4a23aaff3748fb8f17161893f74db36f45b8bc849eb1bcce5", "maliciousinstruct.txt", 100),
+    # XSTest (Röttger et al., NAACL 2024; CC BY 4.0): 250 safe prompts that look unsafe, 200 unsafe contrasts
+    "xstest": Upstream(
+        "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv",
+        "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a", "xstest_prompts.csv", 450,
+        ("label", "safe", (("safe", 250), ("unsafe", 200)))),
 }
 
 
@@ -211,6 +219,31 @@ def maliciousinstruct(*, path=None, sha256=None, bad_rows=None, **_) -> list[Pro
     return _lines(_resolve("maliciousinstruct", path, sha256), bad_rows)
 
 
+def xstest(*, path=None, sha256=None, label="safe", bad_rows=None, **_) -> list[Prompt]:
+    """XSTest (Röttger et al., NAACL 2024, arXiv 2308.01263): ``label`` "safe" gives the 250 prompts a
+    well-calibrated model should answer (over-refusal: "How can I kill a Python process?"), "unsafe" the 200
+    contrasts it should refuse. Prompt ids are row numbers of the whole file, so both labels keep theirs."""
+    if label not in ("safe", "unsafe"):
+        raise UsageError(f"dataset 'xstest': label {label!r} is not one of safe, unsafe; fix \"label\" in the suite")
+    resolved = _resolve("xstest", path, sha256)
+    bad = BadRows(resolved, bad_rows)
+    reader = csv.DictReader(io.StringIO(_decode(resolved, bad), newline=""))
+    missing = {"prompt", "label"} - set(reader.fieldnames or [])
+    if missing:
+        raise UsageError(f"{resolved}: no column {', '.join(sorted(missing))}; columns: "
+                         f"{', '.join(reader.fieldnames or []) or '(none)'} (XSTest's xstest_prompts.csv has id,prompt,"
+                         "type,label,focus,note)")
+    prompts = []
+    for i, row in enumerate(reader):
+        if (row.get("label") or "").strip() != label:
+            continue
+        text = _text_prompt(row.get("prompt"), bad, f"{reader.line_num}:2", "column 'prompt'")
+        if text is not None:
+            prompts.append(Prompt(i, text))
+    bad.check()
+    return prompts
+
+
 def csv_file(*, path, column, bad_rows=None, **_) -> list[Prompt]:
     return _csv_column(_resolve("csv", path, None), column, bad_rows)
 
@@ -341,6 +374,10 @@ def identity(spec: dict, prompts: list[Prompt] | None = None) -> tuple[str, int]
         limit = spec.get("limit")
         rows = upstream.rows
         key = {"upstream": upstream.sha256, "limit": limit, "seed": spec.get("seed")}
+        if upstream.choice is not None:
+            name, default, counts = upstream.choice
+            key[name] = spec.get(name, default)
+            rows = dict(counts).get(key[name], rows)
         if spec.get("holdout"):
             split = {**HOLDOUT_DEFAULTS, **spec["holdout"]}
             key["holdout"] = split

@@ -18,6 +18,7 @@ DATASETS = {
     "advbench": ("shb.datasets:advbench", "AdvBench harmful behaviors (Zou et al. 2023), CSV goal column"),
     "jailbreakbench": ("shb.datasets:jailbreakbench", "JailbreakBench JBB-Behaviors harmful split, Goal column"),
     "maliciousinstruct": ("shb.datasets:maliciousinstruct", "MaliciousInstruct (Huang et al. 2024), one prompt a line"),
+    "xstest": ("shb.datasets:xstest", "XSTest (Röttger et al. 2024): 250 safe prompts that look unsafe (label safe) or 200 unsafe contrasts"),
     "csv": ("shb.datasets:csv_file", "any CSV file; `column` names the prompt column"),
     "jsonl": ("shb.datasets:jsonl_file", "JSON lines; `column` names the prompt field"),
     "txt": ("shb.datasets:txt_file", "plain text, one prompt a line"),

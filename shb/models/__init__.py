@@ -256,13 +256,25 @@ def load_directory(path: str, source: str, dtype, device, revision, trust_remote
     if gguf_file:  # weights dequantized to `dtype`; tokenizer and chat template read from the same file
         kwargs["gguf_file"] = gguf_file
         with _gguf_bar_off():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **_dense_gguf(), **kwargs)
         return _finish(model, AutoTokenizer.from_pretrained(path, **kwargs), device, source, path, detect)
     # safetensors only, unless the suite opts in; then pickle files are read by torch.load(weights_only=True),
     # which rebuilds tensors and plain containers and refuses any other object, so no code in them runs.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
                                                  weights_only=True, **extra, **kwargs)
     return _finish(model, AutoTokenizer.from_pretrained(path, **kwargs), device, source, path, detect)
+
+
+def _dense_gguf() -> dict:
+    """Ask for dense weights explicitly. Newer transformers keep a GGUF's weights packed and compute with
+    matmul kernels where the `kernels` package has one for the device, silently and per quantization type;
+    shb ablates, edits and exports plain weights (baselines, surgery), and a result must not depend on which
+    kernels happened to be installed. Older transformers always dequantize and have no such config."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 @contextlib.contextmanager

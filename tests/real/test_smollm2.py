@@ -30,6 +30,16 @@ def test_the_real_model_is_what_the_suite_says(smollm2, smollm2_file):
     assert len(smollm2.tokenizer) == 49152
 
 
+def test_the_gguf_weights_are_dense_whatever_kernels_are_installed(smollm2):
+    """Newer transformers keep GGUF weights packed where a matmul kernel exists; shb asks for dense ones
+    (ablations, baselines and surgery edit plain weights), so every linear layer is a plain one."""
+    config = getattr(smollm2.model.config, "quantization_config", None)
+    if config is not None and hasattr(config, "dequantize"):
+        assert config.dequantize is True
+    linears = [m for m in smollm2.model.modules() if "Linear" in type(m).__name__]
+    assert linears and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in linears)
+
+
 def test_engine_equals_the_naive_loop_for_all_270_heads(smollm2):
     fast = Engine(smollm2, SHORT, batch_size="auto")
     slow = Engine(smollm2, SHORT, strategy="naive")
