@@ -1,4 +1,5 @@
-"""Head ablation as hooks on stock transformers modules, and the same edits baked into weights.
+"""Head ablation as edits at named points (shb.hooks) of stock transformers modules, and the same edits
+baked into weights.
 
 Kinds (DESIGN.md section 3):
 - undifferentiated: the query of the head, as it enters the attention scores, times epsilon
@@ -11,18 +12,20 @@ Kinds (DESIGN.md section 3):
   mean over all heads of its layer.
 - zero: the head's output set to zero.
 
-Query/key edits hook the last module whose output is the query as it enters the scores:
-the projection's output, or, where the model normalises the query (`q_norm`, `qk_norm`),
-the norm's output, because the norm would undo a scaling before it (per-head RMSNorm) or
-spread it over every head (OLMo-2's norm over the whole projection). A norm shared by query
-and key is edited on its first (query) call only. Scaling or averaging the query before
-the rotary embedding equals doing it after, because the rotation is linear and the same
-for every head at a position (and Llama-4's per-position temperature is a scalar).
+Query/key edits are at the points `L<l>.attn.q` / `L<l>.attn.k`: the query as it enters the
+scores, i.e. the projection's output or, where the model normalises the query (`q_norm`,
+`qk_norm`), the norm's output, because the norm would undo a scaling before it (per-head
+RMSNorm) or spread it over every head (OLMo-2's norm over the whole projection); a norm shared
+by query and key is edited on its first (query) call only (shb.hooks resolves all of this).
+Scaling or averaging the query before the rotary embedding equals doing it after, because the
+rotation is linear and the same for every head at a position (and Llama-4's per-position
+temperature is a scalar). Output edits are at `L<l>.attn.head_out`, the output projection's
+input split by head: one head's own output, never the mixed output after the projection.
 
-The hooks never fork attention code: they only rescale or replace slices of a
-projection's output (or of the output projection's input), located by
-`shb.models.layout`. One hook per touched layer applies a (B, H) multiplier and a
-(B, H) mean mask, so `ablate_rows` puts many different head sets in one batch.
+The edits never fork attention code: they only rescale or replace slices of a tensor at a named
+point. One edit per touched layer applies an (R, H) multiplier and an (R, H) mean mask (R = 1,
+or one row per batch row), so `ablate_rows` puts many different head sets in one batch. Every
+edit is per position, so left padding and the KV cache do not change what a row computes.
 
 Importable without torch (KINDS, parse_heads, format_head).
 """
@@ -84,18 +87,9 @@ def format_head(head: tuple[int, int]) -> str:
 
 def _resolve(model: Any):
     """(transformers model, layout) from a bare model or an object with `.model` (LoadedModel)."""
-    from shb.models.layout import detect
+    from shb.hooks import model_and_layout
 
-    hf = model if hasattr(model, "config") and hasattr(model, "parameters") else getattr(model, "model", None)
-    if hf is None or not hasattr(hf, "config"):
-        raise TypeError(f"expected a transformers model or a LoadedModel, got {type(model).__name__}")
-    layout = getattr(model, "layout", None)
-    if layout is None:
-        layout = getattr(hf, "_shb_layout", None)
-        if layout is None:
-            layout = detect(hf)
-            hf._shb_layout = layout  # detect() counts parameters; do it once per model
-    return hf, layout
+    return model_and_layout(model)
 
 
 def _check_kind_site(kind: str, site: str | None, layout) -> str:
@@ -141,50 +135,33 @@ def _slice_for(layout, kind: str, site: str, layer: int | None = None):
     return proj, which != "output"
 
 
-def _head_view(t, proj):
-    """(B, T, H, D) view of the per-head features of t that `proj` locates.
-
-    t is (B, T, F) (projection outputs and inputs, a norm over the whole projection) or, after a
-    per-head norm, (B, T, H, D) / (B, H, T, D) with the heads on `proj.axis`.
-    """
-    if proj.axis is not None:
-        if t.dim() != 4 or t.shape[proj.axis] != proj.n_heads or t.shape[-1] != proj.head_dim:
-            raise ValueError(f"{proj.module} returned shape {tuple(t.shape)}; the layout expects "
-                             f"{proj.n_heads} heads on axis {proj.axis} and head_dim {proj.head_dim} last")
-        return t.movedim(proj.axis, 2)
-    b, n = t.shape[0], t.shape[1]
-    block = t[..., proj.start : proj.end]  # (B, T, H * stride)
-    heads = block.view(b, n, proj.n_heads, proj.head_stride)  # (B, T, H, stride)
-    return heads[..., proj.inner : proj.inner + proj.head_dim]  # (B, T, H, D)
+_POINT = {"q": "q", "k": "k", "output": "head_out"}
 
 
-def _edit(x, proj, scale, mean_mask):
-    """Edited copy of x (B, T, F) or (4-D, see _head_view): per-head features times scale (R, H),
-    mean where mean_mask (R, H).
+def _edit(scale, mean_mask):
+    """The function at a head point: per-head features (B, T, H, D) times scale (R, H), the mean over the
+    layer's heads where mean_mask (R, H).
 
-    R is 1 (the same heads in every row) or B (ablate_rows). Rows whose scale is 1 and mask
-    False are bit-identical to the input (x * 1.0 == x). The new values are computed from x
-    and written into a copy, so autograd through the hook stays valid.
-    """
-    import torch
+    R is 1 (the same heads in every row) or B (ablate_rows). Rows whose scale is 1 and mask False are
+    bit-identical to the input (x * 1.0 == x); shb.hooks writes the result into a copy, so autograd
+    through the edit stays valid."""
 
-    if x.dim() != (3 if proj.axis is None else 4):
-        raise ValueError(f"expected a (batch, seq, features) activation, got shape {tuple(x.shape)}")
-    if scale.shape[0] not in (1, x.shape[0]):
-        raise ValueError(
-            f"ablate_rows was given {scale.shape[0]} head sets but the batch has {x.shape[0]} rows; "
-            "the batch size must equal len(head_sets)"
-        )
-    x = x.contiguous()  # view() in _head_view needs a dense last dim
-    src = _head_view(x, proj)  # (B, T, H, D)
-    s = scale.to(device=x.device, dtype=x.dtype)[:, None, :, None]  # (R, 1, H, 1)
-    new = src * s
-    if mean_mask is not None:
-        mean = src.mean(dim=2, keepdim=True)  # (B, T, 1, D) mean over the layer's heads
-        new = torch.where(mean_mask.to(x.device)[:, None, :, None], mean, new)
-    out = x.clone()
-    _head_view(out, proj).copy_(new)
-    return out
+    def edit(src):
+        import torch
+
+        if scale.shape[0] not in (1, src.shape[0]):
+            raise ValueError(
+                f"ablate_rows was given {scale.shape[0]} head sets but the batch has {src.shape[0]} rows; "
+                "the batch size must equal len(head_sets)"
+            )
+        s = scale.to(device=src.device, dtype=src.dtype)[:, None, :, None]  # (R, 1, H, 1)
+        new = src * s
+        if mean_mask is not None:
+            mean = src.mean(dim=2, keepdim=True)  # (B, T, 1, D) mean over the layer's heads
+            new = torch.where(mean_mask.to(src.device)[:, None, :, None], mean, new)
+        return new
+
+    return edit
 
 
 def _layer_tables(head_sets: Sequence[Sequence[tuple[int, int]]], kind: str, epsilon: float, n_heads: int):
@@ -210,79 +187,29 @@ def _layer_tables(head_sets: Sequence[Sequence[tuple[int, int]]], kind: str, eps
 
 
 class AblationHooks:
-    """Handle yielded by `ablate`/`ablate_rows`: how many hooks are attached, on which layers."""
+    """Handle yielded by `ablate`/`ablate_rows`: the layers edited (one point each)."""
 
-    def __init__(self):
-        self.handles: list = []
-        self.layers: list[int] = []
+    def __init__(self, layers: list[int]):
+        self.layers = layers
 
     @property
     def n_hooks(self) -> int:
-        """Hooked layers (a norm hook also puts a call counter on its attention module)."""
+        """Edited layers (a norm edit also puts a call counter on its attention module)."""
         return len(self.layers)
-
-    def remove(self):
-        while self.handles:
-            self.handles.pop().remove()
 
 
 @contextlib.contextmanager
 def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
+    from shb import hooks
+
     hf, layout = _resolve(model)
     site = _check_kind_site(kind, site, layout)
     head_sets = [_check_heads(hs, layout) for hs in head_sets]
     tables = _layer_tables(head_sets, kind, float(epsilon), _slice_for(layout, kind, site)[0].n_heads)
-    hooks = AblationHooks()
-    try:
-        for layer, (scale, mask) in tables.items():
-            proj, on_proj_out = _slice_for(layout, kind, site, layer)
-            if proj is None:
-                raise UnsupportedArchitecture(f"layer {layer}: shb cannot locate the heads of this layer's "
-                                              f"{_which(kind, site)} ({layout.geometry()})")
-            if proj.axis is not None and not layout.probed:
-                raise ValueError("this layout was detected without probing the model (from a config); "
-                                 "detect it from the loaded model to hook a query/key norm")
-            module = layout.module(hf, layer, proj)
-            if on_proj_out:
-                hooks.handles.extend(_forward_hooks(layout.attention(hf, layer), module, proj, scale, mask))
-            else:
-
-                def pre_hook(mod, args, kwargs, scale=scale, mask=mask, proj=proj):
-                    if args:
-                        return (_edit(args[0], proj, scale, mask), *args[1:]), kwargs
-                    name = next(iter(kwargs))  # called with the input as a keyword
-                    return args, {**kwargs, name: _edit(kwargs[name], proj, scale, mask)}
-
-                hooks.handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            hooks.layers.append(layer)
-        yield hooks
-    finally:
-        hooks.remove()
-
-
-def _forward_hooks(attention, module, proj, scale, mask) -> list:
-    """Hooks editing call number `proj.call` of `module` within each forward of `attention`.
-
-    A norm shared by query and key (Llama-4's qk_norm) is called twice per attention forward: a
-    pre-hook on the attention module restarts the count, so only the query (or key) call is edited.
-    """
-    if proj.call == 0 and proj.axis is None and proj.module.endswith(("proj", "c_attn", "query_key_value")):
-
-        def fwd_hook(mod, args, output):
-            return _edit(output, proj, scale, mask)
-
-        return [module.register_forward_hook(fwd_hook)]
-    count = [0]
-
-    def restart(mod, args):
-        count[0] = 0
-
-    def counted(mod, args, output):
-        c = count[0]
-        count[0] += 1
-        return _edit(output, proj, scale, mask) if c == proj.call else None
-
-    return [attention.register_forward_pre_hook(restart), module.register_forward_hook(counted)]
+    part = _POINT[_which(kind, site)]
+    edits = {f"L{layer}.attn.{part}": _edit(scale, mask) for layer, (scale, mask) in tables.items()}
+    with hooks.at(hf, edits, layout=layout):
+        yield AblationHooks(list(tables))
 
 
 def ablate(model, heads, kind: str = "undifferentiated", epsilon: float = 1e-5, site: str | None = None):

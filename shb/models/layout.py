@@ -62,6 +62,11 @@ SUPPORTED: dict[str, str] = {
 }
 
 OUTPUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
+MLP_NAMES = ("mlp", "feed_forward")
+# Attribute names of the final norm on the base models (Llama, Mistral, Qwen2, Gemma, Phi-3: ``norm``; GPT-2:
+# ``ln_f``; GPT-NeoX, OPT's decoder: ``final_layer_norm``; Jamba, LFM2 and others: the rest).
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_norm", "final_layernorm", "norm_f", "embedding_norm")
+PROJECT_OUT_NAMES = ("project_out",)  # OPT with word_embed_proj_dim != hidden_size
 HARMLESS_CHILDREN = ("rotary_emb", "rotary", "attn_dropout", "resid_dropout", "dropout")
 
 
@@ -93,6 +98,7 @@ class AttentionLayout:
     norm_weight: str = "none"  # the q/k norm's weight: "per_head" (entries per head and feature), "shared", "none"
     norm_bias: bool = False  # the q/k norm has a bias (LayerNorm)
     padding_sensitive: str | None = None  # why left padding changes this model's outputs (None: it does not)
+    value: ProjSlice | None = None  # each kv head's value on the value projection's output; None: not located
 
     @property
     def group_size(self) -> int:
@@ -145,6 +151,22 @@ class AttentionLayout:
             obj = getattr(obj, p)
         return obj
 
+    def mlp(self, model: Any, decoder_layer: int):
+        """(writers, reader) of decoder layer ``decoder_layer``'s MLP: the linear maps (nn.Linear or GPT-2's
+        Conv1D) that produce its intermediate activation, and the one that reads it (Llama's down_proj,
+        GPT-2's mlp.c_proj). Raises UnsupportedArchitecture where there is no such MLP (a mixture of
+        experts, no ``mlp``/``feed_forward`` submodule)."""
+        block = self.layers(model)[decoder_layer]
+        mlp = next((m for m in (getattr(block, n, None) for n in MLP_NAMES) if m is not None), None)
+        linears = [m for _, m in mlp.named_modules() if _is_linear(m)] if mlp is not None else []
+        dims = [_linear_dims(m) for m in linears]
+        if not linears or dims[-1][1] != self.hidden_size:
+            raise UnsupportedArchitecture(
+                f"decoder layer {decoder_layer} ({type(block).__name__}): no MLP whose last linear map writes the "
+                f"hidden size (looked for {' / '.join(MLP_NAMES)}; a mixture of experts has no single one)")
+        d_ff = dims[-1][0]
+        return [m for m, (_, out, _) in zip(linears[:-1], dims[:-1]) if out == d_ff], linears[-1]
+
 
 def _config_of(model_or_config: Any):
     """(config, live model or None) from a model, a LoadedModel (has `.model`) or a config."""
@@ -168,6 +190,39 @@ def _find_layers(model, n_layers: int) -> str:
         raise UnsupportedArchitecture(f"{type(model).__name__}: no list of {n_layers} decoder layers "
                                       "(a ModuleList named 'layers' or 'h') found")
     return min(found, key=len)
+
+
+def _is_linear(module) -> bool:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def final_chain(model) -> list[tuple[Any, str]]:
+    """(parent, attribute name) of the final norm and output projection (OPT's project_out) that sit between
+    the last decoder layer and the LM head, in call order. Raises UnsupportedArchitecture without a final norm."""
+    import torch
+
+    base = getattr(model, "base_model", None)
+    inner = getattr(model, "model", None)  # Llama-4's base_model_prefix names no attribute of the causal LM
+    containers = [c for c in (base, getattr(base, "decoder", None), inner, getattr(inner, "decoder", None))
+                  if isinstance(c, torch.nn.Module) and c is not model]
+    slots, norm_seen = [], False
+    for names in (FINAL_NORM_NAMES, PROJECT_OUT_NAMES):
+        for container in containers:
+            # hasattr, not _modules: a module set to None (OPT-350m's final_layer_norm) is a plain attribute
+            found = [n for n in names if hasattr(container, n)]
+            if not found:
+                continue
+            norm_seen = norm_seen or names is FINAL_NORM_NAMES
+            if isinstance(getattr(container, found[0]), torch.nn.Module):
+                slots.append((container, found[0]))
+            break
+    if not norm_seen:
+        raise UnsupportedArchitecture(f"no final norm found on {type(model).__name__} (looked for "
+                                      f"{', '.join(FINAL_NORM_NAMES)})")
+    return slots
 
 
 def _linear_dims(mod) -> tuple[int, int, bool] | None:
@@ -194,7 +249,7 @@ def _attention_child(layer):
 
 
 def _projections(attn, n_heads, n_kv, d, hidden, where):
-    """(query, key, output) ProjSlices on the projections of one attention module."""
+    """(query, key, value or None, output) ProjSlices on the projections of one attention module."""
     o_name = next(o for o in OUTPUT_NAMES if hasattr(attn, o))
     o_dims = _linear_dims(getattr(attn, o_name))
     if o_dims is None or o_dims[0] != n_heads * d:
@@ -214,7 +269,9 @@ def _projections(attn, n_heads, n_kv, d, hidden, where):
             raise UnsupportedArchitecture(f"{where}.q_proj: {qd[1]} output features, expected "
                                           f"{n_heads} heads x {d} (or twice that for a gated query)")
         k = ProjSlice("k_proj", kd[2], 0, d, 0, n_kv, d, _has_bias(attn.k_proj))
-        return q, k, output, ("q_proj", "k_proj", "v_proj", o_name)
+        vd = _linear_dims(getattr(attn, "v_proj", None))
+        v = ProjSlice("v_proj", vd[2], 0, d, 0, n_kv, d, _has_bias(attn.v_proj)) if vd and vd[1] == n_kv * d else None
+        return q, k, v, output, ("q_proj", "k_proj", "v_proj", o_name)
     name = next((n for n in ("qkv_proj", "c_attn", "query_key_value") if hasattr(attn, n)), None)
     if name is None:
         children = ", ".join(n for n, _ in attn.named_children())
@@ -233,11 +290,13 @@ def _projections(attn, n_heads, n_kv, d, hidden, where):
         # GPT-NeoX: the output viewed as (n_heads, 3 * d) holds per head [q | k | v]
         q = ProjSlice(name, dims[2], 0, 3 * d, 0, n_heads, d, bias)
         k = ProjSlice(name, dims[2], 0, 3 * d, d, n_heads, d, bias)
+        v = ProjSlice(name, dims[2], 0, 3 * d, 2 * d, n_heads, d, bias)
     else:
         # [q (n_heads * d) | k (n_kv * d) | v (n_kv * d)]
         q = ProjSlice(name, dims[2], 0, d, 0, n_heads, d, bias)
         k = ProjSlice(name, dims[2], n_heads * d, d, 0, n_kv, d, bias)
-    return q, k, output, (name, o_name)
+        v = ProjSlice(name, dims[2], (n_heads + n_kv) * d, d, 0, n_kv, d, bias)
+    return q, k, v, output, (name, o_name)
 
 
 def _check_no_unknown_parts(attn, known: set, where: str) -> bool:
@@ -303,7 +362,7 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
     layer_types = getattr(tcfg, "layer_types", None)
     att_layers, attn_name, shapes = [], None, None
     windows, chunks, sinks_any = [], [], set()
-    q = k = o = None
+    q = k = o = v = None
     norm_free = []
     for i, layer in enumerate(layers):
         found = _attention_child(layer)
@@ -318,11 +377,11 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
         if attn_name not in (None, name):
             raise UnsupportedArchitecture(f"{where}: attention modules under different names ({attn_name}, {name})")
         attn_name = name
-        lq, lk, lo, proj_names = _projections(attn, n_heads, n_kv, d, hidden, where)
+        lq, lk, lv, lo, proj_names = _projections(attn, n_heads, n_kv, d, hidden, where)
         lqn, lkn, _ = attention_norms(attn)
         if shapes is None:
-            q, k, o = shapes = lq, lk, lo
-        elif (lq, lk, lo) != shapes:
+            q, k, v, o = shapes = lq, lk, lv, lo
+        elif (lq, lk, lv, lo) != shapes:
             raise UnsupportedArchitecture(f"{where}: attention projections differ from those of earlier layers")
         if lqn is None:
             # A norm-free layer among normed ones (Llama-4's NoPE layers have no qk_norm): edit the projection.
@@ -376,7 +435,7 @@ def detect(model_or_config: Any, probe: bool = True) -> AttentionLayout:
         qk_norm=qk_norm, sinks=bool(sinks_any), attention_layers=tuple(att_layers), n_decoder_layers=n_dec,
         chunk_sizes=tuple(chunks), probed=live and probe, features=tuple(features),
         norm_free_layers=tuple(norm_free) if qk_norm != "none" else (),
-        norm_weight=norm_weight, norm_bias=norm_bias,
+        norm_weight=norm_weight, norm_bias=norm_bias, value=v,
     )
 
 

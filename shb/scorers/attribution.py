@@ -46,51 +46,36 @@ from shb.models import encode_prompt
 ESTIMATORS = ("fisher", "sampled", "logit-top")
 
 
-def _attention_input_hooks(layout, model, captured: list, substitute: list | None):
-    """Pre-hooks on every attention module: record its hidden-state input, or replace it with ``substitute``."""
-    handles = []
-    for layer in range(layout.n_layers):
-        attn = layout.attention(model, layer)
+def _attention_inputs(layout, captured: list, substitute: list | None) -> dict:
+    """Edits at every ``L<l>.attn.in``: record the attention module's input, or replace it with ``substitute``."""
+    def edit(layer):
+        def fn(x):
+            if substitute is not None:
+                return substitute[layer]
+            captured[layer] = x
+        return fn
 
-        def hook(_module, args, kwargs, layer=layer):
-            if substitute is None:
-                captured[layer] = args[0] if args else kwargs["hidden_states"]
-                return None
-            if args:
-                return (substitute[layer], *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": substitute[layer]}
-
-        handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
-    return handles
+    return {f"L{layer}.attn.in": edit(layer) for layer in range(layout.n_layers)}
 
 
-def _output_input_hooks(layout, model, captured: list, deltas: list | None):
-    """Pre-hooks on every output projection: record its input (the heads' outputs z, (B, T, F)).
+def _head_outputs(layout, captured: list, deltas: list | None) -> dict:
+    """Edits at every ``L<l>.attn.head_out``: record the heads' outputs z (B, T, H, D).
 
-    With ``deltas`` (a list to fill), the input becomes z + delta with delta a zero leaf that
-    requires grad: d(logits)/d(delta) is then the *total* derivative with respect to z, through
-    every later layer (detaching z itself would cut the paths through later attention layers).
+    With ``deltas`` (a list to fill), z becomes z + delta with delta a zero leaf that requires grad:
+    d(logits)/d(delta) is then the *total* derivative with respect to z, through every later layer
+    (detaching z itself would cut the paths through later attention layers).
     """
-    handles = []
-    proj = layout.output
-    for layer in range(layout.n_layers):
-        module = layout.module(model, layer, proj)
-
-        def hook(_module, args, kwargs, layer=layer):
-            x = args[0] if args else next(iter(kwargs.values()))
-            captured[layer] = x.detach()
+    def edit(layer):
+        def fn(z):
+            captured[layer] = z.detach()
             if deltas is None:
                 return None
-            delta = torch.zeros_like(x, requires_grad=True)
+            delta = torch.zeros_like(z, requires_grad=True)
             deltas[layer] = delta
-            x = x + delta
-            if args:
-                return (x, *args[1:]), kwargs
-            name = next(iter(kwargs))
-            return args, {**kwargs, name: x}
+            return z + delta
+        return fn
 
-        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-    return handles
+    return {f"L{layer}.attn.head_out": edit(layer) for layer in range(layout.n_layers)}
 
 
 def per_head(x: torch.Tensor, proj) -> torch.Tensor:
@@ -115,7 +100,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device):
 
 
 def grads_of(logits_last: torch.Tensor, zs: list, rows: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer (K, B, T, F): gradients of sum_b <rows[k, b], logits_last[b]> with respect to z."""
+    """Per layer (K, B, T, H, D): gradients of sum_b <rows[k, b], logits_last[b]> with respect to z."""
     try:
         return list(torch.autograd.grad(logits_last, zs, grad_outputs=rows, is_grads_batched=True,
                                         retain_graph=True))
@@ -149,41 +134,33 @@ def head_outputs(model, layout, ids, mask, positions, kind, epsilon, site, delta
     z~_h is what head h outputs when it alone is ablated: a second pass ablates every head of every
     layer while each attention module is fed its clean input, and heads do not interact inside
     attention. With ``deltas`` (a list), the clean pass runs with grad and fills it with the zero
-    leaves added to z (see _output_input_hooks). With ``chosen`` heads, the "clean" pass is the model
+    leaves added to z (see _head_outputs). With ``chosen`` heads, the "clean" pass is the model
     with those heads ablated (a Sahara step linearises around its head set G). With ``final`` (a
     dict), ``final["hidden"]`` receives the LM head's input at the last position (B, d) of the clean pass.
     """
     import contextlib
 
+    from shb import hooks
     from shb.ablation import ablate
 
-    n_layers, proj = layout.n_layers, layout.output
+    n_layers = layout.n_layers
     attn_in, z, z_abl = [None] * n_layers, [None] * n_layers, [None] * n_layers
     outer = ablate(model, list(chosen), kind=kind, epsilon=epsilon, site=site) if chosen else contextlib.nullcontext()
-    with outer:  # the ablation's hooks first: the captures below see G's ablated outputs
-        handles = _attention_input_hooks(layout, model, attn_in, None) + _output_input_hooks(layout, model, z, deltas)
-        if final is not None:
-            handles.append(model.get_output_embeddings().register_forward_pre_hook(
-                lambda _m, args: final.__setitem__("hidden", args[0][:, -1])))
-        try:
-            with torch.set_grad_enabled(deltas is not None):
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        finally:
-            for h in handles:
-                h.remove()
+    edits = {**_attention_inputs(layout, attn_in, None), **_head_outputs(layout, z, deltas)}
+    if final is not None:
+        edits["final_norm"] = lambda x: final.__setitem__("hidden", x[:, -1])
+    # The ablation's edits first: the captures below see G's ablated outputs.
+    with outer, hooks.at(model, edits, layout=layout), torch.set_grad_enabled(deltas is not None):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
     every_head = [(layer, h) for layer in range(n_layers) for h in range(layout.n_heads)]
     clean_inputs = [a.detach() for a in attn_in]
-    with torch.no_grad(), ablate(model, every_head, kind=kind, epsilon=epsilon, site=site):
-        # Registered after the ablation's own hooks, so the capture sees the ablated output.
-        handles = (_attention_input_hooks(layout, model, [], clean_inputs)
-                   + _output_input_hooks(layout, model, z_abl, None))
-        try:
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-    clean = [per_head(x.float(), proj) for x in z]
-    ablated = [per_head(x.float(), proj) for x in z_abl]
+    # Attached after the ablation's own edits, so the capture sees the ablated output.
+    edits = {**_attention_inputs(layout, [], clean_inputs), **_head_outputs(layout, z_abl, None)}
+    with torch.no_grad(), ablate(model, every_head, kind=kind, epsilon=epsilon, site=site), \
+            hooks.at(model, edits, layout=layout):
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    clean = [x.float() for x in z]
+    ablated = [x.float() for x in z_abl]
     return logits, clean, ablated
 
 
@@ -206,10 +183,9 @@ def _estimate_batch(model, tokenizer, layout, prompts, kind, epsilon, site, esti
     rows = torch.zeros(k + 1, b, v, device=device, dtype=last.dtype)  # one-hot rows, then p (grad of logsumexp)
     rows[torch.arange(k)[:, None], torch.arange(b)[None, :], picks.T] = 1.0
     rows[k] = probs.to(last.dtype)
-    grads = grads_of(last, deltas, rows)  # per layer (K+1, B, T, F)
-    proj = layout.output
+    grads = grads_of(last, deltas, rows)  # per layer (K+1, B, T, H, D)
     # dl[k, b, layer, h]: first-order change of logit picks[b, k] (row k) when head h alone is ablated.
-    dl = torch.stack([(per_head(g.float(), proj) * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
+    dl = torch.stack([(g.float() * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
                      dim=2).double()  # (K+1, B, L, H)
     return _combine(dl, probs, picks, estimator)
 

@@ -16,14 +16,10 @@ is one), at the last position only.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-# Attribute names of the final norm on the base models of the supported architectures (Llama, Mistral,
-# Qwen2, Gemma, Gemma-2, Phi-3: ``norm``; GPT-2: ``ln_f``; GPT-NeoX, OPT's decoder: ``final_layer_norm``).
-NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_norm", "final_layernorm", "norm_f", "embedding_norm")  # + Jamba, LFM2
-PROJECT_OUT_NAMES = ("project_out",)  # OPT with word_embed_proj_dim != hidden_size
+from shb import hooks
+from shb.hooks.raw import unhooked_copy
 
 
 def scoring_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -89,17 +85,10 @@ class ScoringHead:
         device = next(model.parameters()).device
         vocab = self.lm_head.weight.shape[0]
         ids = (torch.arange(3, 8, device=device) % vocab)[None]  # (1, 5): any tokens will do
-        seen = {}
-
-        def grab(_module, args, kwargs):
-            seen["h"] = args[0] if args else next(iter(kwargs.values()))
-
-        handle = self.first.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
+        seen, grab = hooks.record(["final_norm.in"], detach=False)
+        with hooks.at(model, grab):
             own = model(input_ids=ids).logits[0, -1].to(self.dtype)  # (V,)
-        finally:
-            handle.remove()
-        chain = self(seen["h"][:, -1])[0][0]  # (V,)
+        chain = self(seen["final_norm.in"][:, -1])[0][0]  # (V,)
         denom = float((chain * chain).sum())
         scale = float((own * chain).sum()) / denom if denom > 0 else 1.0
         # The model's own logits are rounded to its dtype: compare at that precision. A factor within
@@ -124,31 +113,14 @@ def _dtype_of(module):
 
 def _widened(module, dtype):
     """A copy of ``module`` in ``dtype`` (parameters only: the model keeps its own)."""
-    clone = copy.deepcopy(module)
-    clone._forward_hooks.clear()
-    clone._forward_pre_hooks.clear()
-    return clone.to(dtype)
+    return unhooked_copy(module).to(dtype)
 
 
 def _chain_slots(model) -> list[tuple[torch.nn.Module, str]]:
     """(parent, name) of the final norm and output projection that sit between the last decoder layer and the LM head."""
-    base = getattr(model, "base_model", None)
-    inner = getattr(model, "model", None)  # Llama-4's base_model_prefix names no attribute of the causal LM
-    containers = [c for c in (base, getattr(base, "decoder", None), inner, getattr(inner, "decoder", None))
-                  if isinstance(c, torch.nn.Module) and c is not model]
-    slots, norm_seen = [], False
-    for names in (NORM_NAMES, PROJECT_OUT_NAMES):
-        for container in containers:
-            # hasattr, not _modules: a module set to None (OPT-350m's final_layer_norm) is a plain attribute
-            found = [n for n in names if hasattr(container, n)]
-            if not found:
-                continue
-            norm_seen = norm_seen or names is NORM_NAMES
-            module = getattr(container, found[0])
-            if isinstance(module, torch.nn.Module):
-                slots.append((container, found[0]))
-            break
-    if not norm_seen:
-        raise RuntimeError(f"no final norm found on {type(model).__name__} (looked for {', '.join(NORM_NAMES)}); "
-                           "shb cannot score this architecture in float32")
-    return slots
+    from shb.models.layout import UnsupportedArchitecture
+
+    try:
+        return hooks.final_slots(model)
+    except UnsupportedArchitecture as exc:
+        raise RuntimeError(f"{exc}; shb cannot score this architecture in float32") from None

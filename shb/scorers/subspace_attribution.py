@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
-from shb.scorers.attribution import encode_prompts, grads_of, head_outputs, per_head
+from shb import hooks
+from shb.scorers.attribution import encode_prompts, grads_of, head_outputs
 from shb.scorers.subspace import principal_angles, top_left_singular
 
 
@@ -36,15 +37,10 @@ def _last_hidden(model, ids, mask, positions, chosen, kind, epsilon, site) -> to
     """(B, d) float64 LM-head input at the last position with ``chosen`` ablated (no grad)."""
     from shb.ablation import ablate
 
-    seen = {}
-    handle = model.get_output_embeddings().register_forward_pre_hook(
-        lambda _m, args: seen.__setitem__("h", args[0][:, -1]))
-    try:
-        with torch.no_grad(), ablate(model, list(chosen), kind=kind, epsilon=epsilon, site=site):
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    finally:
-        handle.remove()
-    return seen["h"].double()
+    seen, grab = hooks.record(["final_norm"], keep=lambda x: x[:, -1])
+    with torch.no_grad(), hooks.at(model, grab), ablate(model, list(chosen), kind=kind, epsilon=epsilon, site=site):
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    return seen["final_norm"].double()
 
 
 def estimate_step(lm, prompts: Sequence[str], chosen: Sequence[tuple[int, int]], base_hidden: torch.Tensor, *,
@@ -65,7 +61,6 @@ def estimate_step(lm, prompts: Sequence[str], chosen: Sequence[tuple[int, int]],
     v = vh[:k]  # (K, d)
     # a[p, j, layer, h] = <dH_{p,h}, v_j>
     a = torch.empty(len(prompts), k, layout.n_layers, layout.n_heads, dtype=torch.float64)
-    proj = layout.output
     row = 0
     for ids, mask, positions in encoded:
         b = ids.shape[0]
@@ -76,9 +71,9 @@ def estimate_step(lm, prompts: Sequence[str], chosen: Sequence[tuple[int, int]],
         real = mask[:, :, None, None].to(torch.float32)
         dz = [(x - c) * real for x, c in zip(ablated, clean)]  # per layer (B, T, H, D)
         rows = v.to(hidden.dtype)[:, None, :].expand(k, b, v.shape[1]).contiguous()  # (K, B, d)
-        grads = grads_of(hidden, deltas, rows)  # per layer (K, B, T, F)
+        grads = grads_of(hidden, deltas, rows)  # per layer (K, B, T, H, D)
         a[row: row + b] = torch.stack(
-            [(per_head(g.float(), proj) * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
+            [(g.float() * d[None]).sum(dim=(2, 4)) for g, d in zip(grads, dz)],
             dim=2).double().transpose(0, 1).cpu()  # (B, K, L, H)
         row += b
     # C_h = A_h S_K U_K^T (P x P); Gram_h = M_G M_G^T + C_h + C_h^T, to first order.
