@@ -348,17 +348,47 @@ def load_for_cli(load, source, **kwargs):
 
 
 @main.command("ls")
-def list_plugins():
-    """List model, dataset, ablation, metric and judge kinds, and supported architectures."""
+@click.argument("what", required=False, type=click.Choice(["points"]))
+@click.option("--model", "source", default=None,
+              help="with `points`: toy, toy:SEED, a local directory or a hub id whose points to list")
+@click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model repo (off by default)")
+@friendly
+def list_plugins(what, source, trust_remote_code):
+    """List model, dataset, ablation, metric, intervention and judge kinds, and supported architectures;
+    `shb ls points --model M`: the named intervention points of model M (shb.hooks)."""
+    if what == "points":
+        _list_points(source, trust_remote_code)
+        return
+    if source is not None:
+        from shb.errors import UsageError
+
+        raise UsageError("--model goes with `shb ls points`; plain `shb ls` lists the plug-in kinds")
     from shb.registry import ARCHITECTURES, TABLES
 
-    for what, table in TABLES.items():
-        click.echo(f"{what} kinds:")
+    for kind, table in TABLES.items():
+        click.echo(f"{kind} kinds:")
         for name, (_, description) in table.items():
             click.echo(f"  {name:<18} {description}")
     click.echo("architectures:")
     for name, description in ARCHITECTURES.items():
         click.echo(f"  {name:<18} {description}")
+
+
+def _list_points(source, trust_remote_code):
+    from shb.errors import UsageError
+
+    if source is None:
+        raise UsageError("shb ls points: say whose points with --model (toy, a local directory or a hub id)")
+    from shb import hooks
+    from shb.models import load
+
+    lm = load_for_cli(load, source, dtype="float32", device="cpu", trust_remote_code=trust_remote_code)
+    click.echo(f"{lm.layout.geometry()}: named points (shb.hooks; <l> counts attention layers, <i> decoder layers)")
+    rows = hooks.describe(lm)
+    width = max(len(name) for name, _, _ in rows)
+    shape_width = max(len(shape) for _, shape, _ in rows)
+    for name, shape, about in rows:
+        click.echo(f"  {name:<{width}}  {shape:<{shape_width}}  {about}")
 
 
 if __name__ == "__main__":

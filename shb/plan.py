@@ -161,6 +161,8 @@ def intervention_key(suite, entry, model_entry, datasets: dict) -> dict:
     """The part of a unit's spec that says which intervention it applies (content, not labels)."""
     if entry.kind == "heads":
         return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
+    if entry.kind == "points":  # declared edits, no fit: their content is the identity
+        return {"kind": "points", **method_params(entry)}
     spec = fit_spec(suite, entry, model_entry, datasets)
     return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
 

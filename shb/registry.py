@@ -57,6 +57,7 @@ JUDGES = {
 # "heads" is a fixed head set (no fit). Imported only when a run applies one.
 INTERVENTIONS = {
     "heads": ("shb.interventions:HeadAblation", "a fixed head set ablated with an ablation kind (no fit)"),
+    "points": ("shb.interventions:PointEdit", "your own edits of heads at named points: scale, zero or mean (no fit)"),
     "refusal_direction": ("shb.baselines.refusal_direction", "difference-of-means refusal direction projected out (Arditi et al. 2024)"),
     "layers": ("shb.baselines.layers", "contiguous layers skipped or scaled, chosen by refusal drop (LSP, Zhao et al. 2024; Li et al. 2024)"),
     "actsvd": ("shb.baselines.actsvd", "top-rank removal of W X, or the orthogonal variant (ActSVD, Wei et al. 2024)"),

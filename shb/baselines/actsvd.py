@@ -102,21 +102,16 @@ def _inputs(lm, layer: int, seqs, modules):
     rows = {name: [] for name, _ in modules}
     state = {}
 
-    def hook(name):
-        def capture(_module, args):
-            x = args[0]
+    def capture(name):
+        def fn(x):
             rows[name].append(x[state["response"]].float())
-        return capture
+        return fn
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules]
-    try:
-        with torch.no_grad():
-            for ids, mask, response in teacher_forced(lm, seqs):
-                state["response"] = response
-                run_until(lm, layer, ids, mask)
-    finally:
-        for h in handles:
-            h.remove()
+    edits = {f"L{layer}.{name}:in": capture(name) for name, _ in modules}
+    with torch.no_grad():
+        for ids, mask, response in teacher_forced(lm, seqs):
+            state["response"] = response
+            run_until(lm, layer, ids, mask, edits)
     return {name: torch.cat(chunks) for name, chunks in rows.items()}
 
 

@@ -22,7 +22,7 @@ from shb import datasets as ds
 from shb.ablation import parse_heads
 from shb.baselines.base import Artefact, FitData
 from shb.errors import UsageError
-from shb.interventions import HeadAblation
+from shb.interventions import HeadAblation, PointEdit
 from shb.registry import INTERVENTIONS, MODELS, resolve
 
 FIT_VERSION = 1
@@ -114,6 +114,8 @@ def intervention_for(unit, ctx):
     key = unit.spec["intervention"]
     if key["kind"] == "heads":
         return HeadAblation(tuple(parse_heads(key["heads"])), key["ablation"], key["epsilon"], key["site"])
+    if key["kind"] == "points":
+        return PointEdit.from_params(key, f"interventions/{unit.metric.get('intervention')}")
 
     def load():
         blob = _stored(ctx.store, key["fit_id"])

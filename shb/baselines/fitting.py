@@ -145,24 +145,11 @@ def teacher_forced(lm, seqs: Sequences, batch_size: int = 8):
         yield input_ids.to(device), mask.to(device), response.to(device)
 
 
-class StopForward(Exception):
-    """Raised by a hook once the activations a fit needs are captured (skips the later layers)."""
+def run_until(lm, layer: int, input_ids, mask, edits: dict | None = None):
+    """Forward ``lm`` up to and including decoder layer ``layer`` (``edits`` attached), then stop."""
+    from shb import hooks
 
-
-def run_until(lm, layer: int, input_ids, mask):
-    """Forward ``lm`` up to and including decoder layer ``layer``, then stop."""
-    block = lm.layout.layers(lm.model)[layer]
-
-    def stop(_module, _inputs, _output):
-        raise StopForward
-
-    handle = block.register_forward_hook(stop)
-    try:
-        lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
+    hooks.run_until(lm, f"L{layer}.resid_post", input_ids=input_ids, attention_mask=mask, use_cache=False, edits=edits)
 
 
 class ArtefactEdit:

@@ -118,9 +118,9 @@ class LayerEdit(Intervention):
 
     def applied(self, lm):
         if self.mode == "skip":
-            from shb.baselines.residual import skip_layers
+            from shb import hooks
 
-            return skip_layers(lm, self.layers)
+            return hooks.skip_layers(lm, self.layers)
         return self._scaled(lm)
 
     @contextlib.contextmanager

@@ -1,36 +1,10 @@
-"""Hooks on the residual stream between decoder layers: read it, project a direction out of it,
-or let a layer pass its input through. Written against a decoder layer's call, so they work for
-every architecture shb.models.layout knows (a layer returns a tensor or a tuple whose first item
-is the hidden states)."""
+"""Edits of the residual stream at the named points of shb.hooks: read it, project a direction out of it,
+add a vector to it. Written against the points, so they work for every architecture shb.models.layout
+knows (layer skipping is shb.hooks.skip_layers)."""
 
 from __future__ import annotations
 
 import contextlib
-
-
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace(output, hidden):
-    if isinstance(output, tuple):
-        return (hidden,) + tuple(output[1:])
-    return hidden
-
-
-def _layer_input(args, kwargs):
-    return args[0] if args else kwargs["hidden_states"]
-
-
-@contextlib.contextmanager
-def hooks(handles_factory):
-    handles = []
-    try:
-        handles_factory(handles)
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def project_out(x, unit):
@@ -39,96 +13,42 @@ def project_out(x, unit):
     return x - (x @ r).unsqueeze(-1) * r
 
 
-@contextlib.contextmanager
 def directional_ablation(lm, direction):
     """Project ``direction`` (normalised here) out of the residual stream at all positions: from the
-    embeddings (input of layer 0), from every attention output (so the MLP of the same layer reads
-    the projected mid-layer residual) and from every layer's output (the MLP's write), so no
-    component ever reads it (Arditi et al.: resid_pre, resid_mid and resid_post)."""
+    embeddings (``L0.resid_pre``), from every attention output (``L<l>.attn.out``, so the MLP of the same
+    layer reads the projected mid-layer residual) and from every layer's output (``L<i>.resid_post``, the
+    MLP's write), so no component ever reads it (Arditi et al.: resid_pre, resid_mid and resid_post)."""
+    from shb import hooks
+
     unit = direction / direction.norm()
-    layers = lm.layout.layers(lm.model)
 
-    def attach(handles):
-        def pre(module, args, kwargs):
-            if args:
-                return (project_out(args[0], unit),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = project_out(kwargs["hidden_states"], unit)
-            return args, kwargs
+    def edit(x):
+        return project_out(x, unit)
 
-        def post(module, args, output):
-            return _replace(output, project_out(_hidden(output), unit))
-
-        handles.append(layers[0].register_forward_pre_hook(pre, with_kwargs=True))
-        for index, layer in enumerate(layers):
-            handles.append(lm.layout.attention(lm.model, index).register_forward_hook(post))
-            handles.append(layer.register_forward_hook(post))
-
-    with hooks(attach):
-        yield
+    points = ["L0.resid_pre"] + [f"L{layer}.attn.out" for layer in range(lm.layout.n_layers)]
+    points += [f"L{layer}.resid_post" for layer in range(len(lm.layout.layers(lm.model)))]
+    return hooks.at(lm, {name: edit for name in points})
 
 
-@contextlib.contextmanager
 def add_direction(lm, layer: int, vector):
-    """Activation addition: ``vector`` added to the residual stream at the input of ``layer``, all positions."""
-    module = lm.layout.layers(lm.model)[layer]
+    """Activation addition: ``vector`` added to the residual stream at the input of decoder layer ``layer``
+    (``L<layer>.resid_pre``), all positions."""
+    from shb import hooks
 
-    def attach(handles):
-        def pre(mod, args, kwargs):
-            if args:
-                x = args[0]
-                return (x + vector.to(dtype=x.dtype, device=x.device),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            x = kwargs["hidden_states"]
-            kwargs["hidden_states"] = x + vector.to(dtype=x.dtype, device=x.device)
-            return args, kwargs
-
-        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-
-    with hooks(attach):
-        yield
-
-
-@contextlib.contextmanager
-def skip_layers(lm, layer_ids, alpha: float | None = None):
-    """Each listed layer passes its input through unchanged (``alpha`` None: the layer is skipped),
-    or writes ``alpha`` times its update (x + alpha (f(x) - x)). The layer still runs (its KV cache
-    entries are written but never read by a later layer's output)."""
-    layers = lm.layout.layers(lm.model)
-
-    def attach(handles):
-        for index in layer_ids:
-            def post(module, args, kwargs, output):
-                x = _layer_input(args, kwargs)
-                if alpha is None:
-                    return _replace(output, x)
-                y = _hidden(output)
-                return _replace(output, x + alpha * (y - x))
-
-            handles.append(layers[index].register_forward_hook(post, with_kwargs=True))
-
-    with hooks(attach):
-        yield
+    return hooks.at(lm, {f"L{layer}.resid_pre": lambda x: x + vector.to(dtype=x.dtype, device=x.device)})
 
 
 @contextlib.contextmanager
 def capture_residual(lm):
     """Record the input of every decoder layer (resid_pre) and the last layer's output: a list that
     fills, per forward, with n_layers + 1 tensors (B, T, d)."""
-    layers = lm.layout.layers(lm.model)
+    from shb import hooks
+
     seen: list = []
 
-    def attach(handles):
-        for i, layer in enumerate(layers):
-            def pre(module, args, kwargs, i=i):
-                seen.append(_layer_input(args, kwargs).detach())
+    def keep(x):
+        seen.append(x.detach())
 
-            handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-
-        def last(module, args, output):
-            seen.append(_hidden(output).detach())
-
-        handles.append(layers[-1].register_forward_hook(last))
-
-    with hooks(attach):
+    n = len(lm.layout.layers(lm.model))
+    with hooks.at(lm, {**{f"L{i}.resid_pre": keep for i in range(n)}, f"L{n - 1}.resid_post": keep}):
         yield seen

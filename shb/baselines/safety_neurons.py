@@ -35,7 +35,7 @@ import contextlib
 import hashlib
 
 from shb.baselines.base import Artefact, FitData
-from shb.baselines.fitting import greedy_responses, is_linear, teacher_forced, weight_oi
+from shb.baselines.fitting import greedy_responses, teacher_forced, weight_oi
 from shb.interventions import Intervention, ParamCount
 
 KIND = "safety_neurons"
@@ -56,19 +56,15 @@ def _params(params: dict) -> dict:
 
 
 def mlp_maps(lm, layer: int):
-    """(writers, reader): the MLP maps that produce the intermediate activation, and the one that reads it."""
+    """(writers, reader): the MLP maps that produce the intermediate activation, and the one that reads it
+    (its input is the point ``L<layer>.mlp.act``)."""
     from shb.errors import ShbError
+    from shb.models.layout import UnsupportedArchitecture
 
-    block = lm.layout.layers(lm.model)[layer]
-    mlp = getattr(block, "mlp", None)
-    linears = [m for _, m in mlp.named_modules() if is_linear(m)] if mlp is not None else []
-    hidden = lm.layout.hidden_size
-    if not linears or weight_oi(linears[-1]).shape[0] != hidden:
-        raise ShbError(f"safety_neurons: cannot find the MLP of layer {layer} ({type(block).__name__}): "
-                       "expected a `mlp` submodule whose last linear map writes the hidden size")
-    reader = linears[-1]
-    d_ff = weight_oi(reader).shape[1]
-    return [m for m in linears[:-1] if weight_oi(m).shape[0] == d_ff], reader
+    try:
+        return lm.layout.mlp(lm.model, layer)
+    except UnsupportedArchitecture as exc:
+        raise ShbError(f"safety_neurons: {exc}") from None
 
 
 def candidate_layers(lm) -> range:
@@ -79,21 +75,16 @@ def _batch_activations(lm, ids, mask, response) -> dict:
     """Per candidate layer, (completion tokens of the batch, d_ff) float32 inputs of the MLP's reader map."""
     import torch
 
-    acts = {}
+    from shb import hooks
 
-    def hook(layer):
-        def capture(_module, args):
-            acts[layer] = args[0][response].float()
-        return capture
-
-    handles = [mlp_maps(lm, layer)[1].register_forward_pre_hook(hook(layer)) for layer in candidate_layers(lm)]
-    try:
-        with torch.no_grad():
-            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return acts
+    names = {}
+    for layer in candidate_layers(lm):
+        mlp_maps(lm, layer)  # a missing MLP is refused with the method's name
+        names[layer] = f"L{layer}.mlp.act"
+    seen, grab = hooks.record(names.values(), keep=lambda x: x[response].float())
+    with torch.no_grad(), hooks.at(lm, grab):
+        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return {layer: seen[name] for layer, name in names.items()}
 
 
 def gtac_scores(lm, ref, seqs) -> dict:
@@ -185,6 +176,7 @@ class NeuronPatch(Intervention):
         import torch
         from transformers import DynamicCache
 
+        from shb import hooks
         from shb.errors import ShbError
 
         ref = self.reference
@@ -193,7 +185,7 @@ class NeuronPatch(Intervention):
                            "shb.baselines.safety_neurons.intervention() or set the intervention's .reference")
         state = {"in_ref": False, "acts": {}, "caches": {}}
 
-        def run_reference(_module, args, kwargs):
+        def run_reference(args, kwargs):
             if state["in_ref"]:
                 return None         # the reference is this very model: its own pass is not patched
             kw = dict(kwargs)
@@ -217,40 +209,39 @@ class NeuronPatch(Intervention):
             state["ref_cache"] = _cache_of(out)
             return None
 
-        def pair_caches(_module, _args, _kwargs, output):
+        def pair_caches(_args, _kwargs, output):
             if not state["in_ref"] and _cache_of(output) is not None and state.get("ref_cache") is not None:
                 # keep the aligned cache alive beside its twin, so that its id cannot be reused
                 state["caches"][id(_cache_of(output))] = (_cache_of(output), state["ref_cache"])
 
         def capture(layer, idx):
-            def hook(_module, args):
+            def fn(x):
                 if state["in_ref"]:
-                    state["acts"][layer] = args[0][..., idx].clone()
-            return hook
+                    state["acts"][layer] = x[..., idx].clone()
+            return fn
 
         def patch(layer, idx):
-            def hook(_module, args):
+            def fn(x):
                 if state["in_ref"]:
                     return None
                 if layer not in state["acts"]:
                     raise ShbError("safety_neurons (DAP): an MLP ran without the model's forward (call lm.model, "
                                    "not a submodule, while the intervention is applied)")
-                x = args[0].clone()
+                x = x.clone()
                 x[..., idx] = state["acts"].pop(layer).to(x.dtype)
-                return (x,) + tuple(args[1:])
-            return hook
+                return x
+            return fn
 
-        handles = [lm.model.register_forward_pre_hook(run_reference, with_kwargs=True),
-                   lm.model.register_forward_hook(pair_caches, with_kwargs=True)]
+        for layer in self.neurons:  # a missing MLP is refused with the method's name
+            mlp_maps(ref, layer)
+            mlp_maps(lm, layer)
+        index = {layer: idx.to(lm.device) for layer, idx in self.neurons.items()}
         try:
-            for layer, idx in self.neurons.items():
-                idx = idx.to(lm.device)
-                handles.append(mlp_maps(ref, layer)[1].register_forward_pre_hook(capture(layer, idx)))
-                handles.append(mlp_maps(lm, layer)[1].register_forward_pre_hook(patch(layer, idx)))
-            yield
+            with hooks.on_call(lm, before=run_reference, after=pair_caches), \
+                    hooks.at(ref, {f"L{layer}.mlp.act": capture(layer, idx) for layer, idx in index.items()}), \
+                    hooks.at(lm, {f"L{layer}.mlp.act": patch(layer, idx) for layer, idx in index.items()}):
+                yield
         finally:
-            for h in handles:
-                h.remove()
             state.clear()
 
     def parameters_modified(self, lm) -> ParamCount:

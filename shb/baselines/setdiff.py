@@ -61,23 +61,21 @@ def wanda_factors(lm, seqs, modules: dict) -> dict:
     """key -> ||X_j||_2 as a (1, d_in) row, X over response tokens: Wanda's score is |W| times it."""
     import torch
 
+    from shb import hooks
+
     sq = {key: torch.zeros(weight_oi(m).shape[1], device=m.weight.device) for key, m in modules.items()}
     state = {}
 
-    def hook(key):
-        def capture(_module, args):
-            sq[key] += args[0][state["response"]].float().pow(2).sum(0)
-        return capture
+    def capture(key):
+        def fn(x):
+            sq[key] += x[state["response"]].float().pow(2).sum(0)
+        return fn
 
-    handles = [m.register_forward_pre_hook(hook(key)) for key, m in modules.items()]
-    try:
-        with torch.no_grad():
-            for ids, mask, response in teacher_forced(lm, seqs):
-                state["response"] = response
-                lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    edits = {"L{}.{}:in".format(*key.split(".", 1)): capture(key) for key in modules}  # key: 'layer.name'
+    with torch.no_grad(), hooks.at(lm, edits):
+        for ids, mask, response in teacher_forced(lm, seqs):
+            state["response"] = response
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
     return {key: sq[key].sqrt()[None, :] for key in modules}
 
 

@@ -13,14 +13,12 @@ score (every head scored alone) is the median of all heads not chosen.
 Prompts: the cell's dataset (``prompt_set`` "harmful") and the suite dataset named by ``benign``
 (``prompt_set`` "benign"), the first ``limit`` (16) of each.
 
-Weights come from the model's eager attention (``output_attentions``), switched on for these
-forwards only: the scores are the model's own, after rotary embeddings, masks and soft-capping.
+Weights are read at the points ``L<l>.attn.weights`` (shb.hooks switches the model to eager attention
+for these forwards only): the scores are the model's own, after rotary embeddings, masks and soft-capping.
 Chunks: ``harmful``, ``benign``.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 from shb.errors import ShbError, UsageError
 from shb.metrics.base import Metric
@@ -30,44 +28,31 @@ DEFAULT_LIMIT = 16
 PROMPT_SETS = ("harmful", "benign")
 
 
-@contextlib.contextmanager
-def eager_attention(model):
-    """The model's attention implementation set to eager (weights returned) for the block's forwards."""
-    config = model.config
-    before = config._attn_implementation
-    setter = getattr(model, "set_attn_implementation", None)
-    try:
-        if setter is not None:
-            setter("eager")
-        else:
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        if setter is not None:
-            setter(before)
-        else:
-            config._attn_implementation = before
-
-
 def last_position_attention(lm, texts: list[str], heads: list[tuple[int, int]]):
     """Per prompt: (token ids of the prompt, {head: weights over those tokens}), weights float lists.
 
     One prompt per forward (no padding at all), so each weight vector covers exactly the prompt."""
     import torch
 
+    from shb import hooks
     from shb.models import encode_prompt
 
+    layers = sorted({layer for layer, _ in heads})
     out = []
     for text in texts:
         ids = encode_prompt(lm.tokenizer, text)
         input_ids = torch.tensor([ids], device=lm.device)
-        with torch.no_grad(), eager_attention(lm.model):
-            result = lm.model(input_ids=input_ids, output_attentions=True)
-        if not result.attentions or any(a is None for a in result.attentions):
-            raise ShbError(f"attention: {lm.layout.arch} returned no attention weights under eager attention")
+        seen, grab = hooks.record([f"L{layer}.attn.weights" for layer in layers], keep=lambda w: w[0, :, -1, :])
+        try:
+            with torch.no_grad(), hooks.at(lm, grab):
+                lm.model(input_ids=input_ids)
+        except RuntimeError as exc:
+            if "returned no tensor" not in str(exc):
+                raise
+            raise ShbError(f"attention: {lm.layout.arch} returned no attention weights under eager attention") from None
         weights = {}
         for layer, head in heads:
-            probs = result.attentions[lm.layout.decoder_layer(layer)][0, head, -1, :]  # (T,)
+            probs = seen[f"L{layer}.attn.weights"][head]  # (T,)
             weights[(layer, head)] = probs.float().cpu().tolist()
         out.append((ids, weights))
     return out

@@ -34,17 +34,15 @@ CHUNK_PROMPTS = 32
 def head_projections(lm, texts: list[str], direction, batch_size: int = 16):
     """(P, L, H): each head's last-position output projected on ``direction`` / ||direction||.
 
-    One forward per batch with a pre-hook on every layer's output projection that keeps its input
-    at the last position (prompts are left-padded, so position -1 is each prompt's last token)."""
+    One forward per batch that keeps every layer's ``L<l>.attn.head_out`` at the last position (prompts are
+    left-padded, so position -1 is each prompt's last token)."""
     import torch
 
+    from shb import hooks
     from shb.baselines.base import batches, encode_batch
     from shb.baselines.fitting import weight_oi
 
     layout = lm.layout
-    if layout.output.axis is not None:
-        raise UsageError(f"rdsha: the heads' outputs of {layout.arch} are not a flat (B, T, H*D) input of the "
-                         "output projection; RDSHA is not implemented for this architecture")
     unit = (direction / direction.norm()).float()
     feats = [torch.tensor(list(layout.output.features(h))) for h in range(layout.n_heads)]
     # (L, H, d): the residual-stream directions each head's D features write to, read against r
@@ -54,29 +52,16 @@ def head_projections(lm, texts: list[str], direction, batch_size: int = 16):
         w = weight_oi(layout.module(lm.model, layer, layout.output)).detach().float()  # (d, F)
         wr = unit.to(w.device) @ w  # (F,)
         readers.append(torch.stack([wr[f.to(w.device)] for f in feats]))  # (H, D)
+    names = [f"L{layer}.attn.head_out" for layer in range(layout.n_layers)]
     out = []
     for chunk in batches(texts, batch_size):
-        seen: dict[int, torch.Tensor] = {}
-        handles = []
-        for layer in range(layout.n_layers):
-            module = layout.module(lm.model, layer, layout.output)
-
-            def keep(_module, args, layer=layer):
-                seen[layer] = args[0][:, -1, :].detach().float()  # (B, F)
-            handles.append(module.register_forward_pre_hook(keep))
-        try:
-            input_ids, mask = encode_batch(lm, chunk)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad():
-                lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions)
-        finally:
-            for handle in handles:
-                handle.remove()
-        per_layer = []
-        for layer in range(layout.n_layers):
-            z = seen[layer]  # (B, F)
-            zh = torch.stack([z[:, f.to(z.device)] for f in feats], dim=1)  # (B, H, D)
-            per_layer.append((zh * readers[layer].to(z.device)).sum(-1))  # (B, H)
+        seen, grab = hooks.record(names, keep=lambda z: z[:, -1].float())  # (B, H, D) each
+        input_ids, mask = encode_batch(lm, chunk)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad(), hooks.at(lm, grab):
+            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions)
+        per_layer = [(seen[name] * readers[layer].to(seen[name].device)).sum(-1)  # (B, H)
+                     for layer, name in enumerate(names)]
         out.append(torch.stack(per_layer, dim=1).cpu())  # (B, L, H)
     return torch.cat(out)
 

@@ -78,11 +78,13 @@ def _probe(model, layers, attn_name, att_layers, sites, n_heads, n_kv, d):
     """One forward pass of a few tokens to see the tensors the norms return (and read)."""
     import torch
 
+    from shb.hooks.raw import Attached
+
     t = 2
     while t in (n_heads, n_kv):
         t += 1
     seen: dict = {}
-    handles = []
+    attached = Attached()
     calls: dict = {}
 
     for i in att_layers:
@@ -101,26 +103,21 @@ def _probe(model, layers, attn_name, att_layers, sites, n_heads, n_kv, d):
             calls[key] = c + 1
             seen.setdefault(key, {})[c] = (tuple(out.shape), args[0] if args else None, dict(outs))
 
-        handles.append(attn.register_forward_pre_hook(pre))
+        attached.pre(attn, pre)
         for which, pname in (("q", "q_proj"), ("k", "k_proj")):
             if hasattr(attn, pname):
-                handles.append(getattr(attn, pname).register_forward_hook(
-                    lambda m, a, out, which=which, outs=outs: outs.__setitem__(which, out)))
+                attached.post(getattr(attn, pname), lambda m, a, out, which=which, outs=outs: outs.__setitem__(which, out))
         for n in {sites["q"].module, sites["k"].module}:
-            handles.append(getattr(attn, n).register_forward_hook(
-                lambda m, a, out, key=(i, n), f=norm_hook: f(m, a, out, key=key)))
+            attached.post(getattr(attn, n), lambda m, a, out, key=(i, n), f=norm_hook: f(m, a, out, key=key))
     vocab = getattr(text_config(model.config), "vocab_size", 8)
     device = next(model.parameters()).device
     ids = (torch.arange(t, device=device) % max(1, vocab - 3) + 3)[None]
     try:
-        with torch.no_grad():
+        with attached, torch.no_grad():
             model(input_ids=ids, use_cache=False)
     except Exception as exc:
         raise UnsupportedArchitecture(f"probing the query/key norms with a {t}-token forward pass failed: "
                                       f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        for h in handles:
-            h.remove()
     result = {}
     for which, heads in (("q", n_heads), ("k", n_kv)):
         site = sites[which]

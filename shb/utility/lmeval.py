@@ -161,19 +161,17 @@ def run_task(lm, wrapper, manager, requested: str, name: str, intervention, *, n
     """Evaluate one task (or group) with ``intervention`` applied; per-document rows."""
     import lm_eval
 
+    from shb import hooks
+
     calls = [0]
 
-    def count(module, args):
+    def count(_args, _kwargs):
         calls[0] += 1
 
-    handle = lm.model.register_forward_pre_hook(count)
-    try:
-        with _quiet(), intervention.applied(lm):
-            results = lm_eval.simple_evaluate(
-                model=wrapper, tasks=[name], task_manager=manager, num_fewshot=num_fewshot, limit=limit,
-                apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0)
-    finally:
-        handle.remove()
+    with hooks.on_call(lm, before=count), _quiet(), intervention.applied(lm):
+        results = lm_eval.simple_evaluate(
+            model=wrapper, tasks=[name], task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+            apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0)
     if results is None:
         raise ShbError(f"lm-eval returned no results for task '{requested}'")
     if calls[0] == 0:

@@ -140,28 +140,30 @@ def _loop(model, params, examples, *, steps: int, lr: float, batch_size: int, se
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
     loss_value = float("nan")
-    for step in range(steps):
-        index = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
-        ids, mask, labels = _batch(examples, index, pad_id)
+    try:
+        for step in range(steps):
+            index = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
+            ids, mask, labels = _batch(examples, index, pad_id)
+            if dropout is not None:
+                dropout.draw(None if anchors is None else torch.tensor([anchors[i] for i in index]))
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_masks:
+                for p, m in grad_masks.items():
+                    p.grad.mul_(m)  # frozen entries get exactly zero gradient, so Adam leaves them as they are
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            loss_value = loss.item()
+            if on_step is not None:
+                on_step(step, loss_value)
+    finally:
         if dropout is not None:
-            dropout.draw(None if anchors is None else torch.tensor([anchors[i] for i in index]))
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_masks:
-            for p, m in grad_masks.items():
-                p.grad.mul_(m)  # frozen entries get exactly zero gradient, so Adam leaves them as they are
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        loss_value = loss.item()
-        if on_step is not None:
-            on_step(step, loss_value)
-    if dropout is not None:
-        dropout.remove()
+            dropout.remove()  # also when training fails or is interrupted
     model.eval()
     return loss_value
 
@@ -182,17 +184,18 @@ class HeadDropout:
     def __init__(self, model, p: float, seed: int):
         import torch
 
+        from shb import hooks
+
         if not 0.0 <= p < 1.0:
             raise ValueError(f"align_dropout must be in [0, 1), got {p!r}")
         cfg = model.config
         self.p = p
         self.n_heads = cfg.num_attention_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.gen = torch.Generator().manual_seed(seed)
         self.masks = torch.ones(cfg.num_hidden_layers, self.n_heads)
         self.anchor_rows = None  # (B,) bool: rows run with every head; None: every row is masked
-        self.handles = [layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
-                        for i, layer in enumerate(model.model.layers)]
+        edits = {f"L{i}.attn.head_out": self._mask(i) for i in range(cfg.num_hidden_layers)}
+        self.hooked = hooks.at(model, edits).attach()  # for the whole training loop: remove() detaches
 
     def draw(self, anchor_rows=None) -> None:
         """A new mask for the next step; ``anchor_rows`` (B,) bool marks the rows it spares."""
@@ -202,20 +205,17 @@ class HeadDropout:
         self.masks = keep.to(torch.float32)
         self.anchor_rows = anchor_rows
 
-    def _hook(self, layer: int):
-        def hook(_module, args):
-            x = args[0]  # (B, T, H * D): the heads' outputs, concatenated
-            scale = self.masks[layer].to(x.dtype).repeat_interleave(self.head_dim)  # (H * D,)
-            if self.anchor_rows is not None:  # (B, 1, H * D): anchor rows keep every head
-                scale = scale.expand(x.shape[0], 1, -1).clone()
+    def _mask(self, layer: int):
+        def fn(z):  # (B, T, H, D): each head's output
+            scale = self.masks[layer].to(z.dtype)[:, None]  # (H, 1)
+            if self.anchor_rows is not None:  # (B, 1, H, 1): anchor rows keep every head
+                scale = scale.expand(z.shape[0], 1, -1, -1).clone()
                 scale[self.anchor_rows] = 1.0
-            return (x * scale, *args[1:])
-        return hook
+            return z * scale
+        return fn
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        self.hooked.remove()
 
 
 def pretrain(tokenizer, seed: int, *, steps: int = 500, lr: float = 3e-3, batch_size: int = 16,
