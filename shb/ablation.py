@@ -138,11 +138,12 @@ def _slice_for(layout, kind: str, site: str, layer: int | None = None):
 _POINT = {"q": "q", "k": "k", "output": "head_out"}
 
 
-def _edit(scale, mean_mask):
+def head_edit(scale, mean_mask):
     """The function at a head point: per-head features (B, T, H, D) times scale (R, H), the mean over the
     layer's heads where mean_mask (R, H).
 
-    R is 1 (the same heads in every row) or B (ablate_rows). Rows whose scale is 1 and mask False are
+    R is 1 (the same heads in every row) or B (ablate_rows). Also the function of a suite's ``points``
+    intervention (shb.interventions.PointEdit), so a declared edit and an ablation are one computation. Rows whose scale is 1 and mask False are
     bit-identical to the input (x * 1.0 == x); shb.hooks writes the result into a copy, so autograd
     through the edit stays valid."""
 
@@ -207,7 +208,7 @@ def _hooked(model, head_sets, kind, epsilon, site) -> Iterator[AblationHooks]:
     head_sets = [_check_heads(hs, layout) for hs in head_sets]
     tables = _layer_tables(head_sets, kind, float(epsilon), _slice_for(layout, kind, site)[0].n_heads)
     part = _POINT[_which(kind, site)]
-    edits = {f"L{layer}.attn.{part}": _edit(scale, mask) for layer, (scale, mask) in tables.items()}
+    edits = {f"L{layer}.attn.{part}": head_edit(scale, mask) for layer, (scale, mask) in tables.items()}
     with hooks.at(hf, edits, layout=layout):
         yield AblationHooks(list(tables))
 

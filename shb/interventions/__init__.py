@@ -237,19 +237,20 @@ class PointEdit(Intervention):
 
 
 def _head_op(heads: tuple[int, ...], op: str, factor: float | None):
-    """The function at a head point (x: (B, T, H, D)) for one edit."""
+    """The function at a head point (x: (B, T, H, D)) for one edit: the ablations' own (shb.ablation.head_edit)
+    with the op's per-head multiplier, or mean mask, built when the point's head count is known."""
+    from shb.ablation import head_edit
 
     def fn(x):
         import torch
 
-        idx = torch.tensor(heads, device=x.device)
-        new = x.clone()
-        if op == "scale":
-            new[:, :, idx] = x[:, :, idx] * factor
-        elif op == "zero":
-            new[:, :, idx] = 0
-        else:  # mean over every head of the point, per position
-            new[:, :, idx] = x.mean(dim=2, keepdim=True).expand(-1, -1, len(heads), -1)
-        return new
+        scale = torch.ones(1, x.shape[2], dtype=torch.float32)
+        mask = None
+        if op == "mean":  # the mean over every head of the point, per position
+            mask = torch.zeros(1, x.shape[2], dtype=torch.bool)
+            mask[0, list(heads)] = True
+        else:
+            scale[0, list(heads)] = 0.0 if op == "zero" else factor
+        return head_edit(scale, mask)(x)
 
     return fn

@@ -9,6 +9,7 @@ with plain torch hooks (tests may reach into modules; shb may not), and the guar
 
 from __future__ import annotations
 
+import copy
 import functools
 from types import SimpleNamespace
 
@@ -280,3 +281,62 @@ def test_ls_points_lists_the_points(tiny_model_dir):
         assert line in out, (line, out)
     bad = CliRunner().invoke(main, ["ls", "points"])
     assert bad.exit_code == 2 and "--model" in bad.output
+
+
+# ------------------------------------------------------------------ a user's own intervention, from a suite
+
+
+def test_a_suite_runs_a_users_own_edit_at_named_points(tmp_path, tiny_model_dir, prompts_file):
+    """The README's example: head 0 of attention layer 1 scaled by 0.5 at ``L1.attn.head_out`` (ASGuard's
+    edit), declared as a ``points`` intervention, generates what the ``scaling`` ablation of head 1-0 with
+    epsilon 0.5 generates (the same edit written two ways), and differs from the unmodified model."""
+    from shb.run import run_suite
+    from shb.store import Store
+    from shb.suite import load, problems
+    from tests.conftest import tiny_suite, write_suite
+
+    data = tiny_suite(tiny_model_dir, prompts_file, "points", [
+        {"id": "asr-asguard", "kind": "asr", "intervention": "asguard", "max_new_tokens": 6, "datasets": ["p"]},
+        {"id": "asr-scaled", "kind": "asr", "intervention": "scaled", "max_new_tokens": 6, "datasets": ["p"]},
+        {"id": "asr-plain", "kind": "asr", "heads": ["1-0"], "k": [0], "max_new_tokens": 6, "datasets": ["p"]}])
+    data["interventions"] = [
+        {"id": "asguard", "kind": "points",
+         "edits": [{"point": "L1.attn.head_out", "heads": [0], "op": "scale", "factor": 0.5}]},
+        {"id": "scaled", "kind": "heads", "heads": ["1-0"], "ablation": "scaling", "epsilon": 0.5}]
+    assert problems(data) == []
+    counts = run_suite(load(write_suite(tmp_path, data)), tmp_path / "db.duckdb", log=lambda *a: None)
+    assert counts["failed"] == 0
+    with Store(tmp_path / "db.duckdb", read_only=True) as store:
+        got = store.query("""SELECT intervention_id, prompt_id, text, params_entries, params_dof FROM generations
+                             WHERE intervention_id IS NOT NULL ORDER BY 1, 2""").rows()
+    by = {}
+    for iv, _prompt, text, entries, dof in got:
+        by.setdefault(iv, []).append((text, entries, dof))
+    assert set(by) == {"asguard", "scaled"} and len(by["asguard"]) >= 2
+    assert [t for t, _, _ in by["asguard"]] == [t for t, _, _ in by["scaled"]]
+    # one head chosen; its head_dim (8) columns of the output projection read it, over the hidden size (32)
+    assert {(e, d) for _, e, d in by["asguard"]} == {(8 * 32, 1)} == {(e, d) for _, e, d in by["scaled"]}
+
+    bad = copy.deepcopy(data)
+    bad["interventions"][0]["edits"][0].update(point="L1.attn.head_output", factor=None)
+    found = "\n".join(problems(bad))
+    assert "/interventions/0/edits/0/point" in found and "/interventions/0/edits/0/factor" in found, found
+
+
+@pytest.mark.parametrize("op,kind,site,point", [("zero", "zero", None, "head_out"), ("mean", "mean", "q", "q"),
+                                                ("scale", "undifferentiated", "q", "q")])
+def test_each_declared_op_is_the_ablation_of_the_same_heads(op, kind, site, point):
+    from shb.interventions import PointEdit
+
+    lm = _lm("qwen2")
+    ids = prompts(1, lengths=(6,))[0][None]
+    edit = PointEdit.from_params({"edits": [{"point": f"L1.attn.{point}", "heads": [2, 0], "op": op,
+                                             **({"factor": 0.25} if op == "scale" else {})}]})
+    with torch.no_grad(), edit.applied(lm):
+        got = forward(lm.model, ids).logits
+    with torch.no_grad(), A.ablate(lm.model, [(1, 0), (1, 2)], kind, epsilon=0.25, site=site):
+        want = forward(lm.model, ids).logits
+    assert torch.equal(got, want) and not torch.equal(got, forward(lm.model, ids).logits)
+    assert _hook_count(lm.model) == 0
+    with pytest.raises(Exception, match=r"edit 0 \(L1.attn.head_out, heads \[9\]\): outside"):
+        PointEdit.from_params({"edits": [{"point": "L1.attn.head_out", "heads": [9], "op": "zero"}]}).applied(lm)
