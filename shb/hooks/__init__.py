@@ -381,33 +381,20 @@ def _attach(attached: Attached, hf, layout, p: Point, fn) -> None:
         raise AssertionError(part)
 
 
-class at:
-    """Context manager: ``edits`` ({point name: fn or [fn, ...]}) attached to ``model`` (a transformers model
-    or a LoadedModel) for the block, removed on exit whatever happens. ``layout`` skips the lookup.
+class _Attaching:
+    """Base of this module's context managers: ``_attach(attached)`` adds what the block needs to an
+    ``Attached``; all of it is removed on exit, and at once when attaching itself fails half way.
+    Also usable without ``with``: ``h = ....attach()`` ... ``h.remove()`` (a training loop)."""
 
-    Also usable without ``with``: ``h = at(...).attach()`` ... ``h.remove()`` (a training loop)."""
+    _attached: Attached | None = None
 
-    __slots__ = ("model", "edits", "layout", "_attached")
+    def _attach(self, attached: Attached) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
 
-    def __init__(self, model: Any, edits: dict, *, layout=None):
-        self.model, self.edits, self.layout = model, edits, layout
-        self._attached = None
-
-    def attach(self) -> at:
-        hf, layout = _hf(self.model), self.layout
+    def attach(self):
         attached = Attached()
         try:
-            eager = False
-            for name, fns in self.edits.items():
-                if layout is None and name not in GLOBAL_POINTS:
-                    layout = model_and_layout(self.model)[1]
-                p = point(self.model, name, layout)
-                fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
-                fn = fns[0] if len(fns) == 1 and p.writable else _chain(fns, name, p.writable)
-                _attach(attached, hf, layout, p, fn)
-                eager = eager or p.part == "attn.weights"
-            if eager:
-                _switch_to_eager(attached, hf)
+            self._attach(attached)
         except BaseException:
             attached.remove()
             raise
@@ -419,12 +406,36 @@ class at:
             self._attached.remove()
             self._attached = None
 
-    def __enter__(self) -> at:
+    def __enter__(self):
         return self.attach()
 
     def __exit__(self, *exc) -> bool:
         self.remove()
         return False
+
+
+class at(_Attaching):
+    """Context manager: ``edits`` ({point name: fn or [fn, ...]}) attached to ``model`` (a transformers model
+    or a LoadedModel) for the block, removed on exit whatever happens. ``layout`` skips the lookup.
+
+    Also usable without ``with``: ``h = at(...).attach()`` ... ``h.remove()`` (a training loop)."""
+
+    def __init__(self, model: Any, edits: dict, *, layout=None):
+        self.model, self.edits, self.layout = model, edits, layout
+
+    def _attach(self, attached: Attached) -> None:
+        hf, layout = _hf(self.model), self.layout
+        eager = False
+        for name, fns in self.edits.items():
+            if layout is None and name not in GLOBAL_POINTS:
+                layout = model_and_layout(self.model)[1]
+            p = point(self.model, name, layout)
+            fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
+            fn = fns[0] if len(fns) == 1 and p.writable else _chain(fns, name, p.writable)
+            _attach(attached, hf, layout, p, fn)
+            eager = eager or p.part == "attn.weights"
+        if eager:
+            _switch_to_eager(attached, hf)
 
 
 def record(names: Iterable[str], *, detach: bool = True, keep: Callable | None = None) -> tuple[dict, dict]:
@@ -522,7 +533,7 @@ def _stand_in_classes():
     return _STAND_INS
 
 
-class head_skipped:
+class head_skipped(_Attaching):
     """Context manager: the model's final norm, output projection and LM head replaced by stand-ins; the
     yielded object's ``.hidden`` is the (B, T, d) input of the first of them after a forward pass. The
     model returns empty logits: the caller scores the positions it wants (shb.scorers.head)."""
@@ -530,48 +541,32 @@ class head_skipped:
     def __init__(self, model):
         self.hf = _hf(model)
         self.hidden = None
-        self._attached = Attached()
 
-    def __enter__(self) -> head_skipped:
+    def _attach(self, attached: Attached) -> None:
         slots = [*final_slots(self.hf), _slot_of(self.hf, self.hf.get_output_embeddings())]
-        try:
-            for i, (parent, name) in enumerate(slots):
-                kind = _stand_in_classes()["no_logits" if i == len(slots) - 1 else "skip"]
-                self._attached.swap(parent, name, kind(self if i == 0 else None))
-        except BaseException:
-            self._attached.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._attached.remove()
-        return False
+        for i, (parent, name) in enumerate(slots):
+            kind = _stand_in_classes()["no_logits" if i == len(slots) - 1 else "skip"]
+            attached.swap(parent, name, kind(self if i == 0 else None))
 
 
-class module_input:
+class module_input(_Attaching):
     """Context manager: ``.hidden`` is the first input of ``module`` (one the caller holds, not a named point:
     the scoring head's first module) at its last call."""
 
     def __init__(self, module):
         self.module, self.hidden = module, None
-        self._attached = Attached()
 
-    def __enter__(self) -> module_input:
+    def _attach(self, attached: Attached) -> None:
         def grab(_module, args, kwargs):
             self.hidden = args[0] if args else next(iter(kwargs.values()))
 
-        self._attached.pre(self.module, grab, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._attached.remove()
-        return False
+        attached.pre(self.module, grab, with_kwargs=True)
 
 
 # -- layers skipped, or run from cached hidden states --------------------------------------------------
 
 
-class start_at:
+class start_at(_Attaching):
     """Context manager: run the model from decoder layer ``layer`` on cached hidden states ``hidden`` (B, T, d):
     the layers below pass their input through unchanged (stand-ins: they do no work) and layer ``layer``
     receives ``hidden`` instead of what reaches it. The stock model still runs its embeddings, masks and
@@ -579,7 +574,6 @@ class start_at:
 
     def __init__(self, model, layer: int, hidden, *, layout=None):
         self.model, self.layer, self.hidden, self.layout = model, layer, hidden, layout
-        self._attached = None
 
     def _substitute(self, incoming):
         if incoming.shape != self.hidden.shape:
@@ -587,25 +581,12 @@ class start_at:
                                f"input {tuple(incoming.shape)}")
         return self.hidden
 
-    def __enter__(self) -> start_at:
+    def _attach(self, attached: Attached) -> None:
         hf, layout = model_and_layout(self.model) if self.layout is None else (_hf(self.model), self.layout)
         layers = layout.layers(hf)
-        attached = Attached()
-        try:
-            attached.pre(layers[self.layer], _pre_keyword(self._substitute, "hidden_states"), with_kwargs=True)
-            for i in range(self.layer):
-                attached.swap(layers, i, _pass_through(layers[i]))
-        except BaseException:
-            attached.remove()
-            raise
-        self._attached = attached
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        if self._attached is not None:
-            self._attached.remove()
-            self._attached = None
-        return False
+        attached.pre(layers[self.layer], _pre_keyword(self._substitute, "hidden_states"), with_kwargs=True)
+        for i in range(self.layer):
+            attached.swap(layers, i, _pass_through(layers[i]))
 
 
 def _pass_through(original):
@@ -641,29 +622,18 @@ def skip_layers(model, layers: Iterable[int], alpha: float | None = None) -> at:
 # -- callbacks around the model's own call -------------------------------------------------------------
 
 
-class on_call:
+class on_call(_Attaching):
     """Context manager: ``before(args, kwargs)`` before and ``after(args, kwargs, output)`` after every call of
     the model itself (not a point: what it is called with, e.g. to run a second model in step, or count)."""
 
     def __init__(self, model, before: Callable | None = None, after: Callable | None = None):
         self.hf, self.before, self.after = _hf(model), before, after
-        self._attached = Attached()
 
-    def __enter__(self) -> on_call:
-        try:
-            if self.before is not None:
-                self._attached.pre(self.hf, lambda _m, args, kwargs: self.before(args, kwargs), with_kwargs=True)
-            if self.after is not None:
-                self._attached.post(self.hf, lambda _m, args, kwargs, out: self.after(args, kwargs, out),
-                                    with_kwargs=True)
-        except BaseException:
-            self._attached.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._attached.remove()
-        return False
+    def _attach(self, attached: Attached) -> None:
+        if self.before is not None:
+            attached.pre(self.hf, lambda _m, args, kwargs: self.before(args, kwargs), with_kwargs=True)
+        if self.after is not None:
+            attached.post(self.hf, lambda _m, args, kwargs, out: self.after(args, kwargs, out), with_kwargs=True)
 
 
 class StopForward(Exception):
