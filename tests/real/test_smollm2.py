@@ -10,6 +10,7 @@ from shb import ablation, datasets
 from shb.engine import Engine
 from shb.generate import generate
 from shb.models import encode_prompt
+from tests.real.chat_checks import assert_chat_format_is_the_template
 
 pytestmark = pytest.mark.real
 
@@ -52,15 +53,7 @@ def test_engine_equals_the_naive_loop_for_all_270_heads(smollm2):
 
 
 def test_chat_format_equals_apply_chat_template(smollm2):
-    tok = smollm2.tokenizer
-    for text in HARMFUL:
-        messages = [{"role": "user", "content": text}]
-        formatted = datasets.format_prompt(text, "chat", tok)
-        assert formatted == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert "You are a helpful AI assistant named SmolLM" in formatted  # the template's default system prompt
-        ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        assert encode_prompt(tok, formatted) == list(ids)   # no second BOS in front of the template's own
+    assert_chat_format_is_the_template(smollm2.tokenizer, HARMFUL, "You are a helpful AI assistant named SmolLM")
 
 
 def _hf_greedy(lm, prompts):

@@ -14,6 +14,7 @@ from shb import ablation, datasets
 from shb.engine import Engine
 from shb.generate import generate
 from shb.models import encode_prompt
+from tests.real.chat_checks import assert_chat_format_is_the_template
 
 pytestmark = pytest.mark.real_large
 
@@ -54,15 +55,7 @@ def test_engine_equals_the_naive_loop_for_heads_in_every_layer(qwen):
 
 
 def test_chat_format_equals_apply_chat_template(qwen):
-    tok = qwen.tokenizer
-    for text in HARMFUL:
-        messages = [{"role": "user", "content": text}]
-        formatted = datasets.format_prompt(text, "chat", tok)
-        assert formatted == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." in formatted
-        ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        assert encode_prompt(tok, formatted) == list(ids)
+    assert_chat_format_is_the_template(qwen.tokenizer, HARMFUL, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
 
 
 def _hf_greedy(lm, prompts):
