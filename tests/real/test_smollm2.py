@@ -10,7 +10,7 @@ from shb import ablation, datasets
 from shb.engine import Engine
 from shb.generate import generate
 from shb.models import encode_prompt
-from tests.real.chat_checks import assert_chat_format_is_the_template
+from tests.real.checks import assert_chat_format_is_the_template, hf_greedy
 
 pytestmark = pytest.mark.real
 
@@ -57,17 +57,7 @@ def test_chat_format_equals_apply_chat_template(smollm2):
 
 
 def _hf_greedy(lm, prompts):
-    """transformers' generate on the same left-padded batch: texts and token counts, cut after EOS."""
-    tok = lm.tokenizer
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.inference_mode():
-        out = lm.model.generate(**enc, max_new_tokens=NEW, do_sample=False, pad_token_id=tok.pad_token_id)
-    rows = []
-    for r in out[:, enc["input_ids"].shape[1]:].tolist():
-        if tok.eos_token_id in r:
-            r = r[: r.index(tok.eos_token_id) + 1]
-        rows.append((tok.decode(r, skip_special_tokens=True), len(r)))
-    return rows
+    return hf_greedy(lm, prompts, NEW)
 
 
 def _chat(lm, texts):

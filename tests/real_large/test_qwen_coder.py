@@ -14,7 +14,7 @@ from shb import ablation, datasets
 from shb.engine import Engine
 from shb.generate import generate
 from shb.models import encode_prompt
-from tests.real.chat_checks import assert_chat_format_is_the_template
+from tests.real.checks import assert_chat_format_is_the_template, hf_greedy
 
 pytestmark = pytest.mark.real_large
 
@@ -59,17 +59,7 @@ def test_chat_format_equals_apply_chat_template(qwen):
 
 
 def _hf_greedy(lm, prompts):
-    tok = lm.tokenizer
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.inference_mode():
-        out = lm.model.generate(**enc, max_new_tokens=NEW, do_sample=False, pad_token_id=tok.pad_token_id)
-    stops = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
-    rows = []
-    for r in out[:, enc["input_ids"].shape[1]:].tolist():
-        cut = next((i for i, t in enumerate(r) if t in stops), None)
-        r = r if cut is None else r[: cut + 1]
-        rows.append(tok.decode(r, skip_special_tokens=True))
-    return rows
+    return hf_greedy(lm, prompts, NEW, ("<|im_end|>",))
 
 
 def test_batched_generation_under_ablation_equals_transformers_generate(qwen):
@@ -79,11 +69,11 @@ def test_batched_generation_under_ablation_equals_transformers_generate(qwen):
     ours = generate(qwen, prompts, heads=heads, max_new_tokens=NEW, batch_size=len(prompts))
     with ablation.ablate(qwen, heads):
         oracle = _hf_greedy(qwen, prompts)
-    assert [g.text for g in ours] == oracle
+    assert [(g.text, g.n_tokens) for g in ours] == oracle
     alone = [generate(qwen, [p], heads=heads, max_new_tokens=NEW, batch_size=1)[0].text for p in prompts]
-    assert alone == oracle, "a prompt's answer in a left-padded batch is its answer alone"
+    assert alone == [t for t, _ in oracle], "a prompt's answer in a left-padded batch is its answer alone"
     base = generate(qwen, prompts, max_new_tokens=NEW, batch_size=len(prompts))
-    assert [g.text for g in base] == _hf_greedy(qwen, prompts)  # the hooks are gone
+    assert [g.text for g in base] == [t for t, _ in _hf_greedy(qwen, prompts)]  # the hooks are gone
     assert sum(g.text.startswith("I'm sorry") for g in base) >= 2, [g.text for g in base]  # it refuses
 
 
