@@ -8,7 +8,7 @@ Run by hand (needs `pip install 'shb[ray]'`; not part of the tests):
 Each executor runs the whole suite into a fresh database in a temporary folder. The Ray instance
 is started (and timed) before either run, so the Ray wall time includes starting its actors and
 loading their models but not starting Ray itself. Model loads: the local loop's calls to
-shb.runner.load_model; for Ray, the loads its actors reported (a restarted actor loads again).
+shb.runner.load_resolved; for Ray, the loads its actors reported (a restarted actor loads again).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     ray_start = time.perf_counter() - started
     loads = []
-    real_load = shb.runner.load_model
-    shb.runner.load_model = lambda *a, **k: loads.append(a[0].get("kind")) or real_load(*a, **k)
+    real_load = shb.runner.load_resolved
+    shb.runner.load_resolved = lambda *a, **k: loads.append(a[0].get("kind")) or real_load(*a, **k)
     quiet = {"log": lambda *a, **k: None}
     with tempfile.TemporaryDirectory() as folder:
         results = {}

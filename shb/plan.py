@@ -1,19 +1,26 @@
-"""Expand a suite into work units, give each a stable id, mark what the store holds, estimate cost.
+"""Expand a suite into resolved work units, give each a stable id, mark what the store holds, estimate cost.
 
-A unit is one cell of models x datasets x ablations x metrics. Its id hashes everything that
-changes its results and nothing that does not (device, batch size, strategy, the suite's labels),
-so rerunning a suite, or another suite with the same cell, finds the finished work. No torch here.
+A unit is one cell of models x datasets x ablations x metrics. ``resolve`` works out, once per suite,
+what every entry *is* (its content); ``expand`` puts each cell's parts together into one frozen
+``WorkUnit`` whose ``spec`` is the whole content and whose id is its hash. Everything downstream reads
+the unit: the runner loads its models from ``WorkUnit.loads``, fits are keyed by the same model keys,
+stored labels come from the same resolution, resume compares ids, and reports read the stored spec
+(``units.spec``). The id hashes everything that changes results and nothing that does not (device,
+batch size, strategy, the suite's labels), so rerunning a suite, or another suite with the same cell,
+finds the finished work. No torch here.
 
-What the id hashes (DESIGN.md section 9):
+What the id hashes (docs/design.md, "One resolved unit"):
 - the model: a weights fingerprint, tokenizer and chat template (shb.models.fingerprint), the
   dtype *resolved* for the device ("auto" is bfloat16 on cuda, float32 elsewhere, exactly as
   shb.models.resolve_dtype loads it) and the attention implementation;
-- the formatted prompts, as their inputs: prompt content, format, system prompt, the paper's
-  template text (format "template") and the model's chat template hash (format "chat"). The
-  formatted text is a function of these, so no tokenizer is needed at plan time; ``shb run``
-  stores the text it fed in ``formatted_prompts``;
-- the ablation, the metric's parameters, the upstream unit (heads from another metric), and
-  UNIT_ID_VERSION.
+- the formatted prompts, as their inputs: prompt content (which covers a split, a language, a seeded
+  subset), format, system prompt, the paper's template text (format "template") and the model's chat
+  template hash (format "chat"). The formatted text is a function of these, so no tokenizer is needed at
+  plan time; ``shb run`` stores the text it fed in ``formatted_prompts``;
+- the ablation; the metric's parameters after its kind's defaults, with the seed where the kind uses one
+  (``Metric.identity``); the datasets it reads besides its own; the unit whose results it reads
+  (``upstream``: Sahara's heads, per-prompt Ships, from the cell's dataset or ``heads_dataset``); an
+  intervention's content (a fitted one by its fit id, which hashes the same model keys); UNIT_ID_VERSION.
 A fingerprint that cannot be known here (a hub id neither cached nor reachable) is hashed as
 unknown and reported by ``notes``; ``shb run`` refuses such a model.
 """
@@ -27,19 +34,15 @@ from dataclasses import dataclass, field
 from shb import datasets as ds
 from shb.baselines.fits import FIT_VERSION, HEAD_DEFAULTS, method_params
 from shb.errors import UsageError
+from shb.registry import metric as metric_kind
 from shb.suite import Entry, Suite
 
 UNIT_ID_VERSION = 2  # 2: weights fingerprint, tokenizer, chat template, resolved dtype, attention
-# Metric keys that do not change results (the engine and the naive loop agree to 1e-5).
-NON_RESULT_KEYS = {"id", "description", "models", "datasets", "ablations", "strategy", "batch_size"}
 ABLATION_DEFAULTS = {"undifferentiated": {"epsilon": 1e-5, "site": "q"}, "scaling": {"epsilon": 1e-5},
                      "mean": {"site": "q"}, "zero": {}}
-METRIC_DEFAULTS = {
-    "ships": {},
-    "ships_dataset": {"r": 1},
-    "sahara": {"steps": 5, "score": "ships_dataset", "r": 1},
-    "asr": {"judge": "keyword-paper", "decoding": {"mode": "greedy"}, "max_new_tokens": 128},
-}
+# Dataset keys that choose which part of a source is read: recorded in the dataset's key (its content
+# hash covers them too), so a label says which split or language a result was measured on.
+DATASET_SELECTORS = ("holdout", "language")
 ASSUMED_PROMPT_TOKENS = 48      # for cost estimates when prompts are not tokenized at plan time
 # Sustained FLOP/s assumed for FLOP-based estimates, by (device type, dtype the suite runs): a modern
 # datacentre GPU (bf16/fp16 tensor cores; float32 without TF32, PyTorch's matmul default) and a few
@@ -55,21 +58,33 @@ def _hash(obj) -> str:
 
 @dataclass(frozen=True)
 class WorkUnit:
+    """One resolved unit: its labels (the suite entries, for people and for the rows it writes), its
+    content (``spec``, what ``unit_id`` hashes) and how its models load (``loads``)."""
+
     unit_id: str
     model: Entry
     dataset: Entry
     ablation: Entry
     metric: Entry
-    spec: dict = field(hash=False, compare=False)   # the resolved spec the id hashes
+    spec: dict = field(hash=False, compare=False)   # the resolved content the id hashes
     n_prompts: int = 0
     status: str = "pending"                          # pending | done | failed | running (from the store)
     cost_forwards: int | None = None                 # forward passes of a full prompt
     cost_seconds: float | None = None                # estimated wall time on the plan's device
     cost_basis: str | None = None                    # how cost_seconds was estimated (measured rate or FLOPs)
+    labels: frozenset = frozenset()                  # (kind, label) its rows carry besides model and dataset
+    # model label -> ModelLoad (revision pinned to the fingerprinted commit, dtype as resolved for the
+    # device): the unit's model and a fit's reference model
+    loads: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def label(self) -> str:
         return f"{self.model.id} / {self.dataset.id} / {self.ablation.id} / {self.metric.id}"
+
+    @property
+    def upstream(self) -> str | None:
+        """The id of the unit whose results this one reads (Sahara's heads, per-prompt Ships), if any."""
+        return self.spec.get("upstream")
 
 
 # Model keys that name where the weights are, or how they may be read, not what they are.
@@ -93,10 +108,99 @@ def model_key(model: Entry, defaults: dict, device: str | None = None, fp: dict 
     return key
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """How the runner loads a model so that it is the content its key names: a hub model at the very
+    commit its fingerprint read (even if the branch moves meanwhile), in the dtype resolved for the
+    device. ``fingerprint`` goes into the ``models`` row."""
+
+    spec: dict = field(hash=False)
+    fingerprint: dict = field(hash=False)
+
+
+def load_spec(model: Entry, key: dict, fp: dict) -> ModelLoad:
+    spec = {**model.spec(), "dtype": key["dtype"]}
+    if fp.get("commit"):
+        spec["revision"] = fp["commit"]
+    return ModelLoad(spec, fp)
+
+
 def fingerprints(suite: Suite) -> dict[str, dict]:
     from shb.models.fingerprint import fingerprint
 
     return {m.id: fingerprint(m.spec()) for m in suite.models}
+
+
+def dataset_key(dataset: Entry, content: str) -> dict:
+    fmt = dataset.get("format", "direct")
+    key = {"kind": dataset.kind, "content": content, "format": fmt, "system": dataset.get("system")}
+    for selector in DATASET_SELECTORS:  # which part of which split, which language: with the label
+        if dataset.get(selector):
+            key[selector] = {**ds.HOLDOUT_DEFAULTS, **dataset.get(selector)} if selector == "holdout" \
+                else dataset.get(selector)
+    if fmt == "template":  # the template's text is part of every formatted prompt
+        key["template"] = hashlib.sha256(ds.PAPER_TEMPLATE.encode()).hexdigest()[:16]
+    return key
+
+
+def ablation_key(ablation: Entry) -> dict:
+    return {"kind": ablation.kind, **ABLATION_DEFAULTS[ablation.kind],
+            **{k: v for k, v in ablation.params.items() if k != "description"}}
+
+
+def metric_key(metric: Entry, defaults: dict) -> dict:
+    """The metric's part of a unit id: its kind's ``Metric.identity`` (defaults, seed where it matters)."""
+    return metric_kind(metric.kind).identity(metric.params, defaults)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What every entry of a suite is, worked out once (for one device): model keys and how to load each
+    model, dataset keys and sizes, ablation and metric keys. Units, fits and stored labels all read it."""
+
+    suite: Suite
+    models: dict        # model label -> model key
+    loads: dict         # model label -> ModelLoad
+    fingerprints: dict  # model label -> fingerprint
+    datasets: dict      # dataset label -> dataset key
+    sizes: dict         # dataset label -> number of prompts
+    ablations: dict     # ablation label -> ablation key
+    metrics: dict       # metric label -> metric key
+
+    def fit_spec(self, entry: Entry, model_id: str) -> dict:
+        """What a fit's id hashes (shb.baselines.fits): the model's key and the reference model's key as
+        the units have them (dtype resolved for the same device), the fit datasets' keys, the method."""
+        fit = entry.get("fit") or {}
+        spec = {"version": FIT_VERSION, "kind": entry.kind, "model": self.models[model_id],
+                "params": method_params(entry), "max_new_tokens": fit.get("max_new_tokens", 32)}
+        for key in ("harmful", "harmless"):
+            spec[key] = self.datasets[fit[key]] if fit.get(key) else None
+        spec["reference"] = self.models[fit["reference"]] if fit.get("reference") else None
+        return spec
+
+    def intervention_key(self, entry: Entry, model_id: str) -> dict:
+        """The part of a unit's spec that says which intervention it applies (content, not labels)."""
+        if entry.kind == "heads":
+            return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
+        if entry.kind == "points":  # declared edits, no fit: their content is the identity
+            return {"kind": "points", **method_params(entry)}
+        spec = self.fit_spec(entry, model_id)
+        return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
+
+
+def resolve(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
+            fps: dict | None = None) -> Resolution:
+    """The suite's content for ``device`` (default: the suite's; guessed without torch when "auto")."""
+    fps = fps if fps is not None else fingerprints(suite)
+    models = {m.id: model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
+    identity = identities(suite, prompts)
+    return Resolution(
+        suite=suite, models=models, fingerprints=fps,
+        loads={m.id: load_spec(m, models[m.id], fps[m.id]) for m in suite.models},
+        datasets={d.id: dataset_key(d, identity[d.id][0]) for d in suite.datasets},
+        sizes={d.id: identity[d.id][1] for d in suite.datasets},
+        ablations={a.id: ablation_key(a) for a in suite.ablations},
+        metrics={m.id: metric_key(m, suite.defaults) for m in suite.metrics})
 
 
 def notes(suite: Suite, device: str | None = None, fps: dict | None = None) -> list[str]:
@@ -119,54 +223,6 @@ def notes(suite: Suite, device: str | None = None, fps: dict | None = None) -> l
     return out
 
 
-def dataset_key(dataset: Entry, content: str) -> dict:
-    fmt = dataset.get("format", "direct")
-    key = {"kind": dataset.kind, "content": content, "format": fmt, "system": dataset.get("system")}
-    if dataset.get("holdout"):  # which part of which split: recorded with the label (the content hash covers it)
-        key["holdout"] = {**ds.HOLDOUT_DEFAULTS, **dataset.get("holdout")}
-    if fmt == "template":  # the template's text is part of every formatted prompt
-        key["template"] = hashlib.sha256(ds.PAPER_TEMPLATE.encode()).hexdigest()[:16]
-    return key
-
-
-def ablation_key(ablation: Entry) -> dict:
-    return {"kind": ablation.kind, **ABLATION_DEFAULTS[ablation.kind],
-            **{k: v for k, v in ablation.params.items() if k != "description"}}
-
-
-def metric_key(metric: Entry, defaults: dict) -> dict:
-    params = {k: v for k, v in metric.params.items() if k not in NON_RESULT_KEYS}
-    key = {"kind": metric.kind, **METRIC_DEFAULTS.get(metric.kind, {}), **params}
-    if metric.kind in ("asr", "utility"):  # random head sets are drawn with it
-        key.setdefault("seed", defaults.get("seed", 0))
-    return key
-
-
-def fit_spec(suite, entry, model_entry, datasets: dict) -> dict:
-    """What a fit's id hashes (shb.baselines.fits). ``datasets``: dataset id -> (content hash, size)."""
-    fit = entry.get("fit") or {}
-    by_id = {d.id: d for d in suite.datasets}
-    models = {m.id: m for m in suite.models}
-    spec = {"version": FIT_VERSION, "kind": entry.kind, "model": model_key(model_entry, suite.defaults),
-            "params": method_params(entry), "max_new_tokens": fit.get("max_new_tokens", 32)}
-    for key in ("harmful", "harmless"):
-        ref = fit.get(key)
-        spec[key] = dataset_key(by_id[ref], datasets[ref][0]) if ref else None
-    ref = fit.get("reference")
-    spec["reference"] = model_key(models[ref], suite.defaults) if ref else None
-    return spec
-
-
-def intervention_key(suite, entry, model_entry, datasets: dict) -> dict:
-    """The part of a unit's spec that says which intervention it applies (content, not labels)."""
-    if entry.kind == "heads":
-        return {"kind": "heads", **HEAD_DEFAULTS, **method_params(entry)}
-    if entry.kind == "points":  # declared edits, no fit: their content is the identity
-        return {"kind": "points", **method_params(entry)}
-    spec = fit_spec(suite, entry, model_entry, datasets)
-    return {"kind": entry.kind, "fit_id": "f" + _hash(spec)[:15], "fit": spec}
-
-
 def _applies(metric: Entry, section: str, entry: Entry) -> bool:
     wanted = metric.get(section)
     return wanted is None or entry.id in wanted
@@ -184,17 +240,16 @@ def identities(suite: Suite, prompts: dict[str, list] | None = None) -> dict[str
 
 
 def label_contents(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
-                   fps: dict | None = None) -> dict[tuple[str, str], dict]:
+                   fps: dict | None = None, resolved: Resolution | None = None) -> dict[tuple[str, str], dict]:
     """{(kind, label): content} for every label a suite names: models, datasets, ablations, metrics,
-    interventions and judges. One database holds one content per label (shb.run refuses a second),
-    so reports never merge two contents under one name (an ablation "ua" at epsilon 1e-5 and one at
-    0.5, a metric "harm" that screens and one that does not)."""
-    fps = fps if fps is not None else fingerprints(suite)
-    datasets = identities(suite, prompts)
-    out = {("model", m.id): model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
-    out.update({("dataset", d.id): dataset_key(d, datasets[d.id][0]) for d in suite.datasets})
-    out.update({("ablation", a.id): ablation_key(a) for a in suite.ablations})
-    out.update({("metric", m.id): metric_key(m, suite.defaults) for m in suite.metrics})
+    interventions and judges, from the resolution the units are built from. One database holds one
+    content per label (shb.run refuses a second), so reports never merge two contents under one name (an
+    ablation "ua" at epsilon 1e-5 and one at 0.5, a metric "harm" that screens and one that does not)."""
+    r = resolved or resolve(suite, prompts, device, fps)
+    out = {("model", m): key for m, key in r.models.items()}
+    out.update({("dataset", d): key for d, key in r.datasets.items()})
+    out.update({("ablation", a): key for a, key in r.ablations.items()})
+    out.update({("metric", m): key for m, key in r.metrics.items()})
     out.update({("intervention", i.id): {"kind": i.kind, **{k: v for k, v in i.params.items() if k != "description"}}
                 for i in suite.interventions})
     out.update(judge_contents(suite))
@@ -202,19 +257,12 @@ def label_contents(suite: Suite, prompts: dict[str, list] | None = None, device:
 
 
 def judge_contents(suite: Suite) -> dict[tuple[str, str], dict]:
-    """{("judge", id): its configuration} over every metric; one id configured two ways in one suite
-    (two classifier models under "classifier") is refused, naming both."""
-    from shb.metrics.asr import judges_of
-
+    """{("judge", id): its configuration} over every metric (``Metric.judge_labels``); one id configured two ways
+    in one suite (two classifier models under "classifier") is refused, naming both."""
     out: dict[tuple[str, str], dict] = {}
     where: dict[str, int] = {}
     for i, metric in enumerate(suite.metrics):
-        if metric.kind != "asr":   # utility's judges are part of its own metric content
-            continue
-        for judge in judges_of(metric.params):
-            content = {"judge": judge}
-            if judge == "classifier":
-                content.update(model=metric.get("judge_model"), prompt=metric.get("judge_prompt", "harmbench"))
+        for judge, content in metric_kind(metric.kind).judge_labels(metric.params).items():
             previous = out.get(("judge", judge))
             if previous is not None and previous != content:
                 raise UsageError(f"/metrics/{i}/judge: judge '{judge}' is configured as {content} here and as "
@@ -226,88 +274,70 @@ def judge_contents(suite: Suite) -> dict[tuple[str, str], dict]:
 
 
 def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | None = None,
-           fps: dict | None = None) -> list[WorkUnit]:
+           fps: dict | None = None, resolved: Resolution | None = None) -> list[WorkUnit]:
     """All units of the suite in execution order: suite order, except that a metric whose heads come
     from another metric's result (asr on sahara or ships) runs after it.
 
     ``device`` resolves dtype "auto" (default: the suite's, guessed without torch when "auto")."""
-    datasets = identities(suite, prompts)
-    fps = fps if fps is not None else fingerprints(suite)
-    model_keys = {m.id: model_key(m, suite.defaults, device, fps[m.id]) for m in suite.models}
-    metrics = sorted(suite.metrics, key=lambda m: _upstream_metric(m, suite) is not None)  # stable
+    r = resolved or resolve(suite, prompts, device, fps)
+    kinds = {m.id: metric_kind(m.kind) for m in suite.metrics}
+    upstreams = {m.id: kinds[m.id].upstream(m.params, suite.metrics) for m in suite.metrics}
+    metrics = sorted(suite.metrics, key=lambda m: upstreams[m.id] is not None)  # stable
     units = []
     by_cell: dict[tuple, str] = {}
     for metric in metrics:
-        upstream = _upstream_metric(metric, suite)
+        kind, upstream = kinds[metric.id], upstreams[metric.id]
+        applied = metric.get("intervention")
+        reads = {ref: r.datasets[ref] for ref in kind.dataset_reads(metric.params) if ref in r.datasets}
+        labels = {("metric", metric.id), *(("judge", j) for j in kind.judge_labels(metric.params))}
+        if applied:
+            labels.add(("intervention", applied))
         for model in suite.models:
             if not _applies(metric, "models", model):
                 continue
+            loads = {model.id: r.loads[model.id]}
+            intervention = None
+            if applied:
+                entry = suite.intervention(applied)
+                # What is applied is the intervention's content (its fit id), not its label.
+                intervention = r.intervention_key(entry, model.id)
+                reference = (entry.get("fit") or {}).get("reference")
+                if reference:
+                    loads[reference] = r.loads[reference]
             for dataset in suite.datasets:
                 if not _applies(metric, "datasets", dataset):
                     continue
-                applied = metric.get("intervention")
                 for ablation in suite.ablations:
                     if not _applies(metric, "ablations", ablation):
                         continue
                     if applied and (metric.id, model.id, dataset.id) in by_cell:
                         continue  # an intervention does not depend on the head-ablation kind: one unit
-                    spec = {
-                        "version": UNIT_ID_VERSION,
-                        "model": model_keys[model.id],
-                        "dataset": dataset_key(dataset, datasets[dataset.id][0]),
-                        "ablation": ablation_key(ablation),
-                        "metric": metric_key(metric, suite.defaults),
-                    }
-                    reads = _reads(metric, suite, datasets)
+                    spec = {"version": UNIT_ID_VERSION, "model": r.models[model.id],
+                            "dataset": r.datasets[dataset.id], "ablation": r.ablations[ablation.id],
+                            "metric": dict(r.metrics[metric.id])}
                     if reads:
                         spec["reads"] = reads
-                    if applied:
-                        # What is applied is the intervention's content (its fit id), not its label.
+                    if intervention is not None:
                         spec["ablation"] = {"kind": "none"}
                         spec["metric"].pop("intervention", None)
-                        spec["intervention"] = intervention_key(suite, suite.intervention(applied), model, datasets)
+                        spec["intervention"] = intervention
                         by_cell[(metric.id, model.id, dataset.id)] = True
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
-                        # heads_dataset: the heads chosen on another dataset (a holdout's select part)
-                        source = by_cell.get((model.id, metric.get("heads_dataset", dataset.id), ablation.id, upstream))
+                        source_dataset = kind.upstream_dataset(metric.params, dataset.id)
+                        source = by_cell.get((model.id, source_dataset, ablation.id, upstream))
                         if source is None:
                             raise UsageError(
                                 f"metric '{metric.id}' takes its heads from metric '{upstream}', which does not run on "
-                                f"model '{model.id}', dataset '{metric.get('heads_dataset', dataset.id)}', "
-                                f"ablation '{ablation.id}': "
+                                f"model '{model.id}', dataset '{source_dataset}', ablation '{ablation.id}': "
                                 f"add that combination to '{upstream}' or restrict '{metric.id}' with its "
                                 "models/datasets/ablations lists")
                         spec["upstream"] = source
                     unit_id = "u" + _hash(spec)[:15]
                     by_cell[(model.id, dataset.id, ablation.id, metric.id)] = unit_id
-                    units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, datasets[dataset.id][1]))
+                    units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, r.sizes[dataset.id],
+                                          labels=frozenset(labels | {("ablation", ablation.id)}), loads=dict(loads)))
     return units
-
-
-def _reads(metric: Entry, suite: Suite, datasets: dict) -> dict:
-    """Datasets a metric reads besides its cell's (utility's and attention's benign prompts): their
-    content keys its id."""
-    if metric.kind == "attention":
-        entries = {d.id: d for d in suite.datasets}
-        ref = metric.get("benign")
-        return {ref: dataset_key(entries[ref], datasets[ref][0])} if ref in entries else {}
-    if metric.kind != "utility":
-        return {}
-    from shb.utility.spec import dataset_refs
-
-    entries = {d.id: d for d in suite.datasets}
-    return {ref: dataset_key(entries[ref], datasets[ref][0]) for ref in dataset_refs(metric.params) if ref in entries}
-
-
-def _upstream_metric(metric: Entry, suite: Suite) -> str | None:
-    """The id of the metric whose results choose this metric's heads, if any."""
-    heads = metric.get("heads")
-    if isinstance(heads, str) and heads.startswith("sahara:"):
-        return heads.split(":", 1)[1]
-    if heads == "ships_per_prompt":
-        return next(m.id for m in suite.metrics if m.kind == "ships")
-    return None
 
 
 def geometry(model: Entry) -> dict | None:
@@ -344,11 +374,9 @@ def _toy_config() -> dict | None:
 
 def forwards_of(unit: WorkUnit, geom: dict | None) -> int | None:
     """Forward passes of a full prompt the unit costs (as the paper's loop counts); None without geometry."""
-    from shb.registry import METRICS, resolve
-
     if not geom or not geom.get("layers"):
         return None
-    return resolve(METRICS, unit.metric.kind, "metric")().estimate(unit, geom)
+    return metric_kind(unit.metric.kind).estimate(unit, geom)
 
 
 def estimate(unit: WorkUnit, geom: dict | None, device: str = "cuda",

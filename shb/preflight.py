@@ -29,41 +29,19 @@ def _metrics_on(suite, model_id: str):
 
 
 def _head_problems(suite, model_id: str, layers: int, heads: int, where: str) -> list[str]:
-    """Problems of every metric that runs on a model with ``layers`` x ``heads``."""
-    from shb.ablation import parse_heads
+    """Problems of every metric that runs on a model with ``layers`` x ``heads``: the layers a sweep
+    names, then each kind's own checks (``Metric.geometry_problems``: head names, k, Sahara steps)."""
+    from shb.registry import metric as metric_kind
 
     problems = []
     geometry = f"model '{model_id}' has {layers} layers x {heads} heads ({where})"
     for i, metric in _metrics_on(suite, model_id):
-        params = metric.params
-        swept = params.get("layers")
+        swept = metric.get("layers")
         if isinstance(swept, list):
             bad = [layer for layer in swept if isinstance(layer, int) and layer >= layers]
             if bad:
                 problems.append(f"/metrics/{i}/layers: {bad} out of range: {geometry}; use layers 0-{layers - 1}")
-        n_candidates = (len(set(swept)) if isinstance(swept, list) and swept else layers) * heads
-        if metric.kind == "sahara" and isinstance(params.get("steps"), int) and params["steps"] > n_candidates:
-            problems.append(f"/metrics/{i}/steps: {params['steps']} exceeds the {n_candidates} candidate heads: "
-                            f"{geometry}")
-        if metric.kind != "asr":
-            continue
-        head_list = params.get("heads")
-        if isinstance(head_list, list):
-            for j, name in enumerate(head_list):
-                try:
-                    ((layer, head),) = parse_heads([name])
-                except ValueError as exc:
-                    problems.append(f"/metrics/{i}/heads/{j}: {exc}")
-                    continue
-                if layer >= layers or head >= heads:
-                    problems.append(f"/metrics/{i}/heads/{j}: head '{name}' out of range: {geometry}; heads are"
-                                    f" named 0-{layers - 1} - 0-{heads - 1}")
-        elif "k" in params:
-            ks = params["k"] if isinstance(params["k"], list) else [params["k"]]
-            too_big = [k for k in ks if isinstance(k, int) and k > layers * heads]
-            if too_big:
-                problems.append(f"/metrics/{i}/k: {too_big} exceeds the {layers * heads} heads of model '{model_id}'"
-                                f" ({where}); use k <= {layers * heads}")
+        problems += metric_kind(metric.kind).geometry_problems(i, metric.params, layers, heads, geometry)
     return problems
 
 

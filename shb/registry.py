@@ -1,6 +1,7 @@
 """Every plug-in shb knows, in one place: name -> ("module:attr", one-line description).
 
-Adding a model kind, dataset kind, ablation kind, metric or judge is a factory plus one line here.
+Adding a model kind, dataset kind, ablation kind, metric or judge is a factory plus one line here (a
+metric kind: one module, shb.metrics.base; README "Adding a metric").
 Nothing in this module imports torch, so ``shb ls`` and ``shb validate`` stay instant.
 """
 
@@ -52,7 +53,7 @@ JUDGES = {
     "classifier": ("shb.judges.classifier:classifier_judge", "an LLM judge (HarmBench classifier or Llama Guard prompt)"),
 }
 
-# Interventions declared in a suite's `interventions` section (DESIGN.md section 8). A fitted kind
+# Interventions declared in a suite's `interventions` section (docs/design.md, "Interventions"). A fitted kind
 # names a module with KIND, fit(lm, data, params) and intervention(artefact, params) (shb.baselines);
 # "heads" is a fixed head set (no fit). Imported only when a run applies one.
 INTERVENTIONS = {
@@ -110,6 +111,13 @@ def unknown_message(what: str, name: str, choices) -> str:
     known = ", ".join(sorted(choices))
     suggestion = f" (did you mean '{hint}'?)" if hint else ""
     return f"unknown {what} kind '{name}'{suggestion}; known: {known}"
+
+
+def metric(kind: str):
+    """The ``shb.metrics.base.Metric`` of a metric kind: its declarations (schema, defaults, identity, what
+    it reads, its checks) and its run-time methods. Metric modules import torch only inside methods, so
+    this is safe in ``shb validate`` and ``shb plan``."""
+    return resolve(METRICS, kind, "metric")()
 
 
 def resolve(table: dict, name: str, what: str):

@@ -24,13 +24,12 @@ from shb.datasets import content_hash
 from shb.errors import ModelNotFound
 from shb.executors import local, ray_executor, resolve_executor  # ray_executor imports ray only when it runs
 from shb.identity import check_labels, label_rows
-from shb.metrics.asr import judges_of
 from shb.metrics.base import EVERY_UNIT_TABLE, Read
 from shb.models import check_spec, resolve_device, resolve_dtype_name
 from shb.models.fingerprint import is_known
-from shb.plan import WorkUnit, expand, fingerprints, label_contents, load_prompts
+from shb.plan import WorkUnit, expand, fingerprints, label_contents, load_prompts, resolve
 from shb.progress import NullProgress
-from shb.registry import METRICS, resolve
+from shb.registry import metric as metric_kind
 from shb.runlock import dead_runs, run_lock
 from shb.store import Store
 
@@ -96,21 +95,22 @@ def run_suite(suite, db=None, *, device: str | None = None, progress=None, only_
     preflight.run_problems(suite, device)  # device, cache, architectures, heads
     prompts = load_prompts(suite)
     device = resolve_device(device_request)
-    fps = fingerprints_known(suite)
-    units = _order(expand(suite, prompts, device, fps), suite)
+    # What every entry is, once: the units, their fits and the stored labels are all built from it.
+    resolved = resolve(suite, prompts, device, fingerprints_known(suite))
+    units = _order(expand(suite, resolved=resolved), suite)
     if only_units:
         units = [u for u in units if u.unit_id in only_units]
-    contents = label_contents(suite, prompts, device, fps)
+    contents = label_contents(suite, resolved=resolved)
     dtype = resolve_dtype_name(suite.defaults.get("dtype", "float32"), device)
     with run_lock(db):
         # hold=False: the database is opened only to commit, so reports and shb sql can read during the run.
         store = Store(db, hold=False)
         store.mark_killed(dead_runs(store, lock_free=True))  # we hold the run lock: no other run is alive
-        return _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk,
+        return _run_locked(suite, store, units, prompts, device, dtype, contents, progress, log, on_chunk,
                            executor, device_request)
 
 
-def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, progress, log, on_chunk,
+def _run_locked(suite, store, units, prompts, device, dtype, contents, progress, log, on_chunk,
                 executor, device_request) -> dict:
     counts = {"done": 0, "skipped": 0, "failed": 0}
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
@@ -131,8 +131,7 @@ def _run_locked(suite, store, units, prompts, device, dtype, fps, contents, prog
                          "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
         writer = RunWriter(store, run_id, suite, label_rows(contents, run_id), log, on_chunk)
-        runner_args = {"suite": suite, "prompts": prompts, "dtype": dtype, "device": device_request,
-                       "fingerprints": fps}
+        runner_args = {"suite": suite, "prompts": prompts, "device": device_request}
         # Ray actors or this process compute the chunks; this process alone writes the database
         run_units = ray_executor.run_units if executor.name == "ray" else local.run_units
         counts.update(run_units(pending, runner_args=runner_args, writer=writer, progress=progress, options=executor,
@@ -169,7 +168,7 @@ class RunWriter:
         """The unit's metric object (for its declarations; no model needed)."""
         kind = unit.metric.kind
         if kind not in self.metrics:
-            self.metrics[kind] = resolve(METRICS, kind, "metric")()
+            self.metrics[kind] = metric_kind(kind)
         return self.metrics[kind]
 
     def reads(self, unit, chunk: str) -> list[Read]:
@@ -222,7 +221,7 @@ class RunWriter:
 
     def unit_started(self, unit) -> dict:
         row = unit_row(unit, self.run_id, self.suite)
-        keys = unit_labels(unit)
+        keys = set(unit.labels)
         new = [self.labels[key] for key in sorted(keys - self.unit_labels_written) if key in self.labels]
         if new:
             with self.store.transaction():  # the unit's ablation, metric, intervention and judge labels, once a run
@@ -242,16 +241,6 @@ class RunWriter:
 
     def unit_failed(self, row: dict, seconds: float, error: str) -> None:
         self.store.upsert_unit({**row, "status": "failed", "error": error[-4000:], "seconds": seconds})
-
-
-def unit_labels(unit) -> set[tuple[str, str]]:
-    """The (kind, label) pairs a unit's rows carry besides its model and dataset."""
-    out = {("ablation", unit.ablation.id), ("metric", unit.metric.id)}
-    if unit.metric.get("intervention"):
-        out.add(("intervention", unit.metric.get("intervention")))
-    if unit.metric.kind == "asr":
-        out.update(("judge", j) for j in judges_of(unit.metric.params))
-    return out
 
 
 def unit_row(unit: WorkUnit, run_id: str, suite) -> dict:

@@ -25,9 +25,9 @@ from shb import preflight
 from shb.datasets import content_hash, format_prompt
 from shb.errors import ShbError
 from shb.metrics.base import UnitContext
-from shb.models import resolve_device, source_of
+from shb.models import load_resolved, resolve_device, source_of
 from shb.progress import NullProgress
-from shb.registry import METRICS, MODELS, resolve
+from shb.registry import metric as metric_kind
 
 INPUT_TABLES = ("models", "prompts", "formatted_prompts", "truncations")  # committed in this order
 
@@ -68,26 +68,6 @@ class ChunkResult:
     pid: int = 0
 
 
-def pinned(spec: dict, fingerprint: dict) -> dict:
-    """A hub model loads the very commit its unit ids hash, even if the branch moves meanwhile."""
-    if fingerprint.get("commit"):
-        return {**spec, "revision": fingerprint["commit"]}
-    return spec
-
-
-def load_model(spec: dict, dtype, device, quiet: bool = True):
-    """Load one suite model. A library failure (a broken checkpoint, an unknown config) is the user's to
-    fix, so it becomes one message naming the model rather than transformers' stack."""
-    try:
-        return resolve(MODELS, spec["kind"], "model")(spec, dtype=dtype, device=device, quiet=quiet)
-    except (ShbError, KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ShbError(f"model '{spec['id']}' ({spec.get('path', spec['kind'])}) failed to load: "
-                       f"{type(exc).__name__}: {first}") from exc
-
-
 def format_prompts(dataset, prompts, tokenizer) -> list[str]:
     """A dataset's prompts as fed to the model (chat template, system prompt)."""
     return [format_prompt(p.text, dataset.get("format", "direct"), tokenizer, dataset.get("system")) for p in prompts]
@@ -119,15 +99,16 @@ def prompt_rows(dataset_id: str, prompts) -> list[dict]:
 
 
 def unit_context(unit, lm, prompts, formatted, store, progress, shared, suite, device):
-    """(metric, UnitContext) of one unit."""
-    metric = resolve(METRICS, unit.metric.kind, "metric")()
+    """(metric, UnitContext) of one unit: its parameters are the resolved ones its id hashes (the seed
+    included where the kind uses one), plus how to compute them (strategy, batch size)."""
+    metric = metric_kind(unit.metric.kind)
     params = {**unit.spec["metric"], **{k: v for k, v in unit.metric.params.items() if k in ("strategy", "batch_size")}}
     ctx = UnitContext(
         lm=lm, prompts=prompts, formatted=formatted, ablation=unit.spec["ablation"], metric=params, store=store,
         ids={"unit_id": unit.unit_id, "model_id": unit.model.id, "dataset_id": unit.dataset.id,
              "ablation_id": unit.ablation.id, "metric_id": unit.metric.id},
         device=device, batch_size=params.get("batch_size", suite.defaults.get("batch_size", "auto")),
-        seed=suite.defaults.get("seed", 0), progress=progress, shared=shared, suite=suite)
+        progress=progress, shared=shared, suite=suite)
     return metric, ctx
 
 
@@ -142,10 +123,8 @@ class UnitRunner:
     ``device``: the device asked for ("auto", "cuda", "cpu", ...), resolved when a model loads (on a Ray
     actor "cuda" is the actor's own GPU). ``progress``: the run display (a Ray actor has none)."""
 
-    def __init__(self, suite, prompts: dict, *, dtype, device, fingerprints: dict | None = None, progress=None):
-        self.suite, self.prompts, self.dtype, self.request = suite, prompts, dtype, device
-        self.fingerprints = fingerprints or {}
-        self.specs = {m.id: pinned(m.spec(), self.fingerprints.get(m.id, {})) for m in suite.models}
+    def __init__(self, suite, prompts: dict, *, device, progress=None):
+        self.suite, self.prompts, self.request = suite, prompts, device
         self.datasets = {d.id: d for d in suite.datasets}
         self.progress = progress or NullProgress()
         self.model_id, self.lm, self.device, self.loads, self.just_loaded = None, None, None, 0, False
@@ -154,7 +133,8 @@ class UnitRunner:
         self.pending: dict = {}         # input rows not yet handed back
 
     # -- inputs --------------------------------------------------------------------------------------
-    def _load(self, model_id: str) -> None:
+    def _load(self, unit) -> None:
+        model_id = unit.model.id
         if self.lm is not None and self.model_id == model_id:
             return
         self.lm, self.model_id, self.shared, self.formatted, self.contexts = None, None, {}, {}, {}
@@ -164,13 +144,13 @@ class UnitRunner:
             import torch  # only when a GPU is in use: free the previous model's blocks
 
             torch.cuda.empty_cache()
-        self.lm = load_model(self.specs[model_id], self.dtype, self.device, quiet=isinstance(self.progress, NullProgress))
+        load = unit.loads[model_id]
+        self.lm = load_resolved(load.spec, self.device, quiet=isinstance(self.progress, NullProgress))
         self.model_id = model_id
         self.loads += 1
         self.just_loaded = True
         preflight.loaded_problems(self.suite, model_id, self.lm)
-        self._input("models", model_id, [model_row(model_id, self.specs[model_id], self.lm,
-                                                   self.fingerprints.get(model_id))])
+        self._input("models", model_id, [model_row(model_id, load.spec, self.lm, load.fingerprint)])
 
     def _input(self, table: str, key, rows: list[dict]) -> None:
         if (table, key) not in self.used:
@@ -194,7 +174,7 @@ class UnitRunner:
         return self.formatted[dataset_id]
 
     def _context(self, unit):
-        self._load(unit.model.id)
+        self._load(unit)
         if unit.unit_id not in self.contexts:
             formatted = self._fitted(unit.dataset.id)
             for ref in unit.spec.get("reads", {}):  # datasets a metric reads besides its own (utility's benign sets)

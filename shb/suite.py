@@ -1,9 +1,11 @@
 """Load and validate suites: JSON -> frozen specs, with every problem reported at once.
 
-``schemas/suite.schema.json`` is the single definition of the format; this module adds the
-checks JSON Schema cannot express (unique ids, references between entries) and turns the
-validator's errors into one line each: ``/ablations/1/epsilon: -1 is less than the minimum of 0``.
-No torch here.
+``schemas/suite.schema.json`` is the definition of the format. Its metric section is assembled from
+the metric kinds (each kind's ``Metric.schema``, shb.metrics), so a new kind brings its keys in its own
+module; the file is written from them (``python -m shb.suite > schemas/suite.schema.json``) and a test
+keeps the two equal. This module adds the checks JSON Schema cannot express (unique ids, references
+between entries, each metric kind's ``problems``) and turns the validator's errors into one line each:
+``/ablations/1/epsilon: -1 is less than the minimum of 0``. No torch here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shb.errors import SuiteError
-from shb.registry import TABLES, unknown_message
+from shb.registry import METRICS, TABLES, unknown_message
 
 SECTIONS = {"models": "model", "datasets": "dataset", "ablations": "ablation", "metrics": "metric"}
 # Optional sections: not crossed into units, referred to by id (asr's "intervention").
@@ -27,12 +29,34 @@ DEFAULTS = {"device": "auto", "dtype": "float32", "batch_size": "auto", "seed": 
 
 
 @lru_cache(maxsize=1)
-def schema() -> dict:
+def _schema_file() -> str:
     here = Path(__file__).resolve().parent
     for candidate in (here / "schemas" / "suite.schema.json", here.parent / "schemas" / "suite.schema.json"):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            return candidate.read_text()
     raise FileNotFoundError("suite.schema.json not found next to the shb package")
+
+
+def schema() -> dict:
+    """The suite schema: the file, with its metric section built from the registered metric kinds."""
+    return _assembled(tuple(METRICS))
+
+
+@lru_cache(maxsize=4)
+def _assembled(kinds: tuple) -> dict:
+    from shb.registry import metric
+
+    out = json.loads(_schema_file())
+    section = out["$defs"]["metric"]
+    section["properties"]["kind"] = {"enum": list(kinds)}
+    section["allOf"] = [{"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                         "then": metric(kind).schema} for kind in kinds]
+    return out
+
+
+def schema_text() -> str:
+    """The schema as ``schemas/suite.schema.json`` holds it."""
+    return json.dumps(schema(), indent=1) + "\n"
 
 
 @dataclass(frozen=True)
@@ -144,7 +168,10 @@ def nonfinite_problems(data: Any, path=()) -> list[str]:
 
 
 def semantic_problems(data: dict) -> list[str]:
-    """Checks beyond the schema: ids unique per section, metric filters and head sources that resolve."""
+    """Checks beyond the schema: ids unique per section, metric filters that resolve, and each metric
+    kind's own checks (``Metric.problems``: head sources, interventions, datasets it reads)."""
+    from shb.registry import metric as metric_kind
+
     problems = nonfinite_problems(data)
     ids = {}
     for section in {**SECTIONS, **OPTIONAL_SECTIONS}:
@@ -157,53 +184,16 @@ def semantic_problems(data: dict) -> list[str]:
             else:
                 seen[entry["id"]] = i
         ids[section] = seen
-    metric_kinds = {m.get("id"): m.get("kind") for m in data.get("metrics") or [] if isinstance(m, dict)}
     for i, metric in enumerate(data.get("metrics") or []):
         if not isinstance(metric, dict):
             continue
         problems += _empty_list_problems(metric, i)
-        problems += _explicit_k_problems(metric, i)
         for section in ("models", "datasets", "ablations"):
             for j, ref in enumerate(metric.get(section) or []):
                 if isinstance(ref, str) and ids.get(section) and ref not in ids[section]:
                     problems.append(f"/metrics/{i}/{section}/{j}: no {SECTIONS[section]} with id '{ref}' in this suite")
-        heads = metric.get("heads")
-        if "heads_dataset" in metric:
-            ref = metric["heads_dataset"]
-            if not (isinstance(heads, str) and heads.startswith("sahara:")):
-                problems.append(f"/metrics/{i}/heads_dataset: only heads 'sahara:<id>' can come from another dataset")
-            elif isinstance(ref, str) and ids.get("datasets") is not None and ref not in ids["datasets"]:
-                problems.append(f"/metrics/{i}/heads_dataset: no dataset with id '{ref}' in this suite")
-        if isinstance(heads, str) and heads.startswith("sahara:"):
-            ref = heads.split(":", 1)[1]
-            if metric_kinds.get(ref) != "sahara":
-                problems.append(f"/metrics/{i}/heads: '{heads}' must name a metric of kind sahara in this suite")
-            else:
-                steps = next((m.get("steps", 5) for m in data["metrics"] if isinstance(m, dict) and m.get("id") == ref), 5)
-                ks = metric.get("k", 1)
-                too_big = [k for k in (ks if isinstance(ks, list) else [ks]) if isinstance(k, int) and k > steps]
-                if isinstance(steps, int) and too_big:
-                    problems.append(f"/metrics/{i}/k: {too_big} exceeds the {steps} step(s) of sahara metric '{ref}';"
-                                    f" lower k or raise that metric's steps")
-        if heads in ("sahara", "ships_per_prompt", "random") or (isinstance(heads, str) and heads.startswith("sahara:")):
-            if "k" not in metric:
-                problems.append(f"/metrics/{i}: heads '{heads}' needs k (how many heads to ablate)")
-        if metric.get("kind") == "utility":
-            from shb.utility.spec import problems as utility_problems
-
-            problems += utility_problems(i, metric, ids.get("datasets"))
-            target = metric.get("intervention")
-            if isinstance(target, str) and target not in (ids.get("interventions") or {}):
-                problems.append(f"/metrics/{i}/intervention: no intervention with id '{target}' in this suite")
-        if heads == "ships_per_prompt" and "ships" not in metric_kinds.values():
-            problems.append(f"/metrics/{i}/heads: 'ships_per_prompt' needs a metric of kind ships in this suite")
-        if metric.get("kind") == "asr":
-            problems += _asr_target_problems(metric, i, ids.get("interventions") or {})
-        if metric.get("kind") == "rdsha":
-            problems += _rdsha_problems(metric, i, data)
-        benign = metric.get("benign") if metric.get("kind") == "attention" else None
-        if isinstance(benign, str) and ids.get("datasets") is not None and benign not in ids["datasets"]:
-            problems.append(f"/metrics/{i}/benign: no dataset with id '{benign}' in this suite")
+        if metric.get("kind") in METRICS:
+            problems += metric_kind(metric["kind"]).problems(i, metric, data, ids)
     problems += _intervention_problems(data, ids)
     problems += _toy_problems(data)
     return problems
@@ -225,16 +215,6 @@ def _toy_problems(data: dict) -> list[str]:
     return problems
 
 
-def _rdsha_problems(metric: dict, i: int, data: dict) -> list[str]:
-    """RDSHA scores heads against a refusal direction: its intervention must be one."""
-    target = metric.get("intervention")
-    kinds = {e.get("id"): e.get("kind") for e in data.get("interventions") or [] if isinstance(e, dict)}
-    if isinstance(target, str) and kinds.get(target) != "refusal_direction":
-        found = f"is of kind '{kinds[target]}'" if target in kinds else "does not exist"
-        return [f"/metrics/{i}/intervention: rdsha needs a refusal_direction intervention; '{target}' {found}"]
-    return []
-
-
 def _empty_list_problems(metric: dict, i: int) -> list[str]:
     """An empty filter would run the metric on nothing (or, for layers, read as "every layer"): refuse it."""
     problems = []
@@ -243,32 +223,6 @@ def _empty_list_problems(metric: dict, i: int) -> list[str]:
             problems.append(f"/metrics/{i}/{key}: an empty list selects no {what}; name at least one, or leave"
                             f" \"{key}\" out for every {what}")
     return problems
-
-
-def _explicit_k_problems(metric: dict, i: int) -> list[str]:
-    """With an explicit head list, k counts the list's first k heads (k = 0: the unablated baseline)."""
-    heads, ks = metric.get("heads"), metric.get("k")
-    if not isinstance(heads, list) or ks is None:
-        return []
-    too_big = [k for k in (ks if isinstance(ks, list) else [ks]) if isinstance(k, int) and k > len(heads)]
-    if too_big:
-        return [f"/metrics/{i}/k: {too_big} exceeds the {len(heads)} head(s) of the explicit list; with a list, k"
-                f" ablates its first k heads (0: none): lower k or name more heads"]
-    return []
-
-
-def _asr_target_problems(metric: dict, i: int, interventions: dict) -> list[str]:
-    """An asr metric ablates a head set (``heads``) or applies an intervention, exactly one of them."""
-    has_heads, target = "heads" in metric, metric.get("intervention")
-    if has_heads == (target is not None):
-        return [f"/metrics/{i}: asr needs exactly one of heads (a head set) or intervention (an id of the "
-                "interventions section)"]
-    if target is not None:
-        if isinstance(target, str) and target not in interventions:
-            return [f"/metrics/{i}/intervention: no intervention with id '{target}' in this suite"]
-        if "k" in metric:
-            return [f"/metrics/{i}/k: k counts heads; an asr metric with an intervention takes no k"]
-    return []
 
 
 # What each fitted kind is fitted on: harmful prompts (all but the attention swap, which only loads
@@ -429,8 +383,9 @@ def anchor_paths(data: Any, base: Path) -> Any:
     """The suite with its relative file paths made relative to ``base`` (the suite file's directory).
 
     Anchored: a dataset's ``path``; an ``hf`` model's ``path`` when it starts with ``.`` or names an
-    existing path there (otherwise it is a hub id such as ``meta-llama/Llama-2-7b-chat-hf``); an lm-eval
-    task given as a ``.yaml`` file. Absolute paths and ``~`` stay as written."""
+    existing path there (otherwise it is a hub id such as ``meta-llama/Llama-2-7b-chat-hf``); what a
+    metric kind anchors (``Metric.anchor_paths``: utility's lm-eval tasks given as ``.yaml`` files).
+    Absolute paths and ``~`` stay as written."""
     if not isinstance(data, dict):
         return data
     data = json.loads(json.dumps(data))  # a copy: the caller's dict stays as read
@@ -441,10 +396,13 @@ def anchor_paths(data: Any, base: Path) -> Any:
         path = entry.get("path") if isinstance(entry, dict) and entry.get("kind") == "hf" else None
         if isinstance(path, str) and path and (path.startswith(".") or (base / path).exists()):
             entry["path"] = _anchored(path, base)
+    from shb.registry import metric as metric_kind
+
     for entry in data.get("metrics") if isinstance(data.get("metrics"), list) else []:
-        tasks = (entry.get("lm_eval") or {}).get("tasks") if isinstance(entry, dict) and isinstance(
-            entry.get("lm_eval"), dict) else None
-        if isinstance(tasks, list):
-            entry["lm_eval"]["tasks"] = [_anchored(t, base) if isinstance(t, str) and t.endswith((".yaml", ".yml"))
-                                         else t for t in tasks]
+        if isinstance(entry, dict) and entry.get("kind") in METRICS:
+            metric_kind(entry["kind"]).anchor_paths(entry, lambda value: _anchored(value, base))
     return data
+
+
+if __name__ == "__main__":  # python -m shb.suite > schemas/suite.schema.json
+    print(schema_text(), end="")

@@ -1,9 +1,11 @@
 """Fits of interventions: keyed by content, computed once, stored in the ``fits`` table, reused.
 
-A fit's id (``shb.plan.intervention_key``, computed at plan time) hashes what changes its artefact:
-the model's identity (as in unit ids), the content of the fit datasets (harmful, harmless) with their
-prompt format, the reference model's identity, the method's kind and parameters, and FIT_VERSION;
-never labels, device or batch size. An ``asr`` or ``utility`` unit that applies a fitted
+A fit's id (``shb.plan.Resolution.intervention_key``, computed at plan time) hashes what changes its
+artefact: the model's key and the reference model's key exactly as the units hash them (weights, dtype
+resolved for the run's device), the content of the fit datasets (harmful, harmless) with their prompt
+format, the method's kind and parameters, and FIT_VERSION; never labels, device or batch size. The
+reference model loads the way every model of a unit does (``WorkUnit.loads``: its fingerprinted
+revision, its resolved dtype), so the fit computed is the one its id names. An ``asr`` or ``utility`` unit that applies a fitted
 intervention has the chunk ``fit`` first (every other chunk waits for it; ``Metric.after``): it computes and commits the fit
 (artefact bytes, meta, parameters modified) in one transaction with its done mark, or finds it
 already stored by another unit or run and commits nothing. A SIGKILL during a fit loses that fit
@@ -23,7 +25,7 @@ from shb.ablation import parse_heads
 from shb.baselines.base import Artefact, FitData
 from shb.errors import UsageError
 from shb.interventions import HeadAblation, PointEdit
-from shb.registry import INTERVENTIONS, MODELS, resolve
+from shb.registry import INTERVENTIONS, resolve
 
 FIT_VERSION = 1
 FIT_KEYS = ("harmful", "harmless", "reference", "max_new_tokens")
@@ -58,15 +60,16 @@ def fit_data(unit, ctx, entry):
 
     reference = None
     if fit.get("reference"):
-        reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
+        reference = _reference(unit, ctx, fit["reference"])
     return FitData(harmful=prompts("harmful"), harmless=prompts("harmless"), reference=reference,
                    max_new_tokens=fit.get("max_new_tokens", 32))
 
 
-def _load_reference(ctx, model_id: str):
-    spec = next(m for m in ctx.suite.models if m.id == model_id).spec()
-    return resolve(MODELS, spec["kind"], "model")(spec, dtype=ctx.suite.defaults.get("dtype", "float32"),
-                                                   device=ctx.device, quiet=True)
+def _reference(unit, ctx, model_id: str):
+    """The fit's reference model, loaded once per runner from the unit's resolved load spec."""
+    from shb.models import load_resolved
+
+    return ctx.cached(("reference-model", model_id), lambda: load_resolved(unit.loads[model_id].spec, ctx.device))
 
 
 def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
@@ -81,7 +84,7 @@ def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
                           progress=ctx.advance_fn(f"  fitting {entry.kind}"))
     blob = artefact.to_bytes()
     artefact.meta["_sha256"] = hashlib.sha256(blob).hexdigest()
-    counted = _build(module, artefact, entry, ctx).parameters_modified(ctx.lm)
+    counted = _build(module, artefact, entry, unit, ctx).parameters_modified(ctx.lm)
     return {"fits": [{"fit_id": key["fit_id"], "kind": entry.kind, "intervention_id": entry.id,
                       "model_id": unit.model.id, "spec": key["fit"], "meta": _json_safe(artefact.meta),
                       "artefact": blob, "artefact_sha256": artefact.meta["_sha256"],
@@ -89,11 +92,11 @@ def fit_chunk(unit, ctx) -> dict[str, list[dict]]:
                       "seconds": time.perf_counter() - started, "unit_id": unit.unit_id}]}
 
 
-def _build(module, artefact, entry, ctx):
+def _build(module, artefact, entry, unit, ctx):
     """module.intervention(artefact, params), with the reference model for methods that patch from it (DAP)."""
     fit = entry.get("fit") or {}
     if fit.get("reference") and "reference" in inspect.signature(module.intervention).parameters:
-        reference = ctx.cached(("reference-model", fit["reference"]), lambda: _load_reference(ctx, fit["reference"]))
+        reference = _reference(unit, ctx, fit["reference"])
         return module.intervention(artefact, method_params(entry), reference=reference)
     return module.intervention(artefact, method_params(entry))
 
@@ -125,6 +128,6 @@ def intervention_for(unit, ctx):
         artefact = Artefact.from_bytes(blob)
         artefact.meta["_sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
         entry = ctx.suite.intervention(unit.metric.get("intervention"))
-        return _build(_module(key["kind"]), artefact, entry, ctx)
+        return _build(_module(key["kind"]), artefact, entry, unit, ctx)
 
     return ctx.cached(("intervention", key["fit_id"]), load)

@@ -1,8 +1,9 @@
 """``asr``: generate under a head set and judge every answer: the attack success rate.
 
-Head-set sources (the ``heads`` parameter):
+Head-set sources (the ``heads`` parameter; shb.metrics.heads):
   ``sahara:<metric id>``  the first k heads chosen by that Sahara unit (k = 0: no ablation);
-  ``ships_per_prompt``    each prompt's own top-k Ships heads (the paper's per-query experiment);
+  ``ships_per_prompt:<metric id>``  each prompt's own top-k heads of that Ships unit (the paper's
+                          per-query experiment; bare ``ships_per_prompt``: the suite's only ships metric);
   ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
                           ``draws: n`` draws n such head sets, each with its own seed (a control with a spread);
   ``["2-26", ...]``       an explicit set (an empty list: no ablation); with ``k``, its first k heads
@@ -32,6 +33,7 @@ from shb.baselines import applied as baselines
 from shb.baselines.fits import fit_chunk
 from shb.errors import UsageError
 from shb.generate import generate, normalize_decoding
+from shb.metrics import heads as heads_module
 from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks, unit_rows
 
 CHUNK_PROMPTS = 32
@@ -71,7 +73,7 @@ def draw_seed(seed: int, draw: int) -> int:
 
 
 def source_of(params: dict) -> str:
-    return "explicit" if isinstance(params["heads"], list) else params["heads"]
+    return heads_module.source_name(params["heads"])
 
 
 def judges_of(params: dict) -> list[str]:
@@ -92,17 +94,44 @@ def fit_reads(unit) -> list[Read]:
 def head_set_reads(unit) -> list[Read]:
     """The upstream rows a ``heads`` source reads: Sahara's chosen heads, or per-prompt Ships scores."""
     heads = unit.spec["metric"].get("heads")
-    if isinstance(heads, str) and heads.startswith("sahara:"):
+    if isinstance(heads, str) and heads.startswith(heads_module.SAHARA):
         return [unit_rows("sahara_steps", unit.spec.get("upstream"))]
-    if heads == "ships_per_prompt":
+    if heads_module.per_prompt(heads):
         return [unit_rows("ships", unit.spec.get("upstream"))]
     return []
+
+
+JUDGE_IDS = ["keyword-paper", "keyword-paper-periodic", "keyword-gcg", "classifier"]
+
+
+def judge_contents(params: dict) -> dict[str, dict]:
+    """{judge label: configuration} of an asr metric's judges (a classifier's model and prompt)."""
+    out = {}
+    for judge in judges_of(params):
+        content = {"judge": judge}
+        if judge == "classifier":
+            content.update(model=params.get("judge_model"), prompt=params.get("judge_prompt", "harmbench"))
+        out[judge] = content
+    return out
 
 
 class AppliesHeadsOrFit(Metric):
     """Declarations of a metric that applies a head set taken from an upstream unit or a fitted intervention
     (asr, utility): it reads that unit's rows or the stored fit; the ``fit`` chunk comes first and is shared
-    with every unit applying the same fit; every other chunk is independent."""
+    with every unit applying the same fit; every other chunk is independent. Its random head sets are
+    drawn with the seed, and what it ablates (the head source, k, the draws, the intervention) is what a
+    k = 0 baseline need not share."""
+
+    baseline_ignores = ("heads", "k", "heads_dataset", "draws", "seed", "intervention")
+
+    def uses_seed(self, params: dict) -> bool:
+        return True
+
+    def upstream(self, params: dict, metrics) -> str | None:
+        return heads_module.upstream_id(params.get("heads"), {m.id: m.kind for m in metrics})
+
+    def geometry_problems(self, i: int, params: dict, layers: int, heads: int, where: str) -> list[str]:
+        return heads_module.geometry_problems(i, params, layers, heads, where)
 
     def reads(self, unit, chunk: str) -> list[Read]:
         return head_set_reads(unit) + fit_reads(unit)
@@ -116,6 +145,44 @@ class AppliesHeadsOrFit(Metric):
 
 class AsrMetric(AppliesHeadsOrFit):
     kind = "asr"
+    schema = {"properties": {
+        "heads": heads_module.HEADS_SCHEMA,
+        "k": heads_module.K_SCHEMA,
+        "seed": heads_module.SEED_SCHEMA,
+        "draws": {"type": "integer", "minimum": 1, "maximum": 10000,
+                  "description": "heads 'random' only: how many head sets to draw, each with its own seed (default 1);"
+                                 " reports show mean and spread"},
+        "judge": {"oneOf": [{"enum": JUDGE_IDS},
+                            {"type": "array", "items": {"enum": JUDGE_IDS}, "minItems": 1, "uniqueItems": True}]},
+        "judge_model": {"type": "string", "description": "hub id or local path of the classifier judge"},
+        "judge_prompt": {"enum": ["harmbench", "llamaguard"]},
+        "decoding": heads_module.DECODING_SCHEMA,
+        "max_new_tokens": heads_module.MAX_NEW_TOKENS_SCHEMA,
+        "answer_prefix": {"type": "string"},
+        "intervention": {"type": "string", "description": "id of an entry of the suite's interventions section, "
+                                                          "applied instead of a head set"},
+        "heads_dataset": heads_module.HEADS_DATASET_SCHEMA},
+        "required": []}
+    defaults = {"judge": "keyword-paper", "decoding": {"mode": "greedy"}, "max_new_tokens": 128}
+    # a row's judge is matched by its stored id and configuration hash, not by the metric's judge list
+    baseline_ignores = AppliesHeadsOrFit.baseline_ignores + ("judge", "judge_model", "judge_prompt")
+
+    def judge_labels(self, params: dict) -> dict[str, dict]:
+        return judge_contents(params)
+
+    def problems(self, i: int, metric: dict, data: dict, ids: dict) -> list[str]:
+        """Exactly one of a head set or an intervention; the head source resolves."""
+        problems = heads_module.source_problems(i, metric, data)
+        has_heads, target = "heads" in metric, metric.get("intervention")
+        if has_heads == (target is not None):
+            return problems + [f"/metrics/{i}: asr needs exactly one of heads (a head set) or intervention (an id of "
+                               "the interventions section)"]
+        if target is not None:
+            if isinstance(target, str) and target not in (ids.get("interventions") or {}):
+                problems.append(f"/metrics/{i}/intervention: no intervention with id '{target}' in this suite")
+            elif "k" in metric:
+                problems.append(f"/metrics/{i}/k: k counts heads; an asr metric with an intervention takes no k")
+        return problems
 
     def estimate(self, unit, geometry: dict) -> int:
         params = unit.spec["metric"]
@@ -152,11 +219,11 @@ class AsrMetric(AppliesHeadsOrFit):
             return [parse_heads(heads)[:k]] * len(prompts)  # k = len(heads) unless the suite gave k
         if k == 0:
             return [[] for _ in prompts]
-        if heads.startswith("sahara:"):
+        if heads.startswith(heads_module.SAHARA):
             return [self._sahara_heads(unit, ctx, k)] * len(prompts)
         if heads == "random":
             return [self._random_heads(ctx, k, draw)] * len(prompts)
-        if heads == "ships_per_prompt":
+        if heads_module.per_prompt(heads):
             return self._ships_heads(unit, ctx, k, prompts)
         raise UsageError(f"metric '{unit.metric.id}': unknown head source '{heads}'")
 
@@ -172,7 +239,7 @@ class AsrMetric(AppliesHeadsOrFit):
 
     def _random_heads(self, ctx, k, draw=0):
         everything = [(layer, head) for layer in range(ctx.lm.n_layers) for head in range(ctx.lm.n_heads)]
-        random.Random(draw_seed(ctx.metric.get("seed", 0), draw)).shuffle(everything)
+        random.Random(draw_seed(ctx.seed, draw)).shuffle(everything)
         return everything[:k]
 
     def _ships_heads(self, unit, ctx, k, prompts):

@@ -21,6 +21,7 @@ Chunks: ``harmful``, ``benign``.
 from __future__ import annotations
 
 from shb.errors import ShbError, UsageError
+from shb.metrics import heads as heads_module
 from shb.metrics.base import Metric
 
 DEFAULT_K = 3
@@ -60,6 +61,27 @@ def last_position_attention(lm, texts: list[str], heads: list[tuple[int, int]]):
 
 class AttentionMetric(Metric):
     kind = "attention"
+    schema = {"properties": {
+        "heads": {"type": "string", "pattern": "^sahara:.+$",
+                  "description": "sahara:<metric id>: the safety heads whose attention is stored (its first k)"},
+        "k": {"type": "integer", "minimum": 1, "description": "how many of the Sahara heads (default 3)"},
+        "benign": {"type": "string", "description": "dataset id of benign prompts, stored beside the cell's (harmful)"
+                                                    " prompts"},
+        "limit": {"type": "integer", "minimum": 1, "description": "prompts of each set stored (default 16)"}},
+        "required": ["heads", "benign"]}
+
+    def upstream(self, params: dict, metrics) -> str | None:
+        return heads_module.upstream_id(params.get("heads"), {m.id: m.kind for m in metrics})
+
+    def dataset_reads(self, params: dict) -> list[str]:
+        return [params["benign"]] if isinstance(params.get("benign"), str) else []
+
+    def problems(self, i: int, metric: dict, data: dict, ids: dict) -> list[str]:
+        problems = heads_module.source_problems(i, metric, data)
+        benign = metric.get("benign")
+        if isinstance(benign, str) and ids.get("datasets") is not None and benign not in ids["datasets"]:
+            problems.append(f"/metrics/{i}/benign: no dataset with id '{benign}' in this suite")
+        return problems
 
     def estimate(self, unit, geometry: dict) -> int:
         return 2 * min(unit.n_prompts, unit.spec["metric"].get("limit", DEFAULT_LIMIT))

@@ -1,10 +1,25 @@
 """The metric protocol and the context a unit runs in.
 
-A metric declares what its chunks need besides the model and the prompts, and executors derive
-everything from these declarations (shb.executors): ``reads(unit, chunk)`` names the stored rows a
-chunk reads through ``ctx.store`` (the executor hands it a snapshot holding exactly those), and
-``after(unit, chunks)`` which earlier chunks each one waits for (a fit before the generations that
-apply it, a Sahara step after the previous step's winner). A new metric touches its own file only.
+A metric kind is one module: a ``Metric`` subclass that declares everything shb needs to know about
+the kind, so ``shb.suite``, ``shb.plan``, ``shb.run``, ``shb.preflight`` and the executors hold no
+branch on a kind's name (docs/design.md, "A metric is one file"):
+
+- the suite: ``schema`` (its keys, a JSON Schema fragment assembled into the suite schema),
+  ``problems`` (checks JSON Schema cannot express), ``geometry_problems`` (against a model's layers
+  and heads);
+- identity: ``defaults`` and ``uses_seed`` (what its unit id hashes), ``upstream`` (the metric whose
+  results it reads, e.g. Sahara's heads), ``dataset_reads`` (other datasets it reads), ``judge_labels`` (the
+  judge labels it uses), ``baseline_ignores`` (the parameters that say what is changed, which a k = 0
+  baseline need not share);
+- the store: ``tables`` (the tables a new kind creates, DDL; the kinds that came before keep theirs in
+  shb.store's numbered migrations);
+- running: ``chunks``, ``run_chunk``, and what its chunks need besides the model and the prompts, from
+  which executors derive everything (shb.executors): ``reads(unit, chunk)`` names the stored rows a
+  chunk reads through ``ctx.store`` (the executor hands it a snapshot holding exactly those), and
+  ``after(unit, chunks)`` which earlier chunks each one waits for (a fit before the generations that
+  apply it, a Sahara step after the previous step's winner);
+- ``shb plan``'s cost: ``estimate``.
+The declarations run without torch (``shb validate`` and ``shb plan`` call them).
 """
 
 from __future__ import annotations
@@ -52,10 +67,18 @@ class UnitContext:
     ids: dict                    # model_id, dataset_id, ablation_id, metric_id, unit_id
     device: str = "cpu"
     batch_size: Any = "auto"
-    seed: int = 0
     progress: Any = None         # shb.progress.Progress or None
     shared: dict = field(default_factory=dict)
     suite: Any = None            # shb.suite.Suite: entries a unit refers to by id (second datasets, interventions)
+
+    @property
+    def seed(self) -> int:
+        """The unit's seed, read from its identity (``metric``, the parameters its id hashes): a metric
+        that draws random numbers declares ``uses_seed``, so two seeds are never one unit."""
+        if "seed" not in self.metric:
+            raise RuntimeError(f"metric '{self.ids.get('metric_id')}' reads a seed, but its unit id does not hash "
+                               "one: its kind must declare uses_seed() for these parameters (shb.metrics.base)")
+        return self.metric["seed"]
 
     def cached(self, key, factory: Callable[[], Any]):
         if key not in self.shared:
@@ -92,12 +115,74 @@ class UnitContext:
                 "dataset_id": self.ids["dataset_id"], "ablation_id": self.ids["ablation_id"]}
 
 
+# Metric keys that do not change results (the engine and the naive loop agree to 1e-5), or that
+# are labels: never part of a unit id.
+NON_RESULT_KEYS = frozenset({"id", "description", "models", "datasets", "ablations", "strategy", "batch_size"})
+STRATEGY_SCHEMA = {"enum": ["engine", "naive"]}                         # suite keys several kinds share
+LAYERS_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+
+
 class Metric:
     """Base class: ``chunks`` lists the unit's commit points, named by what they cover (a layer, a
     Sahara step, a range of prompts), in an order that runs them one by one; ``run_chunk`` computes
-    one and returns rows (table -> rows), writing nothing."""
+    one and returns rows (table -> rows), writing nothing. The class attributes and the methods up to
+    ``estimate`` are the kind's declarations (see the module docstring); they need no model."""
 
     kind = ""
+    schema: dict = {"properties": {}, "required": []}   # the kind's own suite keys (JSON Schema)
+    defaults: dict = {}                                  # parameters hashed when the suite leaves them out
+    baseline_ignores: tuple = ()                         # parameters a k = 0 baseline need not share
+    tables: dict = {}                                    # table -> CREATE TABLE statement (new kinds)
+
+    # -- identity --------------------------------------------------------------------------------
+    def uses_seed(self, params: dict) -> bool:
+        """Whether the unit's results depend on a seed (the metric's ``seed``, else the suite's
+        default): then the seed is part of its identity, and ``UnitContext.seed`` reads it there."""
+        return False
+
+    def identity(self, params: dict, suite_defaults: dict) -> dict:
+        """What the unit id hashes of the metric: its kind, parameters after defaults, the seed where it
+        matters. Labels and keys that do not change results are left out."""
+        key = {"kind": self.kind, **self.defaults,
+               **{k: v for k, v in params.items() if k not in NON_RESULT_KEYS}}
+        if self.uses_seed(params):
+            key.setdefault("seed", suite_defaults.get("seed", 0))
+        return key
+
+    def upstream(self, params: dict, metrics) -> str | None:
+        """The id of the metric (of ``metrics``, the suite's entries) whose results this one reads
+        (Sahara's chosen heads, per-prompt Ships); its unit of the same model, ablation and dataset
+        (``upstream_dataset``) runs first and its unit id is part of this one's."""
+        return None
+
+    def upstream_dataset(self, params: dict, dataset_id: str) -> str:
+        """The dataset of the upstream unit: the cell's own, or ``heads_dataset`` (heads chosen on
+        another dataset, e.g. a holdout's select part)."""
+        return params.get("heads_dataset", dataset_id)
+
+    def dataset_reads(self, params: dict) -> list[str]:
+        """Ids of suite datasets read besides the cell's (benign prompts): their content keys the unit."""
+        return []
+
+    def judge_labels(self, params: dict) -> dict[str, dict]:
+        """{judge label: its configuration} of the judges whose verdicts the unit stores with a judge
+        label (one label names one judge configuration in a database)."""
+        return {}
+
+    # -- the suite -------------------------------------------------------------------------------
+    def anchor_paths(self, metric: dict, anchored: Callable[[str], str]) -> None:
+        """Make the file paths among the metric's keys relative to the suite file's directory, in place
+        (``anchored(path)``); shb.suite.anchor_paths calls it as the suite is read."""
+
+    def problems(self, i: int, metric: dict, data: dict, ids: dict) -> list[str]:
+        """What JSON Schema cannot check of the metric at /metrics/i: ``data`` is the whole suite,
+        ``ids`` {section: {id: index}}. One line each, with its JSON pointer."""
+        return []
+
+    def geometry_problems(self, i: int, params: dict, layers: int, heads: int, where: str) -> list[str]:
+        """Problems against a model's geometry (``layers`` x ``heads``, ``where``: how it is known);
+        the layers a sweep names are checked for every kind by shb.preflight."""
+        return []
 
     def estimate(self, unit, geometry: dict) -> int:
         raise NotImplementedError

@@ -68,6 +68,19 @@ def head_projections(lm, texts: list[str], direction, batch_size: int = 16):
 
 class RdshaMetric(Metric):
     kind = "rdsha"
+    schema = {"properties": {"intervention": {
+        "type": "string", "description": "id of a refusal_direction entry of the interventions section: the direction"
+                                        " heads are scored against"}},
+        "required": ["intervention"]}
+
+    def problems(self, i: int, metric: dict, data: dict, ids: dict) -> list[str]:
+        """RDSHA scores heads against a refusal direction: its intervention must be one."""
+        target = metric.get("intervention")
+        kinds = {e.get("id"): e.get("kind") for e in data.get("interventions") or [] if isinstance(e, dict)}
+        if isinstance(target, str) and kinds.get(target) != "refusal_direction":
+            found = f"is of kind '{kinds[target]}'" if target in kinds else "does not exist"
+            return [f"/metrics/{i}/intervention: rdsha needs a refusal_direction intervention; '{target}' {found}"]
+        return []
 
     def estimate(self, unit, geometry: dict) -> int:
         return unit.n_prompts

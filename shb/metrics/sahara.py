@@ -15,7 +15,7 @@ scored exactly and the best verified candidate is chosen. Only verified candidat
 from __future__ import annotations
 
 from shb.errors import UsageError
-from shb.metrics.base import Metric, subspace_rank, swept_layers, unit_rows
+from shb.metrics.base import STRATEGY_SCHEMA, Metric, subspace_rank, swept_layers, unit_rows
 from shb.search import SCORES, best, sahara_step_layer, screened_sahara_step
 
 SCREEN_DEFAULTS = {"directions": 8}
@@ -51,6 +51,34 @@ def _params(ctx, unit) -> tuple[int, str, int]:
 
 class SaharaMetric(Metric):
     kind = "sahara"
+    schema = {"properties": {
+        "strategy": STRATEGY_SCHEMA,
+        "steps": {"type": "integer", "minimum": 1},
+        "score": {"enum": ["ships_dataset", "ships_mean"]},
+        "r": {"type": "integer", "minimum": 1},
+        "screen": {
+            "type": "object",
+            "description": "each step estimates every candidate from one linearised pass "
+                           "(shb.scorers.subspace_attribution) and scores the top candidates exactly; only verified "
+                           "candidates get rows in `sahara_steps` (score ships_dataset only)",
+            "properties": {
+                "top": {"type": "integer", "minimum": 1, "description": "candidates verified exactly per step (M)"},
+                "directions": {"type": "integer", "minimum": 1, "maximum": 4096,
+                               "description": "singular directions of the hidden-state matrix the estimate keeps "
+                                              "(default 8; one backward pass each)"}},
+            "required": ["top"], "additionalProperties": False}},
+        "required": []}
+    defaults = {"steps": 5, "score": "ships_dataset", "r": 1}
+    # The screened search is deterministic; a screen that samples (verified heads drawn at random)
+    # declares uses_seed here, and UnitContext.seed refuses to hand out a seed the unit id lacks.
+
+    def geometry_problems(self, i: int, params: dict, layers: int, heads: int, where: str) -> list[str]:
+        swept = params.get("layers")
+        n_candidates = (len(set(swept)) if isinstance(swept, list) and swept else layers) * heads
+        steps = params.get("steps")
+        if isinstance(steps, int) and steps > n_candidates:
+            return [f"/metrics/{i}/steps: {steps} exceeds the {n_candidates} candidate heads: {where}"]
+        return []
 
     def estimate(self, unit, geometry: dict) -> int:
         layers = len(unit.metric.get("layers") or range(geometry["layers"]))

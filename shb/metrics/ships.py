@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from shb.errors import UsageError
 from shb.metrics.base import (
+    LAYERS_SCHEMA,
+    STRATEGY_SCHEMA,
     Metric,
     chunk_layer,
     chunk_range,
@@ -30,6 +32,24 @@ SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16}
 
 class ShipsMetric(Metric):
     kind = "ships"
+    schema = {"properties": {
+        "strategy": STRATEGY_SCHEMA,
+        "layers": LAYERS_SCHEMA,
+        "screen": {
+            "type": "object",
+            "description": "screen every head with an attribution estimate (shb.scorers.attribution), then score the "
+                           "top candidates of each prompt exactly; only verified heads get rows in `ships`",
+            "properties": {
+                "top": {"type": "integer", "minimum": 1, "description": "heads verified exactly per prompt (N)"},
+                "estimator": {"enum": ["fisher", "sampled", "logit-top"],
+                              "description": "how KL is estimated (default fisher)"},
+                "tokens": {"type": "integer", "minimum": 1, "maximum": 4096,
+                           "description": "next tokens the Fisher form sums (or samples) over (default 16)"}},
+            "required": ["top"], "additionalProperties": False}},
+        "required": []}
+
+    def uses_seed(self, params: dict) -> bool:
+        return bool(params.get("screen"))  # the estimate samples gradient directions with it
 
     def estimate(self, unit, geometry: dict) -> int:
         screen = unit.spec["metric"].get("screen")

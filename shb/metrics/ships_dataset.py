@@ -7,11 +7,22 @@ head ablated. One chunk per layer; rows go to table ``ships_dataset``.
 
 from __future__ import annotations
 
-from shb.metrics.base import Metric, chunk_layer, independent, layer_chunk, subspace_rank, sweep_forwards, swept_layers
+from shb.metrics.base import (
+    STRATEGY_SCHEMA,
+    Metric,
+    chunk_layer,
+    independent,
+    layer_chunk,
+    subspace_rank,
+    sweep_forwards,
+    swept_layers,
+)
 
 
 class ShipsDatasetMetric(Metric):
     kind = "ships_dataset"
+    schema = {"properties": {"strategy": STRATEGY_SCHEMA, "r": {"type": "integer", "minimum": 1}}, "required": []}
+    defaults = {"r": 1}
 
     def estimate(self, unit, geometry: dict) -> int:
         return sweep_forwards(unit, geometry)

@@ -23,6 +23,7 @@ from shb.baselines.fits import fit_chunk
 from shb.errors import ShbError, UsageError
 from shb.generate import generate, normalize_decoding
 from shb.judges import get as get_judge
+from shb.metrics import heads as heads_module
 from shb.metrics.asr import AppliesHeadsOrFit
 from shb.metrics.base import chunk_range, range_chunks
 from shb.utility import lmeval
@@ -38,6 +39,23 @@ ASSUMED_PROMPT_TOKENS = 48
 
 class UtilityMetric(AppliesHeadsOrFit):
     kind = "utility"
+    schema = uspec.SCHEMA
+
+    def dataset_reads(self, params: dict) -> list[str]:
+        return uspec.dataset_refs(params)
+
+    def anchor_paths(self, metric: dict, anchored) -> None:
+        tasks = metric["lm_eval"].get("tasks") if isinstance(metric.get("lm_eval"), dict) else None
+        if isinstance(tasks, list):  # a task given as a .yaml file; registry names stay as they are
+            metric["lm_eval"]["tasks"] = [anchored(t) if isinstance(t, str) and t.endswith((".yaml", ".yml")) else t
+                                          for t in tasks]
+
+    def problems(self, i: int, metric: dict, data: dict, ids: dict) -> list[str]:
+        problems = heads_module.source_problems(i, metric, data) + uspec.problems(i, metric, ids.get("datasets"))
+        target = metric.get("intervention")
+        if isinstance(target, str) and target not in (ids.get("interventions") or {}):
+            problems.append(f"/metrics/{i}/intervention: no intervention with id '{target}' in this suite")
+        return problems
 
     def estimate(self, unit, geometry: dict) -> int:
         params = unit.spec["metric"]
@@ -56,7 +74,7 @@ class UtilityMetric(AppliesHeadsOrFit):
     # -- chunks ------------------------------------------------------------------------------------
     def chunks(self, unit, ctx) -> list[str]:
         params = ctx.metric
-        if params.get("heads") == "ships_per_prompt":
+        if heads_module.per_prompt(params.get("heads")):
             raise UsageError(f"metric '{unit.metric.id}': utility needs one head set, not ships_per_prompt")
         if params.get("lm_eval"):
             lmeval.require()  # before any work: a missing extra is the error to see first
@@ -98,7 +116,7 @@ class UtilityMetric(AppliesHeadsOrFit):
     def _lm_eval(self, unit, ctx, index, intervention, base):
         cfg = ctx.metric["lm_eval"]
         tasks = list(cfg["tasks"])
-        docs, seed = cfg.get("docs", 48), ctx.metric.get("seed", 0)
+        docs, seed = cfg.get("docs", 48), ctx.seed
         names, include, registry = ctx.cached(("utility-tasks", tuple(tasks), docs, seed),
                                               lambda: lmeval.resolve_tasks(tasks, docs=docs, seed=seed))
         manager = ctx.cached(("lm-eval-tasks", tuple(include), registry), lambda: lmeval.task_manager(include, registry))
@@ -170,4 +188,4 @@ def _head_source(params: dict) -> str | None:
     """How the head set was chosen, as generations.head_source says it (``intervention:<id>`` for a baseline)."""
     if params.get("intervention") is not None:
         return f"intervention:{params['intervention']}"
-    return "explicit" if isinstance(params.get("heads"), list) else params.get("heads")
+    return heads_module.source_name(params["heads"]) if "heads" in params else None

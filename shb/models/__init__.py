@@ -358,6 +358,24 @@ def load_hf_spec(spec: dict, *, dtype=None, device=None, quiet=False) -> LoadedM
                 attn_implementation=spec.get("attn_implementation"))
 
 
+def load_resolved(spec: dict, device, quiet: bool = True) -> LoadedModel:
+    """Load one suite model from its resolved load spec (``shb.plan.ModelLoad.spec``: revision pinned to
+    the fingerprinted commit, dtype resolved); every model a unit uses, its own and a fit's reference,
+    loads here. A library failure (a broken checkpoint, an unknown config) is the user's to fix, so it
+    becomes one message naming the model rather than transformers' stack."""
+    from shb.errors import ShbError
+    from shb.registry import MODELS, resolve
+
+    try:
+        return resolve(MODELS, spec["kind"], "model")(spec, dtype=spec["dtype"], device=device, quiet=quiet)
+    except (ShbError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ShbError(f"model '{spec['id']}' ({spec.get('path', spec['kind'])}) failed to load: "
+                       f"{type(exc).__name__}: {first}") from exc
+
+
 def source_of(spec: dict) -> str:
     from shb.models import gguf
 

@@ -14,10 +14,50 @@ At least one of the three parts is required. k = 0 (the unmodified model) is alw
 
 from __future__ import annotations
 
+from shb.metrics import heads as heads_module
+
 PARTS = ("lm_eval", "over_refusal", "benign_loss")
 READ_PARTS = ("over_refusal", "benign_loss")   # parts that read a second dataset of the suite
 REFUSAL_JUDGES = ("keyword-paper", "keyword-gcg")
 DEFAULT_MAX_NEW_TOKENS = 64
+
+
+SCHEMA = {"properties": {
+    "heads": heads_module.HEADS_SCHEMA,
+    "k": heads_module.K_SCHEMA,
+    "seed": heads_module.SEED_SCHEMA,
+    "lm_eval": {
+        "type": "object", "description": "lm-evaluation-harness tasks (needs shb[utility])",
+        "properties": {
+            "tasks": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True,
+                      "description": "registry names (boolq, rte, ...), paths to local task YAML files, or shb_toy_* "
+                                     "tasks generated for the toy model"},
+            "num_fewshot": {"type": "integer", "minimum": 0, "description": "default 0 (zero-shot)"},
+            "limit": {"type": "integer", "minimum": 1, "description": "first N documents of each task"},
+            "apply_chat_template": {"type": "boolean",
+                                    "description": "format each document with the model's chat template (default false)"},
+            "docs": {"type": "integer", "minimum": 1,
+                     "description": "documents of each generated shb_toy_* task (default 48)"}},
+        "required": ["tasks"], "additionalProperties": False},
+    "over_refusal": {
+        "type": "object", "description": "refusal rate on benign prompts, judged by a keyword judge",
+        "properties": {
+            "dataset": {"type": "string", "description": "id of a dataset of this suite (benign prompts)"},
+            "judge": {"oneOf": [{"enum": list(REFUSAL_JUDGES)},
+                                {"type": "array", "items": {"enum": list(REFUSAL_JUDGES)}, "minItems": 1,
+                                 "uniqueItems": True}],
+                      "description": "refusal detectors only; a harm classifier does not detect refusals"},
+            "decoding": heads_module.DECODING_SCHEMA,
+            "max_new_tokens": heads_module.MAX_NEW_TOKENS_SCHEMA},
+        "required": ["dataset"], "additionalProperties": False},
+    "benign_loss": {
+        "type": "object", "description": "mean next-token NLL of each text of a dataset",
+        "properties": {"dataset": {"type": "string", "description": "id of a dataset of this suite (benign texts)"}},
+        "required": ["dataset"], "additionalProperties": False},
+    "intervention": {"type": "string", "description": "instead of heads: the id of an entry of the suite's "
+                                                      "interventions section, measured beside the unmodified model"},
+    "heads_dataset": heads_module.HEADS_DATASET_SCHEMA},
+    "required": []}
 
 
 def parts(params: dict) -> list[str]:
@@ -57,7 +97,7 @@ def problems(i: int, metric: dict, dataset_ids) -> list[str]:
     """Problems of the utility metric at /metrics/i (called by shb.suite for kind 'utility')."""
     found = []
     where = f"/metrics/{i}"
-    if metric.get("heads") == "ships_per_prompt":
+    if heads_module.per_prompt(metric.get("heads")):
         found.append(f"{where}/heads: 'ships_per_prompt' gives every prompt its own heads, but utility measures one "
                      "model on shared documents (lm-eval tasks, benign prompts); use 'sahara:<metric id>', 'random' "
                      "or an explicit list such as [\"2-6\"]")

@@ -43,7 +43,7 @@ def suite_file(tmp_path, tiny_model_dir, prompts_file):
 
 def test_chunks_run_in_any_order_their_declarations_allow_give_the_local_tables(tmp_path, suite_file):
     from shb.plan import expand, load_prompts
-    from shb.run import RunWriter, fingerprints_known, run_suite
+    from shb.run import RunWriter, run_suite
     from shb.runner import UnitRunner
     from shb.store import Store
     from shb.suite import load
@@ -51,7 +51,7 @@ def test_chunks_run_in_any_order_their_declarations_allow_give_the_local_tables(
     assert run_suite(load(suite_file), tmp_path / "local.duckdb", log=lambda *a, **k: None)["failed"] == 0
     suite = load(suite_file)
     prompts = load_prompts(suite)
-    runner = UnitRunner(suite, prompts, dtype="float32", device="cpu", fingerprints=fingerprints_known(suite))
+    runner = UnitRunner(suite, prompts, device="cpu")
     with Store(tmp_path / "host.duckdb") as store:
         writer = RunWriter(store, "r", suite, [], log=lambda *a, **k: None)
         for unit in expand(suite, prompts):
