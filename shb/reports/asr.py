@@ -19,10 +19,8 @@ a row whose ASR fell while the broken share rose by at least half of that fall (
 ``refusal`` for one whose ASR fell mostly through refusals.
 
 Baseline: the unit's own k = 0 row when it has one; otherwise the k = 0 row of another unit of the
-same model, dataset, prompt format, judge (id and hash), decoding, max_new_tokens and answer
-prefix (at k = 0 no head is ablated, so the ablation does not matter). Several such units hold the
-same answers (greedy decoding, per-row sampling seeds), so one is taken (the largest n, then the
-smallest unit id), never their sum: duplicates would narrow the interval for nothing.
+same content but for what is changed (shb.reports.baseline, the one rule every report and figure
+uses: same model, prompts and format, decoding, max_new_tokens, answer prefix, judge id and hash).
 ``baseline_from`` says which. The prompt format is not a column of the ``asr`` view; it comes from
 the unit's resolved spec (units.spec -> dataset -> format). No torch here.
 """
@@ -34,14 +32,11 @@ import polars as pl
 from shb.reports.render import require, where, with_decoding_label
 from shb.reports.stats import mean_and_spread, with_wilson
 
-# What a baseline must share with the ablated row it is compared to.
-_CELL = ["model_id", "dataset_id", "format", "judge_id", "judge_hash", "decoding", "max_new_tokens", "answer_prefix"]
-
 OUTCOMES = ["refused", "complied", "broken"]
 BREAKDOWN_SHARE = 0.5   # an ASR fall is "mainly breakdown" when the broken share rose by >= this much of it
 
 COLUMNS = ["model_id", "dataset_id", "format", "ablation_id", "metric_id", "head_source", "head_set", "k", "draws",
-           "decoding", "max_new_tokens", "judge_id", "baseline_asr", "baseline_lo", "baseline_hi", "baseline_n",
+           "decoding", "max_new_tokens", "answer_prefix", "judge_id", "judge_hash", "baseline_asr", "baseline_lo", "baseline_hi", "baseline_n",
            "ablated_asr", "ablated_lo", "ablated_hi", "n", "change",
            *[f"baseline_{o}" for o in OUTCOMES], *[f"ablated_{o}" for o in OUTCOMES], "broken_change", "moved_by",
            "draw_mean", "draw_sd", "baseline_from", "unit_id"]
@@ -91,31 +86,23 @@ def _per_intervention(rows: pl.DataFrame) -> pl.DataFrame:
         pl.Series("head_set", [s[0] if len(s) == 1 else f"{len(s)} random sets" for s in sets], dtype=pl.String),
         pl.Series("draw_mean", [m if d > 1 else None for (m, _, d) in spreads], dtype=pl.Float64),
         pl.Series("draw_sd", [sd if d > 1 else None for (_, sd, d) in spreads], dtype=pl.Float64),
-    ).drop("_set", "_sets", "_draw_asrs")
+    ).drop("_sets", "_draw_asrs")
 
 
-def _baselines(inter: pl.DataFrame, ablated: pl.DataFrame) -> pl.DataFrame:
-    """For every ablated row, its baseline: the same unit's k = 0, else one other unit's k = 0 in its cell."""
-    carried = ["baseline_asr", "baseline_n", *[f"baseline_{o}" for o in OUTCOMES]]
-    base = inter.filter(pl.col("k") == 0).select(
-        "unit_id", *_CELL, pl.col("asr").alias("baseline_asr"), pl.col("n").alias("baseline_n"),
-        *[pl.col(o).alias(f"baseline_{o}") for o in OUTCOMES])
-    same = base.select("unit_id", "judge_id", "judge_hash", "decoding", "max_new_tokens",
-                       *[pl.col(c).alias(f"_same_{c}") for c in carried])
-    other = (base.sort(["baseline_n", "unit_id"], descending=[True, False])
-             .group_by(_CELL, maintain_order=True).first()
-             .select(*_CELL, *[pl.col(c).alias(f"_other_{c}") for c in carried],
-                     pl.col("unit_id").alias("_other_unit")))
-    out = ablated.join(same, on=["unit_id", "judge_id", "judge_hash", "decoding", "max_new_tokens"], how="left",
-                       nulls_equal=True)
-    out = out.join(other, on=_CELL, how="left", nulls_equal=True)
-    has_same = pl.col("_same_baseline_asr").is_not_null()
-    return out.with_columns(
-        *[pl.when(has_same).then(pl.col(f"_same_{c}")).otherwise(pl.col(f"_other_{c}")).alias(c) for c in carried],
-        pl.when(has_same).then(pl.lit("same unit"))
-        .when(pl.col("_other_baseline_asr").is_not_null()).then(pl.lit("unit ") + pl.col("_other_unit"))
-        .otherwise(pl.lit(None)).alias("baseline_from"),
-    ).drop(*[f"_{w}_{c}" for w in ("same", "other") for c in carried], "_other_unit")
+def _baselines(store, inter: pl.DataFrame) -> pl.DataFrame:
+    """The ablated rows (k > 0), each with its baseline (shb.reports.baseline: the one rule)."""
+    from shb.reports.baseline import cells, with_baselines
+
+    renamed = inter.rename({"asr": "ablated_asr", **{o: f"ablated_{o}" for o in OUTCOMES}})
+    values = ["asr", "n", *OUTCOMES]
+    # a row's judge, decoding and length are its own (stored with each answer), matched row by row
+    match = ["judge_id", "judge_hash", "decoding", "max_new_tokens"]
+    with_base = with_baselines(inter.select("unit_id", "_set", "k", *match, "n", "asr", *OUTCOMES),
+                               cells(store, inter["unit_id"].to_list()), values, match)
+    keys = ["unit_id", "_set", "k", *match]
+    return renamed.filter(pl.col("k") > 0).join(
+        with_base.select(*keys, *[f"baseline_{v}" for v in values], "baseline_from"), on=keys, how="left",
+        nulls_equal=True).drop("_set")
 
 
 def moved_by(change, broken_change, refused_change) -> str | None:
@@ -139,17 +126,25 @@ def _with_outcome_changes(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
+    frame = rows_with_baselines(store, model, dataset, ablation, judge)
+    frame = require(frame, "ASR results", "run a suite with an `asr` metric (e.g. suites/demo.json)",
+                    [model, dataset, ablation, judge])
+    return with_decoding_label(frame)
+
+
+def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
+    """One row per unit, head set (or random control), k and judge, each ablated ASR beside its baseline
+    (empty when nothing matches); ``shb report sahara`` reads the same rows."""
     body, params = where(**{"a.model_id": model, "a.dataset_id": dataset, "a.judge_id": judge})
     rows = _rows(store, body, params)
     frame = pl.DataFrame()
     if not rows.is_empty():
         inter = _per_intervention(rows)
-        ablated = inter.filter(pl.col("k") > 0)
+        ablated = _baselines(store, inter)
         if ablation is not None:
             ablated = ablated.filter(pl.col("ablation_id") == ablation)
         if not ablated.is_empty():
-            frame = _baselines(inter, ablated.rename({"asr": "ablated_asr", **{o: f"ablated_{o}" for o in OUTCOMES}}))
-            frame = frame.with_columns((pl.col("ablated_asr") - pl.col("baseline_asr")).alias("change"))
+            frame = ablated.with_columns((pl.col("ablated_asr") - pl.col("baseline_asr")).alias("change"))
         else:
             # Only baselines (k = 0) so far: still worth showing, with the ablated columns empty.
             frame = inter.filter(pl.col("k") == 0).rename(
@@ -162,9 +157,7 @@ def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.Da
         frame = with_wilson(frame, "ablated_asr", "n", "ablated")
         frame = frame.select(COLUMNS).sort(["model_id", "dataset_id", "format", "ablation_id", "head_source", "k",
                                             "head_set", "decoding", "judge_id", "unit_id"], nulls_last=True)
-    frame = require(frame, "ASR results", "run a suite with an `asr` metric (e.g. suites/demo.json)",
-                    [model, dataset, ablation, judge])
-    return with_decoding_label(frame)
+    return frame
 
 
 def _with_interval(rate, lo, hi, n) -> str | None:
@@ -202,37 +195,38 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 SETTINGS = ["head_source", "ablation_id", "format", "decoding", "judge_id"]
+# Label columns a legend may name (what differs between the lines of a panel), before the specs' parts.
+LINE_LABELS = [*SETTINGS, "metric_id", "max_new_tokens", "answer_prefix"]
 
 
-def figures(frame: pl.DataFrame, across: str = "settings") -> list[tuple[str, bytes]]:
-    """ASR against k with 95% Wilson intervals (k = 0: the unit's baseline). ``across="settings"``: one
-    figure per (model, dataset), one line per head source / ablation / format / decoding / judge.
-    ``across="models"``: one figure per dataset and setting, one line per model, each with its own heads
-    of that source (e.g. an ordinary and a head-dropout toy, each ablating its own Sahara heads).
-    Interventions (no k) are left to ``shb report efficiency``, which places them against the parameters
-    they edit."""
+def figures(frame: pl.DataFrame, across: str = "settings", specs: dict | None = None) -> list[tuple[str, bytes]]:
+    """ASR against k with 95% Wilson intervals (k = 0: the row's baseline, shb.reports.baseline). A
+    line is one unit and judge (shb.reports.figures.unit_lines: its legend names what differs between
+    the lines of its panel, from the labels and, where those agree, the stored specs ``specs``:
+    {unit id: spec}). ``across="settings"``: one figure per (model, dataset). ``across="models"``: one
+    figure per dataset and setting, a line per model's unit, each with its own heads of that source
+    (e.g. an ordinary and a head-dropout toy, each ablating its own Sahara heads). Interventions (no k)
+    are left to ``shb report efficiency``, which places them against the parameters they edit."""
     from shb.reports import figures as fig
     from shb.reports.render import with_decoding_label
 
     frame = with_decoding_label(frame.filter(pl.col("head_source").is_not_null()
                                              & ~pl.col("head_source").str.starts_with("intervention")))
-    panels, lines = (["dataset_id", *SETTINGS], ["model_id"]) if across == "models" else \
-        (["model_id", "dataset_id"], SETTINGS)
+    panels = ["dataset_id", *SETTINGS] if across == "models" else ["model_id", "dataset_id"]
+    labels = ["model_id", *LINE_LABELS] if across == "models" else LINE_LABELS
     out = []
     for panel, group in frame.group_by(panels, maintain_order=True):
         rows_of_panel = group.to_dicts()
-        varying, shared = fig.varying_parts(rows_of_panel, lines)
+        names, shared = fig.unit_lines(rows_of_panel, labels, specs)
         if across == "models":  # one setting per panel: what it is goes into the title
-            shared = fig.varying_parts(rows_of_panel, SETTINGS[1:])[1]
+            shared = fig.varying_parts(rows_of_panel, [c for c in LINE_LABELS if c != "head_source"])[1]
         series: dict[str, list] = {}
-        for key, rows in group.group_by(lines, maintain_order=True):
-            named = dict(zip(lines, key))
-            label = " / ".join(str(named[c]) for c in varying if named[c] not in (None, "")) or str(key[0])
+        for key, rows in group.group_by(fig.LINE, maintain_order=True):
             points = {0: (0, r["baseline_asr"], r["baseline_lo"], r["baseline_hi"]) for r in rows.head(1).to_dicts()
                       if r["baseline_asr"] is not None}
             for r in rows.to_dicts():
                 points[r["k"]] = (r["k"], r["ablated_asr"], r["ablated_lo"], r["ablated_hi"])
-            series[label] = list(points.values())
+            series[names[tuple(key)]] = list(points.values())
         if not series:
             continue
         if across == "models":

@@ -170,13 +170,15 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
     """ASR change against the number of ablated heads (paper Tables 3, 5) and Sahara's chosen heads."""
     from shb.errors import UsageError
     from shb.reports import sahara
+    from shb.reports.baseline import unit_specs
     from shb.store import Store
 
-    found, missing = {}, []
+    found, missing, specs = {}, [], {}
     with Store(db, read_only=True) as store:
         long = None
         try:
             long = sahara.asr_by_k(store, model, dataset, ablation, judge)
+            specs = unit_specs(store, long["unit_id"].to_list())
             found["change"] = ("ASR(k) - ASR(0) by heads ablated (rows: head source x ablation x dataset)",
                                sahara.change_table(long))
         except UsageError as exc:
@@ -195,7 +197,7 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
         emit(fmt, "", [found[what]])
         return
     emit(fmt, "Sahara: ASR against heads ablated", list(found.values()),
-         (lambda: sahara.figures(long)) if long is not None else None, out)
+         (lambda: sahara.figures(long, specs)) if long is not None else None, out)
 
 
 @report.command("asr")
@@ -214,17 +216,19 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
     """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
     png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken as stacked shares."""
     from shb.reports import asr
+    from shb.reports.baseline import unit_specs
     from shb.store import Store
 
     with Store(db, read_only=True) as store:
         frame = asr.summary(store, model, dataset, ablation, judge)
+        specs = unit_specs(store, frame["unit_id"].to_list())
     tables = [("ASR, baseline against ablated (95% Wilson intervals)", asr.for_table(frame) if fmt == "table" else frame)]
     outcomes = asr.outcome_table(frame)
     if not outcomes.is_empty() and fmt in ("table", "html"):   # json and csv: the same columns are in the first table
         tables.append(("answers refused / complied / broken beside ASR (the paper's ASR counts broken answers as"
                        " refusals)", outcomes))
     emit(fmt, "ASR: baseline (k = 0) against ablated", tables,
-         lambda: asr.figures(frame, across) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
+         lambda: asr.figures(frame, across, specs) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
 
 
 @report.command("utility")

@@ -8,6 +8,7 @@ No torch here.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 
@@ -138,6 +139,59 @@ def varying_parts(rows: list[dict], columns: list[str]) -> tuple[list[str], str]
     constant = " · ".join(f"{c.removesuffix('_id')}: {rows[0].get(c)}" for c in columns
                           if c not in varying and rows and rows[0].get(c) not in (None, "", "-"))
     return varying, constant
+
+
+# A line of a figure is one unit (and one judge configuration): what is drawn as one curve was measured
+# as one content. Its legend names the label columns that differ between the lines of one panel, and
+# where two lines still read the same, the parts of their stored specs that differ (a seed, the dataset
+# the heads were chosen on, an explicit head list, an answer prefix).
+LINE = ["unit_id", "judge_id", "judge_hash"]
+# Label columns whose value names itself in a legend ("sahara:s", "ua"); any other is shown as name=value.
+SELF_NAMED = {"model_id", "metric_id", "head_source", "ablation_id", "format", "decoding", "judge_id", "dataset_id"}
+
+
+def _part(column: str, value) -> str:
+    return str(value) if column in SELF_NAMED else f"{column.removesuffix('_id')}={value if value not in (None, '') else '-'}"
+
+
+def _flat(value, prefix=""):
+    if isinstance(value, dict):
+        out = {}
+        for key, inner in value.items():
+            out.update(_flat(inner, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(value, sort_keys=True, default=str) if isinstance(value, list) else value}
+
+
+def unit_lines(rows: list[dict], columns: list[str], specs: dict | None = None) -> tuple[dict[tuple, str], str]:
+    """({line key: legend label}, title line of what every line shares) for ``rows`` (dicts with the
+    ``LINE`` columns and ``columns``); one key per unit and judge. ``specs``: {unit id: its stored spec}."""
+    first: dict[tuple, dict] = {}
+    for r in rows:
+        first.setdefault(tuple(r.get(c) for c in LINE), r)
+    varying, shared = varying_parts(list(first.values()), columns)
+    labels = {key: " / ".join(_part(c, r.get(c)) for c in varying if c in SELF_NAMED and r.get(c) not in (None, "")
+                              or c not in SELF_NAMED) for key, r in first.items()}
+    by_label: dict[str, list[tuple]] = {}
+    for key, label in labels.items():
+        by_label.setdefault(label, []).append(key)
+    for label, keys in by_label.items():
+        if len(keys) < 2:
+            continue
+        flat = {key: _flat({k: v for k, v in ((specs or {}).get(key[0]) or {}).items() if k != "version"})
+                for key in keys}
+        paths = sorted({p for f in flat.values() for p in f})
+        differ = [p for p in paths if len({str(f.get(p, "-")) for f in flat.values()}) > 1]
+        if len(differ) > 1:   # the upstream unit's id differs whenever what chose its heads does
+            differ = [p for p in differ if p != "upstream"]
+        for key in keys:
+            parts = [f"{p.removeprefix('metric.')}={str(flat[key].get(p, '-'))[:16]}" for p in differ]
+            if not differ:   # one unit, two configurations of one judge
+                parts = [f"judge {str(key[2])[:8]}"] if key[2] else [f"unit {key[0]}"]
+            labels[key] = " / ".join(x for x in (label, ", ".join(parts)) if x)
+    # a lone line: named by its first label column (e.g. its head source)
+    return {key: label or str(next((first[key][c] for c in columns if first[key].get(c) not in (None, "")), key[0]))
+            for key, label in labels.items()}, shared
 
 
 def intervals(series: dict[str, list[tuple[float, float, float | None, float | None]]], title: str,

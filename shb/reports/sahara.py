@@ -1,11 +1,11 @@
 """``shb report sahara``: ASR change against the number of ablated heads (paper Tables 3 and 5) and the
 heads Sahara chose at each step.
 
-The change at k is ASR(k heads ablated) - ASR(k = 0) of the same model, dataset, ablation, judge
-(id and hash), decoding and max_new_tokens: ASR numbers are only comparable when all of those
-match. At k = 0 no head is ablated, so when a result has no k = 0 row under its own ablation the
-k = 0 row of another unit (same everything else) stands in; the ``baseline_from`` column says
-which was used. Units are never pooled (one row per asr unit). No torch here.
+The change at k is ASR(k heads ablated) - ASR(k = 0), the baseline chosen by the one rule of
+shb.reports.baseline (the unit's own k = 0, else the k = 0 of a unit of the same content but for what
+is changed: same model, prompts and format, decoding, max_new_tokens, answer prefix, judge id and
+hash); the ``baseline_from`` column says which was used. Units are never pooled (one row per asr
+unit and head set). No torch here.
 """
 
 from __future__ import annotations
@@ -14,62 +14,32 @@ import polars as pl
 
 from shb.reports.render import require, where, with_decoding_label
 
-_MATCH = "model_id, dataset_id, judge_id, judge_hash, decoding, max_new_tokens"
-
 
 def asr_by_k(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
-    """Long rows: one per (asr unit, head source, judge, decoding, max_new_tokens, k > 0) with asr_k,
-    the k = 0 baseline asr_base, and delta = asr_k - asr_base (None without a baseline).
+    """Long rows: one per (asr unit, head set, judge, k > 0) with asr_k, the k = 0 baseline asr_base,
+    and delta = asr_k - asr_base (None without a baseline): the rows of ``shb report asr``, whose
+    baselines come from the one rule (shb.reports.baseline). Units are never pooled: one unit is one
+    content (docs/design.md, "One resolved unit"), so two units under one label combination (a database
+    written before every label was checked) are two rows, told apart by ``unit_id``."""
+    from shb.reports import asr
 
-    Units are never pooled: one unit is one content (DESIGN.md section 9), so two units under one
-    label combination (a database written before every label was checked) are two rows, told apart
-    by ``unit_id``. The baseline is the unit's own k = 0; else one other unit's k = 0 in the same
-    cell (the largest n, then the smallest unit id), never a sum of several."""
-    body, params = where(**{"v.model_id": model, "v.dataset_id": dataset, "v.judge_id": judge})
-    ablation_body, ablation_params = where(ablation_id=ablation)
-    sql = f"""
-        WITH a AS (
-            -- two explicit lists are two interventions: keep them apart (the view's sorted head list)
-            SELECT v.unit_id, coalesce(u.metric_id, '?') AS metric_id, v.model_id, v.dataset_id, v.ablation_id,
-                   CASE WHEN v.head_source = 'explicit' THEN 'explicit ' || v.head_set ELSE v.head_source END
-                       AS head_source,
-                   v.k, v.judge_id, v.judge_hash,
-                   CAST(v.decoding AS VARCHAR) AS decoding, v.max_new_tokens, v.n, v.asr
-            FROM asr v LEFT JOIN units u USING (unit_id) WHERE {body}),
-        base_unit AS (
-            SELECT unit_id, judge_id, judge_hash, decoding, max_new_tokens, sum(asr * n) / sum(n) AS asr_base
-            FROM a WHERE k = 0 GROUP BY ALL),
-        base_any AS (
-            SELECT {_MATCH}, asr_base, unit_id AS base_unit FROM (
-                SELECT {_MATCH}, unit_id, sum(asr * n) / sum(n) AS asr_base, sum(n) AS n FROM a WHERE k = 0 GROUP BY ALL)
-            QUALIFY row_number() OVER (PARTITION BY {_MATCH} ORDER BY n DESC, unit_id) = 1),
-        ablated AS (
-            SELECT unit_id, metric_id, ablation_id, head_source, {_MATCH}, k,
-                   sum(asr * n) / sum(n) AS asr_k, sum(n) AS n
-            FROM a WHERE k > 0 AND {ablation_body} GROUP BY ALL)
-        SELECT x.model_id, x.head_source, x.ablation_id, x.metric_id, x.dataset_id, x.judge_id,
-               left(x.judge_hash, 8) AS judge_hash, x.decoding, x.max_new_tokens, x.k, x.n, x.asr_k,
-               coalesce(s.asr_base, y.asr_base) AS asr_base,
-               x.asr_k - coalesce(s.asr_base, y.asr_base) AS delta,
-               CASE WHEN s.asr_base IS NOT NULL THEN 'same unit'
-                    WHEN y.asr_base IS NOT NULL THEN 'unit ' || y.base_unit END AS baseline_from,
-               x.unit_id
-        FROM ablated x
-        LEFT JOIN base_unit s ON s.unit_id = x.unit_id AND s.judge_id = x.judge_id
-             AND s.judge_hash IS NOT DISTINCT FROM x.judge_hash
-             AND s.decoding = x.decoding AND s.max_new_tokens IS NOT DISTINCT FROM x.max_new_tokens
-        LEFT JOIN base_any y ON y.model_id = x.model_id
-             AND y.dataset_id = x.dataset_id AND y.judge_id = x.judge_id AND y.judge_hash IS NOT DISTINCT FROM x.judge_hash
-             AND y.decoding = x.decoding AND y.max_new_tokens IS NOT DISTINCT FROM x.max_new_tokens
-        ORDER BY ALL"""
-    frame = store.query(sql, params + ablation_params)
+    frame = asr.rows_with_baselines(store, model, dataset, ablation, judge)
+    if not frame.is_empty():
+        frame = frame.filter(pl.col("ablated_asr").is_not_null()).select(
+            "model_id",
+            # two explicit lists are two interventions: keep them apart (the view's sorted head list)
+            pl.when(pl.col("head_source") == "explicit").then(pl.lit("explicit ") + pl.col("head_set"))
+            .otherwise(pl.col("head_source")).alias("head_source"),
+            "ablation_id", "metric_id", "dataset_id", "judge_id", pl.col("judge_hash").str.slice(0, 8),
+            "decoding", "max_new_tokens", "answer_prefix", "k", "n", pl.col("ablated_asr").alias("asr_k"),
+            pl.col("baseline_asr").alias("asr_base"), pl.col("change").alias("delta"), "baseline_from", "unit_id")
     return require(frame, "ASR results with ablated heads (k > 0)",
                    "run a suite with an `asr` metric whose k includes 0 and 1..5 (e.g. suites/paper-mini.json)",
                    [model, dataset, ablation, judge])
 
 
 ROW_KEYS = ["model_id", "head_source", "ablation_id", "metric_id", "dataset_id", "judge_id", "judge_hash", "decoding",
-            "max_new_tokens", "asr_base", "unit_id"]
+            "max_new_tokens", "answer_prefix", "asr_base", "unit_id"]
 
 
 def change_table(long: pl.DataFrame) -> pl.DataFrame:
@@ -81,9 +51,8 @@ def change_table(long: pl.DataFrame) -> pl.DataFrame:
     wide = wide.rename({str(k): f"k={k}" for k in ks})
     k_cols = [f"k={k}" for k in ks]
     wide = wide.with_columns(pl.mean_horizontal(k_cols).alias("mean"))
-    wide = with_decoding_label(wide.select(ROW_KEYS + k_cols + ["mean"]).sort(ROW_KEYS[:9]))
-    labels = ["model_id", "head_source", "ablation_id", "metric_id", "dataset_id", "judge_id", "judge_hash",
-              "decoding", "max_new_tokens"]
+    wide = with_decoding_label(wide.select(ROW_KEYS + k_cols + ["mean"]).sort(ROW_KEYS[:10]))
+    labels = ROW_KEYS[:10]
     shared = wide.group_by(labels).len().filter(pl.col("len") > 1)
     return wide if not shared.is_empty() else wide.drop("unit_id")
 
@@ -110,22 +79,21 @@ def chosen_heads(store, model=None, dataset=None, ablation=None) -> pl.DataFrame
         ["model_id", "dataset_id", "ablation_id", "metric_id", "step", "head_name", "score", "head_set", "unit_id"])
 
 
-def figures(long: pl.DataFrame) -> list[tuple[str, bytes]]:
-    """One line chart per (model, dataset): ASR change against k, one line per head source x ablation x
-    decoding x judge (k = 0 drawn at 0)."""
+def figures(long: pl.DataFrame, specs: dict | None = None) -> list[tuple[str, bytes]]:
+    """One line chart per (model, dataset): ASR change against k (k = 0 drawn at 0), a line per asr unit
+    and judge whose legend names what differs between the lines (shb.reports.figures.unit_lines;
+    ``specs``: {unit id: stored spec})."""
     from shb.reports import figures as fig
 
     long = with_decoding_label(long.filter(pl.col("delta").is_not_null()))
+    keys = ["head_source", "metric_id", "ablation_id", "decoding", "max_new_tokens", "answer_prefix", "judge_id"]
     out = []
     for (model, dataset), group in long.group_by(["model_id", "dataset_id"], maintain_order=True):
-        series = {}
-        keys = ["head_source", "ablation_id", "decoding", "judge_id"]
         # the legend names what differs between lines; what all share goes once into the title
-        varying, shared = fig.varying_parts(group.to_dicts(), keys)
-        for key, rows in group.sort("k").group_by(keys, maintain_order=True):
-            named = dict(zip(keys, key))
-            label = " / ".join(str(named[c]) for c in varying if named[c] not in (None, "")) or str(key[0])
-            series[label] = ([0] + rows["k"].to_list(), [0.0] + rows["delta"].to_list())
+        names, shared = fig.unit_lines(group.to_dicts(), keys, specs)
+        series = {}
+        for key, rows in group.sort("k").group_by(fig.LINE, maintain_order=True):
+            series[names[tuple(key)]] = ([0] + rows["k"].to_list(), [0.0] + rows["delta"].to_list())
         out.append((fig.slug("sahara-asr-change", model, dataset),
                     fig.lines(series, f"ASR change against heads ablated\n{model} / {dataset}"
                               + (f"\n{shared}" if shared else ""), "heads ablated (k)", "ASR(k) - ASR(0)")))

@@ -150,7 +150,8 @@ def _asr_rows():
     rows = []
     for model, curve in (("toy-l2", [1.0, 0.6]), ("toy-l2-ahd", [0.0, 0.25])):
         for k, asr in zip((1, 8), curve):
-            rows.append({"model_id": model, "dataset_id": "h", "head_source": "sahara:s", "ablation_id": "ua",
+            rows.append({"unit_id": f"u-{model}", "judge_hash": "h", "metric_id": "asr", "max_new_tokens": 32,
+                         "answer_prefix": "", "model_id": model, "dataset_id": "h", "head_source": "sahara:s", "ablation_id": "ua",
                          "format": "chat", "decoding": '{"mode": "greedy"}', "judge_id": "keyword-paper", "k": k,
                          "baseline_asr": 0.05, "baseline_lo": 0.0, "baseline_hi": 0.2,
                          "ablated_asr": asr, "ablated_lo": asr / 2, "ablated_hi": asr})
