@@ -135,7 +135,8 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
     if not screened.is_empty():
         # Screened sweeps score only each prompt's top candidates exactly: say how many, so a mean
         # over fewer prompts is read as what it is.
-        tables.append(("screened sweeps: heads verified exactly per prompt (the ranking uses exact scores only)",
+        tables.append(("screened sweeps: heads verified exactly per prompt (heads rank by their exact scores over"
+                       " every prompt, an unverified prompt counting 0)",
                        screened))
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
     if fmt == "table" and frame.height < every.height:  # the compact default says what it left out

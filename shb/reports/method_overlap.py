@@ -2,7 +2,8 @@
 
 On one model and dataset, each method's ranking of the heads:
 
-- ``ships``: mean per-prompt Ships (Zhou et al. 2025, Eq. 9), higher first;
+- ``ships``: mean per-prompt Ships (Zhou et al. 2025, Eq. 9), higher first; a screened sweep is named
+  ``(screened)`` and ranked by shb.reports.ships.SCREENED_RULE;
 - ``ships_dataset``: generalized Ships (Eq. 11);
 - ``sahara``: the heads Sahara chose, in the order it chose them (Algorithm 1), then every other
   head by its first-step score (each head ablated alone); its top-k set is its first k choices;
@@ -23,8 +24,6 @@ from shb.errors import UsageError
 TITLE = "Ships, generalized Ships, Sahara and RDSHA"
 
 _QUERIES = {
-    "ships": """SELECT u.metric_id, s.layer, s.head, avg(s.score) AS score FROM ships s JOIN units u USING (unit_id)
-                WHERE s.model_id = ? AND s.dataset_id = ? AND s.ablation_id = ? GROUP BY ALL""",
     "ships_dataset": """SELECT u.metric_id, s.layer, s.head, avg(s.score) AS score FROM ships_dataset s
                         JOIN units u USING (unit_id)
                         WHERE s.model_id = ? AND s.dataset_id = ? AND s.ablation_id = ? GROUP BY ALL""",
@@ -51,7 +50,15 @@ def _sahara(store, model: str, dataset: str, ablation: str) -> list[tuple[str, i
 
 def scores(store, model: str, dataset: str, ablation: str) -> pl.DataFrame:
     """One row per (method, layer, head), in the shape overlap.pairwise takes (``result`` = method)."""
-    rows = []
+    from shb.reports.ships import head_means_sql
+
+    # Ships: a screened sweep is named so and its heads scored by shb.reports.ships.SCREENED_RULE
+    ships = store.con.execute(f"""
+        SELECT CASE WHEN scoring = 'screened' THEN metric_id || ' (screened)' ELSE metric_id END, layer, head,
+               mean_ships FROM ({head_means_sql(store, "s.model_id = ? AND s.dataset_id = ? AND s.ablation_id = ?")})""",
+        [model, dataset, ablation]).fetchall()
+    screened = any(r[0].endswith(" (screened)") for r in ships)
+    rows = [("ships", *r) for r in ships]
     for kind, sql in _QUERIES.items():
         params = [model, dataset] + ([ablation] if kind != "rdsha" else [])
         rows += [(kind, *r) for r in store.con.execute(sql, params).fetchall()]
@@ -63,7 +70,8 @@ def scores(store, model: str, dataset: str, ablation: str) -> pl.DataFrame:
     for kind, metric_id, *_ in rows:
         per_kind.setdefault(kind, set()).add(metric_id)
     frame = pl.DataFrame(
-        [{"result": kind if len(per_kind[kind]) == 1 else f"{kind}:{metric_id}", "method": kind,
+        [{"result": kind + (" (screened)" if screened else "") if len(per_kind[kind]) == 1 and kind == "ships"
+          else kind if len(per_kind[kind]) == 1 else f"{kind}:{metric_id}", "method": kind,
           "model_id": model, "dataset_id": dataset, "ablation_id": None if kind == "rdsha" else ablation,
           "layer": layer, "head": head, "score": float(score)}
          for kind, metric_id, layer, head, score in rows],

@@ -3,7 +3,8 @@
 A *result* is one unit (model, dataset, ablation and metric content) with a score per head: the mean per-prompt Ships
 (``--metric ships``) or the generalized Ships (``--metric ships_dataset``). For each pair of results:
 the size of the intersection of their top-k head sets, its Jaccard index, and the Spearman rank
-correlation of the full score vectors over the heads both scored. Heads are compared by
+correlation of the full score vectors over the heads both scored. A screened Ships sweep is named
+``(screened)`` and its heads scored by shb.reports.ships.SCREENED_RULE. Heads are compared by
 (layer, head) position, which is meaningful across models of one geometry (fine-tunes of one base).
 No torch here.
 """
@@ -35,13 +36,21 @@ def scores(store, metric: str = "ships", models=None, datasets=None, ablations=N
     table, aggregate, _ = METRICS[metric]
     body, params = where(**{"s.model_id": list(models or []), "s.dataset_id": list(datasets or []),
                             "s.ablation_id": list(ablations or [])})
-    frame = store.query(f"""
-        SELECT s.unit_id, coalesce(u.metric_id, '?') AS metric_id, s.model_id, s.dataset_id, s.ablation_id,
-               s.layer, s.head, {aggregate} AS score
-        FROM {table} s LEFT JOIN units u USING (unit_id) WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
+    if metric == "ships":   # a screened sweep's heads by shb.reports.ships.SCREENED_RULE, and named screened
+        from shb.reports.ships import head_means_sql
+
+        frame = store.query(f"""
+            SELECT unit_id, metric_id, model_id, dataset_id, ablation_id, layer, head, mean_ships AS score, scoring
+            FROM ({head_means_sql(store, body)}) ORDER BY ALL""", params)
+    else:
+        frame = store.query(f"""
+            SELECT s.unit_id, coalesce(u.metric_id, '?') AS metric_id, s.model_id, s.dataset_id, s.ablation_id,
+                   s.layer, s.head, {aggregate} AS score, 'exact' AS scoring
+            FROM {table} s LEFT JOIN units u USING (unit_id) WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
     frame = require(frame, f"{metric} scores", f"run a suite with a `{metric}` metric (e.g. suites/paper-mini.json)",
                     {"--model": models, "--dataset": datasets, "--ablation": ablations})
-    units = frame.select("model_id", "dataset_id", "ablation_id", "metric_id", "unit_id").unique(maintain_order=True)
+    units = frame.select("model_id", "dataset_id", "ablation_id", "metric_id", "unit_id", "scoring").unique(
+        ["unit_id"], maintain_order=True)
     names = {}
     for row in units.iter_rows(named=True):
         name = [row["model_id"], row["dataset_id"], row["ablation_id"]]
@@ -52,9 +61,9 @@ def scores(store, metric: str = "ships", models=None, datasets=None, ablations=N
             same = units.filter(*[pl.col(c) == row[c] for c in labels])
             if same.height > 1:
                 name.append(row[extra])
-        names[row["unit_id"]] = " / ".join(name)
+        names[row["unit_id"]] = " / ".join(name) + (" (screened)" if row["scoring"] == "screened" else "")
     return frame.with_columns(pl.col("unit_id").replace_strict(names).alias("result")).select(
-        "result", "model_id", "dataset_id", "ablation_id", "metric_id", "unit_id", "layer", "head", "score")
+        "result", "model_id", "dataset_id", "ablation_id", "metric_id", "unit_id", "scoring", "layer", "head", "score")
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

@@ -6,6 +6,13 @@ the model, dataset and ablation labels alone, so an exact sweep and a screened o
 cover only the heads it verified) are never averaged together, and neither are two units that
 reached one database under the same labels. ``metric_id`` and ``scoring`` (exact | screened) say
 which is which; where units still share every label, ``unit_id`` is shown and ``mixed_note`` says so.
+
+A screened sweep (``screen``: an attribution estimate picks each prompt's candidates, only those are
+scored exactly) stores a head's exact score only on the prompts where it was verified. Its heads rank
+by ``SCREENED_RULE``: the sum of a head's exact scores over *every* prompt of the sweep, a prompt where
+it was not verified counting 0 (KL's lower bound; the screen judged it below that prompt's top
+candidates). A head verified on 2 of 64 prompts is thus not ranked by its mean over those 2. For an
+exact sweep this is the plain mean. ``n_verified`` says on how many prompts each head was scored.
 """
 
 from __future__ import annotations
@@ -36,6 +43,23 @@ def _scored(store, table: str, where: str) -> str:
                FROM {table} s LEFT JOIN units u USING (unit_id) WHERE {where}"""
 
 
+SCREENED_RULE = ("mean over every prompt of the sweep, a prompt where the head was not verified counting 0 "
+                 "(KL's lower bound)")
+
+
+def head_means_sql(store, table_where: str) -> str:
+    """SQL for one row per (unit, layer, head) of ``ships``: the labels, ``scoring``, ``mean_ships`` by
+    the rule of this module (the plain mean for an exact sweep), ``n_verified`` (prompts with an exact
+    score) and ``unit_prompts`` (prompts of the sweep). ``table_where``: a filter on ``ships s``."""
+    return f"""
+        WITH s AS ({_scored(store, "ships", table_where)}),
+        p AS (SELECT unit_id, count(DISTINCT prompt_id) AS unit_prompts FROM s GROUP BY unit_id)
+        SELECT s.model_id, s.dataset_id, s.ablation_id, s.metric_id, s.scoring, s.unit_id, s.layer, s.head,
+               sum(s.score) / any_value(p.unit_prompts) AS mean_ships, count(*) AS n_verified,
+               any_value(p.unit_prompts) AS unit_prompts
+        FROM s JOIN p USING (unit_id) GROUP BY ALL"""
+
+
 def _has_estimates(store) -> bool:
     return bool(store.query("SELECT count(*) AS n FROM information_schema.tables "
                             "WHERE table_name = 'ships_estimates'")["n"][0])
@@ -64,14 +88,17 @@ def ranking(store, model=None, dataset=None, ablation=None, top: int | None = 20
     where, params = _filters(model, dataset, ablation)
     sql = f"""
         WITH s AS ({_scored(store, "ships", where)}),
+        p AS (SELECT unit_id, count(DISTINCT prompt_id) AS unit_prompts FROM s GROUP BY unit_id),
         ranked AS (
             SELECT *, row_number() OVER (PARTITION BY unit_id, prompt_id ORDER BY score DESC, layer, head) AS prompt_rank
-            FROM s)
+            FROM s JOIN p USING (unit_id))
+        -- shares and the mean are over every prompt of the sweep (SCREENED_RULE; the plain mean when exact)
         SELECT model_id, dataset_id, ablation_id, metric_id, scoring, unit_id, layer, head,
-               avg(score) AS mean_ships, median(score) AS median_ships, max(score) AS max_ships,
-               avg(CASE WHEN prompt_rank = 1 THEN 1.0 ELSE 0.0 END) AS top1_share,
-               avg(CASE WHEN prompt_rank <= 10 THEN 1.0 ELSE 0.0 END) AS top10_share,
-               count(*) AS n_prompts
+               sum(score) / any_value(unit_prompts) AS mean_ships, median(score) AS median_ships,
+               max(score) AS max_ships,
+               sum(CASE WHEN prompt_rank = 1 THEN 1.0 ELSE 0.0 END) / any_value(unit_prompts) AS top1_share,
+               sum(CASE WHEN prompt_rank <= 10 THEN 1.0 ELSE 0.0 END) / any_value(unit_prompts) AS top10_share,
+               count(*) AS n_verified, any_value(unit_prompts) AS n_prompts
         FROM ranked GROUP BY unit_id, model_id, dataset_id, ablation_id, metric_id, scoring, layer, head"""
     frame = store.query(sql, params)
     if frame.is_empty():
@@ -84,7 +111,7 @@ def ranking(store, model=None, dataset=None, ablation=None, top: int | None = 20
     if top:
         frame = frame.filter(pl.col("rank") <= top)
     return _drop_unit_if_unique(frame.select([*keys, "rank", "layer", "head", "mean_ships", "median_ships",
-                                              "max_ships", "top1_share", "top10_share", "n_prompts"]))
+                                              "max_ships", "top1_share", "top10_share", "n_verified", "n_prompts"]))
 
 
 def screening(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
@@ -104,9 +131,8 @@ def screening(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
 def heatmap(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
     """Mean Ships per (unit, layer, head): the data of the layer x head heatmap."""
     where, params = _filters(model, dataset, ablation)
-    frame = store.query(f"""SELECT model_id, dataset_id, ablation_id, metric_id, scoring, unit_id, layer, head,
-                                   avg(score) AS mean_ships
-                            FROM ({_scored(store, "ships", where)}) GROUP BY ALL ORDER BY ALL""", params)
+    frame = store.query(f"""SELECT model_id, dataset_id, ablation_id, metric_id, scoring, unit_id, layer, head, mean_ships
+                            FROM ({head_means_sql(store, where)}) ORDER BY ALL""", params)
     return _drop_unit_if_unique(frame)
 
 

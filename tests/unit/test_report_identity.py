@@ -115,3 +115,46 @@ def test_case1_a_figure_line_is_one_unit(tmp_path, monkeypatch, a, b, differ):
     (series,) = drawn
     assert len(series) == 2 and all(differ in label for label in series), series
     assert sorted(ys[-1] for _, ys in series.values()) == pytest.approx([0.2, 0.8])
+
+
+def screened_database(tmp_path) -> Store:
+    """A screened sweep over 64 prompts: head 0-0 verified on 2 prompts with 5 nats, head 0-1 on every
+    prompt with 1 nat; and an exact sweep of the same cell."""
+    rows = {"units": [], "ships": [], "ships_estimates": []}
+    for unit_id, metric_id in (("screened-u", "ships-screened"), ("exact-u", "ships")):
+        rows["units"].append({"unit_id": unit_id, "run_id": "r", "suite_name": "s", "model_id": "toy",
+                              "dataset_id": "harm", "ablation_id": "ua", "metric_id": metric_id, "metric_kind": "ships",
+                              "spec": {"metric": {"kind": "ships"}}, "status": "done"})
+    common = {"model_id": "toy", "dataset_id": "harm", "ablation_id": "ua", "layer": 0}
+    for prompt in range(64):
+        rows["ships"].append({"unit_id": "screened-u", "prompt_id": prompt, "head": 1, "score": 1.0, **common})
+        if prompt < 2:
+            rows["ships"].append({"unit_id": "screened-u", "prompt_id": prompt, "head": 0, "score": 5.0, **common})
+        for head in (0, 1):
+            rows["ships_estimates"].append({"unit_id": "screened-u", "prompt_id": prompt, "head": head, "estimate": 1.0,
+                                            "estimator": "fisher", "verified": head == 1 or prompt < 2, **common})
+            rows["ships"].append({"unit_id": "exact-u", "prompt_id": prompt, "head": head,
+                                  "score": 2.0 if head == 0 else 1.0, **common})
+    store = Store(tmp_path / "s.duckdb")
+    with store.transaction():
+        for table, table_rows in rows.items():
+            store.insert(table, table_rows)
+    return store
+
+
+def test_case5_screened_sweeps_rank_over_every_prompt_and_say_so(tmp_path):
+    from shb.reports import method_overlap, overlap
+    from shb.reports import ships as ships_report
+
+    with screened_database(tmp_path) as store:
+        ranking = ships_report.ranking(store)
+        scores = overlap.scores(store, "ships")
+        methods = method_overlap.scores(store, "toy", "harm", "ua")
+    screened = ranking.filter(pl.col("scoring") == "screened").sort("rank")
+    assert screened["head"].to_list() == [1, 0]   # 2 x 5 nats over 64 prompts ranks below 64 x 1 nat
+    assert screened["mean_ships"].to_list() == pytest.approx([1.0, 10 / 64])
+    assert screened["n_verified"].to_list() == [64, 2]
+    exact = ranking.filter(pl.col("scoring") == "exact").sort("rank")
+    assert exact["mean_ships"].to_list() == pytest.approx([2.0, 1.0])   # the plain mean where every head is scored
+    assert {r for r in scores["result"].unique()} == {"toy / harm / ua / ships", "toy / harm / ua / ships-screened (screened)"}
+    assert set(methods.filter(pl.col("method") == "ships")["result"]) == {"ships:ships", "ships:ships-screened (screened)"}
