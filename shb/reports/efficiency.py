@@ -21,7 +21,8 @@ interval over its n judged answers (shb.reports.stats). Rows carry ``source``: `
 ``published (...)``, a number copied from the paper, never measured here. Where a ``utility`` metric
 measured the same head set on the same model and ablation, its changes against the unmodified model
 sit beside the ASR (lm-eval accuracy, over-refusal rate, benign NLL in nats): ASR gained against
-utility lost. Beside each ASR, the shares of refused / complied / broken answers (shb.judges.outcome):
+utility lost. Beside each ASR, its baseline (``baseline_asr``, ``baseline_from``: the k = 0 row
+shb.reports.baseline's one rule picks, as ``shb report asr`` shows it). Beside each ASR, the shares of refused / complied / broken answers (shb.judges.outcome):
 an intervention that lowers ASR by breaking the model shows a large ``broken``. No torch.
 """
 
@@ -48,6 +49,7 @@ PUBLISHED = [
 
 COLUMNS = ["source", "model_id", "dataset_id", "format", "judge_id", "decoding", "max_new_tokens", "family", "method",
            "k", "entries_changed", "share_pct", "values_chosen", "extra_runs", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
+           "baseline_asr", "baseline_from",
            "refused", "complied", "broken", "utility_acc_change", "over_refusal_change", "benign_nll_change", "fit_note"]
 
 # Further model runs per forward pass at inference, by intervention kind (the same for every row of
@@ -86,7 +88,8 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
                    {entries} AS entries, {dof} AS dof, m.n_params
             FROM generations g JOIN units u ON u.unit_id = g.unit_id LEFT JOIN models m ON m.model_id = g.model_id
             WHERE g.k > 0 AND {body})
-        SELECT 'measured' AS source, g.model_id, g.dataset_id, any_value(g.format) AS format, j.judge_id,
+        SELECT 'measured' AS source, g.unit_id, g.model_id, g.dataset_id, any_value(g.format) AS format, j.judge_id,
+               j.judge_hash,
                g.decoding_text AS decoding, g.max_new_tokens,
                CASE WHEN any_value(g.iv_id) IS NOT NULL THEN any_value(g.iv_id)
                     WHEN count(DISTINCT g.head_list) = 1
@@ -109,7 +112,24 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
         ORDER BY g.model_id, g.dataset_id, j.judge_id, decoding, g.max_new_tokens, family, share_pct, method""", params)
     frame = frame.with_columns(
         pl.col("family").replace_strict(EXTRA_RUNS, default=0, return_dtype=pl.Int64).alias("extra_runs"))
-    return with_wilson(_with_fit_notes(store, frame), "asr", "n")
+    return _with_baselines(store, with_wilson(_with_fit_notes(store, frame), "asr", "n"))
+
+
+def _with_baselines(store, frame: pl.DataFrame) -> pl.DataFrame:
+    """``baseline_asr`` and ``baseline_from`` beside each row: the k = 0 ASR that shb report asr compares
+    it with (shb.reports.baseline's one rule), so a method's ASR reads against the unmodified model's."""
+    from shb.reports.asr import rows_with_baselines
+
+    if frame.is_empty():
+        return frame.with_columns(pl.lit(None, pl.Float64).alias("baseline_asr"),
+                                  pl.lit(None, pl.String).alias("baseline_from"))
+    keys = ["unit_id", "k", "judge_id", "judge_hash"]
+    base = rows_with_baselines(store)
+    if base.is_empty():
+        base = pl.DataFrame(schema={**{k: frame.schema[k] for k in keys}, "baseline_asr": pl.Float64,
+                                    "baseline_from": pl.String})
+    base = base.filter(pl.col("k") > 0).select(*keys, "baseline_asr", "baseline_from").unique(keys, keep="first")
+    return frame.with_row_index("_row").join(base, on=keys, how="left", nulls_equal=True).sort("_row").drop("_row")
 
 
 def _with_fit_notes(store, frame: pl.DataFrame) -> pl.DataFrame:

@@ -62,9 +62,14 @@ def test_case2_a_baseline_shares_the_answer_prefix(tmp_path):
         ("base", "asr-base", asr_spec(heads="random", k=[0]), {0: 2}),
         ("prefixed", "asr-prefix", asr_spec(heads="random", k=[1], answer_prefix="Sure,"), {1: 7}),
         ("other", "asr-other", asr_spec(heads="random", k=[1], seed=3), {1: 5})])
+    from shb.reports import efficiency
+
     with store:
         by_unit = {r["unit_id"]: r for r in asr_report.summary(store).to_dicts()}
         long = {r["unit_id"]: r for r in sahara_report.asr_by_k(store).to_dicts()}
+        measured = {r["unit_id"]: r for r in efficiency.measured(store).to_dicts()}
+    assert measured["prefixed"]["baseline_from"] is None and measured["other"]["baseline_from"] == "unit base"
+    assert measured["other"]["baseline_asr"] == pytest.approx(0.2)
     assert by_unit["prefixed"]["baseline_asr"] is None and by_unit["prefixed"]["baseline_from"] is None
     assert long["prefixed"]["asr_base"] is None and long["prefixed"]["delta"] is None
     assert by_unit["other"]["baseline_from"] == "unit base" and long["other"]["baseline_from"] == "unit base"
