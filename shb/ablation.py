@@ -1,7 +1,7 @@
 """Head ablation as edits at named points (shb.hooks) of stock transformers modules, and the same edits
 baked into weights.
 
-Kinds (DESIGN.md section 3):
+Kinds (docs/design.md, "Head ablation, precisely"):
 - undifferentiated: the query of the head, as it enters the attention scores, times epsilon
   (bias included, after any query norm); at epsilon = 0 the head attends uniformly over its
   (unpadded, in-window) causal prefix. With learned sinks (GPT-OSS) the sink keeps its logit:

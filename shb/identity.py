@@ -3,7 +3,7 @@
 Suite ids (``toy``, ``harm``) are names for people; reports show them and group by them. Two
 suites that reuse a label for different content (other weights, dtype, prompts or format) in
 one database would have their rows merged under one name, so ``shb run`` refuses that before
-writing anything (DESIGN.md section 9). No torch here.
+writing anything (docs/design.md, "Identity"). No torch here.
 """
 
 from __future__ import annotations

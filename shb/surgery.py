@@ -94,7 +94,7 @@ def save_plain(hf, out: Path) -> None:
     ("quantized with gguf"): its weights are already dequantized, so they go into a fresh model of the
     same class whose config carries no quantization_config, sharing the tensors (no copy). The
     directory is plain safetensors; config.json also gets a top-level ``rope_theta`` for readers older
-    than transformers 5, which look for it there (DESIGN.md section 10)."""
+    than transformers 5, which look for it there (docs/design.md, "A real model without a hub")."""
     if getattr(hf, "hf_quantizer", None) is None and getattr(hf.config, "quantization_config", None) is None:
         hf.save_pretrained(out)
         return

@@ -16,7 +16,7 @@ Pi = U_r U_r^T, and Pi W is the best rank-r approximation of W X^T's action. Two
 
 Rank naming: ``rank_safety`` (r_s) and ``rank_utility`` (r_u) are the ranks of the projections
 Pi_s and Pi_u themselves. Wei et al.'s code takes ``rank_neg`` and ``rank_pos`` and projects onto
-d - rank_neg (safety) and d - rank_pos (utility) directions (METHODS.md section 1; its README names
+d - rank_neg (safety) and d - rank_pos (utility) directions (docs/methods.md, "Wei et al. 2024"; its README names
 them the other way), so their (rank_pos=3000, rank_neg=4000) at d=4096 is rank_utility=1096,
 rank_safety=96 here. A float in (0, 1) is a fraction of each matrix's smaller side, rounded up.
 

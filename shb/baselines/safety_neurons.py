@@ -20,7 +20,7 @@ is applied, the aligned model's top-``neurons`` neurons are overwritten with the
 model's activations on the same tokens. The reference runs alongside on every forward call (same
 input ids, mask and positions; its own KV cache, paired with the aligned model's cache), so
 patching works token by token during generation. How Zhou et al. ran it is unverified
-(METHODS.md section 2).
+(docs/methods.md, "Chen et al. safety neurons").
 
 parameters_modified: no stored weight changes; like a head ablation (its slice counted), the
 patched neurons' weights are counted, both as entries and as dof: per neuron, its row in every

@@ -1,6 +1,6 @@
 """Interventions: anything that changes a model for the forward passes of a metric and restores it.
 
-DESIGN.md section 8. A head ablation is one kind; the baselines of the paper's Table 1 (a
+docs/design.md, "Interventions". A head ablation is one kind; the baselines of the paper's Table 1 (a
 refusal direction projected out, a low-rank weight edit, pruned weights, patched neurons,
 skipped layers) are others. Every intervention
 

@@ -38,7 +38,7 @@ from shb.reports.stats import with_wilson
 PAPER = "published (Table 1)"   # Zhou et al. 2025, ICLR, Table 1
 
 # Llama-2-7b-chat, as published in Zhou et al.'s Table 1 (read from a secondary summary of the
-# paper, METHODS.md section 3: check against the PDF before comparing); share in percent of all
+# paper, docs/methods.md, "LSP and safety layers": check against the PDF before comparing); share in percent of all
 # parameters, ASR as a fraction, asr_pm the paper's +-.
 PUBLISHED = [
     {"method": "ActSVD (Wei et al. 2024)", "share_pct": 5.0, "asr": 0.73, "asr_pm": 0.03},

@@ -1,7 +1,7 @@
 """``shb report ships``: heads ranked by mean Ships, how often each is a prompt's top-1 / top-10 head,
 and a layer x head heatmap of the mean score (paper Fig. 4b).
 
-A result is one unit (DESIGN.md section 9: content, not labels): rows are grouped by unit, never by
+A result is one unit (docs/design.md, "Identity": content, not labels): rows are grouped by unit, never by
 the model, dataset and ablation labels alone, so an exact sweep and a screened one (whose exact rows
 cover only the heads it verified) are never averaged together, and neither are two units that
 reached one database under the same labels. ``metric_id`` and ``scoring`` (exact | screened) say

@@ -1,4 +1,4 @@
-"""Unit ids name content (DESIGN.md section 9): weights, tokenizer, chat template, resolved dtype,
+"""Unit ids name content (docs/design.md, "Identity"): weights, tokenizer, chat template, resolved dtype,
 attention; not paths or labels. Fingerprints are computed without torch and cached by file stamp."""
 
 from __future__ import annotations
