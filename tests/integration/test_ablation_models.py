@@ -134,7 +134,7 @@ def test_layout_slices_match_module_shapes(arch):
     cfg = model.config
     assert lay.arch == arch
     assert (lay.n_layers, lay.n_heads) == (2, 4)
-    assert lay.n_kv_heads == getattr(cfg, "num_key_value_heads", None) or 4
+    assert lay.n_kv_heads == (getattr(cfg, "num_key_value_heads", None) or 4)
     assert lay.n_params == sum(p.numel() for p in model.parameters())
     for layer in range(lay.n_layers):
         for proj in (lay.query, lay.key):

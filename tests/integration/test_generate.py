@@ -239,10 +239,9 @@ def test_bad_decoding_is_reported(decoding, message):
 
 @pytest.mark.slow  # the first use of the toy model builds (trains) it
 def test_toy_model_batched_equals_reference():
-    toy = pytest.importorskip("shb.models.toy")
-    models = pytest.importorskip("shb.models")
-    if not hasattr(toy, "ensure") or not hasattr(models, "load"):
-        pytest.skip("shb.models.toy.ensure / shb.models.load not available yet")
+    from shb import models
+    from shb.models import toy
+
     lm = models.load("toy")
     prompts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                 add_generation_prompt=True)
