@@ -130,6 +130,9 @@ def _run_locked(suite, store, units, prompts, device, dtype, contents, progress,
                          "device": executor.device_label(device, device_request),
                          "dtype": dtype, "argv": " ".join(sys.argv), "pid": os.getpid(), **_versions()})
         started = True
+        # the tables a metric kind declares (Metric.tables), created before its first chunk commits
+        store.ensure_tables({table: ddl for kind in dict.fromkeys(u.metric.kind for u in pending)
+                             for table, ddl in metric_kind(kind).tables.items()})
         writer = RunWriter(store, run_id, suite, label_rows(contents, run_id), log, on_chunk)
         runner_args = {"suite": suite, "prompts": prompts, "device": device_request}
         # Ray actors or this process compute the chunks; this process alone writes the database

@@ -438,6 +438,18 @@ class Store:
                 raise
             con.execute("COMMIT")
 
+    def ensure_tables(self, ddl: dict[str, str]) -> list[str]:
+        """Create the tables of ``ddl`` ({table: CREATE TABLE statement}, a metric kind's ``Metric.tables``)
+        that this database lacks, in one transaction; returns the names created. The kinds that came
+        before keep their tables in the numbered migrations above."""
+        existing = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        missing = [table for table in ddl if table not in existing]
+        if missing:
+            with self.transaction():
+                for table in missing:
+                    self.con.execute(ddl[table])
+        return missing
+
     def insert(self, table: str, rows: list[dict]) -> None:
         """Upsert rows (dicts keyed by column name) into ``table``; call inside a transaction."""
         if not rows:
