@@ -47,7 +47,12 @@ def database(tmp_path, units) -> Store:
             "judgments": []}
     for unit in units:
         add_asr_unit(rows, *unit)
-    store = Store(tmp_path / "r.duckdb")
+    return written(tmp_path / "r.duckdb", rows)
+
+
+def written(path, rows: dict) -> Store:
+    """A new database at ``path`` holding ``rows`` (table -> rows)."""
+    store = Store(path)
     with store.transaction():
         for table, table_rows in rows.items():
             store.insert(table, table_rows)
@@ -140,11 +145,7 @@ def screened_database(tmp_path) -> Store:
                                             "estimator": "fisher", "verified": head == 1 or prompt < 2, **common})
             rows["ships"].append({"unit_id": "exact-u", "prompt_id": prompt, "head": head,
                                   "score": 2.0 if head == 0 else 1.0, **common})
-    store = Store(tmp_path / "s.duckdb")
-    with store.transaction():
-        for table, table_rows in rows.items():
-            store.insert(table, table_rows)
-    return store
+    return written(tmp_path / "s.duckdb", rows)
 
 
 def test_case5_screened_sweeps_rank_over_every_prompt_and_say_so(tmp_path):
