@@ -136,3 +136,15 @@ def test_fit_and_unit_read_one_resolution():
     assert unit.spec["intervention"] == r.intervention_key(suite.intervention("sn"), "chat")
     assert json.dumps(unit.spec, sort_keys=True) == json.dumps(plan.expand(suite, device="cuda", fps=FPS)[0].spec,
                                                                sort_keys=True)
+
+
+def test_a_seed_an_older_database_left_implicit_is_not_another_content():
+    """A metric label stored by 7bedb08 without the seed its screened sweep now records is the same label
+    (the unit runs again under a new id); a stored seed that differs is another content, refused."""
+    from shb.identity import only_later_keys
+
+    new = {"kind": "ships", "screen": {"top": 2}, "seed": 0}
+    assert only_later_keys({"kind": "metric", "old": {"kind": "ships", "screen": {"top": 2}}, "new": new})
+    assert not only_later_keys({"kind": "metric", "old": {**new, "seed": 1}, "new": new})
+    assert not only_later_keys({"kind": "metric", "old": {"kind": "ships", "screen": {"top": 3}}, "new": new})
+    assert not only_later_keys({"kind": "dataset", "old": {"kind": "x"}, "new": {"kind": "x", "seed": 0}})
