@@ -177,18 +177,26 @@ def _text_prompt(value, bad: BadRows, where: str, field: str) -> str | None:
     return value.strip()
 
 
-def _csv_column(path: Path, column: str, bad_rows: str | None = None) -> list[Prompt]:
+def _csv_column(path: Path, column: str, bad_rows: str | None = None,
+                keep: tuple[str, str] | None = None) -> list[Prompt]:
+    """The prompts in ``column``; with ``keep`` = (column, value) only the rows whose value matches (ids stay
+    row numbers of the whole file)."""
     bad = BadRows(path, bad_rows)
     reader = csv.DictReader(io.StringIO(_decode(path, bad), newline=""))
     try:
-        if column not in (reader.fieldnames or []):
-            raise UsageError(f"{path}: no column '{column}'; columns: {', '.join(reader.fieldnames or []) or '(none)'}")
+        needed = {column, keep[0]} if keep else {column}
+        missing = sorted(needed - set(reader.fieldnames or []))
+        if missing:
+            raise UsageError(f"{path}: no column {', '.join(repr(c) for c in missing)}; columns: "
+                             f"{', '.join(reader.fieldnames or []) or '(none)'}")
         prompts = []
         for i, row in enumerate(reader):
             where = f"{reader.line_num}:{reader.fieldnames.index(column) + 1}"
             if None in row:
                 bad.add(where, f"{len(reader.fieldnames) + len(row[None])} fields, the header has"
                         f" {len(reader.fieldnames)} (an unquoted comma?)")
+                continue
+            if keep and (row[keep[0]] or "").strip() != keep[1]:
                 continue
             text = _text_prompt(row[column], bad, where, f"column '{column}'")
             if text is not None:
@@ -225,23 +233,7 @@ def xstest(*, path=None, sha256=None, label="safe", bad_rows=None, **_) -> list[
     contrasts it should refuse. Prompt ids are row numbers of the whole file, so both labels keep theirs."""
     if label not in ("safe", "unsafe"):
         raise UsageError(f"dataset 'xstest': label {label!r} is not one of safe, unsafe; fix \"label\" in the suite")
-    resolved = _resolve("xstest", path, sha256)
-    bad = BadRows(resolved, bad_rows)
-    reader = csv.DictReader(io.StringIO(_decode(resolved, bad), newline=""))
-    missing = {"prompt", "label"} - set(reader.fieldnames or [])
-    if missing:
-        raise UsageError(f"{resolved}: no column {', '.join(sorted(missing))}; columns: "
-                         f"{', '.join(reader.fieldnames or []) or '(none)'} (XSTest's xstest_prompts.csv has id,prompt,"
-                         "type,label,focus,note)")
-    prompts = []
-    for i, row in enumerate(reader):
-        if (row.get("label") or "").strip() != label:
-            continue
-        text = _text_prompt(row.get("prompt"), bad, f"{reader.line_num}:2", "column 'prompt'")
-        if text is not None:
-            prompts.append(Prompt(i, text))
-    bad.check()
-    return prompts
+    return _csv_column(_resolve("xstest", path, sha256), "prompt", bad_rows, keep=("label", label))
 
 
 def csv_file(*, path, column, bad_rows=None, **_) -> list[Prompt]:

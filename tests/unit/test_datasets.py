@@ -169,7 +169,7 @@ def test_xstest_reads_safe_and_unsafe_prompts_with_file_row_ids():
 def test_xstest_bad_label_and_missing_columns_are_one_line_errors(tmp_path):
     bad = tmp_path / "x.csv"
     bad.write_text("id,text\n1,hello\n")
-    with pytest.raises(UsageError, match="no column label, prompt"):
+    with pytest.raises(UsageError, match="no column 'label', 'prompt'; columns: id, text"):
         ds.load({"kind": "xstest", "path": str(bad)})
     with pytest.raises(UsageError, match="label 'maybe' is not one of safe, unsafe"):
         ds.load({"kind": "xstest", "path": str(bad), "label": "maybe"})
