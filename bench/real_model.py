@@ -7,8 +7,8 @@ one prompt per line, e.g. MaliciousInstruct):
     python bench/real_model.py --model fetch:qwen2.5-coder-1.5b --prompts 2 --steps 1 --naive-layers 1 \\
         --prompts-file "$SHB_DATA_MIRROR/maliciousinstruct.txt"
 
-The model (fetched first with `shb models fetch NAME`) is dequantized to ``--dtype`` (float32) and the first ``--prompts`` prompts are formatted with its chat
-template. Measured on those prompts, in this order:
+The model (fetched first with `shb models fetch NAME`) is dequantized to ``--dtype`` (float32) and the
+first ``--prompts`` prompts are formatted with its chat template. Measured on those prompts, in this order:
 
 * paper's loop (``strategy="naive"``: batch 1, one full forward per prompt and head, logits of every
   position) and the fair naive loop (the same, the LM head on the last position only;
