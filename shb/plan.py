@@ -69,7 +69,7 @@ class WorkUnit:
     spec: dict = field(hash=False, compare=False)   # the resolved content the id hashes
     n_prompts: int = 0
     status: str = "pending"                          # pending | done | failed | running (from the store)
-    cost_forwards: int | None = None                 # forward passes of a full prompt
+    cost_forwards: int | None = None                 # forward-pass equivalents of a full prompt (shb's work)
     cost_seconds: float | None = None                # estimated wall time on the plan's device
     cost_basis: str | None = None                    # how cost_seconds was estimated (measured rate or FLOPs)
     labels: frozenset = frozenset()                  # (kind, label) its rows carry besides model and dataset
@@ -373,7 +373,8 @@ def _toy_config() -> dict | None:
 
 
 def forwards_of(unit: WorkUnit, geom: dict | None) -> int | None:
-    """Forward passes of a full prompt the unit costs (as the paper's loop counts); None without geometry."""
+    """Forward-pass equivalents of a full prompt the unit costs as shb runs it (a pass that starts at layer l
+    of L counts (L - l) / L); None without geometry."""
     if not geom or not geom.get("layers"):
         return None
     return metric_kind(unit.metric.kind).estimate(unit, geom)
@@ -381,7 +382,7 @@ def forwards_of(unit: WorkUnit, geom: dict | None) -> int | None:
 
 def estimate(unit: WorkUnit, geom: dict | None, device: str = "cuda",
              measured: dict | None = None) -> tuple[int | None, float | None, str | None]:
-    """(forward passes of a full prompt, seconds, basis) for the unit on ``device``.
+    """(forward-pass equivalents of a full prompt, seconds, basis) for the unit on ``device``.
 
     The seconds come from a measured rate where ``measured`` (``measured_rates``) has one for the
     unit's model content, device type and metric kind, otherwise from FLOPs (2 x parameters x
@@ -390,11 +391,22 @@ def estimate(unit: WorkUnit, geom: dict | None, device: str = "cuda",
     if forwards is None:
         return None, None, None
     kind = device_type(device)
-    rate = (measured or {}).get(rate_key(unit, kind))
+    key = rate_key(unit, kind)
+    rate = (measured or {}).get(key)
     if rate is not None:
         per_forward, n_units = rate
         return forwards, forwards * per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {n_units} "
                                                   f"done {unit.metric.kind} unit(s) on {kind}")
+    # No unit of this kind done yet: the rate of the kinds of its cost class on the same model and device.
+    cost_class = metric_kind(unit.metric.kind).cost_class
+    alike = [(k[2], r) for k, r in (measured or {}).items()
+             if k[:2] == key[:2] and metric_kind(k[2]).cost_class == cost_class]
+    if alike:
+        units_seen = sum(n for _, (_, n) in alike)
+        per_forward = sum(r * n for _, (r, n) in alike) / units_seen
+        kinds = "/".join(sorted(k for k, _ in alike))
+        return forwards, forwards * per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {units_seen} "
+                                                  f"done {kinds} unit(s) on {kind} ({cost_class} class)")
     dtype = unit.spec["model"].get("dtype", "float32")
     flops = ASSUMED_FLOPS.get((kind, dtype))
     if flops is None or not geom.get("n_params"):
@@ -416,31 +428,59 @@ def rate_key(unit: WorkUnit, kind: str) -> tuple[str, str, str]:
 
 
 def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tuple[float, int]]:
-    """{rate_key: (seconds per forward, units measured)} from this plan's done units: the seconds of
-    their committed chunks (every run that worked on them) over their forward count, on the device
-    of the run that finished them."""
+    """{rate_key: (seconds per forward, units measured)} from the database's done units: the seconds of
+    their committed chunks (every run that worked on them) over their forward-pass equivalents, on the
+    device of the run that finished them. Every done unit of the same model content counts, whatever
+    suite ran it: its work is rebuilt from what the database stores (its spec, its dataset's prompt
+    count, its model's geometry), as this plan's units are priced."""
     if store is None or not store.version():
         return {}
     rows = store.con.execute("""
-        SELECT u.unit_id, r.device, (SELECT sum(c.seconds) FROM chunks c WHERE c.unit_id = u.unit_id)
-        FROM units u LEFT JOIN runs r USING (run_id) WHERE u.status = 'done'""").fetchall()
-    done = {unit_id: (device, seconds) for unit_id, device, seconds in rows if device and seconds}
+        SELECT u.unit_id, r.device, u.spec, u.metric_kind, m.n_layers, m.n_heads, m.n_params,
+               (SELECT count(*) FROM prompts p WHERE p.dataset_id = u.dataset_id),
+               (SELECT sum(c.seconds) FROM chunks c WHERE c.unit_id = u.unit_id)
+        FROM units u LEFT JOIN runs r USING (run_id) LEFT JOIN models m USING (model_id)
+        WHERE u.status = 'done'""").fetchall()
+    planned = {u.unit_id: u for u in units}
     totals: dict[tuple, list] = {}
-    for unit in units:
-        if unit.unit_id not in done:
+    for unit_id, device, spec, kind, layers, heads, n_params, n_prompts, seconds in rows:
+        if not device or not seconds:
             continue
-        forwards = forwards_of(unit, geoms.get(unit.model.id))
-        if not forwards:
-            continue
-        device, seconds = done[unit.unit_id]
         device = device.removeprefix("ray:")  # a Ray run records the device it asked its workers for
         if device == "auto":  # each worker resolved it: the device is not known here
             continue
+        unit = planned.get(unit_id)
+        if unit is not None:
+            work = forwards_of(unit, geoms.get(unit.model.id))
+        else:
+            unit, work = _stored_unit(unit_id, spec, kind, n_prompts), None
+            if unit is not None and layers and heads:
+                try:
+                    work = forwards_of(unit, {"layers": layers, "heads": heads, "n_params": n_params})
+                except Exception:  # noqa: BLE001 - a unit an older shb wrote, in a shape this one cannot price
+                    work = None
+        if not work:
+            continue
         total = totals.setdefault(rate_key(unit, device.split(":", 1)[0]), [0.0, 0, 0])
         total[0] += seconds
-        total[1] += forwards
+        total[1] += work
         total[2] += 1
-    return {key: (seconds / forwards, n) for key, (seconds, forwards, n) in totals.items()}
+    return {key: (seconds / work, n) for key, (seconds, work, n) in totals.items()}
+
+
+def _stored_unit(unit_id: str, spec, kind: str, n_prompts: int) -> WorkUnit | None:
+    """A done unit of another suite, rebuilt from its stored spec: enough to price it (``forwards_of``)."""
+    try:
+        spec = json.loads(spec) if isinstance(spec, str) else spec
+        metric = {k: v for k, v in spec["metric"].items() if k != "kind"}
+        spec["model"]  # noqa: B018 - the rate key needs it
+    except (TypeError, KeyError, ValueError):
+        return None
+    if not n_prompts:
+        return None
+    blank = Entry("model", "", "", {})
+    return WorkUnit(unit_id=unit_id, model=blank, dataset=blank, ablation=blank,
+                    metric=Entry("metric", "", kind, metric), spec=spec, n_prompts=n_prompts)
 
 
 def plan(suite: Suite, store=None, prompts=None, device: str | None = None, fps: dict | None = None) -> list[WorkUnit]:

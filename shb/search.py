@@ -36,17 +36,19 @@ def candidates(engine, chosen: Iterable[Head], layers: Iterable[int] | None = No
     return out
 
 
-def score_head_sets(engine, head_sets: Sequence[Sequence[Head]], score: str = "ships_dataset", r: int = 1) -> list[float]:
-    """One score per head set, each against the unablated model."""
+def score_head_sets(engine, head_sets: Sequence[Sequence[Head]], score: str = "ships_dataset", r: int = 1,
+                    shared: Sequence[Head] = ()) -> list[float]:
+    """One score per head set, each against the unablated model. ``shared``: heads every set contains
+    (a step's G), which lets the engine run G once and start each set at its own head's layer."""
     if score not in SCORES:
         raise ValueError(f"unknown Sahara score {score!r}; choose one of {', '.join(SCORES)}")
     if not head_sets:
         return []
     if score == "ships_mean":
-        return engine.ships_head_sets(head_sets).mean(0).tolist()  # (P, S) -> (S,)
+        return engine.ships_head_sets(head_sets, shared=shared).mean(0).tolist()  # (P, S) -> (S,)
     from shb.scorers.subspace import subspace_angle_scores
 
-    hidden = engine.hidden_head_sets(head_sets)  # (S, P, d)
+    hidden = engine.hidden_head_sets(head_sets, shared=shared)  # (S, P, d)
     return subspace_angle_scores(engine.base_hidden, hidden, r=r).tolist()
 
 
@@ -55,7 +57,7 @@ def sahara_step(engine, chosen: Sequence[Head] = (), score: str = "ships_dataset
     """Score G + {h} for every candidate h (not in G = ``chosen``): [((layer, head), score)], in (layer, head) order."""
     chosen = [tuple(map(int, h)) for h in chosen]
     cands = candidates(engine, chosen, layers)
-    scores = score_head_sets(engine, [[*chosen, h] for h in cands], score=score, r=r)
+    scores = score_head_sets(engine, [[*chosen, h] for h in cands], score=score, r=r, shared=chosen)
     return list(zip(cands, scores))
 
 
@@ -84,7 +86,8 @@ def screened_sahara_step(engine, chosen: Sequence[Head] = (), r: int = 1, layers
     estimates = [(h, float(est[h])) for h in cands]
     ranked = _by_estimate(estimates)
     picked = sorted(h for h, _ in ranked[:top])
-    verified = list(zip(picked, score_head_sets(engine, [[*chosen, h] for h in picked], score="ships_dataset", r=r)))
+    verified = list(zip(picked, score_head_sets(engine, [[*chosen, h] for h in picked], score="ships_dataset", r=r,
+                                                shared=chosen)))
     head, value = best(verified)
     return {"chosen": head, "score": value, "verified": verified, "estimates": estimates}
 

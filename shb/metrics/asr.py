@@ -123,6 +123,7 @@ class AppliesHeadsOrFit(Metric):
     k = 0 baseline need not share."""
 
     baseline_ignores = ("heads", "k", "heads_dataset", "draws", "seed", "intervention")
+    cost_class = "generate"
 
     def uses_seed(self, params: dict) -> bool:
         return True

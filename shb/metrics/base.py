@@ -18,7 +18,8 @@ branch on a kind's name (docs/design.md, "A metric is one file"):
   chunk reads through ``ctx.store`` (the executor hands it a snapshot holding exactly those), and
   ``after(unit, chunks)`` which earlier chunks each one waits for (a fit before the generations that
   apply it, a Sahara step after the previous step's winner);
-- ``shb plan``'s cost: ``estimate``.
+- ``shb plan``'s cost: ``estimate`` (forward-pass equivalents) and ``cost_class`` (kinds of one class
+  share a measured seconds-per-forward rate where their own kind has none).
 The declarations run without torch (``shb validate`` and ``shb plan`` call them).
 """
 
@@ -133,6 +134,9 @@ class Metric:
     defaults: dict = {}                                  # parameters hashed when the suite leaves them out
     baseline_ignores: tuple = ()                         # parameters a k = 0 baseline need not share
     tables: dict = {}                                    # table -> CREATE TABLE statement (new kinds)
+    # What one forward-pass equivalent of ``estimate`` costs is alike within a class: "forward" (prompt
+    # passes, batched over heads or prompts) or "generate" (token-by-token decoding, answers that stop early).
+    cost_class = "forward"
 
     # -- identity --------------------------------------------------------------------------------
     def uses_seed(self, params: dict) -> bool:
@@ -266,9 +270,19 @@ def swept_layers(params: dict, n_layers: int, metric_id: str) -> list[int]:
 
 
 def sweep_forwards(unit, geometry: dict) -> int:
-    """Full-prompt forward passes of a one-head-at-a-time sweep (plus the base pass), as the paper's loop counts."""
-    layers = len(unit.metric.get("layers") or range(geometry["layers"]))
-    return unit.n_prompts * (layers * geometry["heads"] + 1)
+    """Forward-pass equivalents of a one-head-at-a-time sweep, plus the base pass. The paper's loop
+    (strategy ``naive``) runs a whole forward per head and prompt; the engine starts a head of layer l
+    on the cached hidden states entering l, so it costs (L - l) / L of one (shb.engine)."""
+    return unit.n_prompts * round(1 + heads_work(unit, geometry))
+
+
+def heads_work(unit, geometry: dict) -> float:
+    """Forward-pass equivalents of scoring every swept head once on one prompt (see ``sweep_forwards``)."""
+    n_layers = geometry["layers"]
+    layers = unit.metric.get("layers") or range(n_layers)
+    if unit.metric.get("strategy") == "naive":
+        return len(set(layers)) * geometry["heads"]
+    return geometry["heads"] * sum((n_layers - layer) / n_layers for layer in set(layers))
 
 
 def subspace_rank(params: dict, n_prompts: int, metric_id: str) -> int:

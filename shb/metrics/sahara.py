@@ -15,7 +15,7 @@ scored exactly and the best verified candidate is chosen. Only verified candidat
 from __future__ import annotations
 
 from shb.errors import UsageError
-from shb.metrics.base import STRATEGY_SCHEMA, Metric, subspace_rank, swept_layers, unit_rows
+from shb.metrics.base import STRATEGY_SCHEMA, Metric, heads_work, subspace_rank, swept_layers, unit_rows
 from shb.search import SCORES, best, sahara_step_layer, screened_sahara_step
 
 SCREEN_DEFAULTS = {"directions": 8}
@@ -81,7 +81,6 @@ class SaharaMetric(Metric):
         return []
 
     def estimate(self, unit, geometry: dict) -> int:
-        layers = len(unit.metric.get("layers") or range(geometry["layers"]))
         steps = unit.metric.get("steps", 5)
         screen = unit.metric.get("screen")
         if screen:
@@ -89,7 +88,9 @@ class SaharaMetric(Metric):
             # per direction, then M verified candidates (counted as full forwards: an upper bound).
             screen = {**SCREEN_DEFAULTS, **screen}
             return unit.n_prompts * (steps * (3 + 2 * screen["directions"] + screen["top"]) + 1)
-        return unit.n_prompts * (steps * layers * geometry["heads"] + 1)
+        # Per step every candidate once (the engine starts it at its own layer on G's cached states), and
+        # from the second step on one pass of G to fill that cache (at most a whole forward).
+        return unit.n_prompts * round(1 + steps * heads_work(unit, geometry) + (steps - 1))
 
     def chunks(self, unit, ctx) -> list[str]:
         steps, _, _ = _params(ctx, unit)

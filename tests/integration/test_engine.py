@@ -94,6 +94,56 @@ def test_multi_layer_head_sets_equal_naive(lm):
     _close(a, b)
 
 
+@pytest.mark.parametrize("kind", ["undifferentiated", "mean"])
+def test_shared_heads_start_each_set_at_its_own_layer_and_equal_naive(lm, kind):
+    # A Sahara step: G = {(0, 1), (2, 0)} is in every set; with shared=G the engine runs G once and starts
+    # each set at its own head's layer (1 or 2) instead of layer 0. In float64 that must agree with the
+    # paper's loop to the last bits, and in float32 with the unshared path to rounding.
+    shared = [(0, 1), (2, 0)]
+    sets = [[*shared, (layer, h)] for layer in range(N_LAYERS) for h in range(N_HEADS) if (layer, h) not in shared]
+    sets.append(list(shared))  # G alone: no own head, runs from G's lowest layer as before
+    lm64 = _lm(2, dtype=torch.float64)
+    fast = Engine(lm64, PROMPTS, batch_size=5, kind=kind)
+    kl_a, h_a = fast.evaluate(sets, shared=shared)
+    kl_b, h_b = Engine(lm64, PROMPTS, strategy="naive", kind=kind).evaluate(sets, shared=shared)
+    assert float(kl_b.min()) > 0
+    torch.testing.assert_close(kl_a, kl_b, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(h_a, h_b, rtol=1e-10, atol=1e-12)
+    # The cache is G's: a different G after it must not reuse it.
+    other = [(1, 3)]
+    sets2 = [[*other, (2, h)] for h in range(N_HEADS)]
+    torch.testing.assert_close(fast.hidden_head_sets(sets2, shared=other),
+                               Engine(lm64, PROMPTS, strategy="naive", kind=kind).hidden_head_sets(sets2),
+                               rtol=1e-10, atol=1e-12)
+    a = Engine(lm, PROMPTS, batch_size=7, kind=kind).hidden_head_sets(sets, shared=shared)
+    b = Engine(lm, PROMPTS, batch_size=7, kind=kind).hidden_head_sets(sets)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_heads_run_fewer_layers(lm):
+    # What the cache saves, counted: calls of decoder layer 0 with and without shared=G (G in layer 0,
+    # every set's own head in the last layer). Without: every pass starts at layer 0; with: only G's pass.
+    calls = {"n": 0}
+    handle = lm.layout.layers(lm.model)[0].register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        sets = [[(0, 0), (N_LAYERS - 1, h)] for h in range(N_HEADS)]
+        counts = []
+        for shared in ([], [(0, 0)]):
+            e = Engine(lm, PROMPTS, batch_size=len(PROMPTS))  # one set per pass
+            e.base_hidden  # the base pass is common to both
+            calls["n"] = 0
+            e.hidden_head_sets(sets, shared=shared)
+            counts.append(calls["n"])
+    finally:
+        handle.remove()
+    assert counts == [len(sets), 1]
+
+
+def test_shared_heads_must_be_in_every_set(lm):
+    with pytest.raises(ValueError, match="lacks heads of shared"):
+        Engine(lm, PROMPTS).hidden_head_sets([[(0, 0), (1, 1)], [(1, 2)]], shared=[(0, 0)])
+
+
 @pytest.mark.parametrize("kind,epsilon,site", [("scaling", 0.0, None), ("mean", 1e-5, "q"), ("zero", 1e-5, None)])
 def test_other_ablation_kinds_equal_naive(lm, kind, epsilon, site):
     kw = {"kind": kind, "epsilon": epsilon, "site": site}

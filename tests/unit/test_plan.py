@@ -68,7 +68,12 @@ def test_cross_product_and_filters():
 
 def test_cost_estimate_from_geometry_hint():
     (unit,) = plan.plan(suite.from_dict(BASE))
-    assert unit.cost_forwards == 10 * (4 * 8 + 1)
+    # 4 layers x 8 heads: the engine starts a head of layer l on the states entering l, (4 - l) / 4 of a
+    # forward: 8 x (1 + 3/4 + 1/2 + 1/4) = 20, plus the base pass, per prompt.
+    assert unit.cost_forwards == 10 * (20 + 1)
+    naive = copy.deepcopy(BASE)
+    naive["metrics"][0]["strategy"] = "naive"  # the paper's loop: a whole forward per head
+    assert plan.plan(suite.from_dict(naive))[0].cost_forwards == 10 * (4 * 8 + 1)
 
 
 def test_plan_runs_without_torch(tmp_path):
@@ -79,7 +84,7 @@ def test_plan_runs_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert rows[0]["status"] == "pending" and rows[0]["forwards"] == 330
+    assert rows[0]["status"] == "pending" and rows[0]["forwards"] == 210
 
 
 def test_asr_on_a_missing_upstream_result_is_a_plan_time_error():
@@ -158,6 +163,42 @@ def test_plan_estimates_from_measured_rate_of_the_same_model_and_device(tmp_path
         assert units[pending.unit_id].cost_basis.startswith("measured") and "cuda" in units[pending.unit_id].cost_basis
         on_cpu = {u.unit_id: u for u in plan.plan(s, store, device="cpu")}
         assert on_cpu[pending.unit_id].cost_basis.startswith("FLOPs: float32 on cpu")
+    finally:
+        store.close()
+
+
+def test_plan_prices_a_suite_from_another_suites_done_units_of_the_same_model(tmp_path):
+    """A done unit of another suite (not in this plan) prices this plan's units of the same model content,
+    device type and metric kind, its work rebuilt from its stored spec, prompt count and model geometry;
+    another model's unit does not."""
+    import json as json_
+
+    from shb.store import Store
+
+    s = _rate_suite()
+    units = plan.expand(s)
+    other_model = {**units[0].spec["model"], "weights": "something else"}
+    store = Store(tmp_path / "r.duckdb")
+    try:
+        with store.transaction():
+            store.insert("runs", [{"run_id": "r1", "device": "cpu"}])
+            store.insert("models", [{"model_id": "elsewhere-m", "n_layers": 4, "n_heads": 8}])
+            store.insert("prompts", [{"dataset_id": "three", "prompt_id": i, "text": "x"} for i in range(3)])
+            # 3 prompts x (1 + 20) forward equivalents on 4 x 8 heads (see test_cost_estimate_from_geometry_hint)
+            store.insert("units", [
+                {"unit_id": "elsewhere", "run_id": "r1", "status": "done", "metric_kind": "ships",
+                 "model_id": "elsewhere-m", "dataset_id": "three",
+                 "spec": json_.dumps({**units[0].spec, "metric": {"kind": "ships"}})},
+                {"unit_id": "other-model", "run_id": "r1", "status": "done", "metric_kind": "ships",
+                 "model_id": "elsewhere-m", "dataset_id": "three",
+                 "spec": json_.dumps({**units[0].spec, "model": other_model})}])
+            store.insert("chunks", [{"unit_id": "elsewhere", "chunk": "c", "run_id": "r1", "seconds": 63.0},
+                                    {"unit_id": "other-model", "chunk": "c", "run_id": "r1", "seconds": 1e6}])
+        priced = plan.plan(s, store, device="cpu")
+        assert all(u.status == "pending" for u in priced)
+        for u in priced:
+            assert u.cost_basis == "measured: 1e+03 ms/forward over 1 done ships unit(s) on cpu"
+            assert u.cost_seconds == pytest.approx(1.0 * u.cost_forwards)
     finally:
         store.close()
 
