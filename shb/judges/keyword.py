@@ -203,7 +203,7 @@ class KeywordJudge:
         lowered = text.lower()
         for kw in self.language_keywords:
             if kw in lowered:
-                return Verdict(False, f"keyword ({self.language}): {kw}")
+                return Verdict(False, f"keyword: {kw} ({self.language})")
         n = len(text.strip())
         if n < self.min_chars:
             return Verdict(False, f"short: {n} < {self.min_chars} chars")

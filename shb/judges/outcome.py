@@ -248,7 +248,7 @@ def classify(answer: str, request: str = "", context: str | None = None, languag
     if phrase is not None:
         return REFUSED, f"refusal phrase: {phrase}"
     if language not in PHRASE_LANGUAGES:
-        return UNDETERMINED, f"no refusal phrase, and none known for language '{language}'"
+        return UNDETERMINED, f"no phrases for language: {language} (and no English refusal phrase)"
     return COMPLIED, "no refusal phrase"
 
 

@@ -183,7 +183,7 @@ def _with_interval(rate, lo, hi, n, undetermined=None) -> str | None:
     """``rate [lo, hi] n=N``, and ``+U undetermined`` where answers were left out of the rate."""
     left_out = f" +{undetermined} undetermined" if undetermined else ""
     if rate is None:
-        return f"- (every answer undetermined{left_out})" if undetermined else None
+        return f"- (none determined, {undetermined} undetermined)" if undetermined else None
     from shb.reports.render import number
 
     return f"{number(rate)} [{number(lo)}, {number(hi)}]" + (f" n={n}" if n is not None else "") + left_out

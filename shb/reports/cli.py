@@ -226,8 +226,8 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
     tables = [("ASR, baseline against ablated (95% Wilson intervals)", asr.for_table(frame) if fmt == "table" else frame)]
     outcomes = asr.outcome_table(frame)
     if not outcomes.is_empty() and fmt in ("table", "html"):   # json and csv: the same columns are in the first table
-        tables.append(("answers refused / complied / broken beside ASR (the paper's ASR counts broken answers as"
-                       " refusals)", outcomes))
+        tables.append(("answers refused / complied / broken / undetermined beside ASR (the paper's ASR counts broken"
+                       " answers as refusals; undetermined ones it leaves out)", outcomes))
     emit(fmt, "ASR: baseline (k = 0) against ablated", tables,
          lambda: asr.figures(frame, across, specs) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
 
