@@ -258,8 +258,9 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 
 @report.command("overlap")
 @DB_OPTION
-@click.option("--metric", type=click.Choice(["ships", "ships_dataset", "methods"]), default="ships", show_default=True,
-              help="methods: Ships, generalized Ships, Sahara and RDSHA compared on one model, dataset and ablation")
+@click.option("--metric", type=click.Choice(["ships", "ships_dataset", "sahara", "methods"]), default="ships",
+              show_default=True, help="sahara: each Sahara search's ranking (chosen heads first); methods: Ships, "
+                                      "generalized Ships, Sahara and RDSHA compared on one model, dataset and ablation")
 @top_option(10, "k of the top-k head sets")
 @click.option("--model", "models", multiple=True, help="repeatable; default: every model")
 @click.option("--dataset", "datasets", multiple=True, help="repeatable; default: every dataset")
@@ -269,7 +270,9 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 @friendly
 def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
     """Do results share safety heads? Pairwise top-k intersection, Jaccard and Spearman (paper Fig. 5).
-    With --metric methods: do Ships, generalized Ships, Sahara and RDSHA pick the same heads?"""
+    Results are units: one model across datasets (--model M --dataset A --dataset B, e.g. languages),
+    models on one dataset, or both. With --metric methods: do Ships, generalized Ships, Sahara and RDSHA
+    pick the same heads?"""
     from shb.reports import overlap
     from shb.store import Store
 
