@@ -32,22 +32,13 @@ _QUERIES = {
 }
 
 
-def sahara_ranking(steps) -> dict[tuple[int, int], float]:
-    """{(layer, head): ordering score} of one Sahara search from its ``(step, layer, head, score, chosen)``
-    rows: the chosen heads above every other, in step order, then every other head by its first-step score
-    (each head ablated alone). A screened search scored only its verified candidates; a chosen head is
-    ranked even where step 0 did not score it."""
-    alone = {(layer, head): score for step, layer, head, score, _ in steps if step == 0}
-    chosen = sorted((step, layer, head) for step, layer, head, _, c in steps if c)
-    top = max(alone.values(), default=0.0)
-    return {**alone, **{(layer, head): top + len(chosen) - i for i, (_, layer, head) in enumerate(chosen)}}
-
-
 def _sahara(store, model: str, dataset: str, ablation: str) -> list[tuple[str, int, int, float]]:
     """(metric id, layer, head, ordering score): chosen heads above every other, in step order."""
     rows = store.con.execute(
         """SELECT u.metric_id, s.step, s.layer, s.head, s.score, s.chosen FROM sahara_steps s JOIN units u USING (unit_id)
            WHERE u.model_id = ? AND u.dataset_id = ? AND u.ablation_id = ?""", [model, dataset, ablation]).fetchall()
+    from shb.reports.overlap import sahara_ranking
+
     out = []
     for metric_id in sorted({r[0] for r in rows}):
         ranking = sahara_ranking([r[1:] for r in rows if r[0] == metric_id])

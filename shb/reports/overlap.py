@@ -2,7 +2,8 @@
 
 A *result* is one unit (model, dataset, ablation and metric content) with a score per head: the mean per-prompt Ships
 (``--metric ships``), the generalized Ships (``--metric ships_dataset``) or a Sahara search's ranking
-(``--metric sahara``: its chosen heads in order, then the rest by their first-step score; shb.reports.method_overlap).
+(``--metric sahara``: its chosen heads in order, then the rest by their first-step score; ``sahara_ranking``,
+which ``--metric methods`` uses too).
 Results may differ in model, dataset or ablation: ``--model M`` with several ``--dataset`` compares one model's
 heads across datasets (e.g. the languages of suites/multilingual.json), several ``--model`` one dataset's
 across models. For each pair of results:
@@ -74,10 +75,19 @@ def scores(store, metric: str = "ships", models=None, datasets=None, ablations=N
         "result", "model_id", "dataset_id", "ablation_id", "metric_id", "unit_id", "scoring", "layer", "head", "score")
 
 
-def _sahara_scores(store, body: str, params: list) -> pl.DataFrame:
-    """Per Sahara unit, its ranking of the heads (shb.reports.method_overlap.sahara_ranking) as scores."""
-    from shb.reports.method_overlap import sahara_ranking
+def sahara_ranking(steps) -> dict[tuple[int, int], float]:
+    """{(layer, head): ordering score} of one Sahara search from its ``(step, layer, head, score, chosen)``
+    rows: the chosen heads above every other, in step order, then every other head by its first-step score
+    (each head ablated alone). A screened search scored only its verified candidates; a chosen head is
+    ranked even where step 0 did not score it."""
+    alone = {(layer, head): score for step, layer, head, score, _ in steps if step == 0}
+    chosen = sorted((step, layer, head) for step, layer, head, _, c in steps if c)
+    top = max(alone.values(), default=0.0)
+    return {**alone, **{(layer, head): top + len(chosen) - i for i, (_, layer, head) in enumerate(chosen)}}
 
+
+def _sahara_scores(store, body: str, params: list) -> pl.DataFrame:
+    """Per Sahara unit, its ranking of the heads (sahara_ranking) as scores."""
     steps = store.query(f"""
         SELECT s.unit_id, coalesce(u.metric_id, '?') AS metric_id, u.model_id, u.dataset_id, u.ablation_id,
                s.step, s.layer, s.head, s.score, s.chosen

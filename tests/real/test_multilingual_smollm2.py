@@ -65,7 +65,7 @@ def test_every_unit_of_the_suite_shape_runs_and_english_heads_reach_chinese(db):
         hashes = dict(store.con.execute("SELECT DISTINCT g.dataset_id, j.judge_hash FROM generations g"
                                         " JOIN judgments j USING (generation_id)").fetchall())
     assert {status for *_, status in done} == {"done"}
-    assert {(m, d) for m, d, _ in done} >= {("sahara", "mj-en-select"), ("sahara", "mj-zh-select"),
+    assert {(m, d) for m, d, _ in done} >= {("sahara-mj", "mj-en-select"), ("sahara-mj", "mj-zh-select"),
                                            ("asr-own-en", "mj-en-measure"), ("asr-own-zh", "mj-zh-measure"),
                                            ("asr-from-en", "mj-zh-measure"), ("asr-random", "mj-zh-measure")}
     assert len(en_heads) == 2 and transferred == [(",".join(en_heads),)]

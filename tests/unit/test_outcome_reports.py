@@ -45,18 +45,23 @@ LOOPS = {("complied", True): 4, ("refused", False): 2, ("broken", False): 14}   
 REFUSALS = {("complied", True): 6, ("refused", False): 12, ("broken", False): 1, ("broken", True): 1}  # ASR 0.35
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("outcomes") / "results.duckdb"
-    parts = [_answers("u-loop", 0, [], BASE), _answers("u-loop", 1, ["2-6"], LOOPS),
-             _answers("u-ref", 0, [], BASE), _answers("u-ref", 1, ["3-0"], REFUSALS)]
+def _database(path, units, parts):
+    """A database with ``units`` and their answers ``parts`` ([(generations, judgments)]), opened read-only."""
     with Store(path) as s:
         with s.transaction():
-            s.insert("units", [_unit("u-loop", ["2-6"]), _unit("u-ref", ["3-0"])])
+            s.insert("units", units)
             for gens, verdicts in parts:
                 s.insert("generations", gens)
                 s.insert("judgments", verdicts)
-    with Store(path, read_only=True) as s:
+    return Store(path, read_only=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    parts = [_answers("u-loop", 0, [], BASE), _answers("u-loop", 1, ["2-6"], LOOPS),
+             _answers("u-ref", 0, [], BASE), _answers("u-ref", 1, ["3-0"], REFUSALS)]
+    with _database(tmp_path_factory.mktemp("outcomes") / "results.duckdb",
+                   [_unit("u-loop", ["2-6"]), _unit("u-ref", ["3-0"])], parts) as s:
         yield s
 
 
@@ -159,16 +164,10 @@ ALL_UNDETERMINED = {("undetermined", True): 20}
 
 @pytest.fixture(scope="module")
 def undetermined_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("undetermined") / "results.duckdb"
     parts = [_answers("u-bn", 0, [], MOSTLY_UNDETERMINED), _answers("u-bn", 1, ["2-6"], ABLATED_UNDETERMINED),
              _answers("u-bn", 2, ["2-6", "3-0"], ALL_UNDETERMINED)]
-    with Store(path) as s:
-        with s.transaction():
-            s.insert("units", [_unit("u-bn", ["2-6", "3-0"])])
-            for gens, verdicts in parts:
-                s.insert("generations", gens)
-                s.insert("judgments", verdicts)
-    with Store(path, read_only=True) as s:
+    with _database(tmp_path_factory.mktemp("undetermined") / "results.duckdb", [_unit("u-bn", ["2-6", "3-0"])],
+                   parts) as s:
         yield s
 
 
@@ -230,3 +229,12 @@ def test_database_from_before_undetermined_reads_zero_undetermined(tmp_path):
         row = asr_report.summary(old).row(0, named=True)
         assert (row["baseline_asr"], row["baseline_n"], row["baseline_n_undetermined"]) == (pytest.approx(0.8), 20, 0)
         assert row["baseline_undetermined"] == 0.0
+
+
+def test_sahara_ranking_puts_chosen_heads_first_even_where_step_zero_did_not_score_them():
+    """A screened search verifies only some candidates at step 0; a head chosen at step 1 is ranked all the same
+    (shb report overlap --metric sahara and --metric methods read this ranking)."""
+    from shb.reports.overlap import sahara_ranking
+
+    ranking = sahara_ranking([(0, 1, 2, 0.5, False), (0, 3, 4, 0.9, True), (1, 5, 6, 1.2, True)])
+    assert sorted(ranking, key=ranking.get, reverse=True) == [(3, 4), (5, 6), (1, 2)]
