@@ -215,7 +215,8 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
     """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
-    png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken as stacked shares."""
+    png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken / undetermined as
+    stacked shares. ASR is over the determined answers; the undetermined are counted beside it."""
     from shb.reports import asr
     from shb.reports.baseline import unit_specs
     from shb.store import Store
