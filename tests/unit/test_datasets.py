@@ -271,3 +271,10 @@ def test_multijail_upstream_file_parses_in_every_language_with_the_same_ids():
 
     broken = {lang: [p.prompt_id for p in v if breakdown(p.text, language=lang)] for lang, v in by_lang.items()}
     assert all(len(ids) <= 2 for ids in broken.values()), broken
+
+
+def test_the_schema_offers_exactly_the_languages_the_kind_reads():
+    from shb.suite import schema
+
+    (entry,) = [a for a in schema()["$defs"]["dataset"]["allOf"] if a["if"]["properties"]["kind"]["const"] == "multijail"]
+    assert tuple(entry["then"]["properties"]["language"]["enum"]) == ds.MULTIJAIL_LANGUAGES == LANGS
