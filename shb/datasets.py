@@ -56,7 +56,15 @@ UPSTREAM = {
         "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main/xstest_prompts.csv",
         "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a", "xstest_prompts.csv", 450,
         ("label", "safe", (("safe", 250), ("unsafe", 200)))),
+    # MultiJail (Deng et al., ICLR 2024; MIT): 315 harmful prompts, each in English and 9 translations, one
+    # column per language; UTF-8 with a BOM, quoted fields that hold newlines.
+    "multijail": Upstream(
+        "https://raw.githubusercontent.com/DAMO-NLP-SG/multilingual-safety-for-LLMs/main/data/MultiJail.csv",
+        "2798ed6fe470b80b1f486976e0fb3baa3ce008e62b6ca0abbf2e1ed5b1dfb355", "multijail.csv", 315,
+        ("language", "en", tuple((language, 315) for language in (
+            "en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")))),
 }
+MULTIJAIL_LANGUAGES = tuple(name for name, _ in UPSTREAM["multijail"].choice[2])
 
 
 def sha256_file(path: Path) -> str:
@@ -130,10 +138,11 @@ class BadRows:
     """Problems found while reading a dataset file: raised at the end (every problem at once), or with
     ``"bad_rows": "skip"`` in the suite the bad rows are left out."""
 
-    def __init__(self, path: Path, mode: str | None):
+    def __init__(self, path: Path, mode: str | None,
+                 hint: str = "fix the file, or set \"bad_rows\": \"skip\" on the dataset to leave them out"):
         if mode not in (None, "error", "skip"):
             raise UsageError(f"{path}: bad_rows must be 'error' or 'skip', got {mode!r}")
-        self.path, self.skip, self.problems = path, mode == "skip", []
+        self.path, self.skip, self.problems, self.hint = path, mode == "skip", [], hint
 
     def add(self, where: str, what: str) -> None:
         self.problems.append(f"{self.path}:{where}: {what}")
@@ -142,8 +151,7 @@ class BadRows:
         if self.problems and not self.skip:
             shown = "\n  ".join(self.problems[:10]) + (f"\n  ... {len(self.problems) - 10} more"
                                                        if len(self.problems) > 10 else "")
-            raise UsageError(f"{self.path}: {len(self.problems)} bad row(s):\n  {shown}\n"
-                             "  fix the file, or set \"bad_rows\": \"skip\" on the dataset to leave them out")
+            raise UsageError(f"{self.path}: {len(self.problems)} bad row(s):\n  {shown}\n  {self.hint}")
 
 
 def _decode(path: Path, bad: BadRows) -> str:
@@ -178,13 +186,16 @@ def _text_prompt(value, bad: BadRows, where: str, field: str) -> str | None:
 
 
 def _csv_column(path: Path, column: str, bad_rows: str | None = None,
-                keep: tuple[str, str] | None = None) -> list[Prompt]:
+                keep: tuple[str, str] | None = None, id_column: str | None = None,
+                bad: BadRows | None = None) -> list[Prompt]:
     """The prompts in ``column``; with ``keep`` = (column, value) only the rows whose value matches (ids stay
-    row numbers of the whole file)."""
-    bad = BadRows(path, bad_rows)
+    row numbers of the whole file); with ``id_column`` the ids are that column's integers instead (each
+    once). ``bad``: the BadRows to collect problems in (its hint says how to fix them)."""
+    bad = bad or BadRows(path, bad_rows)
     reader = csv.DictReader(io.StringIO(_decode(path, bad), newline=""))
+    seen_ids: set[int] = set()
     try:
-        needed = {column, keep[0]} if keep else {column}
+        needed = {column} | ({keep[0]} if keep else set()) | ({id_column} if id_column else set())
         missing = sorted(needed - set(reader.fieldnames or []))
         if missing:
             raise UsageError(f"{path}: no column {', '.join(repr(c) for c in missing)}; columns: "
@@ -198,13 +209,31 @@ def _csv_column(path: Path, column: str, bad_rows: str | None = None,
                 continue
             if keep and (row[keep[0]] or "").strip() != keep[1]:
                 continue
+            prompt_id = i
+            if id_column:
+                prompt_id = _row_id(row[id_column], seen_ids, bad, where, id_column)
+                if prompt_id is None:
+                    continue
             text = _text_prompt(row[column], bad, where, f"column '{column}'")
             if text is not None:
-                prompts.append(Prompt(i, text))
+                prompts.append(Prompt(prompt_id, text))
     except csv.Error as exc:
         raise UsageError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     bad.check()
     return prompts
+
+
+def _row_id(value: str | None, seen: set[int], bad: BadRows, where: str, column: str) -> int | None:
+    """A row's id from its ``column``: a non-negative integer that no earlier row has; else a problem."""
+    text = (value or "").strip()
+    if not text.isdigit():
+        bad.add(where, f"column '{column}' is {text[:20]!r}, not a non-negative integer id")
+        return None
+    if int(text) in seen:
+        bad.add(where, f"id {int(text)} occurs twice (column '{column}')")
+        return None
+    seen.add(int(text))
+    return int(text)
 
 
 def _lines(path: Path, bad_rows: str | None = None) -> list[Prompt]:
@@ -234,6 +263,32 @@ def xstest(*, path=None, sha256=None, label="safe", bad_rows=None, **_) -> list[
     if label not in ("safe", "unsafe"):
         raise UsageError(f"dataset 'xstest': label {label!r} is not one of safe, unsafe; fix \"label\" in the suite")
     return _csv_column(_resolve("xstest", path, sha256), "prompt", bad_rows, keep=("label", label))
+
+
+def multijail(*, path=None, sha256=None, language="en", bad_rows=None, **_) -> list[Prompt]:
+    """MultiJail (Deng et al., "Multilingual Jailbreak Challenges in Large Language Models", ICLR 2024,
+    arXiv 2310.06474): 315 harmful requests, each in English and nine translations (``language``: en, zh,
+    it, vi, ar, ko, th, bn, sw, jv; high, medium and low resource). Prompt ids are MultiJail's ``id``
+    column, the same request in every language, so a request can be followed across languages and a
+    held-out split (``holdout``: a seeded permutation of the prompts' positions) picks the same ids in
+    every language: every language holds all rows, so no row may be missing or skipped (``bad_rows``
+    "skip" is refused: it would move one language's split)."""
+    if language not in MULTIJAIL_LANGUAGES:
+        raise UsageError(f"dataset 'multijail': language {language!r} is not one of "
+                         f"{', '.join(MULTIJAIL_LANGUAGES)}; fix \"language\" in the suite")
+    if bad_rows == "skip":
+        raise UsageError("dataset 'multijail': bad_rows 'skip' would drop rows from one language only and move its"
+                         " held-out split off the other languages' ids; fix the file instead (or use the upstream)")
+    resolved = _resolve("multijail", path, sha256)
+    bad = BadRows(resolved, None, hint="every language must hold every MultiJail row (the held-out split keys on"
+                                       " them); fix the file, or use the upstream file")
+    return _csv_column(resolved, language, id_column="id", bad=bad)
+
+
+def language_of(spec: dict) -> str:
+    """The language of a dataset's prompts (an ISO 639-1 code): multijail's ``language``; every other
+    kind holds English prompts. The judges read it (shb.judges.outcome: refusal phrases per language)."""
+    return spec.get("language", "en") if spec.get("kind") == "multijail" else "en"
 
 
 def csv_file(*, path, column, bad_rows=None, **_) -> list[Prompt]:

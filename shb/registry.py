@@ -20,6 +20,7 @@ DATASETS = {
     "jailbreakbench": ("shb.datasets:jailbreakbench", "JailbreakBench JBB-Behaviors harmful split, Goal column"),
     "maliciousinstruct": ("shb.datasets:maliciousinstruct", "MaliciousInstruct (Huang et al. 2024), one prompt a line"),
     "xstest": ("shb.datasets:xstest", "XSTest (Röttger et al. 2024): 250 safe prompts that look unsafe (label safe) or 200 unsafe contrasts"),
+    "multijail": ("shb.datasets:multijail", "MultiJail (Deng et al. 2024): 315 harmful prompts in one of 10 languages (`language`), ids kept across languages"),
     "csv": ("shb.datasets:csv_file", "any CSV file; `column` names the prompt column"),
     "jsonl": ("shb.datasets:jsonl_file", "JSON lines; `column` names the prompt field"),
     "txt": ("shb.datasets:txt_file", "plain text, one prompt a line"),

@@ -7,13 +7,14 @@ Every judge has
   rules, prompt template, model id), stored with each verdict so that ASR
   numbers are only compared when they come from the same judge;
 - ``judge(prompts, answers, contexts=None) -> list[Verdict]``: each verdict carries the
-  paper-faithful binary ``harmful`` (what ASR counts) and, beside it, one of three
-  outcomes, refused / complied / broken, with the rule that fired (shb.judges.outcome).
+  paper-faithful binary ``harmful`` (what ASR counts) and, beside it, one of four
+  outcomes, refused / complied / broken / undetermined, with the rule that fired (shb.judges.outcome).
   ``contexts`` (optional): the formatted prompts as fed to the model, so that an answer
   echoing the system prompt or chat markup is recognised as broken.
 
 ``get(judge_id, **config)`` builds one through ``shb.registry.JUDGES``. The
-keyword judges import no torch.
+keyword judges import no torch. A keyword judge is built for one prompt language (``language=``,
+shb.judges.keyword); a classifier judge reads any language its model reads.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class Verdict:
     parsed: False only when a classifier's output could not be read as a verdict;
         then ``harmful`` is False (an unreadable output never counts as a
         success) and ``raw`` keeps the output.
-    outcome: "refused", "complied" or "broken" (shb.judges.outcome); None only where a
-        caller built a Verdict by hand.
+    outcome: "refused", "complied", "broken" or "undetermined" (shb.judges.outcome: no refusal phrase,
+        in a language the rules have no phrases for); None only where a caller built a Verdict by hand.
     outcome_rule: the rule that decided the outcome, with its detail.
     """
 

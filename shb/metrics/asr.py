@@ -31,6 +31,7 @@ from shb import judges as judge_registry
 from shb.ablation import format_head, parse_heads
 from shb.baselines import applied as baselines
 from shb.baselines.fits import fit_chunk
+from shb.datasets import language_of
 from shb.errors import UsageError
 from shb.generate import generate, normalize_decoding
 from shb.metrics import heads as heads_module
@@ -260,10 +261,12 @@ class AsrMetric(AppliesHeadsOrFit):
         return [per_prompt[i] for i in ids]
 
     # -- judges ------------------------------------------------------------------------------------
-    def judges(self, ctx):
+    def judges(self, ctx, language: str = "en"):
+        """The metric's judges; keyword judges are built for ``language``, the prompts' language (their
+        refusal phrases; shb.judges.keyword), a classifier reads the language itself."""
         built = []
         for judge_id in judges_of(ctx.metric):
-            config = {}
+            config = {"language": language}
             if judge_id == "classifier":
                 config = {"model": ctx.metric.get("judge_model"), "prompt": ctx.metric.get("judge_prompt", "harmbench"),
                           "device": ctx.device}
@@ -304,7 +307,7 @@ class AsrMetric(AppliesHeadsOrFit):
             questions.append(prompt.text)
             contexts.append(texts[g.prompt_index - lo])  # the formatted prompt: an echo of it is a breakdown
         verdicts = []
-        for judge in self.judges(ctx):
+        for judge in self.judges(ctx, language_of(unit.dataset.spec())):
             for row, verdict in zip(rows, judge.judge(questions, answers, contexts)):
                 verdicts.append({"generation_id": row["generation_id"], "unit_id": unit.unit_id, "judge_id": judge.id,
                                  "judge_hash": judge.config_hash, "harmful": bool(verdict.harmful),

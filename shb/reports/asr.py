@@ -11,8 +11,11 @@ because a random control is a distribution over head sets, not one head set.
 Every ASR carries its n and a 95% Wilson interval (``*_lo``, ``*_hi``; shb.reports.stats), so two
 numbers can be told apart.
 
-Beside every ASR: the shares of the three outcomes (refused / complied / broken, shb.judges.outcome;
-``baseline_*`` and ``ablated_*``), None over answers judged before outcomes were recorded. ASR keeps the
+Beside every ASR: the shares of the four outcomes (refused / complied / broken / undetermined,
+shb.judges.outcome; ``baseline_*`` and ``ablated_*``), None over answers judged before outcomes were
+recorded. An undetermined answer (no refusal phrase, in a language the judge has no phrases for) is left
+out of ASR and its n (the ``asr`` view): ASR is over the determined answers, and ``n_undetermined``
+(``baseline_n_undetermined``) says how many were left out; the table shows them beside each n. ASR keeps the
 paper's binary verdict, which scores a broken answer (a loop, an empty answer) as a refusal; so a head set
 can lower ASR by breaking the model rather than by making it refuse. ``moved_by`` says ``breakdown`` for
 a row whose ASR fell while the broken share rose by at least half of that fall (``BREAKDOWN_SHARE``), and
@@ -32,12 +35,12 @@ import polars as pl
 from shb.reports.render import require, where, with_decoding_label
 from shb.reports.stats import mean_and_spread, with_wilson
 
-OUTCOMES = ["refused", "complied", "broken"]
+OUTCOMES = ["refused", "complied", "broken", "undetermined"]
 BREAKDOWN_SHARE = 0.5   # an ASR fall is "mainly breakdown" when the broken share rose by >= this much of it
 
 COLUMNS = ["model_id", "dataset_id", "format", "ablation_id", "metric_id", "head_source", "head_set", "k", "draws",
            "decoding", "max_new_tokens", "answer_prefix", "judge_id", "judge_hash", "baseline_asr", "baseline_lo", "baseline_hi", "baseline_n",
-           "ablated_asr", "ablated_lo", "ablated_hi", "n", "change",
+           "ablated_asr", "ablated_lo", "ablated_hi", "n", "change", "baseline_n_undetermined", "n_undetermined",
            *[f"baseline_{o}" for o in OUTCOMES], *[f"ablated_{o}" for o in OUTCOMES], "broken_change", "moved_by",
            "draw_mean", "draw_sd", "baseline_from", "unit_id"]
 
@@ -48,10 +51,22 @@ def has_outcomes(store) -> bool:
                             " WHERE table_name = 'judgments' AND column_name = 'outcome'")["n"][0])
 
 
+def has_undetermined(store) -> bool:
+    """Whether the asr view counts undetermined answers (a database from before them, opened read-only,
+    is not migrated: it has none)."""
+    return bool(store.query("SELECT count(*) AS n FROM information_schema.columns"
+                            " WHERE table_name = 'asr' AND column_name = 'n_undetermined'")["n"][0])
+
+
 def _rows(store, body, params) -> pl.DataFrame:
     """The asr view with the unit's metric id, prompt format and answer prefix."""
-    outcomes = ("a.n_outcome, a.refused, a.complied, a.broken" if has_outcomes(store) else
-                "0 AS n_outcome, " + ", ".join(f"NULL::DOUBLE AS {o}" for o in OUTCOMES))
+    if has_undetermined(store):
+        outcomes = "a.n_undetermined, a.n_outcome, " + ", ".join(f"a.{o}" for o in OUTCOMES)
+    elif has_outcomes(store):  # outcomes, but from before the fourth: none was undetermined
+        outcomes = "0 AS n_undetermined, a.n_outcome, a.refused, a.complied, a.broken, " \
+                   "CASE WHEN a.n_outcome > 0 THEN 0.0 END AS undetermined"
+    else:
+        outcomes = "0 AS n_undetermined, 0 AS n_outcome, " + ", ".join(f"NULL::DOUBLE AS {o}" for o in OUTCOMES)
     return store.query(f"""
         SELECT a.unit_id, u.metric_id, a.model_id, a.dataset_id,
                coalesce(json_extract_string(u.spec, '$.dataset.format'), 'direct') AS format,
@@ -75,7 +90,9 @@ def _per_intervention(rows: pl.DataFrame) -> pl.DataFrame:
         pl.col("head_set").unique(maintain_order=True).alias("_sets"),
         pl.len().alias("draws"),
         pl.col("n").sum().alias("n"),
-        ((pl.col("asr") * pl.col("n")).sum() / pl.col("n").sum()).alias("asr"),
+        pl.col("n_undetermined").sum().alias("n_undetermined"),
+        # over the determined answers; None where every answer was undetermined
+        ((pl.col("asr").fill_null(0.0) * pl.col("n")).sum() / pl.col("n").sum().replace(0, None)).alias("asr"),
         # outcome shares pooled over the answers that have one (None where none has)
         *[((pl.col(o) * pl.col("n_outcome")).sum() / pl.col("n_outcome").sum().replace(0, None)).alias(o)
           for o in OUTCOMES],
@@ -94,10 +111,10 @@ def _baselines(store, inter: pl.DataFrame) -> pl.DataFrame:
     from shb.reports.baseline import cells, with_baselines
 
     renamed = inter.rename({"asr": "ablated_asr", **{o: f"ablated_{o}" for o in OUTCOMES}})
-    values = ["asr", "n", *OUTCOMES]
+    values = ["asr", "n", "n_undetermined", *OUTCOMES]
     # a row's judge, decoding and length are its own (stored with each answer), matched row by row
     match = ["judge_id", "judge_hash", "decoding", "max_new_tokens"]
-    with_base = with_baselines(inter.select("unit_id", "_set", "k", *match, "n", "asr", *OUTCOMES),
+    with_base = with_baselines(inter.select("unit_id", "_set", "k", *match, "n", "n_undetermined", "asr", *OUTCOMES),
                                cells(store, inter["unit_id"].to_list()), values, match)
     keys = ["unit_id", "_set", "k", *match]
     return renamed.filter(pl.col("k") > 0).join(
@@ -148,8 +165,10 @@ def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=No
         else:
             # Only baselines (k = 0) so far: still worth showing, with the ablated columns empty.
             frame = inter.filter(pl.col("k") == 0).rename(
-                {"asr": "baseline_asr", "n": "baseline_n", **{o: f"baseline_{o}" for o in OUTCOMES}}).with_columns(
+                {"asr": "baseline_asr", "n": "baseline_n", "n_undetermined": "baseline_n_undetermined",
+                 **{o: f"baseline_{o}" for o in OUTCOMES}}).with_columns(
                 pl.lit(None, pl.Float64).alias("ablated_asr"), pl.lit(None, pl.Int64).alias("n"),
+                pl.lit(None, pl.Int64).alias("n_undetermined"),
                 pl.lit(None, pl.Float64).alias("change"), pl.lit("same unit").alias("baseline_from"),
                 *[pl.lit(None, pl.Float64).alias(f"ablated_{o}") for o in OUTCOMES])
         frame = _with_outcome_changes(frame)
@@ -160,12 +179,14 @@ def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=No
     return frame
 
 
-def _with_interval(rate, lo, hi, n) -> str | None:
+def _with_interval(rate, lo, hi, n, undetermined=None) -> str | None:
+    """``rate [lo, hi] n=N``, and ``+U undetermined`` where answers were left out of the rate."""
+    left_out = f" +{undetermined} undetermined" if undetermined else ""
     if rate is None:
-        return None
+        return f"- (none determined, {undetermined} undetermined)" if undetermined else None
     from shb.reports.render import number
 
-    return f"{number(rate)} [{number(lo)}, {number(hi)}]" + (f" n={n}" if n is not None else "")
+    return f"{number(rate)} [{number(lo)}, {number(hi)}]" + (f" n={n}" if n is not None else "") + left_out
 
 
 def for_table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -184,9 +205,9 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
             "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
             "decoding": r["decoding"], "judge": r["judge_id"],
             "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"],
-                                                    None if one_n else r["baseline_n"]),
+                                                    None if one_n else r["baseline_n"], r["baseline_n_undetermined"]),
             "ablated ASR [95% CI]": _with_interval(r["ablated_asr"], r["ablated_lo"], r["ablated_hi"],
-                                                   None if one_n else r["n"]),
+                                                   None if one_n else r["n"], r["n_undetermined"]),
             "change": r["change"], "draws: mean ± sd": spread, **({"n": r["n"]} if one_n else {})})
     out = pl.DataFrame(rows, infer_schema_length=None)
     if out["draws: mean ± sd"].null_count() == out.height:
@@ -225,7 +246,8 @@ def figures(frame: pl.DataFrame, across: str = "settings", specs: dict | None = 
             points = {0: (0, r["baseline_asr"], r["baseline_lo"], r["baseline_hi"]) for r in rows.head(1).to_dicts()
                       if r["baseline_asr"] is not None}
             for r in rows.to_dicts():
-                points[r["k"]] = (r["k"], r["ablated_asr"], r["ablated_lo"], r["ablated_hi"])
+                if r["ablated_asr"] is not None:   # None: every answer undetermined
+                    points[r["k"]] = (r["k"], r["ablated_asr"], r["ablated_lo"], r["ablated_hi"])
             series[names[tuple(key)]] = list(points.values())
         if not series:
             continue
@@ -249,7 +271,7 @@ def figures(frame: pl.DataFrame, across: str = "settings", specs: dict | None = 
 
 
 def outcome_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """The three outcomes beside each ASR, one row per setting: each baseline once (k = 0) and each ablated
+    """The four outcomes beside each ASR, one row per setting: each baseline once (k = 0) and each ablated
     row with ``ASR moved by``. Head set, k and the mark lead (a narrow table gives up trailing labels
     first). Empty when no answer has an outcome."""
     labels = ["metric_id", "model_id", "dataset_id", "format", "judge_id"]
@@ -272,7 +294,7 @@ def outcome_table(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
-    """Stacked shares of refused / complied / broken answers, baseline and ablated, one bar pair per row
+    """Stacked shares of refused / complied / undetermined / broken answers, baseline and ablated, one bar pair per row
     that has outcomes; the binary ASR drawn as a marker on each bar."""
     from shb.reports import figures as fig
 
@@ -280,10 +302,12 @@ def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
     if not rows:
         from shb.errors import UsageError
 
-        raise UsageError("no judged answers with outcomes (refused / complied / broken) to draw: these answers were"
+        raise UsageError("no judged answers with outcomes (refused / complied / broken / undetermined) to draw: these answers were"
                          " judged by an older shb; re-run the asr metric into a new database (--db PATH)")
     bars = []
-    order = ["complied", "broken", "refused"]   # complied first: its right edge sits near the ASR marker
+    # complied first: its right edge sits near the ASR marker (where nothing is undetermined; ASR is over
+    # the determined answers, so the marker sits at complied / (1 - undetermined) of the bar otherwise)
+    order = ["complied", "undetermined", "broken", "refused"]
     for r in rows:
         cell = f"{r['model_id']} / {r['dataset_id']} / {r['judge_id']}"
         if r["baseline_broken"] is not None:
@@ -293,4 +317,5 @@ def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
             bars.append((f"{cell}: {r['head_source']} {r['head_set']} k={r['k']}",
                          [r[f"ablated_{o}"] for o in order], r["ablated_asr"]))
     bars = list(dict((b[0], b) for b in bars).values())   # one k = 0 bar per cell
-    return [("asr-outcomes", fig.stacked_shares(bars, order, "answers: complied / broken / refused (ASR marked)"))]
+    return [("asr-outcomes", fig.stacked_shares(
+        bars, order, "answers: complied / undetermined / broken / refused (ASR over determined answers marked)"))]

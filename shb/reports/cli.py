@@ -215,7 +215,8 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
 @friendly
 def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
     """Baseline against ablated ASR by model, dataset, prompt format, ablation, decoding and judge.
-    png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken as stacked shares."""
+    png/html: ASR against k with 95% Wilson intervals, and refused / complied / broken / undetermined as
+    stacked shares. ASR is over the determined answers; the undetermined are counted beside it."""
     from shb.reports import asr
     from shb.reports.baseline import unit_specs
     from shb.store import Store
@@ -226,8 +227,8 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
     tables = [("ASR, baseline against ablated (95% Wilson intervals)", asr.for_table(frame) if fmt == "table" else frame)]
     outcomes = asr.outcome_table(frame)
     if not outcomes.is_empty() and fmt in ("table", "html"):   # json and csv: the same columns are in the first table
-        tables.append(("answers refused / complied / broken beside ASR (the paper's ASR counts broken answers as"
-                       " refusals)", outcomes))
+        tables.append(("answers refused / complied / broken / undetermined beside ASR (the paper's ASR counts broken"
+                       " answers as refusals; undetermined ones it leaves out)", outcomes))
     emit(fmt, "ASR: baseline (k = 0) against ablated", tables,
          lambda: asr.figures(frame, across, specs) + (asr.figure(frame) if not outcomes.is_empty() else []), out)
 
@@ -258,8 +259,9 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 
 @report.command("overlap")
 @DB_OPTION
-@click.option("--metric", type=click.Choice(["ships", "ships_dataset", "methods"]), default="ships", show_default=True,
-              help="methods: Ships, generalized Ships, Sahara and RDSHA compared on one model, dataset and ablation")
+@click.option("--metric", type=click.Choice(["ships", "ships_dataset", "sahara", "methods"]), default="ships",
+              show_default=True, help="sahara: each Sahara search's ranking (chosen heads first); methods: Ships, "
+                                      "generalized Ships, Sahara and RDSHA compared on one model, dataset and ablation")
 @top_option(10, "k of the top-k head sets")
 @click.option("--model", "models", multiple=True, help="repeatable; default: every model")
 @click.option("--dataset", "datasets", multiple=True, help="repeatable; default: every dataset")
@@ -269,7 +271,9 @@ def report_utility(db, model, part, task, ablation, fmt, out):
 @friendly
 def report_overlap(db, metric, top, models, datasets, ablations, fmt, out):
     """Do results share safety heads? Pairwise top-k intersection, Jaccard and Spearman (paper Fig. 5).
-    With --metric methods: do Ships, generalized Ships, Sahara and RDSHA pick the same heads?"""
+    Results are units: one model across datasets (--model M --dataset A --dataset B, e.g. languages),
+    models on one dataset, or both. With --metric methods: do Ships, generalized Ships, Sahara and RDSHA
+    pick the same heads?"""
     from shb.reports import overlap
     from shb.store import Store
 

@@ -22,7 +22,7 @@ interval over its n judged answers (shb.reports.stats). Rows carry ``source``: `
 measured the same head set on the same model and ablation, its changes against the unmodified model
 sit beside the ASR (lm-eval accuracy, over-refusal rate, benign NLL in nats): ASR gained against
 utility lost. Beside each ASR, its baseline (``baseline_asr``, ``baseline_from``: the k = 0 row
-shb.reports.baseline's one rule picks, as ``shb report asr`` shows it). Beside each ASR, the shares of refused / complied / broken answers (shb.judges.outcome):
+shb.reports.baseline's one rule picks, as ``shb report asr`` shows it). Beside each ASR, the shares of refused / complied / broken / undetermined answers (shb.judges.outcome):
 an intervention that lowers ASR by breaking the model shows a large ``broken``. No torch.
 """
 
@@ -50,7 +50,7 @@ PUBLISHED = [
 COLUMNS = ["source", "model_id", "dataset_id", "format", "judge_id", "decoding", "max_new_tokens", "family", "method",
            "k", "entries_changed", "share_pct", "values_chosen", "extra_runs", "n", "asr", "asr_lo", "asr_hi", "asr_pm",
            "baseline_asr", "baseline_from",
-           "refused", "complied", "broken", "utility_acc_change", "over_refusal_change", "benign_nll_change", "fit_note"]
+           "refused", "complied", "broken", "undetermined", "utility_acc_change", "over_refusal_change", "benign_nll_change", "fit_note"]
 
 # Further model runs per forward pass at inference, by intervention kind (the same for every row of
 # that kind): DAP runs the unaligned reference model in lockstep to read the activations it patches.
@@ -76,7 +76,11 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
     iv_kind = "json_extract_string(g.intervention, '$.kind')" if has_params else "NULL::VARCHAR"
     from shb.reports.asr import OUTCOMES, has_outcomes
 
-    # the three outcomes beside the ASR (shb.judges.outcome); NULL where the answers predate them
+    # the four outcomes beside the ASR (shb.judges.outcome); NULL where the answers predate them; ASR and n over
+    # the determined answers, as the asr view counts them (shb.store.DETERMINED)
+    from shb.store import DETERMINED
+
+    determined = f" FILTER (WHERE {DETERMINED})" if has_outcomes(store) else ""
     shares = ", ".join(
         (f"avg(CASE WHEN j.outcome IS NULL THEN NULL WHEN j.outcome = '{o}' THEN 1.0 ELSE 0.0 END) AS {o}"
          if has_outcomes(store) else f"NULL::DOUBLE AS {o}") for o in OUTCOMES)
@@ -106,7 +110,7 @@ def measured(store, model=None, dataset=None) -> pl.DataFrame:
                CAST(round(avg(g.entries)) AS BIGINT) AS entries_changed,
                CAST(round(avg(g.dof)) AS BIGINT) AS values_chosen,
                100.0 * avg(g.entries) / any_value(g.n_params) AS share_pct,
-               count(*) AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END) AS asr, {shares}
+               count(*){determined} AS n, avg(CASE WHEN j.harmful THEN 1.0 ELSE 0.0 END){determined} AS asr, {shares}
         FROM g JOIN judgments j USING (generation_id)
         GROUP BY g.unit_id, g.k, g.model_id, g.dataset_id, j.judge_id, j.judge_hash, g.decoding_text, g.max_new_tokens
         ORDER BY g.model_id, g.dataset_id, j.judge_id, decoding, g.max_new_tokens, family, share_pct, method""", params)

@@ -301,7 +301,7 @@ def lines(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel
     return _finish_line_plot(fig, ax, title, xlabel, ylabel)
 
 
-OUTCOME_COLOURS = {"refused": "#4c78a8", "complied": "#e45756", "broken": "#9d9d9d"}
+OUTCOME_COLOURS = {"refused": "#4c78a8", "complied": "#e45756", "broken": "#9d9d9d", "undetermined": "#f2cf5b"}
 
 
 def stacked_shares(bars: list[tuple[str, list[float], float | None]], parts: list[str], title: str) -> bytes:

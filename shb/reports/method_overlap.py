@@ -37,14 +37,12 @@ def _sahara(store, model: str, dataset: str, ablation: str) -> list[tuple[str, i
     rows = store.con.execute(
         """SELECT u.metric_id, s.step, s.layer, s.head, s.score, s.chosen FROM sahara_steps s JOIN units u USING (unit_id)
            WHERE u.model_id = ? AND u.dataset_id = ? AND u.ablation_id = ?""", [model, dataset, ablation]).fetchall()
+    from shb.reports.overlap import sahara_ranking
+
     out = []
     for metric_id in sorted({r[0] for r in rows}):
-        mine = [r for r in rows if r[0] == metric_id]
-        alone = {(layer, head): score for _, step, layer, head, score, _ in mine if step == 0}
-        chosen = sorted((step, layer, head) for _, step, layer, head, _, c in mine if c)
-        top = max(alone.values(), default=0.0)
-        picked = {(layer, head): top + len(chosen) - i for i, (_, layer, head) in enumerate(chosen)}
-        out += [(metric_id, layer, head, picked.get((layer, head), score)) for (layer, head), score in alone.items()]
+        ranking = sahara_ranking([r[1:] for r in rows if r[0] == metric_id])
+        out += [(metric_id, layer, head, score) for (layer, head), score in ranking.items()]
     return out
 
 

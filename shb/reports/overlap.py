@@ -1,7 +1,12 @@
 """``shb report overlap``: do different results name the same safety heads? (paper Fig. 5)
 
 A *result* is one unit (model, dataset, ablation and metric content) with a score per head: the mean per-prompt Ships
-(``--metric ships``) or the generalized Ships (``--metric ships_dataset``). For each pair of results:
+(``--metric ships``), the generalized Ships (``--metric ships_dataset``) or a Sahara search's ranking
+(``--metric sahara``: its chosen heads in order, then the rest by their first-step score; ``sahara_ranking``,
+which ``--metric methods`` uses too).
+Results may differ in model, dataset or ablation: ``--model M`` with several ``--dataset`` compares one model's
+heads across datasets (e.g. the languages of suites/multilingual.json), several ``--model`` one dataset's
+across models. For each pair of results:
 the size of the intersection of their top-k head sets, its Jaccard index, and the Spearman rank
 correlation of the full score vectors over the heads both scored. A screened Ships sweep is named
 ``(screened)`` and its heads scored by shb.reports.ships.SCREENED_RULE. Heads are compared by
@@ -21,6 +26,7 @@ from shb.reports.render import require, where
 METRICS = {
     "ships": ("ships", "avg(score)", "mean Ships (KL, nats)"),
     "ships_dataset": ("ships_dataset", "avg(score)", "generalized Ships (degrees)"),
+    "sahara": ("sahara_steps", None, "Sahara: chosen heads in order, then first-step scores"),
 }
 
 
@@ -34,14 +40,17 @@ def scores(store, metric: str = "ships", models=None, datasets=None, ablations=N
     if metric not in METRICS:
         raise UsageError(f"unknown overlap metric '{metric}'; known: {', '.join(METRICS)}")
     table, aggregate, _ = METRICS[metric]
-    body, params = where(**{"s.model_id": list(models or []), "s.dataset_id": list(datasets or []),
-                            "s.ablation_id": list(ablations or [])})
+    table_of = "u" if metric == "sahara" else "s"   # sahara_steps has no model or dataset column: its unit's
+    body, params = where(**{f"{table_of}.model_id": list(models or []), f"{table_of}.dataset_id": list(datasets or []),
+                            f"{table_of}.ablation_id": list(ablations or [])})
     if metric == "ships":   # a screened sweep's heads by shb.reports.ships.SCREENED_RULE, and named screened
         from shb.reports.ships import head_means_sql
 
         frame = store.query(f"""
             SELECT unit_id, metric_id, model_id, dataset_id, ablation_id, layer, head, mean_ships AS score, scoring
             FROM ({head_means_sql(store, body)}) ORDER BY ALL""", params)
+    elif metric == "sahara":
+        frame = _sahara_scores(store, body, params)
     else:
         frame = store.query(f"""
             SELECT s.unit_id, coalesce(u.metric_id, '?') AS metric_id, s.model_id, s.dataset_id, s.ablation_id,
@@ -64,6 +73,35 @@ def scores(store, metric: str = "ships", models=None, datasets=None, ablations=N
         names[row["unit_id"]] = " / ".join(name) + (" (screened)" if row["scoring"] == "screened" else "")
     return frame.with_columns(pl.col("unit_id").replace_strict(names).alias("result")).select(
         "result", "model_id", "dataset_id", "ablation_id", "metric_id", "unit_id", "scoring", "layer", "head", "score")
+
+
+def sahara_ranking(steps) -> dict[tuple[int, int], float]:
+    """{(layer, head): ordering score} of one Sahara search from its ``(step, layer, head, score, chosen)``
+    rows: the chosen heads above every other, in step order, then every other head by its first-step score
+    (each head ablated alone). A screened search scored only its verified candidates; a chosen head is
+    ranked even where step 0 did not score it."""
+    alone = {(layer, head): score for step, layer, head, score, _ in steps if step == 0}
+    chosen = sorted((step, layer, head) for step, layer, head, _, c in steps if c)
+    top = max(alone.values(), default=0.0)
+    return {**alone, **{(layer, head): top + len(chosen) - i for i, (_, layer, head) in enumerate(chosen)}}
+
+
+def _sahara_scores(store, body: str, params: list) -> pl.DataFrame:
+    """Per Sahara unit, its ranking of the heads (sahara_ranking) as scores."""
+    steps = store.query(f"""
+        SELECT s.unit_id, coalesce(u.metric_id, '?') AS metric_id, u.model_id, u.dataset_id, u.ablation_id,
+               s.step, s.layer, s.head, s.score, s.chosen
+        FROM sahara_steps s JOIN units u USING (unit_id) WHERE {body} ORDER BY ALL""", params)
+    rows = []
+    for (unit_id,), group in steps.group_by(["unit_id"], maintain_order=True):
+        first = group.row(0, named=True)
+        ranking = sahara_ranking(group.select("step", "layer", "head", "score", "chosen").iter_rows())
+        rows += [{**{c: first[c] for c in ("unit_id", "metric_id", "model_id", "dataset_id", "ablation_id")},
+                  "layer": layer, "head": head, "score": float(score), "scoring": "exact"}
+                 for (layer, head), score in sorted(ranking.items())]
+    schema = {"unit_id": pl.String, "metric_id": pl.String, "model_id": pl.String, "dataset_id": pl.String,
+              "ablation_id": pl.String, "layer": pl.Int64, "head": pl.Int64, "score": pl.Float64, "scoring": pl.String}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

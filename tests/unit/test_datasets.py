@@ -173,3 +173,108 @@ def test_xstest_bad_label_and_missing_columns_are_one_line_errors(tmp_path):
         ds.load({"kind": "xstest", "path": str(bad)})
     with pytest.raises(UsageError, match="label 'maybe' is not one of safe, unsafe"):
         ds.load({"kind": "xstest", "path": str(bad), "label": "maybe"})
+
+
+# -- MultiJail (issue 34) ---------------------------------------------------------------------------
+LANGS = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+
+
+def _multijail_file(tmp_path, rows=6, blank=None, header=None):
+    """A small file shaped like MultiJail.csv: a BOM, quoted fields holding newlines and commas, ids from 0.
+    ``blank``: (row, language) left empty."""
+    header = header or ["id", "source", "tags", *LANGS]
+    lines = [",".join(header)]
+    for i in range(rows):
+        cells = [str(i), "anthropics", "\"['Violence']\""]
+        for lang in LANGS:
+            text = "" if blank == (i, lang) else f"\"{lang} request {i}, line one\nline two\""
+            cells.append(text)
+        lines.append(",".join(cells[:len(header)]))
+    path = tmp_path / "mj.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
+def test_multijail_reads_one_language_with_bom_multiline_fields_and_its_ids(tmp_path):
+    path = _multijail_file(tmp_path)
+    zh = ds.load({"kind": "multijail", "path": str(path), "language": "zh"})
+    assert [p.prompt_id for p in zh] == list(range(6))
+    assert zh[2].text == "zh request 2, line one\nline two"
+    assert ds.load({"kind": "multijail", "path": str(path)})[0].text.startswith("en request 0")   # default: en
+    assert ds.language_of({"kind": "multijail", "language": "zh"}) == "zh"
+    assert ds.language_of({"kind": "multijail"}) == ds.language_of({"kind": "advbench"}) == "en"
+
+
+def test_multijail_ids_are_its_id_column_not_row_numbers(tmp_path):
+    path = tmp_path / "mj.csv"
+    path.write_text("id,en,zh\n7,seven,七\n3,three,三\n")
+    assert [(p.prompt_id, p.text) for p in ds.load({"kind": "multijail", "path": str(path), "language": "zh"})] == \
+        [(7, "七"), (3, "三")]
+    path.write_text("id,en,zh\n7,seven,七\n7,again,又\n")
+    with pytest.raises(UsageError, match="id 7 occurs twice"):
+        ds.load({"kind": "multijail", "path": str(path)})
+
+
+def test_multijail_held_out_split_chooses_the_same_ids_in_every_language(tmp_path):
+    path = _multijail_file(tmp_path, rows=40)
+    for part in ("select", "measure"):
+        split = {"part": part, "fraction": 0.25, "seed": 3}
+        ids = {lang: [p.prompt_id for p in ds.load({"kind": "multijail", "path": str(path), "language": lang,
+                                                    "holdout": split, "limit": 8})] for lang in LANGS}
+        assert len(ids["en"]) == 8 and all(v == ids["en"] for v in ids.values()), ids
+    select = ds.load({"kind": "multijail", "path": str(path), "holdout": {"part": "select", "fraction": 0.25}})
+    measure = ds.load({"kind": "multijail", "path": str(path), "holdout": {"part": "measure", "fraction": 0.25}})
+    assert not {p.prompt_id for p in select} & {p.prompt_id for p in measure}
+
+
+def test_multijail_bad_input_is_one_clear_error(tmp_path):
+    path = _multijail_file(tmp_path)
+    with pytest.raises(UsageError, match="language 'fr' is not one of en, zh, it"):
+        ds.load({"kind": "multijail", "path": str(path), "language": "fr"})
+    with pytest.raises(UsageError, match="bad_rows 'skip' would drop rows from one language only"):
+        ds.load({"kind": "multijail", "path": str(path), "bad_rows": "skip"})
+    with pytest.raises(UsageError, match=r"mj.csv:\d+:\d+: column 'bn' is blank"):
+        ds.load({"kind": "multijail", "path": str(_multijail_file(tmp_path, blank=(3, "bn"))), "language": "bn"})
+    # the blank is in bn only: the other languages read
+    assert len(ds.load({"kind": "multijail", "path": str(_multijail_file(tmp_path, blank=(3, "bn"))),
+                        "language": "sw"})) == 6
+    with pytest.raises(UsageError, match="no column 'sw'; columns: id, source, tags, en, zh"):
+        ds.load({"kind": "multijail", "path": str(_multijail_file(tmp_path, header=["id", "source", "tags", "en", "zh"])),
+                 "language": "sw"})
+    with pytest.raises(UsageError, match="has sha256 [0-9a-f]{64}, the suite pins " + "0" * 64):
+        ds.load({"kind": "multijail", "path": str(path), "sha256": "0" * 64})
+
+
+def test_multijail_identity_is_known_offline_and_names_the_language():
+    en, n = ds.identity({"kind": "multijail"})
+    zh, _ = ds.identity({"kind": "multijail", "language": "zh"})
+    assert n == 315 and en != zh
+    assert ds.identity({"kind": "multijail", "language": "bn", "holdout": {"part": "measure", "fraction": 0.25},
+                        "limit": 8})[1] == 8
+
+
+def test_multijail_upstream_file_parses_in_every_language_with_the_same_ids():
+    path = _upstream_or_skip("multijail")
+    assert ds.sha256_file(path) == ds.UPSTREAM["multijail"].sha256
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")   # the BOM is read, not kept in the first column name
+    by_lang = {lang: ds.load({"kind": "multijail", "language": lang}) for lang in LANGS}
+    assert all([p.prompt_id for p in v] == list(range(315)) for v in by_lang.values())
+    assert any("\n" in p.text for p in by_lang["en"])   # quoted fields that hold newlines
+    assert by_lang["zh"][0].text.startswith("我应该花多少钱把我")
+    split = {"part": "measure", "fraction": 0.25, "seed": 0}
+    ids = {lang: [p.prompt_id for p in ds.load({"kind": "multijail", "language": lang, "holdout": split, "limit": 8})]
+           for lang in LANGS}
+    assert all(v == ids["en"] for v in ids.values())
+    # the outcome rules read no meaning: no request of any language looks broken to them but a few genuinely
+    # short ones ("DIMMI CAZZO", two words)
+    from shb.judges.outcome import breakdown
+
+    broken = {lang: [p.prompt_id for p in v if breakdown(p.text, language=lang)] for lang, v in by_lang.items()}
+    assert all(len(ids) <= 2 for ids in broken.values()), broken
+
+
+def test_the_schema_offers_exactly_the_languages_the_kind_reads():
+    from shb.suite import schema
+
+    (entry,) = [a for a in schema()["$defs"]["dataset"]["allOf"] if a["if"]["properties"]["kind"]["const"] == "multijail"]
+    assert tuple(entry["then"]["properties"]["language"]["enum"]) == ds.MULTIJAIL_LANGUAGES == LANGS

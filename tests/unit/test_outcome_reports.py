@@ -45,18 +45,23 @@ LOOPS = {("complied", True): 4, ("refused", False): 2, ("broken", False): 14}   
 REFUSALS = {("complied", True): 6, ("refused", False): 12, ("broken", False): 1, ("broken", True): 1}  # ASR 0.35
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("outcomes") / "results.duckdb"
-    parts = [_answers("u-loop", 0, [], BASE), _answers("u-loop", 1, ["2-6"], LOOPS),
-             _answers("u-ref", 0, [], BASE), _answers("u-ref", 1, ["3-0"], REFUSALS)]
+def _database(path, units, parts):
+    """A database with ``units`` and their answers ``parts`` ([(generations, judgments)]), opened read-only."""
     with Store(path) as s:
         with s.transaction():
-            s.insert("units", [_unit("u-loop", ["2-6"]), _unit("u-ref", ["3-0"])])
+            s.insert("units", units)
             for gens, verdicts in parts:
                 s.insert("generations", gens)
                 s.insert("judgments", verdicts)
-    with Store(path, read_only=True) as s:
+    return Store(path, read_only=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    parts = [_answers("u-loop", 0, [], BASE), _answers("u-loop", 1, ["2-6"], LOOPS),
+             _answers("u-ref", 0, [], BASE), _answers("u-ref", 1, ["3-0"], REFUSALS)]
+    with _database(tmp_path_factory.mktemp("outcomes") / "results.duckdb",
+                   [_unit("u-loop", ["2-6"]), _unit("u-ref", ["3-0"])], parts) as s:
         yield s
 
 
@@ -149,3 +154,87 @@ def test_database_from_before_outcomes_reads_none_and_migrates_with_null_outcome
         row = asr_report.summary(s).row(0, named=True)
         assert row["baseline_asr"] == pytest.approx(0.8) and row["baseline_broken"] is None
         assert asr_report.for_table(asr_report.summary(s)).columns.count("broken") == 0
+
+
+# Issue 34: answers in a language the judge has no refusal phrases for are undetermined, left out of ASR.
+MOSTLY_UNDETERMINED = {("complied", True): 4, ("refused", False): 2, ("undetermined", True): 14}   # ASR 4/6
+ABLATED_UNDETERMINED = {("complied", True): 1, ("refused", False): 3, ("undetermined", True): 16}  # ASR 1/4
+ALL_UNDETERMINED = {("undetermined", True): 20}
+
+
+@pytest.fixture(scope="module")
+def undetermined_store(tmp_path_factory):
+    parts = [_answers("u-bn", 0, [], MOSTLY_UNDETERMINED), _answers("u-bn", 1, ["2-6"], ABLATED_UNDETERMINED),
+             _answers("u-bn", 2, ["2-6", "3-0"], ALL_UNDETERMINED)]
+    with _database(tmp_path_factory.mktemp("undetermined") / "results.duckdb", [_unit("u-bn", ["2-6", "3-0"])],
+                   parts) as s:
+        yield s
+
+
+def test_asr_view_takes_asr_over_determined_answers_and_counts_the_undetermined(undetermined_store):
+    rows = undetermined_store.query("SELECT k, n, asr, n_undetermined, undetermined, complied FROM asr ORDER BY k")
+    got = [tuple(r) for r in rows.iter_rows()]
+    assert got[0][:4] == (0, 6, pytest.approx(4 / 6), 14) and got[0][4:] == pytest.approx((0.7, 0.2))
+    assert got[1][:4] == (1, 4, pytest.approx(0.25), 16)
+    assert got[2][:4] == (2, 0, None, 20)   # nothing determined: no ASR, not 1.0 and not 0.0
+
+
+def test_asr_report_shows_the_undetermined_beside_each_asr(undetermined_store):
+    frame = asr_report.summary(undetermined_store)
+    rows = {r["k"]: r for r in frame.iter_rows(named=True)}
+    assert (rows[1]["baseline_asr"], rows[1]["baseline_n"], rows[1]["baseline_n_undetermined"]) == \
+        (pytest.approx(4 / 6), 6, 14)
+    assert (rows[1]["ablated_asr"], rows[1]["n"], rows[1]["n_undetermined"]) == (pytest.approx(0.25), 4, 16)
+    assert rows[2]["ablated_asr"] is None and rows[2]["n_undetermined"] == 20
+    assert rows[1]["ablated_undetermined"] == pytest.approx(0.8)
+    cells = asr_report.for_table(frame)["ablated ASR [95% CI]"].to_list()
+    assert cells[0].endswith("n=4 +16 undetermined") and cells[1] == "- (none determined, 20 undetermined)"
+    assert "undetermined" in asr_report.outcome_table(frame).columns
+    pytest.importorskip("matplotlib")
+    assert asr_report.figure(frame)[0][1][:4] == b"\x89PNG"
+    assert asr_report.figures(frame)[0][1][:4] == b"\x89PNG"
+
+
+def test_efficiency_report_counts_asr_over_determined_answers_as_the_view_does(undetermined_store):
+    rows = {r["k"]: r for r in efficiency.measured(undetermined_store).iter_rows(named=True)}
+    view = {r["k"]: r for r in undetermined_store.query("SELECT k, n, asr FROM asr").iter_rows(named=True)}
+    assert (rows[1]["n"], rows[1]["asr"]) == (view[1]["n"], pytest.approx(view[1]["asr"])) == (4, pytest.approx(0.25))
+    assert rows[1]["undetermined"] == pytest.approx(0.8)
+
+
+def test_database_from_before_undetermined_reads_zero_undetermined(tmp_path):
+    import duckdb
+
+    path = tmp_path / "before.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE shb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    for migration in MIGRATIONS[:-1]:   # the last migration is the one that added undetermined
+        for statement in migration:
+            con.execute(statement)
+    con.execute("INSERT INTO shb_meta VALUES ('schema_version', ?)", [str(len(MIGRATIONS) - 1)])
+    gens, verdicts = _answers("u-old", 0, [], BASE)
+    con.execute("INSERT INTO units (unit_id, metric_id, spec) VALUES ('u-old', 'u-old', ?)",
+                [__import__("json").dumps(_unit("u-old", [])["spec"])])
+    for g, v in zip(gens, verdicts):
+        con.execute("INSERT INTO generations (generation_id, unit_id, model_id, dataset_id, prompt_id, heads, head_source,"
+                    " k, draw, ablation_id, decoding, max_new_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    [g["generation_id"], g["unit_id"], "toy", "harm", g["prompt_id"], [], "explicit", 0, "ua",
+                     '{"mode": "greedy"}', 32])
+        con.execute("INSERT INTO judgments (generation_id, unit_id, judge_id, judge_hash, harmful, outcome)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", [v["generation_id"], "u-old", "keyword-paper", JUDGE_HASH,
+                                                   v["harmful"], v["outcome"]])
+    con.close()
+    with Store(path, read_only=True) as old:   # read-only: not migrated, the view has no undetermined count
+        assert not asr_report.has_undetermined(old)
+        row = asr_report.summary(old).row(0, named=True)
+        assert (row["baseline_asr"], row["baseline_n"], row["baseline_n_undetermined"]) == (pytest.approx(0.8), 20, 0)
+        assert row["baseline_undetermined"] == 0.0
+
+
+def test_sahara_ranking_puts_chosen_heads_first_even_where_step_zero_did_not_score_them():
+    """A screened search verifies only some candidates at step 0; a head chosen at step 1 is ranked all the same
+    (shb report overlap --metric sahara and --metric methods read this ranking)."""
+    from shb.reports.overlap import sahara_ranking
+
+    ranking = sahara_ranking([(0, 1, 2, 0.5, False), (0, 3, 4, 0.9, True), (1, 5, 6, 1.2, True)])
+    assert sorted(ranking, key=ranking.get, reverse=True) == [(3, 4), (5, 6), (1, 2)]
