@@ -2,6 +2,7 @@
 
 Head-set sources (the ``heads`` parameter; shb.metrics.heads):
   ``sahara:<metric id>``  the first k heads chosen by that Sahara unit (k = 0: no ablation);
+  ``ships_mean:<metric id>``  the top k heads of that Ships unit by mean score over its prompts;
   ``ships_per_prompt:<metric id>``  each prompt's own top-k heads of that Ships unit (the paper's
                           per-query experiment; bare ``ships_per_prompt``: the suite's only ships metric);
   ``random``              k heads drawn with ``seed`` (nested: the k-head set extends the (k-1)-head set);
@@ -97,7 +98,7 @@ def head_set_reads(unit) -> list[Read]:
     heads = unit.spec["metric"].get("heads")
     if isinstance(heads, str) and heads.startswith(heads_module.SAHARA):
         return [unit_rows("sahara_steps", unit.spec.get("upstream"))]
-    if heads_module.per_prompt(heads):
+    if heads_module.per_prompt(heads) or (isinstance(heads, str) and heads.startswith(heads_module.SHIPS_MEAN)):
         return [unit_rows("ships", unit.spec.get("upstream"))]
     return []
 
@@ -223,6 +224,8 @@ class AsrMetric(AppliesHeadsOrFit):
             return [[] for _ in prompts]
         if heads.startswith(heads_module.SAHARA):
             return [self._sahara_heads(unit, ctx, k)] * len(prompts)
+        if heads.startswith(heads_module.SHIPS_MEAN):
+            return [self._mean_ships_heads(unit, ctx, k)] * len(prompts)
         if heads == "random":
             return [self._random_heads(ctx, k, draw)] * len(prompts)
         if heads_module.per_prompt(heads):
@@ -238,6 +241,19 @@ class AsrMetric(AppliesHeadsOrFit):
                              f"({ctx.metric['heads']}, model {unit.model.id}, dataset {unit.dataset.id}), "
                              f"which has {len(rows)}: run that Sahara metric with steps >= {k} first")
         return [tuple(r) for r in rows[:k]]
+
+    def _mean_ships_heads(self, unit, ctx, k):
+        """The top k heads of the upstream Ships unit by mean score over its prompts (a head a screened
+        sweep left unverified on a prompt counts 0 there); ties in (layer, head) order."""
+        upstream = unit.spec.get("upstream")
+        rows = ctx.store.con.execute(
+            """SELECT layer, head FROM ships WHERE unit_id = ? GROUP BY layer, head
+               ORDER BY sum(score) DESC, layer, head LIMIT ?""", [upstream, k]).fetchall()
+        if len(rows) < k:
+            raise UsageError(f"metric '{unit.metric.id}' needs {k} Ships heads from unit {upstream} "
+                             f"({ctx.metric['heads']}, model {unit.model.id}), which has {len(rows)}: run that ships "
+                             f"metric first, or lower k")
+        return [tuple(r) for r in rows]
 
     def _random_heads(self, ctx, k, draw=0):
         everything = [(layer, head) for layer in range(ctx.lm.n_layers) for head in range(ctx.lm.n_heads)]

@@ -4,21 +4,25 @@ both. No torch here.
 
 Sources: ``sahara:<metric id>`` (the heads that Sahara unit chose, in order), ``ships_per_prompt:<metric
 id>`` (each prompt's own top Ships heads; a bare ``ships_per_prompt`` names the suite's only ships
-metric, and is refused where there are several), ``random`` (drawn with the unit's seed) or an explicit
-list such as ``["2-26"]``. ``heads_dataset`` takes the upstream result from another dataset of the suite
-(a holdout's select part) instead of the measured one.
+metric, and is refused where there are several), ``ships_mean:<metric id>`` (the heads of that Ships unit
+ranked by their mean score over its prompts, a head a screened sweep did not verify on a prompt counting
+0 there, as `shb report ships` ranks them), ``random`` (drawn with the unit's seed) or an explicit list
+such as ``["2-26"]``. ``heads_dataset`` takes a Sahara or mean-Ships result from another dataset of the
+suite (a holdout's select part, another language) instead of the measured one.
 """
 
 from __future__ import annotations
 
 SAHARA = "sahara:"
 SHIPS_PER_PROMPT = "ships_per_prompt"
+SHIPS_MEAN = "ships_mean:"
 
 HEAD_NAME = {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}
 HEADS_SCHEMA = {
-    "oneOf": [{"type": "string", "pattern": "^(sahara:.+|ships_per_prompt(:.+)?|random)$"},
+    "oneOf": [{"type": "string", "pattern": "^(sahara:.+|ships_per_prompt(:.+)?|ships_mean:.+|random)$"},
               {"type": "array", "items": HEAD_NAME, "uniqueItems": True}],
-    "description": "sahara:<metric id> | ships_per_prompt:<metric id> | random | explicit list such as [\"2-26\"]"}
+    "description": "sahara:<metric id> | ships_per_prompt:<metric id> | ships_mean:<metric id> | random | explicit "
+                   "list such as [\"2-26\"]"}
 K_SCHEMA = {"oneOf": [{"type": "integer", "minimum": 0},
                       {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
                        "uniqueItems": True}]}
@@ -31,8 +35,8 @@ DECODING_SCHEMA = {
                    "n": {"type": "integer", "minimum": 1}},
     "required": ["mode"], "additionalProperties": False}
 MAX_NEW_TOKENS_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 1048576}
-HEADS_DATASET_SCHEMA = {"type": "string", "description": "heads sahara:<id> only: take the heads Sahara chose on this "
-                        "dataset (a holdout 'select' part) instead of on the measured one"}
+HEADS_DATASET_SCHEMA = {"type": "string", "description": "heads sahara:<id> or ships_mean:<id>: take the heads found on "
+                        "this dataset (a holdout 'select' part, another language) instead of on the measured one"}
 
 
 def upstream_id(heads, kinds: dict[str, str]) -> str | None:
@@ -41,6 +45,8 @@ def upstream_id(heads, kinds: dict[str, str]) -> str | None:
         return None
     if heads.startswith(SAHARA):
         return heads[len(SAHARA):]
+    if heads.startswith(SHIPS_MEAN):
+        return heads[len(SHIPS_MEAN):]
     if heads == SHIPS_PER_PROMPT:
         candidates = [m for m, kind in kinds.items() if kind == "ships"]
         return candidates[0] if len(candidates) == 1 else None   # several: refused by source_problems
@@ -61,6 +67,11 @@ def per_prompt(heads) -> bool:
     return isinstance(heads, str) and heads.startswith(SHIPS_PER_PROMPT)
 
 
+def ranked_source(heads) -> bool:
+    """A source that reads one ranked head list from an upstream unit (its first k heads are ablated)."""
+    return isinstance(heads, str) and heads.startswith((SAHARA, SHIPS_MEAN))
+
+
 def source_problems(i: int, metric: dict, data: dict) -> list[str]:
     """The head source of /metrics/i: the metric it names exists and has the right kind, k fits it,
     heads_dataset names a dataset and comes with a Sahara source."""
@@ -71,8 +82,9 @@ def source_problems(i: int, metric: dict, data: dict) -> list[str]:
     heads, ks = metric.get("heads"), metric.get("k")
     if "heads_dataset" in metric:
         ref = metric["heads_dataset"]
-        if not (isinstance(heads, str) and heads.startswith(SAHARA)):
-            problems.append(f"/metrics/{i}/heads_dataset: only heads 'sahara:<id>' can come from another dataset")
+        if not ranked_source(heads):
+            problems.append(f"/metrics/{i}/heads_dataset: only heads 'sahara:<id>' or 'ships_mean:<id>' can come from"
+                            f" another dataset")
         elif isinstance(ref, str) and ref not in dataset_ids:
             problems.append(f"/metrics/{i}/heads_dataset: no dataset with id '{ref}' in this suite")
     if isinstance(heads, str) and heads.startswith(SAHARA):
@@ -88,7 +100,11 @@ def source_problems(i: int, metric: dict, data: dict) -> list[str]:
                                 f" lower k or raise that metric's steps")
     if per_prompt(heads):
         problems += _ships_source_problems(i, heads, kinds)
-    if heads == "random" or (isinstance(heads, str) and (heads.startswith(SAHARA) or per_prompt(heads))):
+    if isinstance(heads, str) and heads.startswith(SHIPS_MEAN) and kinds.get(heads[len(SHIPS_MEAN):]) != "ships":
+        ships = sorted(m for m, kind in kinds.items() if kind == "ships" and isinstance(m, str))
+        problems.append(f"/metrics/{i}/heads: '{heads}' must name a metric of kind ships in this suite"
+                        + (f" ({', '.join(ships)})" if ships else ""))
+    if heads == "random" or ranked_source(heads) or per_prompt(heads):
         if "k" not in metric:
             problems.append(f"/metrics/{i}: heads '{heads}' needs k (how many heads to ablate)")
     if isinstance(heads, list) and ks is not None:

@@ -107,6 +107,20 @@ def test_case6_ships_per_prompt_names_its_sweep():
     assert any("must name a metric of kind ships" in p for p in problems(data))
 
 
+def test_ships_mean_names_its_sweep_and_needs_k():
+    data = ships_suite()
+    data["metrics"].append({"id": "asr", "kind": "asr", "heads": "ships_mean:screened", "k": [2]})
+    assert problems(data) == []
+    units = {u.metric.id: u for u in plan.expand(from_dict(data), fps={"m": fp("m")})}
+    assert units["asr"].upstream == units["screened"].unit_id
+    for heads, message in (("ships_mean:nope", "must name a metric of kind ships in this suite (exact, screened)"),
+                           ("ships_mean:", "must name a metric of kind ships")):
+        data["metrics"][2]["heads"] = heads
+        assert any(p.startswith("/metrics/2/heads") and message in p for p in problems(data)), problems(data)
+    data["metrics"][2] = {"id": "asr", "kind": "asr", "heads": "ships_mean:exact"}
+    assert any("needs k" in p for p in problems(data))
+
+
 def test_case7_suite_seed_is_part_of_a_screened_sweep():
     def units(seed):
         return {u.metric.id: u.unit_id for u in plan.expand(from_dict(ships_suite(seed=seed)), fps={"m": fp("m")})}
