@@ -308,10 +308,12 @@ def figure(frame: pl.DataFrame) -> list[tuple[str, bytes]]:
     # complied first: its right edge sits near the ASR marker (where nothing is undetermined; ASR is over
     # the determined answers, so the marker sits at complied / (1 - undetermined) of the bar otherwise)
     order = ["complied", "undetermined", "broken", "refused"]
+    metric_of = {r["unit_id"]: r["metric_id"] for r in rows}   # a baseline from another unit is named by its metric
     for r in rows:
         cell = f"{r['model_id']} / {r['dataset_id']} / {r['judge_id']}"
         if r["baseline_broken"] is not None:
-            base = r["metric_id"] if r["baseline_from"] == "same unit" else r["baseline_from"]
+            unit = r["unit_id"] if r["baseline_from"] == "same unit" else r["baseline_from"].removeprefix("unit ")
+            base = metric_of.get(unit, f"unit {unit}")
             bars.append((f"{cell}: {base} k=0", [r[f"baseline_{o}"] for o in order], r["baseline_asr"]))
         if r["ablated_broken"] is not None:
             bars.append((f"{cell}: {r['head_source']} {r['head_set']} k={r['k']}",

@@ -129,6 +129,28 @@ def test_outcome_figure_is_a_png(store):
     assert name == "asr-outcomes" and png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_outcome_figure_draws_a_shared_baseline_once(monkeypatch):
+    # Unit A has its own k = 0; unit B (English heads carried to the same prompts) borrows A's baseline:
+    # one k = 0 bar, named by A's metric, not one per way of reaching it.
+    import polars as pl
+
+    from shb.reports import figures
+
+    seen = {}
+    monkeypatch.setattr(figures, "stacked_shares", lambda bars, *a: seen.setdefault("bars", bars) and b"png")
+    shares = {f"{w}_{o}": v for w in ("baseline", "ablated") for o, v in zip(asr_report.OUTCOMES, (0.5, 0.5, 0, 0))}
+    common = {"model_id": "m", "dataset_id": "zh", "judge_id": "kw", "k": 2, "baseline_asr": 0.5, "ablated_asr": 0.5,
+              **shares}
+    frame = pl.DataFrame([
+        {**common, "unit_id": "uA", "metric_id": "own", "head_source": "sahara:s", "head_set": "0-1,0-2",
+         "baseline_from": "same unit"},
+        {**common, "unit_id": "uB", "metric_id": "from-en", "head_source": "sahara:s", "head_set": "3-1,4-2",
+         "baseline_from": "unit uA"}])
+    asr_report.figure(frame)
+    labels = [label for label, *_ in seen["bars"]]
+    assert labels == ["m / zh / kw: own k=0", "m / zh / kw: sahara:s 0-1,0-2 k=2", "m / zh / kw: sahara:s 3-1,4-2 k=2"]
+
+
 def test_database_from_before_outcomes_reads_none_and_migrates_with_null_outcomes(tmp_path):
     import duckdb
 
