@@ -46,6 +46,16 @@ def load(model: str, dtype: str):
     return load_hf_spec({"id": "bench", **spec, "attn_implementation": "sdpa"}, dtype=dtype, device="cpu")
 
 
+def model_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every real-model bench takes: which model, in which dtype, on which prompts."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", required=True, help="fetch:NAME (`shb models ls`) or a .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prompts-file", required=True, help="one prompt per line")
+    p.add_argument("--prompts", type=int, default=8)
+    return p
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -53,11 +63,7 @@ def timed(fn):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="fetch:NAME (`shb models ls`) or a .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--prompts-file", required=True, help="one prompt per line")
-    p.add_argument("--prompts", type=int, default=8)
+    p = model_parser(__doc__.split("\n\n")[0])
     p.add_argument("--top", type=int, default=27, help="heads verified per prompt by the screened sweep")
     p.add_argument("--sahara-top", type=int, default=10, help="candidates verified per screened Sahara step")
     p.add_argument("--directions", type=int, default=8, help="singular directions of screened Sahara's estimate")

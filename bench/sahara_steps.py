@@ -24,7 +24,6 @@ with an exact search that took an hour, without paying the hour again.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -34,11 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="fetch:NAME (`shb models ls`) or a .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--prompts-file", required=True, help="one prompt per line")
-    p.add_argument("--prompts", type=int, default=8)
+    from real_model import model_parser
+
+    p = model_parser(__doc__.split("\n\n")[0])
     p.add_argument("--skip", type=int, default=0, help="start at this line of the prompt file")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--screened-top", type=int, default=10, help="candidates the screened step verifies (0: no screen)")
