@@ -84,7 +84,7 @@ def main(argv=None):
             head, value = best(zip(cands, s_a))
         row = {"step": step, "G": list(g), "after": t_a, "pick": head, "angle": value}
         # Layer passes per prompt, before/after: the most the cache can save (G's own pass counted).
-        passes_before = sum(lm.n_layers - min(h[0], *(x[0] for x in g)) for h in cands)
+        passes_before = sum(lm.n_layers - min([h[0], *(x[0] for x in g)]) for h in cands)
         passes_after = sum(lm.n_layers - h[0] for h in cands) + (lm.n_layers - min(x[0] for x in g) if g else 0)
         row["bound"] = passes_before / passes_after
         if not args.no_before:
