@@ -6,12 +6,18 @@ Exact sweep (default): one chunk per layer, every head scored by the engine.
 Screened sweep (``screen: {"top": N, "estimator": ..., "tokens": ...}``): per batch of prompts,
 an attribution estimate of every head's score (shb.scorers.attribution: two forward passes and
 ``tokens`` gradients for all heads), then the exact engine on each prompt's top-N candidates.
-Only verified heads get rows in ``ships`` (exact, as in the full sweep); every estimate goes to
-``ships_estimates`` with a ``verified`` flag, so the two are never mixed up.
+Beside them, ``sample`` heads per prompt drawn at random from the others (shb.screen_check) are
+scored exactly too, so the sweep measures its own recall (shb.reports.screen_recall). Only verified
+heads get rows in ``ships`` (exact, as in the full sweep); every estimate goes to ``ships_estimates``
+with a ``verified`` flag and ``verified_as`` ('top', 'sample' or NULL), so the two are never mixed up.
+A sampled head's exact score is a real score: it counts in the ranking like a top one (it can only
+raise the head's lower-bound mean, and it enters a prompt's top 10 only where the screen missed it,
+which the report then says).
 """
 
 from __future__ import annotations
 
+from shb import screen_check
 from shb.errors import UsageError
 from shb.metrics.base import (
     LAYERS_SCHEMA,
@@ -27,7 +33,7 @@ from shb.metrics.base import (
 )
 
 SCREEN_PROMPTS = 8  # prompts per screened chunk: a crash loses at most this many prompts' work
-SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16}
+SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16, "sample": screen_check.SAMPLE}
 
 
 class ShipsMetric(Metric):
@@ -44,12 +50,16 @@ class ShipsMetric(Metric):
                 "estimator": {"enum": ["fisher", "sampled", "logit-top"],
                               "description": "how KL is estimated (default fisher)"},
                 "tokens": {"type": "integer", "minimum": 1, "maximum": 4096,
-                           "description": "next tokens the Fisher form sums (or samples) over (default 16)"}},
+                           "description": "next tokens the Fisher form sums (or samples) over (default 16)"},
+                "sample": screen_check.SAMPLE_SCHEMA},
             "required": ["top"], "additionalProperties": False}},
         "required": []}
 
     def uses_seed(self, params: dict) -> bool:
-        return bool(params.get("screen"))  # the estimate samples gradient directions with it
+        return bool(params.get("screen"))  # the estimate samples gradient directions, the check heads, with it
+
+    def identity(self, params: dict, suite_defaults: dict) -> dict:
+        return screen_check.with_sample(super().identity(params, suite_defaults))
 
     def estimate(self, unit, geometry: dict) -> int:
         screen = unit.spec["metric"].get("screen")
@@ -57,8 +67,8 @@ class ShipsMetric(Metric):
             return sweep_forwards(unit, geometry)
         screen = {**SCREEN_DEFAULTS, **screen}
         # Two forwards, and a backward (about two forwards) per gradient row, then N partial forwards
-        # (counted as full ones: an upper bound) and the per-prompt base pass of the verification.
-        return unit.n_prompts * (2 + 2 * (screen["tokens"] + 1) + screen["top"] + 1)
+        # (counted as full ones: an upper bound), the sampled heads and the per-prompt base pass of the verification.
+        return unit.n_prompts * (2 + 2 * (screen["tokens"] + 1) + screen["top"] + screen["sample"] + 1)
 
     def chunks(self, unit, ctx) -> list[str]:
         layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
@@ -102,17 +112,21 @@ class ShipsMetric(Metric):
         base = ctx.base_row()
         chosen = [sorted(candidates, key=lambda lh: (-float(est[p, lh[0], lh[1]]), lh))[: screen["top"]]
                   for p in range(len(prompts))]
+        # The recall check: a few of the other heads, drawn per prompt from the unit's seed and the prompt id.
+        sampled = [screen_check.draw([c for c in candidates if c not in set(chosen[p])], screen["sample"],
+                                     ctx.seed, "ships", prompt.prompt_id) for p, prompt in enumerate(prompts)]
         # One engine (base pass, scoring head) for the unit's prompts, shared by every batch and with the
         # unit's other metrics; only each prompt's own candidates are evaluated.
-        exact = ctx.engine().ships_pairs([(lo + p, [head]) for p in range(len(prompts)) for head in chosen[p]]).tolist()
+        pairs = [(lo + p, [head]) for p in range(len(prompts)) for head in chosen[p] + sampled[p]]
+        exact = iter(ctx.engine().ships_pairs(pairs).tolist())
         ships_rows, estimate_rows = [], []
         for p, prompt in enumerate(prompts):
-            values = exact[p * screen["top"]: (p + 1) * screen["top"]]
-            for (layer, h), value in zip(chosen[p], values):
-                ships_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h, "score": value})
-            verified = set(chosen[p])
+            how = {**{lh: "sample" for lh in sampled[p]}, **{lh: "top" for lh in chosen[p]}}
+            for layer, h in chosen[p] + sampled[p]:
+                ships_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h,
+                                   "score": next(exact)})
             for layer, h in candidates:
                 estimate_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h,
                                       "estimate": float(est[p, layer, h]), "estimator": screen["estimator"],
-                                      "verified": (layer, h) in verified})
+                                      "verified": (layer, h) in how, "verified_as": how.get((layer, h))})
         return {"ships": ships_rows, "ships_estimates": estimate_rows}

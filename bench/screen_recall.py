@@ -1,0 +1,147 @@
+"""Screened Ships on real models: recall@10 of the verified ranking and the work it costs, for each
+estimator and number of verified heads N, every model side by side in one run.
+
+Run by hand, not in the test suite (models fetched first with `shb models fetch NAME`):
+
+    nice python bench/screen_recall.py --model fetch:smollm2@float32 --model fetch:qwen2.5-coder-1.5b@bfloat16 \\
+        --prompts-file "$SHB_DATA_MIRROR/maliciousinstruct.txt"
+
+Prompts: the last ``--prompts`` lines of the file (held out: the earlier measurements and any tuning
+used the first ones), chat template. Per model the exact sweep (shb.engine, every head) is the
+reference; per estimator (shb.scorers.attribution) the estimate of every head, then for each N the
+ranking a screened sweep reports: each prompt's N best estimates verified exactly (their exact values
+are the exact sweep's: Engine.ships_pairs computes the same numbers, bench/screening.py checks that),
+the rest below them. Reported per (model, estimator, N):
+
+* recall@10: share of the exact top 10 heads per prompt found among the verified heads' top 10;
+* work in forward-pass equivalents per prompt over the exact sweep's (one partial forward per head):
+  *counted* ((estimate passes + N) / heads, the estimate counted as ShipsMetric.estimate counts it:
+  two forwards and a backward, about two forwards, per gradient row) and *timed* ((estimate seconds /
+  seconds per head of the exact sweep + N) / heads, measured in this run);
+* the largest N within a tenth of the exact sweep's counted work, and its recall@10.
+
+``--cache DIR`` keeps each model's exact sweep (and its time) between runs while estimators are tried;
+a cached time is from the run that measured it (printed so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ESTIMATORS = ["fisher:16", "fisher:4", "sampled:8", "logit-top"]
+TOPS = [10, 15, 20, 25, 27, 30, 40]
+
+
+def estimate_passes(estimator: str, tokens: int) -> int:
+    """Forward-pass equivalents of one prompt's estimate, as shb.metrics.ships.ShipsMetric.estimate counts
+    them: two forwards, and about two forwards per gradient row (``tokens`` rows + the mean row;
+    logit-top has one token row)."""
+    rows = (1 if estimator == "logit-top" else tokens) + 1
+    return 2 + 2 * rows
+
+
+def parse_estimator(text: str) -> tuple[str, int]:
+    name, _, tokens = text.partition(":")
+    return name, int(tokens or 16)
+
+
+def exact_sweep(lm, prompts, cache: Path | None, key: str):
+    import torch
+
+    from shb.engine import Engine
+
+    path = cache / f"exact-{key}.pt" if cache else None
+    if path and path.exists():
+        saved = torch.load(path, weights_only=True)
+        return saved["scores"], float(saved["seconds"]), True
+    t0 = time.perf_counter()
+    engine = Engine(lm, prompts)
+    scores = torch.cat([engine.ships_layer(layer) for layer in range(lm.n_layers)], 1).cpu().double()  # (P, L*H)
+    seconds = time.perf_counter() - t0
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"scores": scores, "seconds": torch.tensor(seconds)}, path)
+    return scores, seconds, False
+
+
+def verified_recall(exact, est, top: int, k: int = 10) -> float:
+    """recall@k of the ranking a screened sweep reports: each prompt's ``top`` best estimates, exact."""
+    from shb.scorers import attribution
+
+    chosen = est.topk(top, dim=1).indices
+    verified = {(p, int(f)): float(exact[p, f]) for p in range(exact.shape[0]) for f in chosen[p]}
+    return attribution.recall_at(exact, attribution.screened_scores(est, verified), k)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, help="fetch:NAME or a .gguf file, @dtype to override --dtype (repeatable)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prompts-file", required=True)
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--estimators", default=",".join(ESTIMATORS), help="name[:tokens], comma-separated")
+    p.add_argument("--tops", default=",".join(map(str, TOPS)), help="N values, comma-separated")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", type=Path, default=None, help="keep exact sweeps here between runs")
+    args = p.parse_args(argv)
+
+    import torch
+    from real_model import load
+
+    from shb.datasets import format_prompt
+    from shb.scorers import attribution
+
+    torch.set_num_threads(args.threads)
+    lines = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    texts = lines[-args.prompts:]
+    tops = [int(t) for t in args.tops.split(",")]
+    table = []
+    for given in args.model:
+        model, _, dtype = given.partition("@")
+        dtype = dtype or args.dtype
+        lm = load(model, dtype)
+        prompts = [format_prompt(t, "chat", lm.tokenizer) for t in texts]
+        n = lm.n_layers * lm.n_heads
+        key = hashlib.sha256(json.dumps([model, dtype, prompts]).encode()).hexdigest()[:16]
+        exact, t_exact, cached = exact_sweep(lm, prompts, args.cache, key)
+        per_head = t_exact / n  # seconds per head (all prompts) of the exact sweep
+        print(f"{model} {dtype}: {lm.n_layers} x {lm.n_heads} = {n} heads, {len(prompts)} prompts; exact sweep "
+              f"{t_exact:.1f} s{' (cached)' if cached else ''}; load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        for option in args.estimators.split(","):
+            name, tokens = parse_estimator(option)
+            t0 = time.perf_counter()
+            est = attribution.estimate(lm, prompts, estimator=name, tokens=tokens).reshape(len(prompts), -1)
+            t_est = time.perf_counter() - t0
+            counted, timed = estimate_passes(name, tokens), t_est / per_head
+            budget = int(n / 10 - counted)
+            for top in sorted(set(tops + ([budget] if budget >= 1 else []))):
+                if top > n:
+                    continue
+                table.append({"model": f"{model} {dtype}", "estimator": option, "N": top,
+                              "recall10": verified_recall(exact, est, top),
+                              "work_counted": (counted + top) / n, "work_timed": (timed + top) / n,
+                              "budget": top == budget, "spearman": attribution.spearman(exact, est)})
+            print(f"  {option}: estimate {t_est:.1f} s = {timed:.1f} head-equivalents timed, {counted} counted; "
+                  f"N within a tenth: {budget}", flush=True)
+        del lm
+    print(f"\n{'model':28s} {'estimator':10s} {'N':>4s} {'recall@10':>9s} {'work (counted)':>14s} "
+          f"{'work (timed)':>12s} {'Spearman':>8s}")
+    for row in table:
+        mark = "  <- largest N within 1/10 (counted)" if row["budget"] else ""
+        print(f"{row['model']:28s} {row['estimator']:10s} {row['N']:4d} {row['recall10']:9.3f} "
+              f"{row['work_counted']:14.3f} {row['work_timed']:12.3f} {row['spearman']:8.3f}{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
