@@ -3,9 +3,11 @@ the last prompt position, over the full vocabulary (Zhou et al. 2025, Eq. 9).
 
 Exact sweep (default): one chunk per layer, every head scored by the engine.
 
-Screened sweep (``screen: {"top": N, "estimator": ..., "tokens": ...}``): per batch of prompts,
-an attribution estimate of every head's score (shb.scorers.attribution: two forward passes and
-``tokens`` gradients for all heads), then the exact engine on each prompt's top-N candidates.
+Screened sweep (``screen: {"top": N, "estimator": ..., "tokens": ..., "pool": k}``): per batch of
+prompts, an attribution estimate of every head's score (shb.scorers.attribution: two forward passes
+and ``tokens`` gradients for all heads), then the exact engine on each prompt's top-N candidates and,
+with ``pool``, on every prompt of the batch for the heads among any prompt's k best exact scores
+(``attribution.pooled``; stored ``verified_as = 'pool'``).
 Beside them, ``sample`` heads per prompt drawn at random from the others (shb.screen_check) are
 scored exactly too, so the sweep measures its own recall (shb.reports.screen_recall). Only verified
 heads get rows in ``ships`` (exact, as in the full sweep); every estimate goes to ``ships_estimates``
@@ -33,7 +35,7 @@ from shb.metrics.base import (
 )
 
 SCREEN_PROMPTS = 8  # prompts per screened chunk: a crash loses at most this many prompts' work
-SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16, "sample": screen_check.SAMPLE}
+SCREEN_DEFAULTS = {"estimator": "fisher", "tokens": 16, "pool": 0, "sample": screen_check.SAMPLE}
 
 
 class ShipsMetric(Metric):
@@ -51,6 +53,9 @@ class ShipsMetric(Metric):
                               "description": "how KL is estimated (default fisher)"},
                 "tokens": {"type": "integer", "minimum": 1, "maximum": 4096,
                            "description": "next tokens the Fisher form sums (or samples) over (default 16)"},
+                "pool": {"type": "integer", "minimum": 0,
+                         "description": "then verify on every prompt of a batch the heads among any of its prompts'"
+                                        " `pool` best exact scores (default 0: none)"},
                 "sample": screen_check.SAMPLE_SCHEMA},
             "required": ["top"], "additionalProperties": False}},
         "required": []}
@@ -67,8 +72,11 @@ class ShipsMetric(Metric):
             return sweep_forwards(unit, geometry)
         screen = {**SCREEN_DEFAULTS, **screen}
         # Two forwards, and a backward (about two forwards) per gradient row, then N partial forwards
-        # (counted as full ones: an upper bound), the sampled heads and the per-prompt base pass of the verification.
-        return unit.n_prompts * (2 + 2 * (screen["tokens"] + 1) + screen["top"] + screen["sample"] + 1)
+        # (counted as full ones: an upper bound), the pooled heads (at most the other prompts' k best each),
+        # the sampled heads and the per-prompt base pass of the verification.
+        swept = len(unit.metric.get("layers") or range(geometry["layers"])) * geometry["heads"]
+        pooled = min(screen["pool"] * (SCREEN_PROMPTS - 1), swept)
+        return unit.n_prompts * (2 + 2 * (screen["tokens"] + 1) + screen["top"] + pooled + screen["sample"] + 1)
 
     def chunks(self, unit, ctx) -> list[str]:
         layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
@@ -96,7 +104,7 @@ class ShipsMetric(Metric):
         return {"ships": rows}
 
     def _screened(self, unit, ctx, lo: int, hi: int) -> dict[str, list[dict]]:
-        from shb.scorers.attribution import estimate
+        from shb.scorers.attribution import estimate, pooled
 
         screen = {**SCREEN_DEFAULTS, **ctx.metric["screen"]}
         layers = swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id)
@@ -112,19 +120,28 @@ class ShipsMetric(Metric):
         base = ctx.base_row()
         chosen = [sorted(candidates, key=lambda lh: (-float(est[p, lh[0], lh[1]]), lh))[: screen["top"]]
                   for p in range(len(prompts))]
-        # The recall check: a few of the other heads, drawn per prompt from the unit's seed and the prompt id.
-        sampled = [screen_check.draw([c for c in candidates if c not in set(chosen[p])], screen["sample"],
-                                     ctx.seed, "ships", prompt.prompt_id) for p, prompt in enumerate(prompts)]
         # One engine (base pass, scoring head) for the unit's prompts, shared by every batch and with the
         # unit's other metrics; only each prompt's own candidates are evaluated.
-        pairs = [(lo + p, [head]) for p in range(len(prompts)) for head in chosen[p] + sampled[p]]
-        exact = iter(ctx.engine().ships_pairs(pairs).tolist())
+        engine = ctx.engine()
+        first = engine.ships_pairs([(lo + p, [head]) for p in range(len(prompts)) for head in chosen[p]]).tolist()
+        n = screen["top"]
+        extra = pooled(chosen, [first[p * n: (p + 1) * n] for p in range(len(prompts))], screen["pool"])
+        # The recall check: a few of the other heads, drawn per prompt from the unit's seed and the prompt id.
+        sampled = [screen_check.draw([c for c in candidates if c not in set(chosen[p] + extra[p])], screen["sample"],
+                                     ctx.seed, "ships", prompt.prompt_id) for p, prompt in enumerate(prompts)]
+        second = engine.ships_pairs([(lo + p, [head]) for p in range(len(prompts))
+                                     for head in extra[p] + sampled[p]]).tolist() if any(extra + sampled) else []
+        exact = iter(first + second)
+        order = [(p, head) for p in range(len(prompts)) for head in chosen[p]] + \
+            [(p, head) for p in range(len(prompts)) for head in extra[p] + sampled[p]]
+        scores = {key: next(exact) for key in order}
         ships_rows, estimate_rows = [], []
         for p, prompt in enumerate(prompts):
-            how = {**{lh: "sample" for lh in sampled[p]}, **{lh: "top" for lh in chosen[p]}}
-            for layer, h in chosen[p] + sampled[p]:
+            how = {**{lh: "sample" for lh in sampled[p]}, **{lh: "pool" for lh in extra[p]},
+                   **{lh: "top" for lh in chosen[p]}}
+            for layer, h in chosen[p] + extra[p] + sampled[p]:
                 ships_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h,
-                                   "score": next(exact)})
+                                   "score": scores[(p, (layer, h))]})
             for layer, h in candidates:
                 estimate_rows.append({**base, "prompt_id": prompt.prompt_id, "layer": layer, "head": h,
                                       "estimate": float(est[p, layer, h]), "estimator": screen["estimator"],

@@ -146,7 +146,6 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         warned = screen_recall.warnings(screened, "prompt")
     tables += _warning_section(fmt, warned)
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
-    _print_warnings(fmt, warned)
     if fmt == "table" and frame.height < every.height:  # the compact default says what it left out
         groups = every.select(["model_id", "dataset_id", "ablation_id"]).n_unique()
         import textwrap
@@ -162,6 +161,7 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         console = make_console()
         for line in ships.heatmap_lines(grid, width=min(console.width, 120)):
             console.print(line, overflow="ignore", crop=False)
+    _print_warnings(fmt, warned)  # last, where a reader of the terminal sees it
 
 
 def _warning_section(fmt: str, lines: list[str]) -> list:

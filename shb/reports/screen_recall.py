@@ -2,7 +2,8 @@
 ``shb report sahara``.
 
 Per prompt (Ships) or step (Sahara) a screened run verified its estimate's top N candidates
-(``verified_as = 'top'``) and a uniform random sample of the U others (``'sample'``). Let t be the
+(``verified_as = 'top'``; with Ships' ``pool`` also ``'pool'``, counted with them) and a uniform
+random sample of the U others (``'sample'``). Let t be the
 k-th best exact score among the top N (k = min(10, N)). A sampled candidate scoring above t would have
 entered the verified top k: the screen missed it. With h of s sampled above t, h / s * U estimates how
 many unverified candidates beat t, the number of top-k candidates the screen missed (an upper bound on
@@ -47,13 +48,13 @@ def per_group(store, estimates: str, exact: str, group: str, where: str, params:
             SELECT unit_id, grp, score,
                    row_number() OVER (PARTITION BY unit_id, grp ORDER BY score DESC) AS r,
                    count(*) OVER (PARTITION BY unit_id, grp) AS n_top
-            FROM x WHERE how = 'top'),
+            FROM x WHERE how IN ('top', 'pool')),
         t AS (SELECT unit_id, grp, least(any_value(n_top), {K}) AS k, min(score) AS t
               FROM top WHERE r <= {K} GROUP BY ALL)
         SELECT x.unit_id, x.grp, any_value(t.k) AS k,
                sum(CASE WHEN x.how = 'sample' THEN 1 ELSE 0 END) AS sampled,
                sum(CASE WHEN x.how = 'sample' AND x.score > t.t THEN 1 ELSE 0 END) AS above,
-               sum(CASE WHEN x.how IS DISTINCT FROM 'top' THEN 1 ELSE 0 END) AS unverified
+               sum(CASE WHEN x.how IS NULL OR x.how = 'sample' THEN 1 ELSE 0 END) AS unverified
         FROM x JOIN t USING (unit_id, grp) GROUP BY ALL ORDER BY ALL""", params)
 
 
@@ -102,12 +103,14 @@ def summary(groups: pl.DataFrame) -> pl.DataFrame:
 
 def warnings(frame: pl.DataFrame, per: str) -> list[str]:
     """One line per unit of ``frame`` (a ``summary`` joined with metric_id) whose sample found a missed
-    candidate; ``per``: "prompt" or "step"."""
+    candidate; ``per``: "prompt" (a Ships sweep) or "step" (a Sahara search)."""
+    what, run = ("heads", "sweep") if per == "prompt" else ("candidates", "search")
     out = []
     for row in frame.filter(pl.col("above_kth") > 0).iter_rows(named=True):
+        k = row["k"]
         out.append(f"warning: screened {row.get('metric_id', '?')} (unit {row['unit_id'][:12]}): {row['above_kth']} of "
-                   f"{row['sampled']} randomly sampled candidates scored above their {per}'s {row['k']}th-best verified "
-                   f"one, so about {row['missed_per']:.1f} of the top {row['k']} per {per} were missed (recall@{row['k']}"
-                   f" ~ {row['recall_est']:.2f}); the sampled ones' exact scores are in the ranking, unsampled ones"
-                   " like them are not: raise screen.top, or run the exact search")
+                   f"{row['sampled']} randomly sampled {what} scored above their {per}'s {k}th-best verified one: about "
+                   f"{row['missed_per']:.1f} unverified {what} per {per} belong in the top {k} (95% bound "
+                   f"{row['missed_95']:.1f}; estimated recall@{k} {row['recall_est']:.2f}). The sampled ones keep their "
+                   f"exact scores in the results, the others are missing: raise screen.top or run the exact {run}")
     return out

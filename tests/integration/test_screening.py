@@ -302,7 +302,7 @@ def test_screen_sample_warns_when_the_estimate_is_bad(tmp_path, monkeypatch):
     _, _, _, table, data = _sample_run(tmp_path / "bad", monkeypatch, -1)
     row, = [r for key, rows in data.items() if key.startswith("screened") for r in rows]
     assert row["above_kth"] > 0 and row["recall_est"] < 0.5 and row["missed_per"] > 5, row
-    assert "warning: screened screened" in table and "were missed" in table
+    assert "warning: screened screened" in table and "belong in the top 10" in table
 
     db, units, _, table, data = _sample_run(tmp_path / "good", monkeypatch, 1)
     row, = [r for key, rows in data.items() if key.startswith("screened") for r in rows]
@@ -313,3 +313,28 @@ def test_screen_sample_warns_when_the_estimate_is_bad(tmp_path, monkeypatch):
                      (PARTITION BY prompt_id ORDER BY score DESC, layer, head) AS r FROM ships WHERE unit_id = ?)
                      WHERE r <= 10 ORDER BY ALL""", [units[m]]).fetchall() for m in ("exact", "screened")}
     assert top10["screened"] == top10["exact"]
+
+
+def test_pool_verifies_every_prompts_best_heads_on_all_prompts(tmp_path):
+    """``pool``: after each prompt's top 3, the heads among any prompt's 2 best exact scores are verified on
+    every prompt of the batch (verified_as 'pool', exact scores), and the sample is drawn from the rest."""
+    from shb.store import Store
+
+    suite = {**SAMPLE_SUITE, "metrics": [{"id": "screened", "kind": "ships",
+                                          "screen": {"top": 3, "pool": 2, "sample": 4}}]}
+    db, units = run_suite(tmp_path, suite)
+    with Store(db, read_only=True) as store:
+        rows = store.con.execute("""SELECT e.prompt_id, e.layer, e.head, e.verified_as, s.score FROM ships_estimates e
+            LEFT JOIN ships s USING (unit_id, prompt_id, layer, head) WHERE e.unit_id = ? AND e.verified""",
+                                 [units["screened"]]).fetchall()
+    by = {}
+    for prompt, layer, head, how, score in rows:
+        assert score is not None
+        by.setdefault(prompt, {}).setdefault(how, {})[(layer, head)] = score
+    best = set()
+    for heads in by.values():
+        best |= {h for h, _ in sorted(heads["top"].items(), key=lambda hv: -hv[1])[:2]}
+    assert len(best) > 2  # the prompts' best heads differ somewhere, so the pool verifies something
+    for heads in by.values():
+        assert set(heads.get("pool", {})) == best - set(heads["top"])
+        assert len(heads["sample"]) == 4 and not set(heads["sample"]) & (best | set(heads["top"]))
