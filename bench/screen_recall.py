@@ -13,11 +13,13 @@ ranking a screened sweep reports: each prompt's N best estimates verified exactl
 are the exact sweep's: Engine.ships_pairs computes the same numbers, bench/screening.py checks that),
 the rest below them. Reported per (model, estimator, N):
 
-* recall@10: share of the exact top 10 heads per prompt found among the verified heads' top 10;
+* recall@10: share of the exact top 10 heads per prompt found among the verified heads' top 10, the
+  verified heads being each prompt's N best estimates and, with ``pool`` k (``--pools``), the heads
+  among any prompt's k best exact scores in its batch of 8 (as ShipsMetric's ``screen.pool``);
 * work in forward-pass equivalents per prompt over the exact sweep's (one partial forward per head):
-  *counted* ((estimate passes + N) / heads, the estimate counted as ShipsMetric.estimate counts it:
+  *counted* ((estimate passes + heads verified) / heads, the estimate counted as ShipsMetric.estimate counts it:
   two forwards and a backward, about two forwards, per gradient row) and *timed* ((estimate seconds /
-  seconds per head of the exact sweep + N) / heads, measured in this run);
+  seconds per head of the exact sweep + heads verified) / heads, measured in this run);
 * the largest N within a tenth of the exact sweep's counted work, and its recall@10.
 
 ``--cache DIR`` keeps each model's exact sweep (and its time) between runs while estimators are tried;
@@ -73,13 +75,22 @@ def exact_sweep(lm, prompts, cache: Path | None, key: str):
     return scores, seconds, False
 
 
-def verified_recall(exact, est, top: int, k: int = 10) -> float:
-    """recall@k of the ranking a screened sweep reports: each prompt's ``top`` best estimates, exact."""
+def verified_recall(exact, est, top: int, pool: int = 0, batch: int = 8, k: int = 10) -> tuple[float, float]:
+    """recall@k of the ranking a screened sweep reports (each prompt's ``top`` best estimates exact, then
+    with ``pool`` the heads among any prompt's ``pool`` best exact scores in its batch of ``batch``
+    prompts, as ShipsMetric does: attribution.pooled) and the heads verified per prompt."""
     from shb.scorers import attribution
 
-    chosen = est.topk(top, dim=1).indices
-    verified = {(p, int(f)): float(exact[p, f]) for p in range(exact.shape[0]) for f in chosen[p]}
-    return attribution.recall_at(exact, attribution.screened_scores(est, verified), k)
+    chosen = [est[p].topk(top).indices.tolist() for p in range(est.shape[0])]
+    verified = {}
+    for lo in range(0, len(chosen), batch):
+        part = chosen[lo: lo + batch]
+        extra = attribution.pooled(part, [[float(exact[lo + i, f]) for f in heads] for i, heads in enumerate(part)],
+                                   pool)
+        for i, heads in enumerate(part):
+            verified.update({(lo + i, f): float(exact[lo + i, f]) for f in heads + extra[i]})
+    recall = attribution.recall_at(exact, attribution.screened_scores(est, verified), k)
+    return recall, len(verified) / est.shape[0]
 
 
 def main(argv=None):
@@ -90,6 +101,7 @@ def main(argv=None):
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--estimators", default=",".join(ESTIMATORS), help="name[:tokens], comma-separated")
     p.add_argument("--tops", default=",".join(map(str, TOPS)), help="N values, comma-separated")
+    p.add_argument("--pools", default="0,5", help="`pool` values (ShipsMetric screen.pool), comma-separated")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=None, help="keep exact sweeps here between runs")
     args = p.parse_args(argv)
@@ -104,6 +116,7 @@ def main(argv=None):
     lines = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     texts = lines[-args.prompts:]
     tops = [int(t) for t in args.tops.split(",")]
+    pools = [int(t) for t in args.pools.split(",")]
     table = []
     for given in args.model:
         model, _, dtype = given.partition("@")
@@ -124,22 +137,25 @@ def main(argv=None):
             t_est = time.perf_counter() - t0
             counted, timed = estimate_passes(name, tokens), t_est / per_head
             budget = int(n / 10 - counted)
-            for top in sorted(set(tops + ([budget] if budget >= 1 else []))):
-                if top > n:
-                    continue
-                table.append({"model": f"{model} {dtype}", "estimator": option, "N": top,
-                              "recall10": verified_recall(exact, est, top),
-                              "work_counted": (counted + top) / n, "work_timed": (timed + top) / n,
-                              "budget": top == budget, "spearman": attribution.spearman(exact, est)})
+            for pool in pools:
+                for top in sorted(set(tops + ([budget] if budget >= 1 and not pool else []))):
+                    if top > n:
+                        continue
+                    recall, verified = verified_recall(exact, est, top, pool)
+                    table.append({"model": f"{model} {dtype}", "estimator": option, "N": top, "pool": pool,
+                                  "verified": verified, "recall10": recall,
+                                  "work_counted": (counted + verified) / n, "work_timed": (timed + verified) / n,
+                                  "budget": top == budget and not pool, "spearman": attribution.spearman(exact, est)})
             print(f"  {option}: estimate {t_est:.1f} s = {timed:.1f} head-equivalents timed, {counted} counted; "
                   f"N within a tenth: {budget}", flush=True)
         del lm
-    print(f"\n{'model':28s} {'estimator':10s} {'N':>4s} {'recall@10':>9s} {'work (counted)':>14s} "
-          f"{'work (timed)':>12s} {'Spearman':>8s}")
+    print(f"\n{'model':32s} {'estimator':10s} {'N':>4s} {'pool':>4s} {'verified':>8s} {'recall@10':>9s} "
+          f"{'work (counted)':>14s} {'work (timed)':>12s} {'Spearman':>8s}")
     for row in table:
         mark = "  <- largest N within 1/10 (counted)" if row["budget"] else ""
-        print(f"{row['model']:28s} {row['estimator']:10s} {row['N']:4d} {row['recall10']:9.3f} "
-              f"{row['work_counted']:14.3f} {row['work_timed']:12.3f} {row['spearman']:8.3f}{mark}")
+        print(f"{row['model']:32s} {row['estimator']:10s} {row['N']:4d} {row['pool']:4d} {row['verified']:8.1f} "
+              f"{row['recall10']:9.3f} {row['work_counted']:14.3f} {row['work_timed']:12.3f} "
+              f"{row['spearman']:8.3f}{mark}")
     return 0
 
 
