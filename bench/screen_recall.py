@@ -22,6 +22,13 @@ the rest below them. Reported per (model, estimator, N):
   seconds per head of the exact sweep + heads verified) / heads, measured in this run);
 * the largest N within a tenth of the exact sweep's counted work, and its recall@10.
 
+``--diagnose P`` also splits the estimate's error on the first P prompts: every head is ablated by
+hand (one full forward each, shb.ablation.ablate) to get its exact next-token logit change dl, and
+the recall@10 of the Fisher form 1/2 Var_p(dl) of that *exact* change (over the full vocabulary and over
+the 16 most probable tokens, as ``fisher`` renormalises) is printed beside the estimate's (the same
+Fisher form of the *linearised* change). High recall for the first and low for the last says the
+second-order form is sound and the linearisation of the layers above the head is what misses.
+
 ``--cache DIR`` keeps each model's exact sweep (and its time) between runs while estimators are tried;
 a cached time is from the run that measured it (printed so).
 """
@@ -93,6 +100,39 @@ def verified_recall(exact, est, top: int, pool: int = 0, batch: int = 8, k: int 
     return recall, len(verified) / est.shape[0]
 
 
+def diagnose(lm, prompts, exact, estimate) -> dict:
+    """recall@10 against the exact sweep of: the Fisher form of each head's exact logit change (full
+    vocabulary; the 16 most probable tokens, renormalised) and ``estimate`` (P, heads), on ``prompts``."""
+    import torch
+
+    from shb.ablation import ablate
+    from shb.scorers import attribution
+
+    full, top16 = torch.zeros(exact.shape, dtype=torch.float64), torch.zeros(exact.shape, dtype=torch.float64)
+    heads = [(layer, h) for layer in range(lm.n_layers) for h in range(lm.n_heads)]
+    for p, text in enumerate(prompts):
+        ids, mask, pos = attribution.encode_prompts(lm.tokenizer, [text], "cpu")
+
+        def last_logits():
+            return lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[0, -1].double()
+
+        with torch.no_grad():
+            base = last_logits()
+            probs = torch.softmax(base, -1)
+            picks = probs.topk(16).indices
+            weights = probs[picks] / probs[picks].sum()
+            for f, head in enumerate(heads):
+                with ablate(lm.model, [head], kind="undifferentiated", epsilon=1e-5):
+                    dl = last_logits() - base
+                full[p, f] = 0.5 * (probs * (dl - (probs * dl).sum()) ** 2).sum()
+                d16 = dl[picks]
+                top16[p, f] = 0.5 * (weights * (d16 - (weights * d16).sum()) ** 2).sum()
+    rows = slice(0, len(prompts))
+    return {"fisher of exact dl, full vocabulary": attribution.recall_at(exact[rows], full, 10),
+            "fisher of exact dl, top 16 tokens": attribution.recall_at(exact[rows], top16, 10),
+            "estimate (fisher of linearised dl, top 16)": attribution.recall_at(exact[rows], estimate[rows], 10)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, help="fetch:NAME or a .gguf file, @dtype to override --dtype (repeatable)")
@@ -104,6 +144,8 @@ def main(argv=None):
     p.add_argument("--pools", default="0,5", help="`pool` values (ShipsMetric screen.pool), comma-separated")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=None, help="keep exact sweeps here between runs")
+    p.add_argument("--diagnose", type=int, default=0, metavar="P",
+                   help="on the first P prompts, split the estimate's error (one full forward per head and prompt)")
     args = p.parse_args(argv)
 
     import torch
@@ -146,6 +188,9 @@ def main(argv=None):
                                   "verified": verified, "recall10": recall,
                                   "work_counted": (counted + verified) / n, "work_timed": (timed + verified) / n,
                                   "budget": top == budget and not pool, "spearman": attribution.spearman(exact, est)})
+            if args.diagnose and option == "fisher:16":
+                for what, value in diagnose(lm, prompts[: args.diagnose], exact, est).items():
+                    print(f"  diagnosis, {args.diagnose} prompts: recall@10 of {what}: {value:.3f}", flush=True)
             print(f"  {option}: estimate {t_est:.1f} s = {timed:.1f} head-equivalents timed, {counted} counted; "
                   f"N within a tenth: {budget}", flush=True)
         del lm

@@ -25,11 +25,12 @@ def label_rows(contents: dict[tuple[str, str], dict], run_id: str) -> list[dict]
 
 
 # Keys a newer shb records in a label's content that an older one left implicit, by label kind (a
-# screened Ships sweep's seed, issue 32; a screen's recall sample, issue 31, "screen.sample": a key
-# inside ``screen``): a database written before holds the label without them. That is not another
-# content under one label: the unit ids differ (the units run again, with the key recorded) and the
-# label's row takes the new content.
-LATER_KEYS = {"metric": frozenset({"seed", "screen.sample"})}
+# screened Ships sweep's seed, issue 32; a screen's defaults, issue 31, keys inside ``screen``): a
+# database written before holds the label without them. That is not another content under one label:
+# the unit ids differ (the units run again, with the key recorded) and the label's row takes the new
+# content.
+LATER_KEYS = {"metric": frozenset({"seed", "screen.sample", "screen.pool", "screen.estimator", "screen.tokens",
+                                   "screen.directions"})}
 
 
 _MISSING = object()

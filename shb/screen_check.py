@@ -23,11 +23,13 @@ SAMPLE_SCHEMA = {"type": "integer", "minimum": 0,
                                 f"the screen's recall (default {SAMPLE}; 0: none)"}
 
 
-def with_sample(key: dict) -> dict:
-    """A metric key (Metric.identity) with ``screen.sample`` spelled out: the sample changes what a unit
-    stores, so its size is part of the unit id whether the suite writes it or not."""
+def with_screen_defaults(key: dict, defaults: dict) -> dict:
+    """A metric key (Metric.identity) with every ``screen`` default spelled out (``defaults``: the kind's
+    SCREEN_DEFAULTS): the sample, the pool, the estimator and its tokens change what a unit stores, so
+    they are part of the unit id whether the suite writes them or not (and a documented default can
+    change without two contents sharing one id)."""
     if key.get("screen"):
-        key = {**key, "screen": {"sample": SAMPLE, **key["screen"]}}
+        key = {**key, "screen": {**defaults, **key["screen"]}}
     return key
 
 

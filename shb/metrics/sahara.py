@@ -82,7 +82,7 @@ class SaharaMetric(Metric):
         return bool(screen) and screen.get("sample", screen_check.SAMPLE) > 0
 
     def identity(self, params: dict, suite_defaults: dict) -> dict:
-        return screen_check.with_sample(super().identity(params, suite_defaults))
+        return screen_check.with_screen_defaults(super().identity(params, suite_defaults), SCREEN_DEFAULTS)
 
     def geometry_problems(self, i: int, params: dict, layers: int, heads: int, where: str) -> list[str]:
         swept = params.get("layers")

@@ -64,7 +64,7 @@ class ShipsMetric(Metric):
         return bool(params.get("screen"))  # the estimate samples gradient directions, the check heads, with it
 
     def identity(self, params: dict, suite_defaults: dict) -> dict:
-        return screen_check.with_sample(super().identity(params, suite_defaults))
+        return screen_check.with_screen_defaults(super().identity(params, suite_defaults), SCREEN_DEFAULTS)
 
     def estimate(self, unit, geometry: dict) -> int:
         screen = unit.spec["metric"].get("screen")

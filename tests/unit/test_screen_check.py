@@ -17,10 +17,26 @@ def test_draw_is_seeded_ordered_and_bounded():
     assert screen_check.draw(population, 0, 0) == []
 
 
-def test_with_sample_spells_out_the_default():
-    assert screen_check.with_sample({"kind": "ships"}) == {"kind": "ships"}
-    assert screen_check.with_sample({"screen": {"top": 3}}) == {"screen": {"sample": screen_check.SAMPLE, "top": 3}}
-    assert screen_check.with_sample({"screen": {"top": 3, "sample": 0}})["screen"]["sample"] == 0
+def test_with_screen_defaults_spells_them_out():
+    defaults = {"sample": screen_check.SAMPLE, "pool": 0}
+    assert screen_check.with_screen_defaults({"kind": "ships"}, defaults) == {"kind": "ships"}
+    assert screen_check.with_screen_defaults({"screen": {"top": 3}}, defaults) == {"screen": {**defaults, "top": 3}}
+    assert screen_check.with_screen_defaults({"screen": {"top": 3, "sample": 0}}, defaults)["screen"]["sample"] == 0
+
+
+def test_a_screened_unit_id_holds_its_defaults():
+    """Writing a screen default out, or leaving it implicit, is one unit; another value is another."""
+    from shb.metrics.sahara import SaharaMetric
+    from shb.metrics.ships import SCREEN_DEFAULTS, ShipsMetric
+
+    ships = ShipsMetric()
+    implicit = ships.identity({"screen": {"top": 3}}, {"seed": 0})
+    assert implicit == ships.identity({"screen": {"top": 3, **SCREEN_DEFAULTS}}, {"seed": 0})
+    assert implicit["screen"]["sample"] == screen_check.SAMPLE and implicit["seed"] == 0
+    assert implicit != ships.identity({"screen": {"top": 3, "pool": SCREEN_DEFAULTS["pool"] + 1}}, {"seed": 0})
+    sahara = SaharaMetric()
+    assert "seed" in sahara.identity({"screen": {"top": 3}}, {"seed": 0})
+    assert "seed" not in sahara.identity({"screen": {"top": 3, "sample": 0}}, {"seed": 0})  # nothing random left
 
 
 def test_pooled_adds_any_prompts_best_heads():
