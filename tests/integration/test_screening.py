@@ -172,7 +172,11 @@ def test_screened_metric_through_runner(tmp_path):
         pairs = store.con.execute("""
             SELECT e.score, s.score FROM ships s JOIN ships e USING (prompt_id, layer, head)
             WHERE s.unit_id = ? AND e.unit_id = ?""", [units["screened"], units["exact"]]).fetchall()
-        assert len(pairs) == 10 * (3 + 8)  # the top 3 and the default recall sample of 8 per prompt
+        counts = dict(store.con.execute("""SELECT verified_as, count(*) FROM ships_estimates WHERE unit_id = ?
+                                           AND verified GROUP BY 1""", [units["screened"]]).fetchall())
+        # The top 3, the heads pooled from the batch's prompts (default pool 5) and the recall sample of 8.
+        assert counts["top"] == 10 * 3 and counts["sample"] == 10 * 8 and counts.get("pool", 0) > 0, counts
+        assert len(pairs) == sum(counts.values())
         # The exact sweep batches 10 prompts, verification one at a time: fp32 rounding differs by
         # ~1e-5 of the largest score (the engine-vs-naive bound in test_engine.py).
         peak = max(e for e, _ in pairs)
@@ -181,7 +185,7 @@ def test_screened_metric_through_runner(tmp_path):
         n_est, n_ver = store.con.execute(
             "SELECT count(*), sum(CASE WHEN verified THEN 1 ELSE 0 END) FROM ships_estimates WHERE unit_id = ?",
             [units["screened"]]).fetchall()[0]
-        assert (n_est, n_ver) == (10 * 32, 10 * (3 + 8))
+        assert (n_est, n_ver) == (10 * 32, sum(counts.values()))
     report = CliRunner().invoke(main, ["report", "ships", "--db", str(db), "--format", "json"])
     assert report.exit_code == 0, report.output
     table = CliRunner().invoke(main, ["report", "ships", "--db", str(db)], env={"COLUMNS": "200"})
@@ -236,7 +240,7 @@ SAMPLE_SUITE = {
     "datasets": [{"id": "harm", "kind": "toy-harmful", "limit": 6, "format": "chat"}],
     "ablations": [{"id": "ua", "kind": "undifferentiated"}],
     "metrics": [{"id": "exact", "kind": "ships"},
-                {"id": "screened", "kind": "ships", "screen": {"top": 12, "sample": 8}}],
+                {"id": "screened", "kind": "ships", "screen": {"top": 12, "pool": 0, "sample": 8}}],
     "defaults": {"device": "cpu"},
 }
 
