@@ -11,7 +11,7 @@ with ``pool``, on every prompt of the batch for the heads among any prompt's k b
 Beside them, ``sample`` heads per prompt drawn at random from the others (shb.screen_check) are
 scored exactly too, so the sweep measures its own recall (shb.reports.screen_recall). Only verified
 heads get rows in ``ships`` (exact, as in the full sweep); every estimate goes to ``ships_estimates``
-with a ``verified`` flag and ``verified_as`` ('top', 'sample' or NULL), so the two are never mixed up.
+with a ``verified`` flag and ``verified_as`` ('top', 'pool', 'sample' or NULL), so the two are never mixed up.
 A sampled head's exact score is a real score: it counts in the ranking like a top one (it can only
 raise the head's lower-bound mean, and it enters a prompt's top 10 only where the screen missed it,
 which the report then says).
