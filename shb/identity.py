@@ -25,17 +25,48 @@ def label_rows(contents: dict[tuple[str, str], dict], run_id: str) -> list[dict]
 
 
 # Keys a newer shb records in a label's content that an older one left implicit, by label kind (a
-# screened Ships sweep's seed, issue 32): a database written before holds the label without them. That
-# is not another content under one label: the unit ids differ (the units run again, with the key
-# recorded) and the label's row takes the new content.
-LATER_KEYS = {"metric": frozenset({"seed"})}
+# screened Ships sweep's seed, issue 32; a screen's defaults, issue 31, keys inside ``screen``): a
+# database written before holds the label without them. That is not another content under one label:
+# the unit ids differ (the units run again, with the key recorded) and the label's row takes the new
+# content.
+LATER_KEYS = {"metric": frozenset({"seed", "screen.sample", "screen.pool", "screen.estimator", "screen.tokens",
+                                   "screen.directions"})}
+
+
+_MISSING = object()
+
+
+def _at(content: dict, path: str):
+    """The value at a dotted ``path`` of ``content``, or _MISSING."""
+    for key in path.split("."):
+        if not isinstance(content, dict) or key not in content:
+            return _MISSING
+        content = content[key]
+    return content
+
+
+def _without(content: dict, path: str) -> dict:
+    head, _, rest = path.partition(".")
+    if head not in content:
+        return content
+    if not rest:
+        return {k: v for k, v in content.items() if k != head}
+    return {**content, head: _without(content[head], rest)} if isinstance(content[head], dict) else content
 
 
 def only_later_keys(conflict: dict) -> bool:
-    """Whether a label conflict is only keys of LATER_KEYS that the stored content lacks."""
-    added = LATER_KEYS.get(conflict["kind"], frozenset())
+    """Whether a label conflict is only keys of LATER_KEYS that the stored content lacks (keys it has
+    must be unchanged)."""
+    added = sorted(LATER_KEYS.get(conflict["kind"], frozenset()))
     old, new = conflict["old"], conflict["new"]
-    return bool(added & set(new)) and not added & set(old) and {k: v for k, v in new.items() if k not in added} == old
+    gained = False
+    for path in added:
+        was, now = _at(old, path), _at(new, path)
+        if was is not _MISSING and was != now:
+            return False
+        gained = gained or (was is _MISSING and now is not _MISSING)
+        old, new = _without(old, path), _without(new, path)
+    return gained and old == new
 
 
 def check_labels(store, contents: dict[tuple[str, str], dict], prompt_hashes: dict[str, str]) -> None:

@@ -223,6 +223,15 @@ MIGRATIONS.append([
         FROM generations g JOIN judgments j USING (generation_id)
         GROUP BY ALL""",
 ])
+MIGRATIONS.append([
+    # Issue 31: screened runs verify a seeded random sample beside their top candidates (shb.screen_check)
+    # to measure their own recall. verified_as: 'top' (the estimate's best), 'sample', NULL (not
+    # verified); rows written before held top-verified heads only.
+    "ALTER TABLE ships_estimates ADD COLUMN verified_as VARCHAR",
+    "UPDATE ships_estimates SET verified_as = 'top' WHERE verified",
+    "ALTER TABLE sahara_estimates ADD COLUMN verified_as VARCHAR",
+    "UPDATE sahara_estimates SET verified_as = 'top' WHERE verified",
+])
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # DuckDB settings of every read-only connection: nothing outside the database file can be read or

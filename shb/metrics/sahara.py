@@ -8,17 +8,22 @@ chosen by earlier steps, from the store, so a resumed run continues where it sto
 
 Screened (``screen: {"top": M, "directions": K}``, score ships_dataset): one chunk per step. Every
 candidate is estimated from one linearised pass (shb.scorers.subspace_attribution), the top M are
-scored exactly and the best verified candidate is chosen. Only verified candidates get rows in
-``sahara_steps`` (exact scores); every estimate goes to ``sahara_estimates`` with a ``verified`` flag.
+scored exactly, and so are ``sample`` others drawn at random (shb.screen_check: the step measures its
+own recall, shb.reports.screen_recall). The best verified candidate, top or sampled, is chosen: a
+sampled candidate's exact score is as real as a top one's, and where it beats them all the greedy step
+must take it (the report says so). Only verified candidates get rows in ``sahara_steps`` (exact
+scores); every estimate goes to ``sahara_estimates`` with a ``verified`` flag and ``verified_as``
+('top', 'sample' or NULL).
 """
 
 from __future__ import annotations
 
+from shb import screen_check
 from shb.errors import UsageError
 from shb.metrics.base import STRATEGY_SCHEMA, Metric, heads_work, subspace_rank, swept_layers, unit_rows
-from shb.search import SCORES, best, sahara_step_layer, screened_sahara_step
+from shb.search import SCORES, best, sahara_step_layer, score_head_sets, screened_sahara_step
 
-SCREEN_DEFAULTS = {"directions": 8}
+SCREEN_DEFAULTS = {"directions": 8, "sample": screen_check.SAMPLE}
 
 
 def step_chunk(step: int, layer: int) -> str:
@@ -65,12 +70,19 @@ class SaharaMetric(Metric):
                 "top": {"type": "integer", "minimum": 1, "description": "candidates verified exactly per step (M)"},
                 "directions": {"type": "integer", "minimum": 1, "maximum": 4096,
                                "description": "singular directions of the hidden-state matrix the estimate keeps "
-                                              "(default 8; one backward pass each)"}},
+                                              "(default 8; one backward pass each)"},
+                "sample": screen_check.SAMPLE_SCHEMA},
             "required": ["top"], "additionalProperties": False}},
         "required": []}
     defaults = {"steps": 5, "score": "ships_dataset", "r": 1}
-    # The screened search is deterministic; a screen that samples (verified heads drawn at random)
-    # declares uses_seed here, and UnitContext.seed refuses to hand out a seed the unit id lacks.
+
+    def uses_seed(self, params: dict) -> bool:
+        """A screen that samples (candidates verified at random beside the top M) draws with the seed."""
+        screen = params.get("screen")
+        return bool(screen) and screen.get("sample", screen_check.SAMPLE) > 0
+
+    def identity(self, params: dict, suite_defaults: dict) -> dict:
+        return screen_check.with_screen_defaults(super().identity(params, suite_defaults), SCREEN_DEFAULTS)
 
     def geometry_problems(self, i: int, params: dict, layers: int, heads: int, where: str) -> list[str]:
         swept = params.get("layers")
@@ -85,9 +97,9 @@ class SaharaMetric(Metric):
         screen = unit.metric.get("screen")
         if screen:
             # Per step: M_G, the clean pass with grad, the all-heads pass, a backward (about two forwards)
-            # per direction, then M verified candidates (counted as full forwards: an upper bound).
+            # per direction, then M verified and the sampled candidates (counted as full forwards: an upper bound).
             screen = {**SCREEN_DEFAULTS, **screen}
-            return unit.n_prompts * (steps * (3 + 2 * screen["directions"] + screen["top"]) + 1)
+            return unit.n_prompts * (steps * (3 + 2 * screen["directions"] + screen["top"] + screen["sample"]) + 1)
         # Per step every candidate once (the engine starts it at its own layer on G's cached states), and
         # from the second step on one pass of G to fill that cache (at most a whole forward).
         return unit.n_prompts * round(1 + steps * heads_work(unit, geometry) + (steps - 1))
@@ -140,14 +152,23 @@ class SaharaMetric(Metric):
     def _screened(self, unit, ctx, step: int) -> dict[str, list[dict]]:
         _, _, r = _params(ctx, unit)
         unit_id = ctx.ids["unit_id"]
-        found = screened_sahara_step(ctx.engine(), self._chosen(ctx, unit_id, step), r=r,
+        screen = self._screen(ctx, unit)
+        chosen = self._chosen(ctx, unit_id, step)
+        found = screened_sahara_step(ctx.engine(), chosen, r=r,
                                      layers=swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id),
-                                     **self._screen(ctx, unit))
-        verified = {h for h, _ in found["verified"]}
+                                     top=screen["top"], directions=screen["directions"])
+        how = {h: "top" for h, _ in found["verified"]}
+        # The recall check: candidates outside the top M, drawn from the unit's seed and the step.
+        sampled = screen_check.draw([h for h, _ in found["estimates"] if h not in how], screen["sample"],
+                                    ctx.seed if screen["sample"] else 0, "sahara", step)
+        checked = list(zip(sampled, score_head_sets(ctx.engine(), [[*chosen, h] for h in sampled],
+                                                    score="ships_dataset", r=r)))
+        how.update({h: "sample" for h in sampled})
+        winner, _ = best(found["verified"] + checked)  # a sampled candidate that beats the top M is the step's best
         steps = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "score": float(v),
-                  "chosen": (l, h) == found["chosen"]} for (l, h), v in found["verified"]]
+                  "chosen": (l, h) == winner} for (l, h), v in found["verified"] + checked]
         estimates = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "estimate": float(v),
-                      "verified": (l, h) in verified} for (l, h), v in found["estimates"]]
+                      "verified": (l, h) in how, "verified_as": how.get((l, h))} for (l, h), v in found["estimates"]]
         return {"sahara_steps": steps, "sahara_estimates": estimates}
 
     def run_chunk(self, unit, ctx, chunk: str) -> dict[str, list[dict]]:

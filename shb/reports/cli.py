@@ -132,12 +132,19 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         screened = ships.screening(store, model, dataset, ablation)
     mixed = ships.mixed_note(frame, "rankings")
     tables = [("heads ranked by mean Ships (KL, nats)" + (f" ({mixed})" if mixed else ""), frame)]
+    warned = []
     if not screened.is_empty():
+        from shb.reports import screen_recall
+
         # Screened sweeps score only each prompt's top candidates exactly: say how many, so a mean
-        # over fewer prompts is read as what it is.
-        tables.append(("screened sweeps: heads verified exactly per prompt (heads rank by their exact scores over"
-                       " every prompt, an unverified prompt counting 0)",
-                       screened))
+        # over fewer prompts is read as what it is, and what the random sample says they missed.
+        tables.append(("screened sweeps: heads verified exactly per prompt, top and sampled (heads rank by their"
+                       " exact scores over every prompt, an unverified prompt counting 0); recall measured on the"
+                       " sample: sampled heads above their prompt's 10th-best verified one (above_kth), top-10 heads"
+                       " missed per prompt (missed_per, 95% bound missed_95) and the recall@10 it implies"
+                       " (recall_est)", screened))
+        warned = screen_recall.warnings(screened, "prompt")
+    tables += _warning_section(fmt, warned)
     emit(fmt, "Ships: heads ranked by mean Ships (KL, nats)", tables, lambda: ships.figures(grid, scores), out)
     if fmt == "table" and frame.height < every.height:  # the compact default says what it left out
         groups = every.select(["model_id", "dataset_id", "ablation_id"]).n_unique()
@@ -154,6 +161,22 @@ def report_ships(db, model, dataset, ablation, top, fmt, out):
         console = make_console()
         for line in ships.heatmap_lines(grid, width=min(console.width, 120)):
             console.print(line, overflow="ignore", crop=False)
+    _print_warnings(fmt, warned)  # last, where a reader of the terminal sees it
+
+
+def _warning_section(fmt: str, lines: list[str]) -> list:
+    """html: the screens' warnings as a section of the page (table: printed after the tables instead)."""
+    if fmt != "html" or not lines:
+        return []
+    import polars as pl
+
+    return [("warnings: the recall check of screened runs", pl.DataFrame({"warning": lines}))]
+
+
+def _print_warnings(fmt: str, lines: list[str]) -> None:
+    if fmt == "table":
+        for line in lines:
+            click.echo(line)
 
 
 @report.command("sahara")
@@ -189,6 +212,17 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
                               sahara.chosen_heads(store, model, dataset, ablation))
         except UsageError as exc:
             missing.append(exc)
+        screened = sahara.screening(store, model, dataset, ablation)
+    warned = []
+    if not screened.is_empty() and "heads" in found:
+        from shb.reports import screen_recall
+
+        found["screening"] = ("screened Sahara: candidates verified exactly per step, top M and sampled; steps whose"
+                              " best verified candidate came from the sample (chosen_from_sample); recall measured on"
+                              " the sample: sampled candidates above their step's 10th-best verified one (above_kth),"
+                              " top-10 candidates missed per step (missed_per, 95% bound missed_95), the recall@10 it"
+                              " implies (recall_est)", screened)
+        warned = screen_recall.warnings(screened, "step")
     if not found:  # one problem per line: the ASR table's and the chosen heads' (often the same fix)
         messages = list(dict.fromkeys(str(exc) for exc in missing))
         raise UsageError("\n  ".join(messages))
@@ -197,8 +231,9 @@ def report_sahara(db, model, dataset, ablation, judge, what, fmt, out):
             raise missing[0]
         emit(fmt, "", [found[what]])
         return
-    emit(fmt, "Sahara: ASR against heads ablated", list(found.values()),
+    emit(fmt, "Sahara: ASR against heads ablated", list(found.values()) + _warning_section(fmt, warned),
          (lambda: sahara.figures(long, specs)) if long is not None else None, out)
+    _print_warnings(fmt, warned)
 
 
 @report.command("asr")

@@ -79,6 +79,33 @@ def chosen_heads(store, model=None, dataset=None, ablation=None) -> pl.DataFrame
         ["model_id", "dataset_id", "ablation_id", "metric_id", "step", "head_name", "score", "head_set", "unit_id"])
 
 
+def screening(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
+    """Per screened Sahara unit: candidates verified per step (top M and sampled), steps whose chosen head
+    came from the sample, and the recall measured on the sample (shb.reports.screen_recall). Empty
+    without screened units."""
+    from shb.reports import screen_recall
+
+    if not store.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'sahara_estimates'")["n"][0]:
+        return pl.DataFrame()
+    body, params = where(**{"u.model_id": model, "u.dataset_id": dataset, "u.ablation_id": ablation})
+    sampled = ("e.verified_as = 'sample'" if "verified_as" in screen_recall._columns(store, "sahara_estimates")
+               else "FALSE")
+    frame = store.query(f"""
+        SELECT u.model_id, u.dataset_id, u.ablation_id, u.metric_id, e.unit_id, count(DISTINCT e.step) AS steps,
+               count(*) // count(DISTINCT e.step) AS candidates,
+               sum(CASE WHEN e.verified THEN 1 ELSE 0 END) // count(DISTINCT e.step) AS verified_per_step,
+               CAST(sum(CASE WHEN {sampled} AND s.chosen THEN 1 ELSE 0 END) AS BIGINT) AS chosen_from_sample
+        FROM sahara_estimates e JOIN units u USING (unit_id)
+             LEFT JOIN sahara_steps s ON s.unit_id = e.unit_id AND s.step = e.step AND s.layer = e.layer
+                                         AND s.head = e.head
+        WHERE {body} GROUP BY ALL ORDER BY ALL""", params)
+    if frame.is_empty():
+        return frame
+    recall = screen_recall.summary(screen_recall.per_group(store, "sahara_estimates", "sahara_steps", "step",
+                                                           body, params))
+    return frame.join(recall.drop("checked"), on="unit_id", how="left")
+
+
 def figures(long: pl.DataFrame, specs: dict | None = None) -> list[tuple[str, bytes]]:
     """One line chart per (model, dataset): ASR change against k (k = 0 drawn at 0), a line per asr unit
     and judge whose legend names what differs between the lines (shb.reports.figures.unit_lines;

@@ -25,11 +25,11 @@ from shb.errors import UsageError
 RESULT = ["model_id", "dataset_id", "ablation_id", "metric_id", "scoring", "unit_id"]
 
 
-def _filters(model: str | None, dataset: str | None, ablation: str | None) -> tuple[str, list]:
+def _filters(model: str | None, dataset: str | None, ablation: str | None, alias: str = "s") -> tuple[str, list]:
     clauses, params = [], []
     for column, value in (("model_id", model), ("dataset_id", dataset), ("ablation_id", ablation)):
         if value is not None:
-            clauses.append(f"s.{column} = ?")
+            clauses.append(f"{alias}.{column} = ?")
             params.append(value)
     return (" AND ".join(clauses) or "TRUE"), params
 
@@ -115,17 +115,26 @@ def ranking(store, model=None, dataset=None, ablation=None, top: int | None = 20
 
 
 def screening(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:
-    """Per screened unit: heads estimated and verified exactly per prompt (empty without screened units)."""
+    """Per screened unit: heads estimated and verified exactly per prompt (top and sampled), and the
+    recall measured from the sample (shb.reports.screen_recall; empty without screened units)."""
+    from shb.reports import screen_recall
+
     if not _has_estimates(store):
         return pl.DataFrame()
     where, params = _filters(model, dataset, ablation)
-    return store.query(f"""
+    frame = store.query(f"""
         SELECT s.model_id, s.dataset_id, s.ablation_id, coalesce(u.metric_id, '?') AS metric_id, s.unit_id,
                any_value(s.estimator) AS estimator, count(DISTINCT s.prompt_id) AS n_prompts,
                count(*) // count(DISTINCT s.prompt_id) AS heads_estimated,
                sum(CASE WHEN s.verified THEN 1 ELSE 0 END) // count(DISTINCT s.prompt_id) AS heads_verified
         FROM ships_estimates s LEFT JOIN units u USING (unit_id) WHERE {where}
         GROUP BY ALL ORDER BY ALL""", params)
+    if frame.is_empty():
+        return frame
+    where_e, params_e = _filters(model, dataset, ablation, alias="e")
+    recall = screen_recall.summary(screen_recall.per_group(store, "ships_estimates", "ships", "prompt_id",
+                                                           where_e, params_e))
+    return frame.join(recall.drop("checked"), on="unit_id", how="left")
 
 
 def heatmap(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:

@@ -99,14 +99,80 @@ def test_screened_sahara_through_runner(tmp_path):
         pairs = store.con.execute("""
             SELECT e.score, s.score FROM sahara_steps s JOIN sahara_steps e USING (step, layer, head)
             WHERE s.unit_id = ? AND e.unit_id = ?""", [units["screened"], units["exact"]]).fetchall()
-        assert len(pairs) == 2 * 4
+        assert len(pairs) == 2 * (4 + 8)  # the top 4 and the default recall sample of 8 per step
         for exact, screened in pairs:
             assert screened == pytest.approx(exact, rel=1e-5, abs=1e-6)
         counts = store.con.execute("""SELECT step, count(*), sum(CASE WHEN verified THEN 1 ELSE 0 END)
             FROM sahara_estimates WHERE unit_id = ? GROUP BY 1 ORDER BY 1""", [units["screened"]]).fetchall()
-        assert counts == [(0, 32, 4), (1, 31, 4)]
+        assert counts == [(0, 32, 12), (1, 31, 12)]
     bad = {**suite, "metrics": [{"id": "s", "kind": "sahara", "score": "ships_mean", "screen": {"top": 4}}]}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     result = CliRunner().invoke(main, ["run", str(path), "--db", str(tmp_path / "bad.duckdb"), "--quiet"])
     assert result.exit_code == 2 and "ships_dataset only" in result.output, result.output
+
+
+def _exact_step_estimate(sign):
+    """A stand-in for estimate_step: every candidate's exact score (sign 1) or its negation (sign -1)."""
+    def estimate(lm, prompts, chosen, base_hidden, kind="undifferentiated", epsilon=1e-5, site=None, r=1, **_):
+        engine = Engine(lm, list(prompts), kind=kind, epsilon=epsilon, site=site)
+        out = torch.zeros(lm.n_layers, lm.n_heads, dtype=torch.float64)
+        for head, value in sahara_step(engine, chosen, r=r):
+            out[head] = sign * value
+        return out
+    return estimate
+
+
+def _sampled_sahara(tmp_path, monkeypatch, sign, seed=0):
+    from click.testing import CliRunner
+
+    from shb.cli import main
+    from shb.scorers import subspace_attribution
+    from shb.store import Store
+
+    monkeypatch.setattr(subspace_attribution, "estimate_step", _exact_step_estimate(sign))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    suite = {"name": "sahara-sample", "models": [{"id": "toy", "kind": "toy"}],
+             "datasets": [{"id": "harm", "kind": "toy-harmful", "split": "train", "limit": 8, "format": "chat"}],
+             "ablations": [{"id": "ua", "kind": "undifferentiated"}],
+             "metrics": [{"id": "exact", "kind": "sahara", "steps": 2},
+                         {"id": "screened", "kind": "sahara", "steps": 2, "screen": {"top": 10, "sample": 8}}],
+             "defaults": {"device": "cpu", "seed": seed}}
+    db, units = run_suite(tmp_path, suite)
+    with Store(db, read_only=True) as store:
+        rows = store.con.execute("""SELECT e.step, e.layer, e.head, e.verified_as, e.estimate, s.score, s.chosen
+            FROM sahara_estimates e LEFT JOIN sahara_steps s USING (unit_id, step, layer, head)
+            WHERE e.unit_id = ? ORDER BY ALL""", [units["screened"]]).fetchall()
+        picks = {m: store.con.execute("SELECT layer, head FROM sahara_steps WHERE unit_id = ? AND chosen ORDER BY step",
+                                      [u]).fetchall() for m, u in units.items()}
+    table = CliRunner().invoke(main, ["report", "sahara", "--db", str(db)], env={"COLUMNS": "250"})
+    data = CliRunner().invoke(main, ["report", "sahara", "--db", str(db), "--format", "json"])
+    assert table.exit_code == 0 and data.exit_code == 0, table.output + data.output
+    summary, = json.loads(data.output)[next(k for k in json.loads(data.output) if k.startswith("screened Sahara"))]
+    return rows, picks, table.output, summary
+
+
+def test_screened_sahara_samples_and_measures_its_recall(tmp_path, monkeypatch):
+    """Per step 8 candidates outside the top 10 are scored exactly (stored with the estimate, seeded: the same
+    heads again for the same seed); a perfect estimate: no warning, the exact picks; a reversed one: the
+    report warns, and a sampled candidate that beats the verified top is chosen (the best exact score known)."""
+    rows, picks, table, summary = _sampled_sahara(tmp_path / "good", monkeypatch, 1)
+    for step in (0, 1):
+        kinds = [how for s, _, _, how, _, _, _ in rows if s == step]
+        assert kinds.count("top") == 10 and kinds.count("sample") == 8
+        assert all(score is not None for s, _, _, how, _, score, _ in rows if s == step and how)
+    assert picks["screened"] == picks["exact"]
+    assert summary["above_kth"] == 0 and summary["recall_est"] == 1.0 and summary["chosen_from_sample"] == 0, summary
+    assert "warning" not in table
+    again, _, _, _ = _sampled_sahara(tmp_path / "again", monkeypatch, 1)
+    assert [r[:4] for r in again] == [r[:4] for r in rows]
+
+    rows, picks, table, summary = _sampled_sahara(tmp_path / "bad", monkeypatch, -1)
+    assert summary["above_kth"] > 0 and summary["recall_est"] < 1.0, summary
+    assert "warning: screened screened" in table
+    for step in (0, 1):
+        verified = [(score, how, chosen) for s, _, _, how, _, score, chosen in rows if s == step and how]
+        best = max(verified)
+        assert best[2], f"step {step}: the chosen candidate is not the best verified one"
+        assert best[1] == "sample"  # the reversed estimate's top 10 are the worst; a sampled one beats them
+    assert summary["chosen_from_sample"] == 2

@@ -172,7 +172,11 @@ def test_screened_metric_through_runner(tmp_path):
         pairs = store.con.execute("""
             SELECT e.score, s.score FROM ships s JOIN ships e USING (prompt_id, layer, head)
             WHERE s.unit_id = ? AND e.unit_id = ?""", [units["screened"], units["exact"]]).fetchall()
-        assert len(pairs) == 10 * 3
+        counts = dict(store.con.execute("""SELECT verified_as, count(*) FROM ships_estimates WHERE unit_id = ?
+                                           AND verified GROUP BY 1""", [units["screened"]]).fetchall())
+        # The top 3, the heads pooled from the batch's prompts (default pool 5) and the recall sample of 8.
+        assert counts["top"] == 10 * 3 and counts["sample"] == 10 * 8 and counts.get("pool", 0) > 0, counts
+        assert len(pairs) == sum(counts.values())
         # The exact sweep batches 10 prompts, verification one at a time: fp32 rounding differs by
         # ~1e-5 of the largest score (the engine-vs-naive bound in test_engine.py).
         peak = max(e for e, _ in pairs)
@@ -181,7 +185,7 @@ def test_screened_metric_through_runner(tmp_path):
         n_est, n_ver = store.con.execute(
             "SELECT count(*), sum(CASE WHEN verified THEN 1 ELSE 0 END) FROM ships_estimates WHERE unit_id = ?",
             [units["screened"]]).fetchall()[0]
-        assert (n_est, n_ver) == (10 * 32, 10 * 3)
+        assert (n_est, n_ver) == (10 * 32, sum(counts.values()))
     report = CliRunner().invoke(main, ["report", "ships", "--db", str(db), "--format", "json"])
     assert report.exit_code == 0, report.output
     table = CliRunner().invoke(main, ["report", "ships", "--db", str(db)], env={"COLUMNS": "200"})
@@ -219,3 +223,122 @@ def test_verification_raises_recall_when_top_heads_spread_over_layers(arch):
     verified, _ = _screened_recall(lm, prompts, 12, exact)
     assert verified > unverified, (unverified, verified)                 # verification changes the result
     assert verified >= 0.8, f"{arch}: recall@10 {verified:.3f} with N = 12"
+
+
+def _exact_estimate(sign):
+    """A stand-in for shb.scorers.attribution.estimate: the exact scores (sign 1, a perfect estimate) or
+    their negation (sign -1: the screen verifies the worst heads), (P, L, H) as the estimate returns."""
+    def estimate(lm, texts, kind="undifferentiated", epsilon=1e-5, site=None, **_):
+        engine = Engine(lm, list(texts), kind=kind, epsilon=epsilon, site=site)
+        return sign * torch.stack([engine.ships_layer(layer) for layer in range(lm.n_layers)], 1).double()
+    return estimate
+
+
+SAMPLE_SUITE = {
+    "name": "screen-sample",
+    "models": [{"id": "toy", "kind": "toy"}],
+    "datasets": [{"id": "harm", "kind": "toy-harmful", "limit": 6, "format": "chat"}],
+    "ablations": [{"id": "ua", "kind": "undifferentiated"}],
+    "metrics": [{"id": "exact", "kind": "ships"},
+                {"id": "screened", "kind": "ships", "screen": {"top": 12, "pool": 0, "sample": 8}}],
+    "defaults": {"device": "cpu"},
+}
+
+
+def _sample_run(tmp_path, monkeypatch, sign, seed=0):
+    """The suite run with the estimate forced (see _exact_estimate) -> (db, units, sampled heads per prompt,
+    `shb report ships` as a table and as json)."""
+    from click.testing import CliRunner
+
+    from shb.cli import main
+    from shb.store import Store
+
+    monkeypatch.setattr(attribution, "estimate", _exact_estimate(sign))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    db, units = run_suite(tmp_path, {**SAMPLE_SUITE, "defaults": {"device": "cpu", "seed": seed}})
+    with Store(db, read_only=True) as store:
+        rows = store.con.execute("""SELECT prompt_id, layer, head, verified_as, verified FROM ships_estimates
+                                    WHERE unit_id = ? ORDER BY ALL""", [units["screened"]]).fetchall()
+    sampled = {}
+    for prompt, layer, head, how, verified in rows:
+        assert verified == (how is not None)
+        if how == "sample":
+            sampled.setdefault(prompt, []).append((layer, head))
+    table = CliRunner().invoke(main, ["report", "ships", "--db", str(db)], env={"COLUMNS": "250"})
+    data = CliRunner().invoke(main, ["report", "ships", "--db", str(db), "--format", "json"])
+    assert table.exit_code == 0 and data.exit_code == 0, table.output + data.output
+    return db, units, sampled, table.output, json.loads(data.output)
+
+
+def test_screen_sample_is_stored_exact_and_seeded(tmp_path, monkeypatch):
+    """The recall sample: per prompt 8 heads outside the top 12, stored with their estimate and the exact
+    sweep's score; the same heads for the same seed, other heads for another."""
+    from shb.store import Store
+
+    db, units, sampled, _, _ = _sample_run(tmp_path / "a", monkeypatch, 1)
+    assert sorted(sampled) == list(range(6)) and all(len(heads) == 8 for heads in sampled.values())
+    with Store(db, read_only=True) as store:
+        counts = store.con.execute("""SELECT verified_as, count(*) FROM ships_estimates WHERE unit_id = ?
+                                      GROUP BY 1 ORDER BY 1 NULLS LAST""", [units["screened"]]).fetchall()
+        assert counts == [("sample", 6 * 8), ("top", 6 * 12), (None, 6 * 12)]
+        both = store.con.execute("""
+            SELECT e.estimate, s.score, x.score FROM ships_estimates e
+            JOIN ships s ON s.unit_id = e.unit_id AND s.prompt_id = e.prompt_id AND s.layer = e.layer AND s.head = e.head
+            JOIN ships x ON x.unit_id = ? AND x.prompt_id = e.prompt_id AND x.layer = e.layer AND x.head = e.head
+            WHERE e.unit_id = ? AND e.verified_as = 'sample'""", [units["exact"], units["screened"]]).fetchall()
+    assert len(both) == 6 * 8
+    peak = max(x for _, _, x in both)
+    for estimate, score, exact in both:  # both values stored; the exact one is the exact sweep's
+        assert score == pytest.approx(exact, rel=1e-4, abs=1e-5 * peak)
+        assert estimate == pytest.approx(exact, rel=1e-4, abs=1e-5 * peak)  # the forced perfect estimate
+    _, _, again, _, _ = _sample_run(tmp_path / "b", monkeypatch, 1)
+    assert again == sampled
+    _, _, other, _, _ = _sample_run(tmp_path / "c", monkeypatch, 1, seed=1)
+    assert other != sampled
+
+
+def test_screen_sample_warns_when_the_estimate_is_bad(tmp_path, monkeypatch):
+    """A reversed estimate (the screen verifies the worst heads): the sample finds heads above the 10th-best
+    verified one, the report warns and estimates the recall low. A perfect estimate: no warning, recall 1,
+    and the screened top 10 of every prompt is the exact sweep's (the sample changes nothing)."""
+    from shb.store import Store
+
+    _, _, _, table, data = _sample_run(tmp_path / "bad", monkeypatch, -1)
+    row, = [r for key, rows in data.items() if key.startswith("screened") for r in rows]
+    assert row["above_kth"] > 0 and row["recall_est"] < 0.5 and row["missed_per"] > 5, row
+    assert "warning: screened screened" in table and "belong in the top 10" in table
+
+    db, units, _, table, data = _sample_run(tmp_path / "good", monkeypatch, 1)
+    row, = [r for key, rows in data.items() if key.startswith("screened") for r in rows]
+    assert row["above_kth"] == 0 and row["recall_est"] == 1.0 and row["sampled"] == 6 * 8, row
+    assert "warning" not in table
+    with Store(db, read_only=True) as store:
+        top10 = {m: store.con.execute("""SELECT prompt_id, layer, head FROM (SELECT *, row_number() OVER
+                     (PARTITION BY prompt_id ORDER BY score DESC, layer, head) AS r FROM ships WHERE unit_id = ?)
+                     WHERE r <= 10 ORDER BY ALL""", [units[m]]).fetchall() for m in ("exact", "screened")}
+    assert top10["screened"] == top10["exact"]
+
+
+def test_pool_verifies_every_prompts_best_heads_on_all_prompts(tmp_path):
+    """``pool``: after each prompt's top 3, the heads among any prompt's 2 best exact scores are verified on
+    every prompt of the batch (verified_as 'pool', exact scores), and the sample is drawn from the rest."""
+    from shb.store import Store
+
+    suite = {**SAMPLE_SUITE, "metrics": [{"id": "screened", "kind": "ships",
+                                          "screen": {"top": 3, "pool": 2, "sample": 4}}]}
+    db, units = run_suite(tmp_path, suite)
+    with Store(db, read_only=True) as store:
+        rows = store.con.execute("""SELECT e.prompt_id, e.layer, e.head, e.verified_as, s.score FROM ships_estimates e
+            LEFT JOIN ships s USING (unit_id, prompt_id, layer, head) WHERE e.unit_id = ? AND e.verified""",
+                                 [units["screened"]]).fetchall()
+    by = {}
+    for prompt, layer, head, how, score in rows:
+        assert score is not None
+        by.setdefault(prompt, {}).setdefault(how, {})[(layer, head)] = score
+    best = set()
+    for heads in by.values():
+        best |= {h for h, _ in sorted(heads["top"].items(), key=lambda hv: -hv[1])[:2]}
+    assert len(best) > 2  # the prompts' best heads differ somewhere, so the pool verifies something
+    for heads in by.values():
+        assert set(heads.get("pool", {})) == best - set(heads["top"])
+        assert len(heads["sample"]) == 4 and not set(heads["sample"]) & (best | set(heads["top"]))

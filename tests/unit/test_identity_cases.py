@@ -162,3 +162,17 @@ def test_a_seed_an_older_database_left_implicit_is_not_another_content():
     assert not only_later_keys({"kind": "metric", "old": {**new, "seed": 1}, "new": new})
     assert not only_later_keys({"kind": "metric", "old": {"kind": "ships", "screen": {"top": 3}}, "new": new})
     assert not only_later_keys({"kind": "dataset", "old": {"kind": "x"}, "new": {"kind": "x", "seed": 0}})
+
+
+def test_a_screen_sample_an_older_database_left_implicit_is_not_another_content():
+    """Issue 31: a screened metric's label stored before ``screen.sample`` was recorded (with or without the
+    seed) is the same label; a stored sample size that differs, or another change beside it, is refused."""
+    from shb.identity import only_later_keys
+
+    new = {"kind": "sahara", "screen": {"top": 4, "sample": 8}, "seed": 0}
+    assert only_later_keys({"kind": "metric", "old": {"kind": "sahara", "screen": {"top": 4}}, "new": new})
+    assert only_later_keys({"kind": "metric", "old": {"kind": "sahara", "screen": {"top": 4}, "seed": 0}, "new": new})
+    assert not only_later_keys({"kind": "metric", "old": {"kind": "sahara", "screen": {"top": 4, "sample": 2},
+                                                          "seed": 0}, "new": new})
+    assert not only_later_keys({"kind": "metric", "old": {"kind": "sahara", "screen": {"top": 5}}, "new": new})
+    assert not only_later_keys({"kind": "metric", "old": new, "new": new})  # nothing gained: not this case
