@@ -102,6 +102,8 @@ def main(argv=None):
               flush=True)
         g.append(head)
 
+    if stored:
+        print("\n(the 'after s' column holds the stored exact run's step seconds: that run may predate the cache)")
     print(f"\n{'step':>4s} {'G':18s} {'exact pick':>10s} {'after s':>8s} {'before s':>9s} {'speedup':>8s} "
           f"{'bound':>6s} {'screened s':>10s} {'vs after':>8s}  screened pick")
     for r in rows:
