@@ -230,10 +230,11 @@ def test_database_from_before_undetermined_reads_zero_undetermined(tmp_path):
     path = tmp_path / "before.duckdb"
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE shb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    for migration in MIGRATIONS[:-1]:   # the last migration is the one that added undetermined
+    added = next(i for i, m in enumerate(MIGRATIONS) if any("n_undetermined" in st for st in m))
+    for migration in MIGRATIONS[:added]:   # everything before the migration that added undetermined
         for statement in migration:
             con.execute(statement)
-    con.execute("INSERT INTO shb_meta VALUES ('schema_version', ?)", [str(len(MIGRATIONS) - 1)])
+    con.execute("INSERT INTO shb_meta VALUES ('schema_version', ?)", [str(added)])
     gens, verdicts = _answers("u-old", 0, [], BASE)
     con.execute("INSERT INTO units (unit_id, metric_id, spec) VALUES ('u-old', 'u-old', ?)",
                 [__import__("json").dumps(_unit("u-old", [])["spec"])])
