@@ -162,7 +162,7 @@ class SaharaMetric(Metric):
         sampled = screen_check.draw([h for h, _ in found["estimates"] if h not in how], screen["sample"],
                                     ctx.seed if screen["sample"] else 0, "sahara", step)
         checked = list(zip(sampled, score_head_sets(ctx.engine(), [[*chosen, h] for h in sampled],
-                                                    score="ships_dataset", r=r)))
+                                                    score="ships_dataset", r=r, shared=chosen)))
         how.update({h: "sample" for h in sampled})
         winner, _ = best(found["verified"] + checked)  # a sampled candidate that beats the top M is the step's best
         steps = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "score": float(v),
