@@ -76,6 +76,8 @@ class WorkUnit:
     # model label -> ModelLoad (revision pinned to the fingerprinted commit, dtype as resolved for the
     # device): the unit's model and a fit's reference model
     loads: dict = field(default_factory=dict, hash=False, compare=False)
+    # (harmful, harmless) prompts of the fit the unit's intervention needs, if any: what pricing it needs
+    fit_prompts: tuple | None = field(default=None, hash=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -296,11 +298,14 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
             if not _applies(metric, "models", model):
                 continue
             loads = {model.id: r.loads[model.id]}
-            intervention = None
+            intervention, fit_prompts = None, None
             if applied:
                 entry = suite.intervention(applied)
                 # What is applied is the intervention's content (its fit id), not its label.
                 intervention = r.intervention_key(entry, model.id)
+                fit = entry.get("fit") or {}
+                fit_prompts = ((r.sizes.get(fit.get("harmful"), 0), r.sizes.get(fit.get("harmless"), 0))
+                               if "fit_id" in intervention else None)
                 reference = (entry.get("fit") or {}).get("reference")
                 if reference:
                     loads[reference] = r.loads[reference]
@@ -325,18 +330,23 @@ def expand(suite: Suite, prompts: dict[str, list] | None = None, device: str | N
                     if upstream:
                         # The heads come from another unit's result: its id is part of this one's.
                         source_dataset = kind.upstream_dataset(metric.params, dataset.id)
-                        source = by_cell.get((model.id, source_dataset, ablation.id, upstream))
+                        source_ablation = kind.upstream_ablation(metric.params, ablation.id)
+                        source = by_cell.get((model.id, source_dataset, source_ablation, upstream))
                         if source is None:
                             raise UsageError(
                                 f"metric '{metric.id}' takes its heads from metric '{upstream}', which does not run on "
-                                f"model '{model.id}', dataset '{source_dataset}', ablation '{ablation.id}': "
+                                f"model '{model.id}', dataset '{source_dataset}', ablation '{source_ablation}': "
                                 f"add that combination to '{upstream}' or restrict '{metric.id}' with its "
-                                "models/datasets/ablations lists")
+                                "models/datasets/ablations lists (or take its heads from another ablation with heads_ablation)")
                         spec["upstream"] = source
+                        if source_ablation == ablation.id:
+                            # heads from the cell's own ablation: the same unit as without the key
+                            spec["metric"].pop("heads_ablation", None)
                     unit_id = "u" + _hash(spec)[:15]
                     by_cell[(model.id, dataset.id, ablation.id, metric.id)] = unit_id
                     units.append(WorkUnit(unit_id, model, dataset, ablation, metric, spec, r.sizes[dataset.id],
-                                          labels=frozenset(labels | {("ablation", ablation.id)}), loads=dict(loads)))
+                                          labels=frozenset(labels | {("ablation", ablation.id)}), loads=dict(loads),
+                                          fit_prompts=fit_prompts))
     return units
 
 
@@ -385,34 +395,59 @@ def estimate(unit: WorkUnit, geom: dict | None, device: str = "cuda",
     """(forward-pass equivalents of a full prompt, seconds, basis) for the unit on ``device``.
 
     The seconds come from a measured rate where ``measured`` (``measured_rates``) has one for the
-    unit's model content, device type and metric kind, otherwise from FLOPs (2 x parameters x
-    ASSUMED_PROMPT_TOKENS per forward) at ASSUMED_FLOPS for the device and the dtype the unit runs."""
+    unit's model content, device type and metric kind, else for the kinds of its cost class, otherwise
+    from FLOPs (2 x parameters x ASSUMED_PROMPT_TOKENS per forward) at ASSUMED_FLOPS for the device and
+    the dtype the unit runs."""
     forwards = forwards_of(unit, geom)
     if forwards is None:
         return None, None, None
-    kind = device_type(device)
-    key = rate_key(unit, kind)
-    rate = (measured or {}).get(key)
+    per_forward, basis = _rate(unit, geom, device, measured, unit.metric.kind,
+                               metric_kind(unit.metric.kind).cost_class)
+    return forwards, (None if per_forward is None else forwards * per_forward), basis
+
+
+def estimate_fit(unit: WorkUnit, geom: dict | None, device: str = "cuda",
+                 measured: dict | None = None) -> tuple[float | None, float | None, str | None]:
+    """(forward-pass equivalents, seconds, basis) of the fit the unit's intervention needs (the method's
+    ``fit_work``, shb.baselines.fits), priced at the model's rate of the ``forward`` cost class: a fit's
+    passes are sweeps' passes. (None, None, None) for a unit without a fit."""
+    from shb.baselines.fits import fit_work
+
+    key = unit.spec.get("intervention") or {}
+    if "fit_id" not in key or not unit.fit_prompts or not geom or not geom.get("layers"):
+        return None, None, None
+    fit = key["fit"]
+    forwards = fit_work(key["kind"], fit.get("params") or {}, *unit.fit_prompts, geom["layers"],
+                        fit.get("max_new_tokens", 32))
+    per_forward, basis = _rate(unit, geom, device, measured, None, "forward")
+    return forwards, (None if per_forward is None else forwards * per_forward), basis
+
+
+def _rate(unit: WorkUnit, geom: dict, device: str | None, measured: dict | None, kind: str | None,
+          cost_class: str) -> tuple[float | None, str | None]:
+    """(seconds per forward-pass equivalent, basis): measured for ``kind`` on the unit's model content and
+    device type, else over the measured kinds of ``cost_class``, else from assumed FLOP/s."""
+    device_kind = device_type(device)
+    model = _hash(unit.spec["model"])
+    rate = (measured or {}).get((model, device_kind, kind)) if kind else None
     if rate is not None:
         per_forward, n_units = rate
-        return forwards, forwards * per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {n_units} "
-                                                  f"done {unit.metric.kind} unit(s) on {kind}")
-    # No unit of this kind done yet: the rate of the kinds of its cost class on the same model and device.
-    cost_class = metric_kind(unit.metric.kind).cost_class
+        return per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {n_units} done {kind} unit(s) on "
+                             f"{device_kind}")
     alike = [(k[2], r) for k, r in (measured or {}).items()
-             if k[:2] == key[:2] and metric_kind(k[2]).cost_class == cost_class]
+             if k[:2] == (model, device_kind) and metric_kind(k[2]).cost_class == cost_class]
     if alike:
         units_seen = sum(n for _, (_, n) in alike)
         per_forward = sum(r * n for _, (r, n) in alike) / units_seen
         kinds = "/".join(sorted(k for k, _ in alike))
-        return forwards, forwards * per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {units_seen} "
-                                                  f"done {kinds} unit(s) on {kind} ({cost_class} class)")
+        return per_forward, (f"measured: {per_forward * 1e3:.3g} ms/forward over {units_seen} done {kinds} unit(s) "
+                             f"on {device_kind} ({cost_class} class)")
     dtype = unit.spec["model"].get("dtype", "float32")
-    flops = ASSUMED_FLOPS.get((kind, dtype))
+    flops = ASSUMED_FLOPS.get((device_kind, dtype))
     if flops is None or not geom.get("n_params"):
-        return forwards, None, None
-    seconds = 2.0 * geom["n_params"] * ASSUMED_PROMPT_TOKENS * forwards / flops
-    return forwards, seconds, f"FLOPs: {dtype} on {kind} at {flops:.0e} FLOP/s (assumed)"
+        return None, None
+    return (2.0 * geom["n_params"] * ASSUMED_PROMPT_TOKENS / flops,
+            f"FLOPs: {dtype} on {device_kind} at {flops:.0e} FLOP/s (assumed)")
 
 
 def device_type(device: str | None) -> str:
@@ -430,7 +465,8 @@ def rate_key(unit: WorkUnit, kind: str) -> tuple[str, str, str]:
 def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tuple[float, int]]:
     """{rate_key: (seconds per forward, units measured)} from the database's done units: the seconds of
     their committed chunks (every run that worked on them) over their forward-pass equivalents, on the
-    device of the run that finished them. Every done unit of the same model content counts, whatever
+    device of the run that finished them (a ``fit`` chunk left out: a fit is priced on its own, by
+    ``estimate_fit``, and only the first unit that needs it pays). Every done unit of the same model content counts, whatever
     suite ran it: its work is rebuilt from what the database stores (its spec, its dataset's prompt
     count, its model's geometry), as this plan's units are priced."""
     if store is None or not store.version():
@@ -438,7 +474,7 @@ def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tup
     rows = store.con.execute("""
         SELECT u.unit_id, r.device, u.spec, u.metric_kind, m.n_layers, m.n_heads, m.n_params,
                (SELECT count(*) FROM prompts p WHERE p.dataset_id = u.dataset_id),
-               (SELECT sum(c.seconds) FROM chunks c WHERE c.unit_id = u.unit_id)
+               (SELECT sum(c.seconds) FROM chunks c WHERE c.unit_id = u.unit_id AND c.chunk <> 'fit')
         FROM units u LEFT JOIN runs r USING (run_id) LEFT JOIN models m USING (model_id)
         WHERE u.status = 'done'""").fetchall()
     planned = {u.unit_id: u for u in units}
@@ -492,9 +528,29 @@ def plan(suite: Suite, store=None, prompts=None, device: str | None = None, fps:
     geoms = {m.id: geometry(m) for m in suite.models}
     measured = measured_rates(store, units, geoms)
     target = device or suite.defaults.get("device")
+    fits_done, fits_priced = _stored_fits(store), set()
     out = []
     for unit in units:
         forwards, seconds, basis = estimate(unit, geoms[unit.model.id], target, measured)
-        out.append(replace(unit, status=status.get(unit.unit_id, "pending"),
-                           cost_forwards=forwards, cost_seconds=seconds, cost_basis=basis))
+        unit_status = status.get(unit.unit_id, "pending")
+        fit_id = (unit.spec.get("intervention") or {}).get("fit_id")
+        if unit_status != "done" and fit_id and fit_id not in fits_done | fits_priced:
+            # the first unit that needs a fit not yet stored runs it (the others read it)
+            fit_forwards, fit_seconds, fit_basis = estimate_fit(unit, geoms[unit.model.id], target, measured)
+            if fit_forwards is not None and forwards is not None:
+                fits_priced.add(fit_id)
+                forwards = int(round(forwards + fit_forwards))
+                seconds = None if seconds is None or fit_seconds is None else seconds + fit_seconds
+                basis = f"{basis}; its fit {fit_id}: {fit_forwards:.0f} forwards, {fit_basis}"
+        out.append(replace(unit, status=unit_status, cost_forwards=forwards, cost_seconds=seconds, cost_basis=basis))
     return out
+
+
+def _stored_fits(store) -> set[str]:
+    """The fit ids the database holds (their units only read them)."""
+    if store is None or not store.version():
+        return set()
+    try:
+        return {row[0] for row in store.con.execute("SELECT fit_id FROM fits").fetchall()}
+    except Exception:  # noqa: BLE001 - a database from before fits: none stored
+        return set()

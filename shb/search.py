@@ -68,13 +68,17 @@ def sahara_step_layer(engine, chosen: Sequence[Head], layer: int, score: str = "
 
 
 def screened_sahara_step(engine, chosen: Sequence[Head] = (), r: int = 1, layers: Iterable[int] | None = None,
-                         top: int = 10, directions: int = 8) -> dict:
+                         top: int = 10, directions: int = 8, sample: int = 0, seed: int = 0, step: int = 0) -> dict:
     """One screened step (score ``ships_dataset``): estimate G + {h} for every candidate h from one
     linearised pass (shb.scorers.subspace_attribution), score the ``top`` best estimates exactly
-    with the engine, and pick the best *verified* candidate (``best``).
+    with the engine, and ``sample`` others drawn at random (seeded by ``seed`` and ``step``:
+    shb.screen_check, the step's own recall check), and pick the best *verified* candidate (``best``):
+    a sampled candidate's exact score is as real as a top one's, so one that beats them all wins.
 
-    Returns ``{"chosen", "score", "verified": [((layer, head), exact score)], "estimates":
-    [((layer, head), estimate)]}``; the estimates rank candidates and are never a score."""
+    Returns ``{"chosen", "score", "verified": [((layer, head), exact score)] of the top, "sampled": the
+    same of the sample, "estimates": [((layer, head), estimate)]}``; the estimates rank candidates and
+    are never a score."""
+    from shb import screen_check
     from shb.scorers.subspace_attribution import estimate_step
 
     chosen = [tuple(map(int, h)) for h in chosen]
@@ -86,10 +90,13 @@ def screened_sahara_step(engine, chosen: Sequence[Head] = (), r: int = 1, layers
     estimates = [(h, float(est[h])) for h in cands]
     ranked = _by_estimate(estimates)
     picked = sorted(h for h, _ in ranked[:top])
-    verified = list(zip(picked, score_head_sets(engine, [[*chosen, h] for h in picked], score="ships_dataset", r=r,
-                                                shared=chosen)))
-    head, value = best(verified)
-    return {"chosen": head, "score": value, "verified": verified, "estimates": estimates}
+    drawn = screen_check.draw([h for h, _ in estimates if h not in set(picked)], sample, seed if sample else 0,
+                              "sahara", step)
+    scores = score_head_sets(engine, [[*chosen, h] for h in picked + drawn], score="ships_dataset", r=r,
+                             shared=chosen)
+    verified, sampled = list(zip(picked, scores[:len(picked)])), list(zip(drawn, scores[len(picked):]))
+    head, value = best(verified + sampled)
+    return {"chosen": head, "score": value, "verified": verified, "sampled": sampled, "estimates": estimates}
 
 
 def _by_estimate(estimates: Iterable[tuple[Head, float]]) -> list[tuple[Head, float]]:
@@ -139,9 +146,9 @@ def sahara(engine, steps: int = 5, score: str = "ships_dataset", r: int = 1,
     """Run ``steps`` greedy steps. Returns one dict per step:
     ``{"step": i, "chosen": (layer, head), "score": s, "candidates": [((layer, head), score), ...]}``.
 
-    With ``screen`` ({"top": M, "directions": K}, score ``ships_dataset`` only) every step is
-    ``screened_sahara_step``: ``candidates`` holds the verified (exact) scores only and the step
-    adds ``estimates``."""
+    With ``screen`` ({"top": M, "directions": K, "sample": S, "seed": seed}, score ``ships_dataset``
+    only) every step is ``screened_sahara_step``: ``candidates`` holds the verified (exact) scores only,
+    top and sampled, and the step adds ``estimates``."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if layers is not None:
@@ -154,10 +161,10 @@ def sahara(engine, steps: int = 5, score: str = "ships_dataset", r: int = 1,
         raise ValueError(f"screened Sahara estimates the score ships_dataset only, got {score!r}")
     for i in range(steps):
         if screen:
-            found = screened_sahara_step(engine, chosen, r=r, layers=layers, **screen)
+            found = screened_sahara_step(engine, chosen, r=r, layers=layers, step=i, **screen)
             chosen.append(found["chosen"])
             out.append({"step": i, "chosen": found["chosen"], "score": found["score"],
-                        "candidates": found["verified"], "estimates": found["estimates"]})
+                        "candidates": found["verified"] + found["sampled"], "estimates": found["estimates"]})
             continue
         results = sahara_step(engine, chosen, score=score, r=r, layers=layers)
         head, value = best(results)

@@ -14,6 +14,21 @@ from typing import Any
 ARTEFACT_FORMAT = "shb-artefact-1"
 
 
+# For fit costs at plan time (shb.plan), when prompts are not tokenized: the tokens of a chat prompt.
+ASSUMED_PROMPT_TOKENS = 48
+
+
+def answers_work(n: int, max_new_tokens: int) -> float:
+    """Forward-pass equivalents of a full prompt for ``n`` greedy answers of ``max_new_tokens`` tokens (a
+    cached decode step priced as a prompt-token's share of a pass, as shb.metrics.asr prices them)."""
+    return n * (1 + max_new_tokens / ASSUMED_PROMPT_TOKENS)
+
+
+def teacher_forced_work(n: int, max_new_tokens: int) -> float:
+    """One pass over each of ``n`` prompts with its answer appended."""
+    return answers_work(n, max_new_tokens)
+
+
 @dataclass
 class FitData:
     harmful: list[str]                 # formatted prompts, exactly as fed to the model

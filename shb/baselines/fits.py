@@ -41,6 +41,15 @@ def _module(kind: str):
     return resolve(INTERVENTIONS, kind, "intervention")
 
 
+def fit_work(kind: str, params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+    """Forward-pass equivalents of a full prompt that fitting costs (shb.plan prices a pending fit with the
+    model's measured forward rate): the method module's ``fit_work``, else one pass per fit prompt."""
+    own = getattr(_module(kind), "fit_work", None)
+    if own is None:
+        return float(n_harmful + n_harmless)
+    return float(own(params, n_harmful, n_harmless, n_layers, max_new_tokens))
+
+
 def _stored(store, fit_id: str):
     rows = store.con.execute("SELECT artefact FROM fits WHERE fit_id = ?", [fit_id]).fetchall()
     return rows[0][0] if rows else None

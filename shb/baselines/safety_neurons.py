@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
-from shb.baselines.base import Artefact, FitData
+from shb.baselines.base import Artefact, FitData, answers_work, teacher_forced_work
 from shb.baselines.fitting import greedy_responses, teacher_forced, weight_oi
 from shb.interventions import Intervention, ParamCount
 
@@ -98,6 +98,13 @@ def gtac_scores(lm, ref, seqs) -> dict:
             sq = (aligned[layer] - reference[layer]).pow(2).sum(0)
             sums[layer] = sums[layer] + sq if layer in sums else sq
     return {layer: (total / seqs.n_response_tokens).sqrt().cpu() for layer, total in sums.items()}
+
+
+def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+    """Forward-pass equivalents of ``fit``: the reference model's greedy answers, then a pass of each model
+    over every prompt with its answer (GTAC)."""
+    n = {"harmful": n_harmful, "harmless": n_harmless, "both": n_harmful + n_harmless}[_params(params)["prompts"]]
+    return answers_work(n, max_new_tokens) + 2 * teacher_forced_work(n, max_new_tokens)
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:

@@ -124,7 +124,7 @@ class AppliesHeadsOrFit(Metric):
     drawn with the seed, and what it ablates (the head source, k, the draws, the intervention) is what a
     k = 0 baseline need not share."""
 
-    baseline_ignores = ("heads", "k", "heads_dataset", "draws", "seed", "intervention")
+    baseline_ignores = ("heads", "k", "heads_dataset", "heads_ablation", "draws", "seed", "intervention")
     cost_class = "generate"
 
     def uses_seed(self, params: dict) -> bool:
@@ -164,7 +164,8 @@ class AsrMetric(AppliesHeadsOrFit):
         "answer_prefix": {"type": "string"},
         "intervention": {"type": "string", "description": "id of an entry of the suite's interventions section, "
                                                           "applied instead of a head set"},
-        "heads_dataset": heads_module.HEADS_DATASET_SCHEMA},
+        "heads_dataset": heads_module.HEADS_DATASET_SCHEMA,
+        "heads_ablation": heads_module.HEADS_ABLATION_SCHEMA},
         "required": []}
     defaults = {"judge": "keyword-paper", "decoding": {"mode": "greedy"}, "max_new_tokens": 128}
     # a row's judge is matched by its stored id and configuration hash, not by the metric's judge list

@@ -155,14 +155,19 @@ class Metric:
 
     def upstream(self, params: dict, metrics) -> str | None:
         """The id of the metric (of ``metrics``, the suite's entries) whose results this one reads
-        (Sahara's chosen heads, per-prompt Ships); its unit of the same model, ablation and dataset
-        (``upstream_dataset``) runs first and its unit id is part of this one's."""
+        (Sahara's chosen heads, per-prompt Ships); its unit of the same model, ablation
+        (``upstream_ablation``) and dataset (``upstream_dataset``) runs first and its unit id is part of this one's."""
         return None
 
     def upstream_dataset(self, params: dict, dataset_id: str) -> str:
         """The dataset of the upstream unit: the cell's own, or ``heads_dataset`` (heads chosen on
         another dataset, e.g. a holdout's select part)."""
         return params.get("heads_dataset", dataset_id)
+
+    def upstream_ablation(self, params: dict, ablation_id: str) -> str:
+        """The ablation of the upstream unit: the cell's own, or ``heads_ablation`` (heads found with one
+        ablation, applied with another)."""
+        return params.get("heads_ablation", ablation_id)
 
     def dataset_reads(self, params: dict) -> list[str]:
         """Ids of suite datasets read besides the cell's (benign prompts): their content keys the unit."""

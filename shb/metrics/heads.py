@@ -8,7 +8,9 @@ metric, and is refused where there are several), ``ships_mean:<metric id>`` (the
 ranked by their mean score over its prompts, a head a screened sweep did not verify on a prompt counting
 0 there, as `shb report ships` ranks them), ``random`` (drawn with the unit's seed) or an explicit list
 such as ``["2-26"]``. ``heads_dataset`` takes a Sahara or mean-Ships result from another dataset of the
-suite (a holdout's select part, another language) instead of the measured one.
+suite (a holdout's select part, another language) instead of the measured one; ``heads_ablation`` takes
+an upstream result found under another ablation of the suite (heads found with UA, applied with SC: does
+scaling the same heads do what ablating them does?).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ DECODING_SCHEMA = {
 MAX_NEW_TOKENS_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 1048576}
 HEADS_DATASET_SCHEMA = {"type": "string", "description": "heads sahara:<id> or ships_mean:<id>: take the heads found on "
                         "this dataset (a holdout 'select' part, another language) instead of on the measured one"}
+
+HEADS_ABLATION_SCHEMA = {"type": "string", "description": "heads from an upstream metric (sahara:, ships_mean:, "
+                         "ships_per_prompt): take the heads found under this ablation of the suite instead of the "
+                         "cell's own (heads found with 'ua', applied with 'sc')"}
 
 
 def upstream_id(heads, kinds: dict[str, str]) -> str | None:
@@ -74,7 +80,7 @@ def ranked_source(heads) -> bool:
 
 def source_problems(i: int, metric: dict, data: dict) -> list[str]:
     """The head source of /metrics/i: the metric it names exists and has the right kind, k fits it,
-    heads_dataset names a dataset and comes with a Sahara source."""
+    heads_dataset names a dataset and heads_ablation an ablation, each with an upstream source."""
     problems = []
     metrics = [m for m in data.get("metrics") or [] if isinstance(m, dict)]
     kinds = {m.get("id"): m.get("kind") for m in metrics}
@@ -87,6 +93,15 @@ def source_problems(i: int, metric: dict, data: dict) -> list[str]:
                             f" another dataset")
         elif isinstance(ref, str) and ref not in dataset_ids:
             problems.append(f"/metrics/{i}/heads_dataset: no dataset with id '{ref}' in this suite")
+    if "heads_ablation" in metric:
+        ref = metric["heads_ablation"]
+        ablation_ids = {a.get("id") for a in data.get("ablations") or [] if isinstance(a, dict)}
+        if not (ranked_source(heads) or per_prompt(heads)):
+            problems.append(f"/metrics/{i}/heads_ablation: only heads found by another metric ('sahara:<id>',"
+                            f" 'ships_mean:<id>', 'ships_per_prompt') can come from another ablation")
+        elif isinstance(ref, str) and ref not in ablation_ids:
+            problems.append(f"/metrics/{i}/heads_ablation: no ablation with id '{ref}' in this suite"
+                            + (f" ({', '.join(sorted(map(str, ablation_ids)))})" if ablation_ids else ""))
     if isinstance(heads, str) and heads.startswith(SAHARA):
         ref = heads[len(SAHARA):]
         if kinds.get(ref) != "sahara":

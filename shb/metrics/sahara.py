@@ -21,7 +21,7 @@ from __future__ import annotations
 from shb import screen_check
 from shb.errors import UsageError
 from shb.metrics.base import STRATEGY_SCHEMA, Metric, heads_work, subspace_rank, swept_layers, unit_rows
-from shb.search import SCORES, best, sahara_step_layer, score_head_sets, screened_sahara_step
+from shb.search import SCORES, best, sahara_step_layer, screened_sahara_step
 
 SCREEN_DEFAULTS = {"directions": 8, "sample": screen_check.SAMPLE}
 
@@ -156,17 +156,12 @@ class SaharaMetric(Metric):
         chosen = self._chosen(ctx, unit_id, step)
         found = screened_sahara_step(ctx.engine(), chosen, r=r,
                                      layers=swept_layers(ctx.metric, ctx.lm.n_layers, unit.metric.id),
-                                     top=screen["top"], directions=screen["directions"])
-        how = {h: "top" for h, _ in found["verified"]}
-        # The recall check: candidates outside the top M, drawn from the unit's seed and the step.
-        sampled = screen_check.draw([h for h, _ in found["estimates"] if h not in how], screen["sample"],
-                                    ctx.seed if screen["sample"] else 0, "sahara", step)
-        checked = list(zip(sampled, score_head_sets(ctx.engine(), [[*chosen, h] for h in sampled],
-                                                    score="ships_dataset", r=r, shared=chosen)))
-        how.update({h: "sample" for h in sampled})
-        winner, _ = best(found["verified"] + checked)  # a sampled candidate that beats the top M is the step's best
+                                     top=screen["top"], directions=screen["directions"], sample=screen["sample"],
+                                     seed=ctx.seed if screen["sample"] else 0, step=step)
+        how = {**{h: "top" for h, _ in found["verified"]}, **{h: "sample" for h, _ in found["sampled"]}}
+        checked, winner = found["verified"] + found["sampled"], found["chosen"]
         steps = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "score": float(v),
-                  "chosen": (l, h) == winner} for (l, h), v in found["verified"] + checked]
+                  "chosen": (l, h) == winner} for (l, h), v in checked]
         estimates = [{"unit_id": unit_id, "step": step, "layer": l, "head": h, "estimate": float(v),
                       "verified": (l, h) in how, "verified_as": how.get((l, h))} for (l, h), v in found["estimates"]]
         return {"sahara_steps": steps, "sahara_estimates": estimates}

@@ -56,7 +56,8 @@ SCHEMA = {"properties": {
         "required": ["dataset"], "additionalProperties": False},
     "intervention": {"type": "string", "description": "instead of heads: the id of an entry of the suite's "
                                                       "interventions section, measured beside the unmodified model"},
-    "heads_dataset": heads_module.HEADS_DATASET_SCHEMA},
+    "heads_dataset": heads_module.HEADS_DATASET_SCHEMA,
+    "heads_ablation": heads_module.HEADS_ABLATION_SCHEMA},
     "required": []}
 
 

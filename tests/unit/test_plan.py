@@ -129,6 +129,38 @@ def test_heads_from_a_select_part_are_measured_on_the_held_out_part():
         from_dict(bad)
 
 
+
+def test_heads_found_under_one_ablation_are_applied_under_another():
+    """heads_ablation: Sahara's heads found with UA, scaled with SC (the paper's "scaling the same heads"):
+    the SC unit reads the UA Sahara unit; naming the cell's own ablation is the same unit as leaving it
+    out; an unknown ablation or a source without upstream is refused with its pointer."""
+    data = {"name": "abl", "models": [{"id": "toy", "kind": "toy", "seed": 0}],
+            "datasets": [{"id": "h", "kind": "toy-harmful", "limit": 4}],
+            "ablations": [{"id": "ua", "kind": "undifferentiated"}, {"id": "sc", "kind": "scaling"}],
+            "metrics": [{"id": "sahara", "kind": "sahara", "steps": 1, "ablations": ["ua"]},
+                        {"id": "asr", "kind": "asr", "heads": "sahara:sahara", "heads_ablation": "ua", "k": [1]}]}
+    units = {(u.metric.id, u.ablation.id): u for u in plan.expand(suite.from_dict(data))}
+    assert set(units) == {("sahara", "ua"), ("asr", "ua"), ("asr", "sc")}
+    sahara = units[("sahara", "ua")].unit_id
+    assert units[("asr", "sc")].spec["upstream"] == sahara == units[("asr", "ua")].spec["upstream"]
+    assert units[("asr", "sc")].spec["metric"]["heads_ablation"] == "ua"
+    plain = copy.deepcopy(data)
+    del plain["metrics"][1]["heads_ablation"]
+    plain["metrics"][1]["ablations"] = ["ua"]
+    assert [u.unit_id for u in plan.expand(suite.from_dict(plain)) if u.metric.id == "asr"] == \
+        [units[("asr", "ua")].unit_id]
+    without = copy.deepcopy(plain)
+    without["metrics"][1]["ablations"] = ["ua", "sc"]
+    with pytest.raises(Exception, match="ablation 'sc'.*heads_ablation"):
+        plan.expand(suite.from_dict(without))
+    for edit, message in [({"heads_ablation": "nope"}, "heads_ablation: no ablation with id 'nope'"),
+                          ({"heads": "random", "heads_ablation": "ua"}, "heads_ablation: only heads found by")]:
+        bad = copy.deepcopy(data)
+        bad["metrics"][1].update(edit)
+        with pytest.raises(Exception, match=message):
+            suite.from_dict(bad)
+
+
 def _rate_suite(dtype="float32"):
     data = copy.deepcopy(BASE)
     data["models"][0]["geometry"]["params"] = 1_000_000_000
@@ -210,3 +242,56 @@ def test_plan_flops_estimate_uses_the_dtype_the_suite_runs(dtype, device, rate):
     unit = plan.plan(s, device=device)[0]
     assert unit.cost_seconds == pytest.approx(2.0 * 1e9 * plan.ASSUMED_PROMPT_TOKENS * unit.cost_forwards / rate)
     assert unit.cost_basis == f"FLOPs: {dtype} on {device} at {rate:.0e} FLOP/s (assumed)"
+
+
+def _fitted_suite():
+    data = copy.deepcopy(BASE)
+    data["models"][0]["geometry"]["params"] = 1_000_000_000
+    data["datasets"] = [{"id": "h5", "kind": "toy-harmful", "limit": 5}, {"id": "h10", "kind": "toy-harmful", "limit": 10}]
+    data["interventions"] = [{"id": "rd", "kind": "refusal_direction", "n_val": 2,
+                              "fit": {"harmful": "h10", "harmless": "h5"}}]
+    data["metrics"] = [{"id": "a16", "kind": "asr", "intervention": "rd", "max_new_tokens": 16, "datasets": ["h5"]},
+                       {"id": "a32", "kind": "asr", "intervention": "rd", "max_new_tokens": 32, "datasets": ["h5"]}]
+    return suite.from_dict(data)
+
+
+def test_plan_prices_a_pending_fit_once_and_a_stored_fit_not_at_all(tmp_path):
+    """The first unit that needs a fit not in the database pays for it (the method's fit_work: refusal
+    direction's candidates are layers below 0.8 L x 5 positions, each scored on the held-out prompts); a
+    second unit applying the same fit reads it; with the fit stored, neither pays."""
+    from shb.baselines import refusal_direction
+    from shb.store import Store
+
+    s = _fitted_suite()
+    first, second = plan.plan(s, device="cpu")
+    fit = refusal_direction.fit_work({"n_val": 2}, 10, 5, 4, 32)
+    # 4 layers: candidates in layers 0..3 (ceil(0.8 x 4) = 4) x 5 positions, each on 2 + 2 ablated + 2 added
+    assert fit == 2 * (8 + 3) + 2 + 2 + 4 * 5 * (2 + 2 + 2)
+    assert first.cost_forwards == plan.forwards_of(first, {"layers": 4, "heads": 8}) + fit
+    assert second.cost_forwards == plan.forwards_of(second, {"layers": 4, "heads": 8})
+    assert "its fit f" in first.cost_basis and "its fit" not in second.cost_basis
+    assert first.cost_seconds / first.cost_forwards == pytest.approx(second.cost_seconds / second.cost_forwards)
+    store = Store(tmp_path / "r.duckdb")
+    try:
+        with store.transaction():
+            store.insert("fits", [{"fit_id": first.spec["intervention"]["fit_id"], "kind": "refusal_direction"}])
+        stored = plan.plan(s, store, device="cpu")
+        assert [u.cost_forwards for u in stored] == [plan.forwards_of(u, {"layers": 4, "heads": 8}) for u in stored]
+    finally:
+        store.close()
+
+
+def test_measured_rate_leaves_out_fit_chunks(tmp_path):
+    """A done unit's fit chunk (minutes, paid once) does not inflate the rate of its kind: its other chunks'
+    seconds over its forwards are the rate."""
+    s = _rate_suite()
+    done, pending = plan.expand(s)
+    store = _store_with_done(tmp_path, done.unit_id, "cpu", [3.0, 5.0])
+    try:
+        with store.transaction():
+            store.insert("chunks", [{"unit_id": done.unit_id, "chunk": "fit", "run_id": "r1", "seconds": 1000.0}])
+        units = {u.unit_id: u for u in plan.plan(s, store, device="cpu")}
+        per_forward = 8.0 / units[done.unit_id].cost_forwards
+        assert units[pending.unit_id].cost_seconds == pytest.approx(per_forward * units[pending.unit_id].cost_forwards)
+    finally:
+        store.close()
