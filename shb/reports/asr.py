@@ -143,40 +143,62 @@ def _with_outcome_changes(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def summary(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
-    frame = rows_with_baselines(store, model, dataset, ablation, judge)
+    frame = rows_with_baselines(store, model, dataset, ablation, judge, lone_baselines=True)
     frame = require(frame, "ASR results", "run a suite with an `asr` metric (e.g. suites/demo.json)",
                     [model, dataset, ablation, judge])
     return with_decoding_label(frame)
 
 
-def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=None) -> pl.DataFrame:
+def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=None,
+                        lone_baselines: bool = False) -> pl.DataFrame:
     """One row per unit, head set (or random control), k and judge, each ablated ASR beside its baseline
-    (empty when nothing matches); ``shb report sahara`` reads the same rows."""
+    (empty when nothing matches); ``shb report sahara`` reads the same rows. With ``lone_baselines`` (the
+    ASR report) a unit that measured k = 0 alone is a row too, its ablated columns empty; without, such
+    rows appear only where nothing was ablated at all."""
     body, params = where(**{"a.model_id": model, "a.dataset_id": dataset, "a.judge_id": judge})
     rows = _rows(store, body, params)
     frame = pl.DataFrame()
     if not rows.is_empty():
         inter = _per_intervention(rows)
         ablated = _baselines(store, inter)
+        # a unit measured unablated only (k = 0 alone: a refusal-rate metric such as `heads: []`, or a run
+        # not finished) is shown as a baseline with the ablated columns empty
+        with_ablated = set(inter.filter(pl.col("k") > 0)["unit_id"].to_list())
+        alone = inter.filter((pl.col("k") == 0) & ~pl.col("unit_id").is_in(sorted(with_ablated)))
+        if not lone_baselines and not ablated.is_empty():
+            alone = alone.clear()
         if ablation is not None:
             ablated = ablated.filter(pl.col("ablation_id") == ablation)
+            alone = alone.filter(pl.col("ablation_id") == ablation)
+        parts = []
         if not ablated.is_empty():
-            frame = ablated.with_columns((pl.col("ablated_asr") - pl.col("baseline_asr")).alias("change"))
-        else:
-            # Only baselines (k = 0) so far: still worth showing, with the ablated columns empty.
-            frame = inter.filter(pl.col("k") == 0).rename(
+            parts.append(ablated.with_columns((pl.col("ablated_asr") - pl.col("baseline_asr")).alias("change")))
+        if not alone.is_empty():
+            parts.append(alone.rename(
                 {"asr": "baseline_asr", "n": "baseline_n", "n_undetermined": "baseline_n_undetermined",
                  **{o: f"baseline_{o}" for o in OUTCOMES}}).with_columns(
                 pl.lit(None, pl.Float64).alias("ablated_asr"), pl.lit(None, pl.Int64).alias("n"),
                 pl.lit(None, pl.Int64).alias("n_undetermined"),
                 pl.lit(None, pl.Float64).alias("change"), pl.lit("same unit").alias("baseline_from"),
-                *[pl.lit(None, pl.Float64).alias(f"ablated_{o}") for o in OUTCOMES])
+                *[pl.lit(None, pl.Float64).alias(f"ablated_{o}") for o in OUTCOMES]).drop("_set"))
+        if not parts:
+            return frame
+        frame = pl.concat(parts, how="diagonal_relaxed")
         frame = _with_outcome_changes(frame)
         frame = with_wilson(frame, "baseline_asr", "baseline_n", "baseline")
         frame = with_wilson(frame, "ablated_asr", "n", "ablated")
         frame = frame.select(COLUMNS).sort(["model_id", "dataset_id", "format", "ablation_id", "head_source", "k",
                                             "head_set", "decoding", "judge_id", "unit_id"], nulls_last=True)
     return frame
+
+
+def short_head_set(head_set: str | None, keep: int = 3) -> str | None:
+    """A head set for an 80-column table: up to ``keep`` heads as they are, a longer one as its first
+    ``keep`` heads and its size (JSON, CSV and HTML keep the whole set)."""
+    if not head_set or head_set.count(",") < keep:
+        return head_set
+    heads = head_set.split(",")
+    return ",".join(heads[:keep]) + f",… ({len(heads)} heads)"
 
 
 def _with_interval(rate, lo, hi, n, undetermined=None) -> str | None:
@@ -202,7 +224,7 @@ def for_table(frame: pl.DataFrame) -> pl.DataFrame:
             spread = f"{number(r['draw_mean'])} ± {number(r['draw_sd'])} ({r['draws']} draws)"
         rows.append({
             "model": r["model_id"], "dataset": r["dataset_id"], "format": r["format"], "ablation": r["ablation_id"],
-            "metric": r["metric_id"], "heads": r["head_source"], "head_set": r["head_set"], "k": r["k"],
+            "metric": r["metric_id"], "heads": r["head_source"], "head_set": short_head_set(r["head_set"]), "k": r["k"],
             "decoding": r["decoding"], "judge": r["judge_id"],
             "baseline ASR [95% CI]": _with_interval(r["baseline_asr"], r["baseline_lo"], r["baseline_hi"],
                                                     None if one_n else r["baseline_n"], r["baseline_n_undetermined"]),
@@ -270,11 +292,11 @@ def figures(frame: pl.DataFrame, across: str = "settings", specs: dict | None = 
     return out
 
 
-def outcome_table(frame: pl.DataFrame) -> pl.DataFrame:
+def outcome_table(frame: pl.DataFrame, short: bool = False) -> pl.DataFrame:
     """The four outcomes beside each ASR, one row per setting: each baseline once (k = 0) and each ablated
     row with ``ASR moved by``. Head set, k and the mark lead (a narrow table gives up trailing labels
-    first). Empty when no answer has an outcome."""
-    labels = ["metric_id", "model_id", "dataset_id", "format", "judge_id"]
+    first; ``short``: long head sets abbreviated, for the terminal). Empty when no answer has an outcome."""
+    labels = ["metric_id", "model_id", "dataset_id", "format", "ablation_id", "judge_id"]
     rows, seen = [], set()
     for r in frame.iter_rows(named=True):
         which = "ablated" if r["ablated_asr"] is not None else "baseline"
@@ -284,7 +306,8 @@ def outcome_table(frame: pl.DataFrame) -> pl.DataFrame:
             rows.append({"head_set": "-", "k": 0, "ASR moved by": None, "asr": r["baseline_asr"],
                          **{o: r[f"baseline_{o}"] for o in OUTCOMES}, **{c: r[c] for c in labels}})
         if r[f"{which}_broken"] is not None:
-            rows.append({"head_set": r["head_set"] if which == "ablated" else "-",
+            head_set = short_head_set(r["head_set"]) if short else r["head_set"]
+            rows.append({"head_set": head_set if which == "ablated" else "-",
                          "k": r["k"] if which == "ablated" else 0, "ASR moved by": r["moved_by"],
                          "asr": r[f"{which}_asr"], **{o: r[f"{which}_{o}"] for o in OUTCOMES},
                          **{c: r[c] for c in labels}})

@@ -260,7 +260,7 @@ def report_asr(db, model, dataset, ablation, judge, fmt, out, across):
         frame = asr.summary(store, model, dataset, ablation, judge)
         specs = unit_specs(store, frame["unit_id"].to_list())
     tables = [("ASR, baseline against ablated (95% Wilson intervals)", asr.for_table(frame) if fmt == "table" else frame)]
-    outcomes = asr.outcome_table(frame)
+    outcomes = asr.outcome_table(frame, short=fmt == "table")
     if not outcomes.is_empty() and fmt in ("table", "html"):   # json and csv: the same columns are in the first table
         tables.append(("answers refused / complied / broken / undetermined beside ASR (the paper's ASR counts broken"
                        " answers as refusals; undetermined ones it leaves out)", outcomes))

@@ -46,6 +46,8 @@ def change_table(long: pl.DataFrame) -> pl.DataFrame:
     """The layout of the paper's Tables 3 and 5: one row per asr unit (head-set source x ablation x
     dataset x metric, model, judge, decoding), columns k=1..K holding ASR(k) - ASR(0), and their mean.
     ``unit_id`` is kept only where two units share every label."""
+    # a fitted intervention is not a head count (its row is `shb report asr`'s and `efficiency`'s)
+    long = long.filter(~pl.col("head_source").str.starts_with("intervention:"))
     wide = long.pivot(on="k", index=ROW_KEYS, values="delta", sort_columns=True)
     ks = sorted(int(c) for c in wide.columns if c not in ROW_KEYS)
     wide = wide.rename({str(k): f"k={k}" for k in ks})
@@ -54,7 +56,10 @@ def change_table(long: pl.DataFrame) -> pl.DataFrame:
     wide = with_decoding_label(wide.select(ROW_KEYS + k_cols + ["mean"]).sort(ROW_KEYS[:10]))
     labels = ROW_KEYS[:10]
     shared = wide.group_by(labels).len().filter(pl.col("len") > 1)
-    return wide if not shared.is_empty() else wide.drop("unit_id")
+    wide = wide if not shared.is_empty() else wide.drop("unit_id")
+    # the values lead the long labels, so that a narrow terminal gives up the metric id before a k column
+    lead = ["model_id", "head_source", "ablation_id", "dataset_id", "asr_base", *k_cols, "mean"]
+    return wide.select(lead + [c for c in wide.columns if c not in lead])
 
 
 def chosen_heads(store, model=None, dataset=None, ablation=None) -> pl.DataFrame:

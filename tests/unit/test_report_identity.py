@@ -164,3 +164,23 @@ def test_case5_screened_sweeps_rank_over_every_prompt_and_say_so(tmp_path):
     assert exact["mean_ships"].to_list() == pytest.approx([2.0, 1.0])   # the plain mean where every head is scored
     assert {r for r in scores["result"].unique()} == {"toy / harm / ua / ships", "toy / harm / ua / ships-screened (screened)"}
     assert set(methods.filter(pl.col("method") == "ships")["result"]) == {"ships:ships", "ships:ships-screened (screened)"}
+
+
+def test_asr_report_shows_a_refusal_rate_unit_beside_ablated_ones(tmp_path):
+    """A unit that only measures the unmodified model (``heads: []``, k = 0: the refusal rate on another
+    benchmark) is a row of `shb report asr` even when other units ablate, with its ablated columns empty;
+    `shb report sahara`'s rows stay ablated ones only. The outcome table names each row's ablation, and
+    the terminal abbreviates a long head set."""
+    store = database(tmp_path, [
+        ("refusal", "asr-refusal", asr_spec(heads=[], k=[0]), {0: 3}),
+        ("curve", "asr-curve", asr_spec(heads="random", k=[0, 5]), {0: 1, 5: 6})])
+    with store:
+        by_unit = {(r["unit_id"], r["k"]): r for r in asr_report.summary(store).to_dicts()}
+        long = sahara_report.asr_by_k(store)
+    assert by_unit[("refusal", 0)]["baseline_asr"] == pytest.approx(0.3)
+    assert by_unit[("refusal", 0)]["ablated_asr"] is None
+    assert by_unit[("curve", 5)]["ablated_asr"] == pytest.approx(0.6)
+    assert by_unit[("curve", 5)]["baseline_asr"] == pytest.approx(0.1)
+    assert "refusal" not in long["unit_id"].to_list()
+    assert asr_report.short_head_set("0-0,0-1,0-2,0-3,0-4") == "0-0,0-1,0-2,… (5 heads)"
+    assert asr_report.short_head_set("0-0,0-1,0-2") == "0-0,0-1,0-2"
