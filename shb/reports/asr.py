@@ -167,6 +167,9 @@ def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=No
         alone = inter.filter((pl.col("k") == 0) & ~pl.col("unit_id").is_in(sorted(with_ablated)))
         if not lone_baselines and not ablated.is_empty():
             alone = alone.clear()
+        elif not ablated.is_empty():  # a unit that is another row's baseline shows there
+            borrowed = {b.removeprefix("unit ") for b in ablated["baseline_from"].drop_nulls().to_list()}
+            alone = alone.filter(~pl.col("unit_id").is_in(sorted(borrowed)))
         if ablation is not None:
             ablated = ablated.filter(pl.col("ablation_id") == ablation)
             alone = alone.filter(pl.col("ablation_id") == ablation)
