@@ -409,18 +409,25 @@ def estimate(unit: WorkUnit, geom: dict | None, device: str = "cuda",
 def estimate_fit(unit: WorkUnit, geom: dict | None, device: str = "cuda",
                  measured: dict | None = None) -> tuple[float | None, float | None, str | None]:
     """(forward-pass equivalents, seconds, basis) of the fit the unit's intervention needs (the method's
-    ``fit_work``, shb.baselines.fits), priced at the model's rate of the ``forward`` cost class: a fit's
-    passes are sweeps' passes. (None, None, None) for a unit without a fit."""
+    ``fit_work``, shb.baselines.fits), each cost class's work (passes over given text: ``forward``;
+    greedy answers: ``generate``) priced at that class's rate on the model, as units are. (None, None,
+    None) for a unit without a fit."""
     from shb.baselines.fits import fit_work
 
     key = unit.spec.get("intervention") or {}
     if "fit_id" not in key or not unit.fit_prompts or not geom or not geom.get("layers"):
         return None, None, None
     fit = key["fit"]
-    forwards = fit_work(key["kind"], fit.get("params") or {}, *unit.fit_prompts, geom["layers"],
-                        fit.get("max_new_tokens", 32))
-    per_forward, basis = _rate(unit, geom, device, measured, None, "forward")
-    return forwards, (None if per_forward is None else forwards * per_forward), basis
+    work = fit_work(key["kind"], fit.get("params") or {}, *unit.fit_prompts, geom["layers"],
+                    fit.get("max_new_tokens", 32))
+    seconds, bases = 0.0, []
+    for cost_class, forwards in work.items():
+        if not forwards:
+            continue
+        per_forward, basis = _rate(unit, geom, device, measured, None, cost_class)
+        seconds = None if seconds is None or per_forward is None else seconds + forwards * per_forward
+        bases.append(f"{forwards:.0f} {cost_class} at {basis}")
+    return sum(work.values()), seconds, "; ".join(bases)
 
 
 def _rate(unit: WorkUnit, geom: dict, device: str | None, measured: dict | None, kind: str | None,
@@ -541,7 +548,7 @@ def plan(suite: Suite, store=None, prompts=None, device: str | None = None, fps:
                 fits_priced.add(fit_id)
                 forwards = int(round(forwards + fit_forwards))
                 seconds = None if seconds is None or fit_seconds is None else seconds + fit_seconds
-                basis = f"{basis}; its fit {fit_id}: {fit_forwards:.0f} forwards, {fit_basis}"
+                basis = f"{basis}; its fit {fit_id}: {fit_basis}"
         out.append(replace(unit, status=unit_status, cost_forwards=forwards, cost_seconds=seconds, cost_basis=basis))
     return out
 

@@ -29,7 +29,7 @@ so directions that lie inside the utility subspace up to rounding are no edit at
 
 from __future__ import annotations
 
-from shb.baselines.base import Artefact, FitData, answers_work, teacher_forced_work
+from shb.baselines.base import Artefact, FitData, answers_work, fit_cost, teacher_forced_work
 from shb.baselines.fitting import (
     ArtefactEdit,
     from_oi,
@@ -115,11 +115,12 @@ def _inputs(lm, layer: int, seqs, modules):
     return {name: torch.cat(chunks) for name, chunks in rows.items()}
 
 
-def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> dict:
     """Forward-pass equivalents of ``fit``: the greedy answers, then for layer l a pass through layers 0..l
     over every prompt with its answer ((L + 1) / 2 full passes each); the SVDs are not counted."""
     n = n_harmful + (n_harmless if _params(params)["variant"] == "orthogonal" else 0)
-    return answers_work(n, max_new_tokens) + (n_layers + 1) / 2 * teacher_forced_work(n, max_new_tokens)
+    return fit_cost(generate=answers_work(n, max_new_tokens),
+                    forward=(n_layers + 1) / 2 * teacher_forced_work(n, max_new_tokens))
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:

@@ -29,6 +29,12 @@ def teacher_forced_work(n: int, max_new_tokens: int) -> float:
     return answers_work(n, max_new_tokens)
 
 
+def fit_cost(forward: float = 0.0, generate: float = 0.0) -> dict[str, float]:
+    """A fit's work in forward-pass equivalents by cost class: ``forward`` (passes over given text) and
+    ``generate`` (greedy answers); shb.plan prices each at its class's measured rate, as it prices units."""
+    return {"forward": float(forward), "generate": float(generate)}
+
+
 @dataclass
 class FitData:
     harmful: list[str]                 # formatted prompts, exactly as fed to the model

@@ -22,7 +22,7 @@ import time
 
 from shb import datasets as ds
 from shb.ablation import parse_heads
-from shb.baselines.base import Artefact, FitData
+from shb.baselines.base import Artefact, FitData, fit_cost
 from shb.errors import UsageError
 from shb.interventions import HeadAblation, PointEdit
 from shb.registry import INTERVENTIONS, resolve
@@ -41,13 +41,15 @@ def _module(kind: str):
     return resolve(INTERVENTIONS, kind, "intervention")
 
 
-def fit_work(kind: str, params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
-    """Forward-pass equivalents of a full prompt that fitting costs (shb.plan prices a pending fit with the
-    model's measured forward rate): the method module's ``fit_work``, else one pass per fit prompt."""
+def fit_work(kind: str, params: dict, n_harmful: int, n_harmless: int, n_layers: int,
+             max_new_tokens: int) -> dict[str, float]:
+    """Forward-pass equivalents of a full prompt that fitting costs, by cost class (``forward``,
+    ``generate``: shb.baselines.base.fit_cost; shb.plan prices each at its measured rate): the method
+    module's ``fit_work``, else one pass per fit prompt."""
     own = getattr(_module(kind), "fit_work", None)
     if own is None:
-        return float(n_harmful + n_harmless)
-    return float(own(params, n_harmful, n_harmless, n_layers, max_new_tokens))
+        return fit_cost(forward=n_harmful + n_harmless)
+    return own(params, n_harmful, n_harmless, n_layers, max_new_tokens)
 
 
 def _stored(store, fit_id: str):

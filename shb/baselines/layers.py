@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 
-from shb.baselines.base import Artefact, FitData, answers_work
+from shb.baselines.base import Artefact, FitData, answers_work, fit_cost
 from shb.errors import UsageError
 from shb.interventions import Intervention, ParamCount
 
@@ -69,11 +69,11 @@ def refusal_rate(lm, prompts: list[str], max_new_tokens: int, judge, batch_size:
     return sum(not v.harmful for v in verdicts) / len(verdicts)
 
 
-def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> dict:
     """Forward-pass equivalents of ``fit``: the scored prompts' greedy answers, unmodified and under every run."""
     opts = options(params)
     n = n_harmless if opts["mode"] == "scale" else n_harmful
-    return (len(runs(n_layers, opts)) + 1) * answers_work(n, max_new_tokens)
+    return fit_cost(generate=(len(runs(n_layers, opts)) + 1) * answers_work(n, max_new_tokens))
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:

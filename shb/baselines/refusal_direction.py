@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 
-from shb.baselines.base import Artefact, FitData, batches, encode_batch, forward
+from shb.baselines.base import Artefact, FitData, batches, encode_batch, fit_cost, forward
 from shb.errors import UsageError
 from shb.interventions import Intervention, ParamCount
 
@@ -119,7 +119,7 @@ def split(texts: list[str], n_val: int, what: str) -> tuple[list[str], list[str]
     return texts[:-n_val], texts[-n_val:]
 
 
-def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> dict:
     """Forward-pass equivalents of ``fit`` (shb.plan prices a pending fit with them): the means and the
     refusal tokens on the training part, the base scores on the held-out part, then every candidate
     (layers below ``max_layer_fraction`` x ``max_positions``, an upper bound: the shared suffix may be
@@ -128,7 +128,8 @@ def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_n
     val_harm, val_safe = min(opts["n_val"], n_harmful // 2), min(opts["n_val"], n_harmless // 2)
     train = (n_harmful - val_harm) + (n_harmless - val_safe)
     candidates = max(1, math.ceil(opts["max_layer_fraction"] * n_layers)) * opts["max_positions"]
-    return 2 * train + val_harm + val_safe + candidates * (val_harm + val_safe + (val_safe if opts["induce"] else 0))
+    return fit_cost(forward=2 * train + val_harm + val_safe
+                    + candidates * (val_harm + val_safe + (val_safe if opts["induce"] else 0)))
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
-from shb.baselines.base import Artefact, FitData, answers_work, teacher_forced_work
+from shb.baselines.base import Artefact, FitData, answers_work, fit_cost, teacher_forced_work
 from shb.baselines.fitting import greedy_responses, teacher_forced, weight_oi
 from shb.interventions import Intervention, ParamCount
 
@@ -100,11 +100,11 @@ def gtac_scores(lm, ref, seqs) -> dict:
     return {layer: (total / seqs.n_response_tokens).sqrt().cpu() for layer, total in sums.items()}
 
 
-def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> dict:
     """Forward-pass equivalents of ``fit``: the reference model's greedy answers, then a pass of each model
     over every prompt with its answer (GTAC)."""
     n = {"harmful": n_harmful, "harmless": n_harmless, "both": n_harmful + n_harmless}[_params(params)["prompts"]]
-    return answers_work(n, max_new_tokens) + 2 * teacher_forced_work(n, max_new_tokens)
+    return fit_cost(generate=answers_work(n, max_new_tokens), forward=2 * teacher_forced_work(n, max_new_tokens))
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:

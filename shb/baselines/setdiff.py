@@ -23,7 +23,7 @@ that change (a pruned entry that is already 0 does not count), dof = entries cho
 
 from __future__ import annotations
 
-from shb.baselines.base import Artefact, FitData, answers_work, teacher_forced_work
+from shb.baselines.base import Artefact, FitData, answers_work, fit_cost, teacher_forced_work
 from shb.baselines.fitting import (
     ArtefactEdit,
     fraction,
@@ -129,12 +129,12 @@ def top_set(scores, frac: float):
     return mask.view_as(scores)
 
 
-def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> float:
+def fit_work(params: dict, n_harmful: int, n_harmless: int, n_layers: int, max_new_tokens: int) -> dict:
     """Forward-pass equivalents of ``fit``: the greedy answers, then one scoring pass over each prompt with its
     answer (SNIP's backward counted as two more)."""
     n = n_harmful + n_harmless
     passes = 3 if _params(params)["importance"] == "snip" else 1
-    return answers_work(n, max_new_tokens) + passes * teacher_forced_work(n, max_new_tokens)
+    return fit_cost(generate=answers_work(n, max_new_tokens), forward=passes * teacher_forced_work(n, max_new_tokens))
 
 
 def fit(lm, data: FitData, params: dict, progress=None) -> Artefact:

@@ -266,10 +266,12 @@ def test_plan_prices_a_pending_fit_once_and_a_stored_fit_not_at_all(tmp_path):
     first, second = plan.plan(s, device="cpu")
     fit = refusal_direction.fit_work({"n_val": 2}, 10, 5, 4, 32)
     # 4 layers: candidates in layers 0..3 (ceil(0.8 x 4) = 4) x 5 positions, each on 2 + 2 ablated + 2 added
-    assert fit == 2 * (8 + 3) + 2 + 2 + 4 * 5 * (2 + 2 + 2)
+    assert fit == {"forward": 2 * (8 + 3) + 2 + 2 + 4 * 5 * (2 + 2 + 2), "generate": 0.0}
+    fit = fit["forward"]
     assert first.cost_forwards == plan.forwards_of(first, {"layers": 4, "heads": 8}) + fit
     assert second.cost_forwards == plan.forwards_of(second, {"layers": 4, "heads": 8})
-    assert "its fit f" in first.cost_basis and "its fit" not in second.cost_basis
+    assert "its fit f" in first.cost_basis and "forward at FLOPs" in first.cost_basis
+    assert "its fit" not in second.cost_basis
     assert first.cost_seconds / first.cost_forwards == pytest.approx(second.cost_seconds / second.cost_forwards)
     store = Store(tmp_path / "r.duckdb")
     try:
@@ -295,3 +297,26 @@ def test_measured_rate_leaves_out_fit_chunks(tmp_path):
         assert units[pending.unit_id].cost_seconds == pytest.approx(per_forward * units[pending.unit_id].cost_forwards)
     finally:
         store.close()
+
+
+def test_a_fit_that_generates_is_priced_at_the_generate_rate(tmp_path):
+    """A fit's greedy answers (the safety-layer fit: every layer skipped in turn) cost what answers cost:
+    the measured generate-class rate, not the forward one; its passes over given text the forward rate."""
+    from shb.baselines import actsvd, layers
+
+    assert layers.fit_work({}, 8, 24, 28, 16) == {"forward": 0.0, "generate": 29 * 8 * (1 + 16 / 48)}
+    both = actsvd.fit_work({}, 8, 4, 28, 16)
+    assert both["generate"] == pytest.approx(12 * (1 + 16 / 48))
+    assert both["forward"] == pytest.approx(14.5 * 12 * (1 + 16 / 48))
+    s = _fitted_suite()
+    unit = plan.expand(s)[0]
+    measured = {(plan._hash(unit.spec["model"]), "cpu", "ships"): (1.0, 1),
+                (plan._hash(unit.spec["model"]), "cpu", "asr"): (3.0, 1)}
+    forwards, seconds, basis = plan.estimate_fit(unit, {"layers": 4, "heads": 8}, "cpu", measured)
+    assert seconds == pytest.approx(forwards * 1.0) and "forward" in basis   # refusal direction: passes only
+    setdiff_unit = copy.deepcopy(unit)
+    setdiff_unit.spec["intervention"]["kind"] = "setdiff"
+    setdiff_unit.spec["intervention"]["fit"]["params"] = {}
+    forwards, seconds, _ = plan.estimate_fit(setdiff_unit, {"layers": 4, "heads": 8}, "cpu", measured)
+    answers = 15 * (1 + 32 / 48)
+    assert forwards == pytest.approx(2 * answers) and seconds == pytest.approx(answers * 3.0 + answers * 1.0)
