@@ -197,11 +197,12 @@ def rows_with_baselines(store, model=None, dataset=None, ablation=None, judge=No
 
 def short_head_set(head_set: str | None, keep: int = 3) -> str | None:
     """A head set for an 80-column table: up to ``keep`` heads as they are, a longer one as its first
-    ``keep`` heads and its size (JSON, CSV and HTML keep the whole set)."""
+    ``keep`` heads and how many more (JSON, CSV and HTML keep the whole set; no ellipsis, which the
+    tables reserve for nothing: a cut there would read as a truncated cell)."""
     if not head_set or head_set.count(",") < keep:
         return head_set
     heads = head_set.split(",")
-    return ",".join(heads[:keep]) + f",… ({len(heads)} heads)"
+    return ",".join(heads[:keep]) + f" +{len(heads) - keep} more"
 
 
 def _with_interval(rate, lo, hi, n, undetermined=None) -> str | None:

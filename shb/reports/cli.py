@@ -435,16 +435,23 @@ def report_html(db, out):
 
     ctx = click.get_current_context()
     names = [n for n in report.commands if n not in ("html", "runs")] + (["runs"] if "runs" in report.commands else [])
-    gathered = []
+    invocations = []
     for name in names:
+        invocations.append((name, []))
+        if name == "overlap":  # and the methods compared in every cell that holds two or more of them
+            invocations += [("overlap", ["--metric", "methods", "--model", m, "--dataset", d, "--ablation", a])
+                            for m, d, a in _method_cells(db)]
+    gathered = []
+    for name, args in invocations:
         command = report.commands[name]
         formats = next((p.type.choices for p in command.params if p.name == "fmt"), ())
         if "html" not in formats:
             continue
-        entry = {"name": name, "title": (command.help or "").split("\n")[0].strip()}
+        entry = {"name": name if not args else f"{name} {' '.join(args)}",
+                 "title": (command.help or "").split("\n")[0].strip()}
         _COLLECTED = []
         try:
-            sub = command.make_context(name, ["--format", "html"] + (["--db", db] if db else []), parent=ctx)
+            sub = command.make_context(name, args + ["--format", "html"] + (["--db", db] if db else []), parent=ctx)
             with sub:
                 sub.invoke(getattr(command.callback, "__wrapped__", command.callback), **sub.params)
             for part in _COLLECTED:
@@ -465,6 +472,21 @@ def report_html(db, out):
         click.echo(out)
     else:
         click.echo(page, nl=False)
+
+
+def _method_cells(db) -> list[tuple[str, str, str]]:
+    """(model, dataset, ablation) cells where two or more head finders (Ships, generalized Ships, Sahara,
+    RDSHA) ran: what `shb report overlap --metric methods` compares."""
+    from shb.store import Store
+
+    try:
+        with Store(db, read_only=True) as store:
+            return store.con.execute("""
+                SELECT model_id, dataset_id, ablation_id FROM units
+                WHERE metric_kind IN ('ships', 'ships_dataset', 'sahara', 'rdsha') AND status = 'done'
+                GROUP BY ALL HAVING count(DISTINCT metric_kind) >= 2 ORDER BY ALL""").fetchall()
+    except Exception:  # noqa: BLE001 - no database or no units table: the overlap entry says what is missing
+        return []
 
 
 def _add_wide(group: click.Group) -> None:

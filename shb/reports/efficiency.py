@@ -225,6 +225,9 @@ def for_table(measured: pl.DataFrame) -> pl.DataFrame:
             if text.startswith("heads: "):  # no one head set: per prompt, per draw
                 return "(varies)"
             text = re.sub(r" \([^()]*\)$", "", text.removeprefix("heads "))
+            from shb.reports.asr import short_head_set
+
+            text = short_head_set(text)  # a 32-head set would crowd out the other columns
         return text
 
     def utility(r) -> str | None:
@@ -240,9 +243,11 @@ def for_table(measured: pl.DataFrame) -> pl.DataFrame:
         rows.append({
             **{c: r[c] for c in ("source", "model_id", "dataset_id", "format", "judge_id", "decoding",
                                  "max_new_tokens") if c in r},
-            # numbers a narrow table gives up rightmost first: n, extra runs, chosen, broken, share, entries
-            "family": family(r), "method": method(r), "k": r["k"], "entries": r["entries_changed"],
-            "share %": share, "asr": r["asr"], "asr_lo": r["asr_lo"], "asr_hi": r["asr_hi"],
+            # numbers a narrow table gives up rightmost first: n, extra runs, chosen, broken, share, entries;
+            # what was applied (a head list, an intervention id) stands after the cost and is not a key
+            # column, so a narrow table gives it up before the cost where family and k tell rows apart
+            "family": family(r), "k": r["k"], "entries": r["entries_changed"],
+            "share %": share, "asr": r["asr"], "asr_lo": r["asr_lo"], "asr_hi": r["asr_hi"], "applied": method(r),
             "broken": r.get("broken"), "chosen": r["values_chosen"], "extra runs": r["extra_runs"], "n": r["n"],
             "utility change": utility(r), "fit_note": r.get("fit_note")})
     out = pl.DataFrame(rows, infer_schema_length=None)

@@ -100,6 +100,15 @@ def test_head_dropout_spreads_safety_over_more_heads(db):
     assert curve["toy-l2-ahd"][0] <= 0.25 and curve["toy-l2-ahd"][1] <= 0.25
 
 
+def test_html_book_compares_the_methods_of_every_cell(db, tmp_path):
+    """`shb report html` holds `overlap --metric methods` for each model, dataset and ablation where two or
+    more head finders ran, beside the plain overlap report."""
+    page = tmp_path / "book.html"
+    shb("report", "html", "--db", str(db), "--out", str(page))
+    text = page.read_text()
+    assert "overlap --metric methods --model toy-a --dataset toy-harmful-32 --ablation ua" in text
+    assert text.count("which layers each method&#x27;s top-10 favours") >= 1
+
 def test_closing_note(db, tmp_path):
     lines = ["", "== beyond-mini closing note =="]
     for model in HEADS_MODELS:

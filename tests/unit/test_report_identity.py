@@ -182,5 +182,5 @@ def test_asr_report_shows_a_refusal_rate_unit_beside_ablated_ones(tmp_path):
     assert by_unit[("curve", 5)]["ablated_asr"] == pytest.approx(0.6)
     assert by_unit[("curve", 5)]["baseline_asr"] == pytest.approx(0.1)
     assert "refusal" not in long["unit_id"].to_list()
-    assert asr_report.short_head_set("0-0,0-1,0-2,0-3,0-4") == "0-0,0-1,0-2,… (5 heads)"
+    assert asr_report.short_head_set("0-0,0-1,0-2,0-3,0-4") == "0-0,0-1,0-2 +2 more"
     assert asr_report.short_head_set("0-0,0-1,0-2") == "0-0,0-1,0-2"

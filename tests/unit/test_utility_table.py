@@ -64,8 +64,8 @@ def test_efficiency_terminal_view_names_each_method_once():
                           row("heads: random (ua)", "heads: random k=2 (ua)", 2, 1024, 0.3),
                           row("actsvd", "my-actsvd", 1, 212992, 61.8)])
     table = efficiency.for_table(frame)
-    assert table.columns[:7] == ["source", "model_id", "family", "method", "k", "entries", "share %"]
+    assert table.columns[:7] == ["source", "model_id", "family", "k", "entries", "share %", "asr"]
     assert table["family"].to_list() == ["sahara:s (ua)", "random (ua)", "actsvd"]
-    assert table["method"].to_list() == ["2-6,0-4", "(varies)", "my-actsvd"]
+    assert table["applied"].to_list() == ["2-6,0-4", "(varies)", "my-actsvd"]
     assert table["utility change"].to_list() == ["acc -0.0400", None, None]
     assert "fit_note" not in table.columns  # no row has one
