@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass, field
 
 from shb import datasets as ds
+from shb.baselines.base import ASSUMED_PROMPT_TOKENS
 from shb.baselines.fits import FIT_VERSION, HEAD_DEFAULTS, method_params
 from shb.errors import UsageError
 from shb.registry import metric as metric_kind
@@ -43,7 +44,6 @@ ABLATION_DEFAULTS = {"undifferentiated": {"epsilon": 1e-5, "site": "q"}, "scalin
 # Dataset keys that choose which part of a source is read: recorded in the dataset's key (its content
 # hash covers them too), so a label says which split or language a result was measured on.
 DATASET_SELECTORS = ("holdout", "language")
-ASSUMED_PROMPT_TOKENS = 48      # for cost estimates when prompts are not tokenized at plan time
 # Sustained FLOP/s assumed for FLOP-based estimates, by (device type, dtype the suite runs): a modern
 # datacentre GPU (bf16/fp16 tensor cores; float32 without TF32, PyTorch's matmul default) and a few
 # CPU cores. Used only where the database has no measured rate for the model and device.

@@ -14,7 +14,8 @@ from typing import Any
 ARTEFACT_FORMAT = "shb-artefact-1"
 
 
-# For fit costs at plan time (shb.plan), when prompts are not tokenized: the tokens of a chat prompt.
+# For cost estimates at plan time (shb.plan, the asr and utility kinds, fits), when prompts are not
+# tokenized: the tokens of a chat prompt. One value, here because this module imports nothing of shb's.
 ASSUMED_PROMPT_TOKENS = 48
 
 

@@ -31,6 +31,7 @@ import random
 from shb import judges as judge_registry
 from shb.ablation import format_head, parse_heads
 from shb.baselines import applied as baselines
+from shb.baselines.base import ASSUMED_PROMPT_TOKENS
 from shb.baselines.fits import fit_chunk
 from shb.datasets import language_of
 from shb.errors import UsageError
@@ -39,7 +40,6 @@ from shb.metrics import heads as heads_module
 from shb.metrics.base import Metric, Read, after_first, chunk_range, range_chunks, unit_rows
 
 CHUNK_PROMPTS = 32
-ASSUMED_PROMPT_TOKENS = 48
 
 
 def ks_of(params: dict) -> list[int]:

@@ -19,6 +19,7 @@ intervention adds ``fit`` first, which every other chunk waits for.
 from __future__ import annotations
 
 from shb import datasets as ds
+from shb.baselines.base import ASSUMED_PROMPT_TOKENS
 from shb.baselines.fits import fit_chunk
 from shb.errors import ShbError, UsageError
 from shb.generate import generate, normalize_decoding
@@ -34,7 +35,6 @@ from shb.utility.loss import text_losses
 CHUNK_PROMPTS = 32
 NOMINAL_TASK_DOCS = 1000       # plan-time guess of an lm-eval task's size (unknown without lm-eval)
 NOMINAL_CHOICES = 4
-ASSUMED_PROMPT_TOKENS = 48
 
 
 class UtilityMetric(AppliesHeadsOrFit):
