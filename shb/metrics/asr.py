@@ -301,13 +301,19 @@ class AsrMetric(AppliesHeadsOrFit):
         decoding = normalize_decoding(ctx.metric.get("decoding"))
         batch_size = ctx.batch_size  # an int, or "auto": sized by shb.generate from free memory (KV cache counted)
         target = baselines.target(unit, ctx, k, sets)  # intervention applied (or heads), parameters modified
-        with target.context:
-            generations = generate(
-                ctx.lm, texts, head_sets=sets, **target.head_ablation, decoding=decoding,
-                max_new_tokens=ctx.metric.get("max_new_tokens", 128), batch_size=batch_size,
-                answer_prefix=ctx.metric.get("answer_prefix"), first_index=lo,
-                progress=ctx.advance_fn(f"  generating k={k}" + (f" draw {draw}" if draw else ""),
-                                        total=len(texts) * decoding["n"]))
+        config = {"decoding": decoding, "max_new_tokens": ctx.metric.get("max_new_tokens", 128),
+                  "batch_size": batch_size, "answer_prefix": ctx.metric.get("answer_prefix"), "first_index": lo}
+        progress = ctx.advance_fn(f"  generating k={k}" + (f" draw {draw}" if draw else ""),
+                                  total=len(texts) * decoding["n"])
+
+        def answers():
+            with target.context:
+                return generate(ctx.lm, texts, head_sets=sets, **target.head_ablation, **config, progress=progress)
+
+        if unit.spec.get("intervention") is None and not any(sets):  # nothing changed: the unmodified model
+            generations = ctx.unmodified_answers(texts, config, answers, progress)
+        else:
+            generations = answers()
         rows, answers, questions, contexts = [], [], [], []
         for g in generations:
             prompt = ctx.prompts[g.prompt_index]

@@ -25,6 +25,7 @@ The declarations run without torch (``shb validate`` and ``shb plan`` call them)
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,6 +33,11 @@ from typing import Any, Callable
 from shb.errors import UsageError
 
 EVERY_UNIT_TABLE = "*"
+
+# The unmodified model's answers are computed once per loaded model and prompt chunk (see
+# UnitContext.unmodified_answers); False computes them again in every unit (the plain path, which
+# tests compare against).
+REUSE_UNMODIFIED_ANSWERS = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,24 @@ class UnitContext:
         if key not in self.shared:
             self.shared[key] = factory()
         return self.shared[key]
+
+    def unmodified_answers(self, texts: list[str], config: dict, compute: Callable[[], list], progress=None) -> list:
+        """The unmodified model's answers to ``texts`` (formatted prompts) under ``config`` (decoding,
+        max_new_tokens, answer prefix, batch size, first index: everything ``shb.generate.generate`` reads
+        besides the model): ``compute()`` the first time, the same answers to every later unit of this
+        loaded model that asks for the same chunk. The k = 0 answers of a suite's asr units and of each
+        utility unit are one computation (greedy decoding, or per-row sampling seeds: the same answers
+        either way), which a suite on a real model otherwise repeats once per unit (ten times on
+        suites/qwen-coder.json). Each unit still writes its own rows. ``progress`` advances by the number
+        of answers on a reuse, as generating them would have."""
+        if not REUSE_UNMODIFIED_ANSWERS:
+            return compute()
+        key = ("unmodified-answers", tuple(texts), json.dumps(config, sort_keys=True, default=str))
+        if key in self.shared:
+            if progress is not None:
+                progress(len(self.shared[key]))
+            return self.shared[key]
+        return self.cached(key, compute)
 
     def engine(self):
         """The scoring engine for this unit's model, prompts and ablation (built once, shared)."""

@@ -29,7 +29,7 @@ from shb.metrics.asr import AppliesHeadsOrFit
 from shb.metrics.base import chunk_range, range_chunks
 from shb.utility import lmeval
 from shb.utility import spec as uspec
-from shb.utility.intervention import intervention_for
+from shb.utility.intervention import NoIntervention, intervention_for
 from shb.utility.loss import text_losses
 
 CHUNK_PROMPTS = 32
@@ -135,10 +135,18 @@ class UtilityMetric(AppliesHeadsOrFit):
         prompts, formatted = self._dataset(unit, ctx, cfg["dataset"])
         decoding = normalize_decoding(cfg.get("decoding"))
         size = ctx.batch_size if isinstance(ctx.batch_size, int) else (64 if ctx.device.startswith("cuda") else 16)
-        with intervention.applied(ctx.lm):
-            generations = generate(ctx.lm, formatted[lo:hi], decoding=decoding, batch_size=size, first_index=lo,
-                                   max_new_tokens=cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS),
-                                   progress=ctx.advance_fn(f"  benign answers k={base['k']}", total=(hi - lo) * decoding["n"]))
+        config = {"decoding": decoding, "max_new_tokens": cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS),
+                  "batch_size": size, "answer_prefix": None, "first_index": lo}
+        progress = ctx.advance_fn(f"  benign answers k={base['k']}", total=(hi - lo) * decoding["n"])
+
+        def answers():
+            with intervention.applied(ctx.lm):
+                return generate(ctx.lm, formatted[lo:hi], **config, progress=progress)
+
+        if isinstance(intervention, NoIntervention):  # k = 0: the same answers in every utility unit
+            generations = ctx.unmodified_answers(formatted[lo:hi], config, answers, progress)
+        else:
+            generations = answers()
         rows = []
         for judge_id in uspec.judges(ctx.metric):
             judge = ctx.cached(("judge", judge_id), lambda j=judge_id: get_judge(j))
