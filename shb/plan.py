@@ -479,14 +479,15 @@ def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tup
     if store is None or not store.version():
         return {}
     rows = store.con.execute("""
-        SELECT u.unit_id, r.device, u.spec, u.metric_kind, m.n_layers, m.n_heads, m.n_params,
+        SELECT u.unit_id, u.run_id, r.device, u.spec, u.metric_kind, m.n_layers, m.n_heads, m.n_params,
                (SELECT count(*) FROM prompts p WHERE p.dataset_id = u.dataset_id),
                (SELECT sum(c.seconds) FROM chunks c WHERE c.unit_id = u.unit_id AND c.chunk <> 'fit')
         FROM units u LEFT JOIN runs r USING (run_id) LEFT JOIN models m USING (model_id)
-        WHERE u.status = 'done'""").fetchall()
+        WHERE u.status = 'done' ORDER BY u.updated_at, u.unit_id""").fetchall()
     planned = {u.unit_id: u for u in units}
     totals: dict[tuple, list] = {}
-    for unit_id, device, spec, kind, layers, heads, n_params, n_prompts, seconds in rows:
+    answered = set()  # (run, key): the unmodified answers a run computed once, for its first unit that asked
+    for unit_id, run_id, device, spec, kind, layers, heads, n_params, n_prompts, seconds in rows:
         if not device or not seconds:
             continue
         device = device.removeprefix("ray:")  # a Ray run records the device it asked its workers for
@@ -502,7 +503,15 @@ def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tup
                     work = forwards_of(unit, {"layers": layers, "heads": heads, "n_params": n_params})
                 except Exception:  # noqa: BLE001 - a unit an older shb wrote, in a shape this one cannot price
                     work = None
-        if not work:
+        try:
+            shared = metric_kind(unit.metric.kind).unmodified_work(unit) if work else None
+        except Exception:  # noqa: BLE001 - a spec an older shb wrote: priced as it ran then, without reuse
+            shared = None
+        if shared is not None:
+            if (run_id, shared[0]) in answered:  # this unit's took no time: its work without them
+                work -= shared[1]
+            answered.add((run_id, shared[0]))
+        if not work or work <= 0:
             continue
         total = totals.setdefault(rate_key(unit, device.split(":", 1)[0]), [0.0, 0, 0])
         total[0] += seconds
@@ -536,10 +545,21 @@ def plan(suite: Suite, store=None, prompts=None, device: str | None = None, fps:
     measured = measured_rates(store, units, geoms)
     target = device or suite.defaults.get("device")
     fits_done, fits_priced = _stored_fits(store), set()
+    answered: dict[str, str] = {}   # unmodified answers a pending unit computes: key -> that unit's label
     out = []
     for unit in units:
         forwards, seconds, basis = estimate(unit, geoms[unit.model.id], target, measured)
         unit_status = status.get(unit.unit_id, "pending")
+        shared = metric_kind(unit.metric.kind).unmodified_work(unit) if unit_status != "done" else None
+        if shared is not None and forwards is not None:
+            key, work = shared
+            if key in answered:  # a run computes them once (UnitContext.unmodified_answers)
+                if seconds is not None and forwards:
+                    seconds = seconds * max(forwards - work, 0) / forwards
+                forwards = max(forwards - work, 0)
+                basis = f"{basis}; its k = 0 answers are {answered[key]}'s"
+            else:
+                answered[key] = unit.metric.id
         fit_id = (unit.spec.get("intervention") or {}).get("fit_id")
         if unit_status != "done" and fit_id and fit_id not in fits_done | fits_priced:
             # the first unit that needs a fit not yet stored runs it (the others read it)

@@ -26,6 +26,7 @@ stores its ``draw``; ``shb report asr`` shows the mean and spread over draws bes
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 
 from shb import judges as judge_registry
@@ -190,10 +191,26 @@ class AsrMetric(AppliesHeadsOrFit):
 
     def estimate(self, unit, geometry: dict) -> int:
         params = unit.spec["metric"]
-        n = (params.get("decoding") or {}).get("n", 1)
-        per_answer = 1 + params.get("max_new_tokens", 128) / ASSUMED_PROMPT_TOKENS  # decode steps as prompt-forwards
         settings = sum(len(draws_at(params, k)) for k in ks_of(params))
-        return int(unit.n_prompts * n * settings * per_answer)
+        return int(self._answers_work(unit, settings))
+
+    @staticmethod
+    def _answers_work(unit, settings: int = 1) -> float:
+        """Forward-pass equivalents of ``settings`` answers to every prompt (decode steps as prompt-forwards)."""
+        params = unit.spec["metric"]
+        n = (params.get("decoding") or {}).get("n", 1)
+        per_answer = 1 + params.get("max_new_tokens", 128) / ASSUMED_PROMPT_TOKENS
+        return unit.n_prompts * n * settings * per_answer
+
+    def unmodified_work(self, unit) -> tuple[str, int] | None:
+        params = unit.spec["metric"]
+        if unit.spec.get("intervention") is not None or 0 not in ks_of(params):
+            return None
+        # what UnitContext.unmodified_answers keys on: the model, the prompts as formatted, the generation
+        # settings (the batch size is a suite default, one per run)
+        key = {"model": unit.spec["model"], "dataset": unit.spec["dataset"], "decoding": params.get("decoding"),
+               "max_new_tokens": params.get("max_new_tokens", 128), "answer_prefix": params.get("answer_prefix")}
+        return json.dumps(key, sort_keys=True, default=str), int(self._answers_work(unit))
 
     def chunks(self, unit, ctx) -> list[str]:
         several = draws_of(ctx.metric) > 1

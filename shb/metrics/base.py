@@ -18,8 +18,9 @@ branch on a kind's name (docs/design.md, "A metric is one file"):
   chunk reads through ``ctx.store`` (the executor hands it a snapshot holding exactly those), and
   ``after(unit, chunks)`` which earlier chunks each one waits for (a fit before the generations that
   apply it, a Sahara step after the previous step's winner);
-- ``shb plan``'s cost: ``estimate`` (forward-pass equivalents) and ``cost_class`` (kinds of one class
-  share a measured seconds-per-forward rate where their own kind has none).
+- ``shb plan``'s cost: ``estimate`` (forward-pass equivalents), ``unmodified_work`` (the part of it a run
+  shares between units: the unmodified model's answers) and ``cost_class`` (kinds of one class share a
+  measured seconds-per-forward rate where their own kind has none).
 The declarations run without torch (``shb validate`` and ``shb plan`` call them).
 """
 
@@ -98,7 +99,7 @@ class UnitContext:
         besides the model): ``compute()`` the first time, the same answers to every later unit of this
         loaded model that asks for the same chunk. The k = 0 answers of a suite's asr units and of each
         utility unit are one computation (greedy decoding, or per-row sampling seeds: the same answers
-        either way), which a suite on a real model otherwise repeats once per unit (ten times on
+        either way), which a suite on a real model otherwise repeats once per unit (eight times more on
         suites/qwen-coder.json). Each unit still writes its own rows. ``progress`` advances by the number
         of answers on a reuse, as generating them would have."""
         if not REUSE_UNMODIFIED_ANSWERS:
@@ -219,6 +220,12 @@ class Metric:
 
     def estimate(self, unit, geometry: dict) -> int:
         raise NotImplementedError
+
+    def unmodified_work(self, unit) -> tuple[str, int] | None:
+        """(key, forward-pass equivalents) of the unmodified model's answers within ``estimate``, which a
+        run computes once for every unit with the same key (``UnitContext.unmodified_answers``), so
+        ``shb plan`` prices them once; None when the kind generates no such answers."""
+        return None
 
     def chunks(self, unit, ctx: UnitContext) -> list[str]:
         raise NotImplementedError

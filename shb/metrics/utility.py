@@ -18,6 +18,8 @@ intervention adds ``fit`` first, which every other chunk waits for.
 
 from __future__ import annotations
 
+import json
+
 from shb import datasets as ds
 from shb.baselines.base import ASSUMED_PROMPT_TOKENS
 from shb.baselines.fits import fit_chunk
@@ -70,6 +72,17 @@ class UtilityMetric(AppliesHeadsOrFit):
         if params.get("benign_loss"):
             per_k += unit.n_prompts
         return per_k * len(uspec.ks(params))
+
+    def unmodified_work(self, unit) -> tuple[str, int] | None:
+        """The k = 0 over-refusal answers (benign loss and lm-eval are not shared: cheap, or lm-eval's)."""
+        params = unit.spec["metric"]
+        cfg = params.get("over_refusal")
+        if not cfg:
+            return None
+        new = cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS)
+        key = {"model": unit.spec["model"], "over_refusal": (unit.spec.get("reads") or {}).get(cfg.get("dataset")),
+               "decoding": cfg.get("decoding"), "max_new_tokens": new}
+        return json.dumps(key, sort_keys=True, default=str), int(unit.n_prompts * (1 + new / ASSUMED_PROMPT_TOKENS))
 
     # -- chunks ------------------------------------------------------------------------------------
     def chunks(self, unit, ctx) -> list[str]:

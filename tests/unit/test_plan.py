@@ -320,3 +320,69 @@ def test_a_fit_that_generates_is_priced_at_the_generate_rate(tmp_path):
     forwards, seconds, _ = plan.estimate_fit(setdiff_unit, {"layers": 4, "heads": 8}, "cpu", measured)
     answers = 15 * (1 + 32 / 48)
     assert forwards == pytest.approx(2 * answers) and seconds == pytest.approx(answers * 3.0 + answers * 1.0)
+
+
+def _k0_suite():
+    data = copy.deepcopy(BASE)
+    data["models"][0]["geometry"]["params"] = 1_000_000_000
+    data["datasets"] = [{"id": "h5", "kind": "toy-harmful", "limit": 5}, {"id": "h10", "kind": "toy-harmful", "limit": 10}]
+    data["ablations"].append({"id": "sc", "kind": "scaling", "epsilon": 1e-5})
+    data["metrics"] = [{"id": "a", "kind": "asr", "heads": ["0-1", "1-2"], "k": [0, 1, 2], "max_new_tokens": 16,
+                        "datasets": ["h5"], "ablations": ["ua", "sc"]},
+                       {"id": "b", "kind": "asr", "heads": ["0-1"], "k": [0, 1], "max_new_tokens": 16,
+                        "datasets": ["h5", "h10"], "ablations": ["ua"]},
+                       {"id": "c", "kind": "asr", "heads": ["0-1"], "k": [0, 1], "max_new_tokens": 8,
+                        "datasets": ["h5"], "ablations": ["ua"]}]
+    return suite.from_dict(data)
+
+
+def test_plan_prices_the_unmodified_answers_once_per_prompts_and_settings(tmp_path):
+    """A run computes the k = 0 answers once for every unit on the same prompts with the same generation
+    settings (UnitContext.unmodified_answers): the first pending unit pays, the others do not; other
+    prompts or another max_new_tokens pay again; a done unit pays nothing and does not pay for others."""
+    s = _k0_suite()
+    units = {(u.metric.id, u.dataset.id, u.ablation.id): u for u in plan.plan(s, device="cpu")}
+    geom = {"layers": 4, "heads": 8}
+    full = {key: plan.forwards_of(u, geom) for key, u in units.items()}
+    answer = lambda n, new: n * (1 + new / 48)  # noqa: E731 - one answer per prompt, as asr prices it
+    assert units[("a", "h5", "ua")].cost_forwards == full[("a", "h5", "ua")]            # the first pays
+    assert units[("a", "h5", "sc")].cost_forwards == full[("a", "h5", "sc")] - int(answer(5, 16))
+    assert units[("b", "h5", "ua")].cost_forwards == full[("b", "h5", "ua")] - int(answer(5, 16))
+    assert "its k = 0 answers are a's" in units[("b", "h5", "ua")].cost_basis
+    assert units[("b", "h10", "ua")].cost_forwards == full[("b", "h10", "ua")]          # other prompts
+    assert units[("c", "h5", "ua")].cost_forwards == full[("c", "h5", "ua")]            # other settings
+    # with the first unit done, the next pending one computes them
+    store = _store_with_done(tmp_path, units[("a", "h5", "ua")].unit_id, "cpu", [3.0])
+    try:
+        after = {(u.metric.id, u.dataset.id, u.ablation.id): u for u in plan.plan(s, store, device="cpu")}
+        assert after[("a", "h5", "sc")].cost_forwards == full[("a", "h5", "sc")]
+        assert after[("b", "h5", "ua")].cost_forwards == full[("b", "h5", "ua")] - int(answer(5, 16))
+    finally:
+        store.close()
+
+
+def test_measured_rate_counts_reused_answers_once_per_run(tmp_path):
+    """Two done units of one run that shared their k = 0 answers: the rate is their seconds over the work
+    the run did (the second unit's k = 0 answers not counted), so a pending unit is priced at it."""
+    from shb.store import Store
+
+    s = _k0_suite()
+    units = {(u.metric.id, u.dataset.id, u.ablation.id): u for u in plan.expand(s)}
+    first, second = units[("a", "h5", "ua")], units[("a", "h5", "sc")]
+    store = Store(tmp_path / "r.duckdb")
+    try:
+        with store.transaction():
+            store.insert("runs", [{"run_id": "r1", "device": "cpu"}])
+            store.insert("units", [{"unit_id": u.unit_id, "run_id": "r1", "status": "done", "metric_kind": "asr",
+                                    "spec": json.dumps(u.spec), "updated_at": f"2026-01-01 00:00:0{i}"}
+                                   for i, u in enumerate((first, second))])
+            store.insert("chunks", [{"unit_id": u.unit_id, "chunk": "k000", "run_id": "r1", "seconds": 6.0}
+                                    for u in (first, second)])
+        geom = {"layers": 4, "heads": 8}
+        work = plan.forwards_of(first, geom) + plan.forwards_of(second, geom) - int(first.n_prompts * (1 + 16 / 48))
+        priced = {(u.metric.id, u.dataset.id, u.ablation.id): u for u in plan.plan(s, store, device="cpu")}
+        pending = priced[("c", "h5", "ua")]
+        assert pending.cost_basis.startswith("measured")
+        assert pending.cost_seconds == pytest.approx(12.0 / work * pending.cost_forwards)
+    finally:
+        store.close()
