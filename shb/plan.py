@@ -511,7 +511,7 @@ def measured_rates(store, units: list[WorkUnit], geoms: dict) -> dict[tuple, tup
             if (run_id, shared[0]) in answered:  # this unit's took no time: its work without them
                 work -= shared[1]
             answered.add((run_id, shared[0]))
-        if not work or work <= 0:
+        if work is None or work <= 0:
             continue
         total = totals.setdefault(rate_key(unit, device.split(":", 1)[0]), [0.0, 0, 0])
         total[0] += seconds

@@ -32,7 +32,7 @@ import random
 from shb import judges as judge_registry
 from shb.ablation import format_head, parse_heads
 from shb.baselines import applied as baselines
-from shb.baselines.base import ASSUMED_PROMPT_TOKENS
+from shb.baselines.base import answers_work
 from shb.baselines.fits import fit_chunk
 from shb.datasets import language_of
 from shb.errors import UsageError
@@ -196,11 +196,10 @@ class AsrMetric(AppliesHeadsOrFit):
 
     @staticmethod
     def _answers_work(unit, settings: int = 1) -> float:
-        """Forward-pass equivalents of ``settings`` answers to every prompt (decode steps as prompt-forwards)."""
+        """Forward-pass equivalents of ``settings`` answers (``n`` samples each) to every prompt."""
         params = unit.spec["metric"]
         n = (params.get("decoding") or {}).get("n", 1)
-        per_answer = 1 + params.get("max_new_tokens", 128) / ASSUMED_PROMPT_TOKENS
-        return unit.n_prompts * n * settings * per_answer
+        return answers_work(unit.n_prompts * n * settings, params.get("max_new_tokens", 128))
 
     def unmodified_work(self, unit) -> tuple[str, int] | None:
         params = unit.spec["metric"]
@@ -323,14 +322,14 @@ class AsrMetric(AppliesHeadsOrFit):
         progress = ctx.advance_fn(f"  generating k={k}" + (f" draw {draw}" if draw else ""),
                                   total=len(texts) * decoding["n"])
 
-        def answers():
+        def generate_answers():
             with target.context:
                 return generate(ctx.lm, texts, head_sets=sets, **target.head_ablation, **config, progress=progress)
 
         if unit.spec.get("intervention") is None and not any(sets):  # nothing changed: the unmodified model
-            generations = ctx.unmodified_answers(texts, config, answers, progress)
+            generations = ctx.unmodified_answers(texts, config, generate_answers, progress)
         else:
-            generations = answers()
+            generations = generate_answers()
         rows, answers, questions, contexts = [], [], [], []
         for g in generations:
             prompt = ctx.prompts[g.prompt_index]

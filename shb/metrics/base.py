@@ -105,11 +105,11 @@ class UnitContext:
         if not REUSE_UNMODIFIED_ANSWERS:
             return compute()
         key = ("unmodified-answers", tuple(texts), json.dumps(config, sort_keys=True, default=str))
-        if key in self.shared:
-            if progress is not None:
-                progress(len(self.shared[key]))
-            return self.shared[key]
-        return self.cached(key, compute)
+        if key not in self.shared:
+            self.shared[key] = compute()
+        elif progress is not None:
+            progress(len(self.shared[key]))
+        return self.shared[key]
 
     def engine(self):
         """The scoring engine for this unit's model, prompts and ablation (built once, shared)."""

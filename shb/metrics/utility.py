@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 
 from shb import datasets as ds
-from shb.baselines.base import ASSUMED_PROMPT_TOKENS
+from shb.baselines.base import answers_work
 from shb.baselines.fits import fit_chunk
 from shb.errors import ShbError, UsageError
 from shb.generate import generate, normalize_decoding
@@ -37,6 +37,12 @@ from shb.utility.loss import text_losses
 CHUNK_PROMPTS = 32
 NOMINAL_TASK_DOCS = 1000       # plan-time guess of an lm-eval task's size (unknown without lm-eval)
 NOMINAL_CHOICES = 4
+
+
+def _over_refusal_work(unit, cfg: dict) -> int:
+    """Forward-pass equivalents of one k's over-refusal answers (the cell's size stands in for the
+    benign set's, which the plan does not read)."""
+    return int(answers_work(unit.n_prompts, cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS)))
 
 
 class UtilityMetric(AppliesHeadsOrFit):
@@ -67,8 +73,7 @@ class UtilityMetric(AppliesHeadsOrFit):
             docs = lm_eval.get("limit") or NOMINAL_TASK_DOCS
             per_k += len(lm_eval.get("tasks", [])) * docs * NOMINAL_CHOICES
         if params.get("over_refusal"):
-            new = params["over_refusal"].get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS)
-            per_k += int(unit.n_prompts * (1 + new / ASSUMED_PROMPT_TOKENS))  # the cell's size stands in
+            per_k += _over_refusal_work(unit, params["over_refusal"])
         if params.get("benign_loss"):
             per_k += unit.n_prompts
         return per_k * len(uspec.ks(params))
@@ -79,10 +84,10 @@ class UtilityMetric(AppliesHeadsOrFit):
         cfg = params.get("over_refusal")
         if not cfg:
             return None
-        new = cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS)
         key = {"model": unit.spec["model"], "over_refusal": (unit.spec.get("reads") or {}).get(cfg.get("dataset")),
-               "decoding": cfg.get("decoding"), "max_new_tokens": new}
-        return json.dumps(key, sort_keys=True, default=str), int(unit.n_prompts * (1 + new / ASSUMED_PROMPT_TOKENS))
+               "decoding": cfg.get("decoding"),
+               "max_new_tokens": cfg.get("max_new_tokens", uspec.DEFAULT_MAX_NEW_TOKENS)}
+        return json.dumps(key, sort_keys=True, default=str), _over_refusal_work(unit, cfg)
 
     # -- chunks ------------------------------------------------------------------------------------
     def chunks(self, unit, ctx) -> list[str]:
@@ -152,14 +157,14 @@ class UtilityMetric(AppliesHeadsOrFit):
                   "batch_size": size, "answer_prefix": None, "first_index": lo}
         progress = ctx.advance_fn(f"  benign answers k={base['k']}", total=(hi - lo) * decoding["n"])
 
-        def answers():
+        def generate_answers():
             with intervention.applied(ctx.lm):
                 return generate(ctx.lm, formatted[lo:hi], **config, progress=progress)
 
         if isinstance(intervention, NoIntervention):  # k = 0: the same answers in every utility unit
-            generations = ctx.unmodified_answers(formatted[lo:hi], config, answers, progress)
+            generations = ctx.unmodified_answers(formatted[lo:hi], config, generate_answers, progress)
         else:
-            generations = answers()
+            generations = generate_answers()
         rows = []
         for judge_id in uspec.judges(ctx.metric):
             judge = ctx.cached(("judge", judge_id), lambda j=judge_id: get_judge(j))

@@ -214,6 +214,7 @@ def for_table(measured: pl.DataFrame) -> pl.DataFrame:
     utility (change against the unmodified model). The head-set family drops its "heads: " prefix and
     the method its repeated ablation, so the columns fit 80 characters where they can; JSON and CSV keep
     every column."""
+    from shb.reports.asr import short_head_set
     from shb.reports.render import number
 
     def family(r) -> str:
@@ -225,8 +226,6 @@ def for_table(measured: pl.DataFrame) -> pl.DataFrame:
             if text.startswith("heads: "):  # no one head set: per prompt, per draw
                 return "(varies)"
             text = re.sub(r" \([^()]*\)$", "", text.removeprefix("heads "))
-            from shb.reports.asr import short_head_set
-
             text = short_head_set(text)  # a 32-head set would crowd out the other columns
         return text
 

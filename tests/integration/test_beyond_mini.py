@@ -109,6 +109,7 @@ def test_html_book_compares_the_methods_of_every_cell(db, tmp_path):
     assert "overlap --metric methods --model toy-a --dataset toy-harmful-32 --ablation ua" in text
     assert text.count("which layers each method&#x27;s top-10 favours") >= 1
 
+
 def test_closing_note(db, tmp_path):
     lines = ["", "== beyond-mini closing note =="]
     for model in HEADS_MODELS:
